@@ -1,0 +1,2 @@
+//! fieldbridge modbus adapter.
+#![forbid(unsafe_code)]

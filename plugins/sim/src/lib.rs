@@ -1,0 +1,2 @@
+//! fieldbridge sim adapter.
+#![forbid(unsafe_code)]

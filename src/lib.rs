@@ -1,0 +1,11 @@
+//! fieldbridge: an edge gateway daemon.
+//!
+//! Adapters produce readings; the core (the pipeline) decides topics; the embedded broker moves messages; the
+//! store remembers them; bridges forward them upstream.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bridge;
+pub mod broker;
+pub mod config;
+pub mod store;

@@ -1,0 +1,1 @@
+//! The durable log (store-and-forward).
