@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod pipeline;
 pub mod store;

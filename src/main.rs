@@ -1,5 +1,134 @@
+//! The `fieldbridge` command line.
+//!
+//! Exit codes: 0 success; 64 the configuration is invalid (every problem printed as `file:line:col: path:
+//! message`); 1 a runtime failure (a port in use, an unreadable database).
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("fieldbridge {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fieldbridge::app::{self, App, Registry};
+
+/// Exit code for an invalid configuration (sysexits EX_USAGE... as systemd and scripts expect from `check`).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "fieldbridge",
+    version,
+    about = "Edge gateway: field devices -> MQTT, with a durable store-and-forward log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        /// The main configuration file.
+        #[arg(short, long, default_value = "/etc/fieldbridge/fieldbridge.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration (and every device map it names) without starting anything.
+    Check {
+        /// The main configuration file.
+        #[arg(short, long, default_value = "/etc/fieldbridge/fieldbridge.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { config } => check(&config),
+        Cmd::Run { config } => {
+            let registry = Registry::default();
+            let cfg = match app::load_config(&config, &registry) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!(
+                        "fieldbridge: {} configuration problem(s); not starting",
+                        errors.len()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(&cfg.logging.level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fieldbridge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cfg, registry)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("fieldbridge: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    let registry = Registry::default();
+    match app::load_config(config, &registry) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} device(s), {} bridge(s), {} listener(s))",
+                config.display(),
+                cfg.devices.len(),
+                cfg.bridges.len(),
+                cfg.broker.listeners.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("{errors}");
+            eprintln!("{}: {} problem(s)", config.display(), errors.len());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cfg: fieldbridge::config::Config, registry: Registry) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let app = App::start(cfg, registry, None).await.context("starting")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = app.reload().await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    app.shutdown(Duration::from_secs(10)).await;
+    Ok(())
 }

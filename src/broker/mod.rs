@@ -1,2 +1,21 @@
 //! The embedded MQTT broker (3.1.1 and 5.0).
+//!
+//! - `codec/`: pure packet encoding/decoding;
+//! - `session`: per-client state without I/O; `router`: the topic tree, shared subscriptions, retained store;
+//! - `core`: the registry, publish path, wills and expiry; `connection`: one socket's event loop;
+//! - `listener` and `transport`: TCP, TLS and WebSocket accept loops; `link`: the in-process client;
+//! - `auth`: credentials and ACL; `sys`: `$SYS` topics.
+pub mod auth;
 pub mod codec;
+mod connection;
+mod core;
+pub mod link;
+pub mod listener;
+pub mod message;
+pub mod router;
+pub mod session;
+mod sys;
+pub mod transport;
+
+pub use self::core::{Broker, BrokerStats, HookRefusal, Metrics, PublishHook};
+pub use message::Message;

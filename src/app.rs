@@ -1,0 +1,462 @@
+//! Builds the running daemon from a validated [`Config`]: the broker and its listeners, the store, the pipeline,
+//! one supervised task per device, the bridges and the HTTP API. Owns reload (SIGHUP) and shutdown.
+//!
+//! Supervision: every adapter runs in its own task. If it returns an error or panics, the device is marked
+//! `error` (published retained on its status topic), and the adapter is rebuilt and restarted after an
+//! exponential backoff with jitter. The daemon itself never goes down because of an adapter.
+//!
+//! Reload: the new configuration is loaded and validated completely first; if anything is wrong, every error is
+//! logged and nothing changes. Otherwise devices whose configuration is identical keep running untouched,
+//! changed ones are restarted, removed ones stopped, new ones started; broker clients stay connected.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldbridge_sdk::{
+    AdapterContext, AdapterFactory, Backoff, Command, DeviceStatus, Reading, ReadingSink,
+    StatusHandle,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::codec::QoS;
+use crate::broker::link::Link;
+use crate::broker::{Broker, Message};
+use crate::config::{self, AdapterRegistry, Config, ConfigErrors, DeviceSpec};
+use crate::pipeline::{DeviceEntry, DeviceTable, Pipeline, PipelineStats, Recorder};
+
+/// Capacity of the channel all adapters send readings into. When full, adapters wait (back-pressure).
+const READING_CHANNEL: usize = 4096;
+/// Capacity of each device's command channel. When full, the write request waits.
+const COMMAND_CHANNEL: usize = 32;
+
+/// The adapters compiled into this build.
+pub struct Registry {
+    factories: Vec<Arc<dyn AdapterFactory>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        #[allow(unused_mut)]
+        let mut factories: Vec<Arc<dyn AdapterFactory>> = Vec::new();
+        #[cfg(feature = "sim")]
+        factories.push(Arc::new(fieldbridge_sim::SimFactory::default()));
+        #[cfg(feature = "modbus")]
+        factories.push(Arc::new(fieldbridge_modbus::ModbusFactory::default()));
+        Registry { factories }
+    }
+}
+
+impl Registry {
+    /// The factory serving `protocol`, shared.
+    pub fn get(&self, protocol: &str) -> Option<Arc<dyn AdapterFactory>> {
+        self.factories
+            .iter()
+            .find(|f| f.protocol() == protocol)
+            .cloned()
+    }
+}
+
+impl AdapterRegistry for Registry {
+    fn factory(&self, protocol: &str) -> Option<&dyn AdapterFactory> {
+        self.factories
+            .iter()
+            .find(|f| f.protocol() == protocol)
+            .map(|f| f.as_ref())
+    }
+
+    fn protocols(&self) -> Vec<&'static str> {
+        self.factories.iter().map(|f| f.protocol()).collect()
+    }
+}
+
+/// Loads and validates a configuration file with this build's adapters.
+pub fn load_config(path: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
+    // The adapters built during validation are dropped: each device's supervisor builds its own, so that a
+    // restart after a failure starts from a fresh adapter.
+    config::load_with(path, registry).map(|(cfg, _adapters)| cfg)
+}
+
+struct RunningDevice {
+    spec: DeviceSpec,
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// The running daemon.
+pub struct App {
+    /// The embedded broker.
+    pub broker: Broker,
+    /// The configuration in force.
+    pub config: RwLock<Arc<Config>>,
+    registry: Registry,
+    pipeline: Arc<Pipeline>,
+    link: Arc<Link>,
+    readings: mpsc::Sender<Reading>,
+    devices: Mutex<HashMap<Arc<str>, RunningDevice>>,
+    generation: std::sync::atomic::AtomicU64,
+    /// Cancelled to stop adapters (first step of shutdown).
+    adapters_cancel: CancellationToken,
+    /// Cancelled to stop the pipeline once adapters are down.
+    pipeline_cancel: CancellationToken,
+    tasks: TaskTracker,
+    listener_stop: Mutex<CancellationToken>,
+}
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Listen(#[from] crate::broker::listener::ListenError),
+}
+
+impl App {
+    /// Starts everything described by `cfg`.
+    pub async fn start(
+        cfg: Config,
+        registry: Registry,
+        recorder: Option<Arc<dyn Recorder>>,
+    ) -> Result<Arc<App>, StartError> {
+        let broker = Broker::new(cfg.broker.clone());
+        let listener_stop = CancellationToken::new();
+        let mut bound = Vec::new();
+        for l in &cfg.broker.listeners {
+            bound.push(broker.bind(l).await?);
+        }
+        for b in bound {
+            broker.serve(b, listener_stop.clone());
+        }
+        broker.start_sys();
+
+        let link = Arc::new(broker.link("pipeline"));
+        let pipeline = Arc::new(Pipeline {
+            gateway: cfg.gateway.id.clone(),
+            devices: DeviceTable::default(),
+            recorder,
+            stats: Arc::new(PipelineStats::default()),
+        });
+        let (tx, rx) = mpsc::channel(READING_CHANNEL);
+        let app = Arc::new(App {
+            broker: broker.clone(),
+            config: RwLock::new(Arc::new(cfg.clone())),
+            registry,
+            pipeline: pipeline.clone(),
+            link: link.clone(),
+            readings: tx,
+            devices: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(1),
+            adapters_cancel: CancellationToken::new(),
+            pipeline_cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            listener_stop: Mutex::new(listener_stop),
+        });
+
+        // The gateway's own status: online now, offline when the daemon stops (published at shutdown).
+        link.publish(Message::new(
+            cfg.gateway.status_topic.as_str(),
+            "online",
+            QoS::AtLeastOnce,
+            true,
+        ))
+        .await;
+
+        let cmd_link = Arc::new(broker.link("commands"));
+        cmd_link
+            .subscribe(&pipeline.set_filter(), QoS::AtLeastOnce)
+            .expect("the set filter is valid");
+        app.tasks.spawn(pipeline.clone().run_readings(
+            link.clone(),
+            rx,
+            app.pipeline_cancel.clone(),
+        ));
+        app.tasks.spawn(
+            pipeline
+                .clone()
+                .run_commands(cmd_link, app.pipeline_cancel.clone()),
+        );
+
+        for spec in &cfg.devices {
+            app.start_device(spec.clone());
+        }
+        tracing::info!(
+            gateway = %cfg.gateway.id,
+            devices = cfg.devices.len(),
+            "fieldbridge started"
+        );
+        Ok(app)
+    }
+
+    /// The pipeline's counters.
+    pub fn pipeline_stats(&self) -> Arc<PipelineStats> {
+        self.pipeline.stats.clone()
+    }
+
+    fn start_device(&self, spec: DeviceSpec) {
+        let name = spec.adapter.name.clone();
+        let Some(factory) = self.registry.get(&spec.adapter.protocol) else {
+            // Validation guarantees a factory; a build without the adapter feature would have failed there.
+            tracing::error!(device = %name, protocol = %spec.adapter.protocol, "no adapter for protocol");
+            return;
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gateway = self.config.read().gateway.id.clone();
+        let entry = Arc::new(DeviceEntry::new(spec.clone(), &gateway, generation, cmd_tx));
+        self.pipeline.devices.write().insert(name.clone(), entry);
+        let cancel = self.adapters_cancel.child_token();
+        let done = tokio::spawn(supervise(
+            factory,
+            spec.clone(),
+            ReadingSink::new(self.readings.clone()),
+            cmd_rx,
+            self.pipeline.clone(),
+            self.link.clone(),
+            cancel.clone(),
+        ));
+        self.devices
+            .lock()
+            .insert(name, RunningDevice { spec, cancel, done });
+    }
+
+    async fn stop_device(&self, name: &str) {
+        let running = self.devices.lock().remove(name);
+        if let Some(r) = running {
+            r.cancel.cancel();
+            let _ = r.done.await;
+        }
+    }
+
+    /// Applies a new, already validated configuration. Returns what changed (for logs and tests).
+    pub async fn apply(&self, new: Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let old_specs: HashMap<Arc<str>, DeviceSpec> = self
+            .devices
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.spec.clone()))
+            .collect();
+        let new_names: std::collections::HashSet<Arc<str>> =
+            new.devices.iter().map(|d| d.adapter.name.clone()).collect();
+        for name in old_specs.keys() {
+            if !new_names.contains(name) {
+                self.stop_device(name).await;
+                self.pipeline.devices.write().remove(name);
+                summary.removed.push(name.to_string());
+            }
+        }
+        // The gateway id can change topics of every device: treat it as a change of all of them.
+        let gateway_changed = self.config.read().gateway != new.gateway;
+        *self.config.write() = Arc::new(new.clone());
+        for spec in &new.devices {
+            match old_specs.get(&spec.adapter.name) {
+                Some(old) if *old == *spec && !gateway_changed => {
+                    summary.unchanged.push(spec.adapter.name.to_string())
+                }
+                Some(_) => {
+                    self.stop_device(&spec.adapter.name).await;
+                    self.start_device(spec.clone());
+                    summary.restarted.push(spec.adapter.name.to_string());
+                }
+                None => {
+                    self.start_device(spec.clone());
+                    summary.added.push(spec.adapter.name.to_string());
+                }
+            }
+        }
+        let listeners_changed = self.broker.config().listeners != new.broker.listeners;
+        self.broker.update_config(new.broker.clone());
+        if listeners_changed {
+            let stop = std::mem::take(&mut *self.listener_stop.lock());
+            stop.cancel();
+            let fresh = CancellationToken::new();
+            for l in &new.broker.listeners {
+                match self.broker.bind(l).await {
+                    Ok(b) => self.broker.serve(b, fresh.clone()),
+                    Err(e) => tracing::error!(error = %e, "listener not restarted after reload"),
+                }
+            }
+            *self.listener_stop.lock() = fresh;
+        }
+        tracing::info!(
+            added = summary.added.len(),
+            removed = summary.removed.len(),
+            restarted = summary.restarted.len(),
+            unchanged = summary.unchanged.len(),
+            "configuration reloaded"
+        );
+        summary
+    }
+
+    /// Re-reads the configuration file; on any error logs every problem and keeps the running configuration.
+    pub async fn reload(&self) -> Result<ReloadSummary, ConfigErrors> {
+        let path = self.config.read().path.clone();
+        match load_config(&path, &self.registry) {
+            Ok(cfg) => Ok(self.apply(cfg).await),
+            Err(errors) => {
+                for e in &errors.errors {
+                    tracing::error!("reload refused: {e}");
+                }
+                tracing::error!(
+                    "reload refused: {} problem(s); the running configuration is kept",
+                    errors.len()
+                );
+                Err(errors)
+            }
+        }
+    }
+
+    /// Stops adapters, drains the pipeline, publishes the gateway's offline status and stops the broker, all
+    /// within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.adapters_cancel.cancel();
+        let handles: Vec<_> = self.devices.lock().drain().map(|(_, r)| r.done).collect();
+        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(handles)).await;
+        self.pipeline_cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout_at(deadline, self.tasks.wait()).await;
+        let status_topic = self.config.read().gateway.status_topic.clone();
+        self.link
+            .publish(Message::new(
+                status_topic,
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ))
+            .await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.broker.shutdown(left).await;
+        tracing::info!("fieldbridge stopped");
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Devices started.
+    pub added: Vec<String>,
+    /// Devices stopped.
+    pub removed: Vec<String>,
+    /// Devices restarted because their configuration changed.
+    pub restarted: Vec<String>,
+    /// Devices left running.
+    pub unchanged: Vec<String>,
+}
+
+/// Runs one device's adapter until cancelled, restarting it with backoff after errors and panics.
+async fn supervise(
+    factory: Arc<dyn AdapterFactory>,
+    spec: DeviceSpec,
+    output: ReadingSink,
+    mut commands: mpsc::Receiver<Command>,
+    pipeline: Arc<Pipeline>,
+    link: Arc<Link>,
+    cancel: CancellationToken,
+) {
+    let name = spec.adapter.name.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut last_status: Option<DeviceStatus> = None;
+    loop {
+        let adapter = match factory.build(&spec.adapter) {
+            Ok(a) => a,
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!(device = %name, "{e}");
+                }
+                return;
+            }
+        };
+        let (status, mut status_rx) = StatusHandle::new();
+        let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
+        let run_cancel = cancel.child_token();
+        let ctx = AdapterContext {
+            device: name.clone(),
+            output: output.clone(),
+            status: status.clone(),
+            commands: rx,
+            cancel: run_cancel.clone(),
+        };
+        let mut run = tokio::spawn(adapter.run(ctx));
+        let outcome = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                changed = status_rx.changed() => {
+                    if changed.is_ok() {
+                        let s = status_rx.borrow_and_update().clone();
+                        report_status(&pipeline, &link, &name, &s, &mut last_status).await;
+                        if s == DeviceStatus::Online {
+                            backoff.reset();
+                        }
+                    }
+                }
+                Some(cmd) = commands.recv() => {
+                    if let Err(mpsc::error::SendError(cmd)) = tx.send(cmd).await {
+                        let _ = cmd.reply.send(Err(fieldbridge_sdk::CommandError::Transport("adapter restarting".into())));
+                    }
+                }
+            }
+        };
+        let reason = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(fieldbridge_sdk::AdapterError::Closed(_))) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(join) if join.is_panic() => Some(format!("adapter panicked: {}", panic_text(join))),
+            Err(join) => Some(format!("adapter task failed: {join}")),
+        };
+        if cancel.is_cancelled() || reason.is_none() {
+            return;
+        }
+        let reason = reason.unwrap_or_default();
+        let delay = backoff.next_delay();
+        tracing::warn!(device = %name, error = %reason, retry_in = ?delay, "adapter failed; restarting");
+        report_status(
+            &pipeline,
+            &link,
+            &name,
+            &DeviceStatus::Error(reason),
+            &mut last_status,
+        )
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn panic_text(join: tokio::task::JoinError) -> String {
+    let payload = join.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+async fn report_status(
+    pipeline: &Pipeline,
+    link: &Link,
+    device: &str,
+    status: &DeviceStatus,
+    last: &mut Option<DeviceStatus>,
+) {
+    if last.as_ref() == Some(status) {
+        return;
+    }
+    match status {
+        DeviceStatus::Online => tracing::info!(device, "device online"),
+        DeviceStatus::Offline(reason) => tracing::warn!(device, reason = %reason, "device offline"),
+        DeviceStatus::Error(reason) => tracing::warn!(device, reason = %reason, "device error"),
+        DeviceStatus::Starting => {}
+    }
+    *last = Some(status.clone());
+    pipeline.publish_status(link, device, status).await;
+}

@@ -1,0 +1,490 @@
+//! The broker's shared state: the session registry, the router, metrics, and the publish path every source
+//! (client connections, the in-process link, wills, `$SYS`) goes through.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BrokerConfig;
+
+use super::codec::{LastWill, Protocol, QoS};
+use super::message::Message;
+use super::router::{Router, Target};
+use super::session::{Offer, Outbound, Session};
+
+/// Counters of the broker. All monotonic except `clients_connected`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections currently open (MQTT sessions attached to a socket).
+    pub clients_connected: AtomicU64,
+    /// PUBLISH packets received from clients and in-process publishes.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to clients and deliveries to in-process links.
+    pub messages_sent: AtomicU64,
+    /// Bytes read from sockets.
+    pub bytes_received: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_sent: AtomicU64,
+    /// Deliveries dropped because a session queue was full (QoS 0) or its session was offline and full.
+    pub dropped_queue_full: AtomicU64,
+    /// Deliveries dropped because the message expired before it could be sent.
+    pub dropped_expired: AtomicU64,
+    /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
+    /// Publishes refused by the ACL.
+    pub denied_publishes: AtomicU64,
+    /// Connections closed for protocol violations or malformed packets.
+    pub protocol_errors: AtomicU64,
+    /// Connections refused at CONNECT (auth, client id, limits).
+    pub connections_refused: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the metrics plus gauges, for `$SYS`, the status command and the HTTP API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BrokerStats {
+    /// Seconds since the broker started.
+    pub uptime_secs: u64,
+    /// Connections open.
+    pub clients_connected: u64,
+    /// Sessions known (connected or persisted).
+    pub sessions: usize,
+    /// Subscriptions in the tree.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// See [`Metrics`].
+    pub messages_received: u64,
+    /// See [`Metrics`].
+    pub messages_sent: u64,
+    /// See [`Metrics`].
+    pub bytes_received: u64,
+    /// See [`Metrics`].
+    pub bytes_sent: u64,
+    /// See [`Metrics`].
+    pub dropped_queue_full: u64,
+    /// See [`Metrics`].
+    pub dropped_expired: u64,
+    /// See [`Metrics`].
+    pub dropped_too_large: u64,
+    /// See [`Metrics`].
+    pub denied_publishes: u64,
+    /// See [`Metrics`].
+    pub protocol_errors: u64,
+    /// See [`Metrics`].
+    pub connections_refused: u64,
+}
+
+/// Why a publish hook refused a message (the client gets PUBACK/PUBREC with this v5 reason code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRefusal {
+    /// v5 reason code, e.g. 0x97 quota exceeded.
+    pub reason_code: u8,
+    /// Human-readable reason (sent as reason string).
+    pub reason: String,
+}
+
+/// Called for every publish from a client (not for in-process publishes). The store uses it to log messages
+/// that match a forward or record filter; a returned future resolves when the message is durable, and the
+/// client's PUBACK/PUBREC waits for it.
+pub trait PublishHook: Send + Sync + 'static {
+    /// `None`: nothing to wait for.
+    fn on_publish(&self, msg: &Arc<Message>)
+        -> Option<BoxFuture<'static, Result<(), HookRefusal>>>;
+}
+
+pub(crate) struct Inner {
+    pub cfg: RwLock<Arc<BrokerConfig>>,
+    pub router: RwLock<Router>,
+    pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    next_session_id: AtomicU64,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub connections: AtomicUsize,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub hook: RwLock<Option<Arc<dyn PublishHook>>>,
+}
+
+/// The embedded broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+/// Upper bound on a client-requested session expiry meaning "never" in v5.
+pub(crate) const EXPIRY_NEVER: u32 = u32::MAX;
+
+impl Broker {
+    /// A broker with no listeners yet (see [`Broker::serve`]).
+    pub fn new(cfg: BrokerConfig) -> Broker {
+        Broker {
+            inner: Arc::new(Inner {
+                cfg: RwLock::new(Arc::new(cfg)),
+                router: RwLock::new(Router::default()),
+                sessions: Mutex::new(HashMap::new()),
+                next_session_id: AtomicU64::new(1),
+                metrics: Metrics::default(),
+                started: Instant::now(),
+                connections: AtomicUsize::new(0),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                hook: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<BrokerConfig> {
+        self.inner.cfg.read().clone()
+    }
+
+    /// Replaces the settings that can change without a restart (users, ACL, limits). Listeners are not
+    /// re-bound: the caller restarts them when they changed. Connected clients stay connected.
+    pub fn update_config(&self, cfg: BrokerConfig) {
+        *self.inner.cfg.write() = Arc::new(cfg);
+    }
+
+    /// Installs the publish hook (the store).
+    pub fn set_publish_hook(&self, hook: Arc<dyn PublishHook>) {
+        *self.inner.hook.write() = Some(hook);
+    }
+
+    pub(crate) fn hook(&self) -> Option<Arc<dyn PublishHook>> {
+        self.inner.hook.read().clone()
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> BrokerStats {
+        let m = &self.inner.metrics;
+        let router = self.inner.router.read();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BrokerStats {
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            clients_connected: get(&m.clients_connected),
+            sessions: self.inner.sessions.lock().len(),
+            subscriptions: router.subscription_count(),
+            retained: router.retained_count(),
+            messages_received: get(&m.messages_received),
+            messages_sent: get(&m.messages_sent),
+            bytes_received: get(&m.bytes_received),
+            bytes_sent: get(&m.bytes_sent),
+            dropped_queue_full: get(&m.dropped_queue_full),
+            dropped_expired: get(&m.dropped_expired),
+            dropped_too_large: get(&m.dropped_too_large),
+            denied_publishes: get(&m.denied_publishes),
+            protocol_errors: get(&m.protocol_errors),
+            connections_refused: get(&m.connections_refused),
+        }
+    }
+
+    /// Publishes a message from inside the daemon (no session: no-local does not apply).
+    pub async fn publish(&self, msg: Message) {
+        Metrics::inc(&self.inner.metrics.messages_received);
+        self.route(Arc::new(msg)).await;
+    }
+
+    /// Stores/clears the retained message if the message is retained, then delivers it to every matching
+    /// session, waiting for room in queues of connected QoS 1/2 subscribers.
+    pub(crate) async fn route(&self, msg: Arc<Message>) {
+        for target in self.targets(&msg) {
+            let (session, out) = outbound_for(target, &msg);
+            self.deliver(session, out).await;
+        }
+    }
+
+    /// Updates the retained store and returns the sessions the message goes to.
+    pub(crate) fn targets(&self, msg: &Arc<Message>) -> Vec<Target> {
+        if msg.retain {
+            self.inner.router.write().retain(msg);
+        }
+        self.inner.router.read().route(msg)
+    }
+
+    /// Offers without waiting: `Some(out)` when the session's queue is full and the caller must wait on
+    /// `session.space` (enabled *before* this call) and offer again.
+    pub(crate) fn try_deliver(&self, session: &Session, out: Outbound) -> Option<Outbound> {
+        match session.offer(out) {
+            Offer::Queued => None,
+            Offer::Dropped => {
+                Metrics::inc(&self.inner.metrics.dropped_queue_full);
+                None
+            }
+            Offer::Full(back) => Some(back),
+        }
+    }
+
+    async fn deliver(&self, session: Arc<Session>, mut out: Outbound) {
+        loop {
+            let space = session.space.clone().notified_owned();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match self.try_deliver(&session, out) {
+                None => return,
+                Some(back) => {
+                    out = back;
+                    tokio::select! {
+                        _ = &mut space => {}
+                        _ = self.inner.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues the retained messages matching `filter` for a session that just subscribed. Called by the
+    /// session's own connection, which cannot wait for itself: these may exceed the queue cap (they are bounded
+    /// by the number of retained messages).
+    pub(crate) fn queue_retained(
+        &self,
+        session: &Session,
+        filter: &str,
+        qos: QoS,
+        sub_id: Option<u32>,
+    ) {
+        let msgs = self
+            .inner
+            .router
+            .read()
+            .retained_matching(filter, Instant::now());
+        if msgs.is_empty() {
+            return;
+        }
+        let mut st = session.state.lock();
+        for msg in msgs {
+            st.queue.push_back(Outbound {
+                qos: msg.qos.min(qos),
+                // Retained messages sent because of a subscribe always carry RETAIN=1.
+                retain: true,
+                sub_ids: sub_id.into_iter().collect(),
+                msg,
+            });
+        }
+        drop(st);
+        session.wake.notify_one();
+    }
+
+    pub(crate) fn new_session_id(&self) -> u64 {
+        self.inner.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Finds or creates the session for `client_id`. With `clean_start` an existing session is discarded.
+    /// Returns the session and whether an existing one was resumed. Takes over (cancels) any attached
+    /// connection.
+    pub(crate) fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        protocol: Protocol,
+    ) -> (Arc<Session>, bool, CancellationToken, u64) {
+        let cfg = self.config();
+        let mut sessions = self.inner.sessions.lock();
+        let existing = sessions.get(client_id).cloned();
+        let (session, present) = match existing {
+            Some(s) if !clean_start => (s, true),
+            other => {
+                if let Some(old) = other {
+                    self.discard_session_locked(&mut sessions, &old);
+                }
+                let s = Session::new(
+                    self.new_session_id(),
+                    client_id.clone(),
+                    protocol,
+                    cfg.max_queued_messages,
+                );
+                sessions.insert(client_id.clone(), s.clone());
+                (s, false)
+            }
+        };
+        let token = CancellationToken::new();
+        let generation;
+        {
+            let mut st = session.state.lock();
+            if let Some(old) = st.conn_token.replace(token.clone()) {
+                old.cancel();
+            }
+            if let Some(timers) = st.timers.take() {
+                timers.cancel();
+            }
+            st.generation += 1;
+            generation = st.generation;
+            st.protocol = protocol;
+            st.max_queue = cfg.max_queued_messages;
+        }
+        session.set_online(true);
+        (session, present, token, generation)
+    }
+
+    /// Cancels a session's connection and timers and removes its subscriptions; the caller holds the sessions
+    /// lock and removes/replaces the map entry.
+    fn discard_session_locked(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Arc<Session>>,
+        old: &Arc<Session>,
+    ) {
+        let filters: Vec<String> = {
+            let mut st = old.state.lock();
+            if let Some(t) = st.conn_token.take() {
+                t.cancel();
+            }
+            if let Some(t) = st.timers.take() {
+                t.cancel();
+            }
+            st.will = None;
+            let f = st.subscriptions.keys().cloned().collect();
+            st.reset();
+            f
+        };
+        {
+            let mut router = self.inner.router.write();
+            for f in &filters {
+                router.unsubscribe(old.id, f);
+            }
+        }
+        if sessions.get(&old.client_id).is_some_and(|s| s.id == old.id) {
+            sessions.remove(&old.client_id);
+        }
+        old.set_online(false);
+        old.space.notify_waiters();
+    }
+
+    /// Removes a session (expiry, clean session end, link drop).
+    pub(crate) fn remove_session(&self, session: &Arc<Session>) {
+        let mut sessions = self.inner.sessions.lock();
+        self.discard_session_locked(&mut sessions, session);
+    }
+
+    /// Called when a connection ends. `clean` is a normal DISCONNECT (reason 0). Publishes or schedules the
+    /// will and schedules session expiry.
+    pub(crate) fn detach(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        clean: bool,
+        will: Option<LastWill>,
+    ) {
+        let (expiry, timers) = {
+            let mut st = session.state.lock();
+            if st.generation != generation {
+                // Taken over: the new connection resumed the session. A will with a delay is not sent when
+                // the session is resumed within the delay (5.0 §3.1.3.2.2); one without a delay is.
+                drop(st);
+                let immediate =
+                    will.filter(|w| !clean && w.properties.will_delay_interval.unwrap_or(0) == 0);
+                if let Some(w) = immediate {
+                    self.spawn_will(w, Duration::ZERO, None);
+                }
+                return;
+            }
+            st.conn_token = None;
+            session.set_online(false);
+            let token = CancellationToken::new();
+            st.timers = Some(token.clone());
+            (st.expiry_secs, token)
+        };
+        session.space.notify_waiters();
+        let will = will.filter(|_| !clean);
+        if expiry == 0 {
+            self.remove_session(session);
+            if let Some(w) = will {
+                self.spawn_will(w, Duration::ZERO, None);
+            }
+            return;
+        }
+        let expiry_after = (expiry != EXPIRY_NEVER).then(|| Duration::from_secs(u64::from(expiry)));
+        if let Some(w) = will {
+            let delay =
+                Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)));
+            let delay = expiry_after.map_or(delay, |e| delay.min(e));
+            self.spawn_will(w, delay, Some(timers.clone()));
+        }
+        if let Some(after) = expiry_after {
+            let broker = self.clone();
+            let session = session.clone();
+            self.inner.tasks.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => {
+                        let still_offline = session.state.lock().generation == generation;
+                        if still_offline {
+                            broker.remove_session(&session);
+                        }
+                    }
+                    _ = timers.cancelled() => {}
+                    _ = broker.inner.shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn spawn_will(&self, will: LastWill, delay: Duration, cancel: Option<CancellationToken>) {
+        let broker = self.clone();
+        let msg = Message::from_publish(
+            super::codec::Publish {
+                dup: false,
+                qos: will.qos,
+                retain: will.retain,
+                topic: will.topic.clone(),
+                packet_id: 0,
+                properties: will.properties,
+                payload: will.payload,
+            },
+            will.topic,
+            None,
+        );
+        let mut msg = msg;
+        msg.properties.will_delay_interval = None;
+        if delay.is_zero() {
+            self.inner
+                .tasks
+                .spawn(async move { broker.publish(msg).await });
+            return;
+        }
+        let cancel = cancel.unwrap_or_default();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => broker.publish(msg).await,
+                _ = cancel.cancelled() => {}
+                _ = broker.inner.shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// Stops accepting connections, closes every connection and waits (bounded by `grace`) for the tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+    }
+
+    /// A token cancelled when the broker shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+}
+
+/// The delivery of `msg` to one target: QoS downgraded to the granted one, retain as the subscription wants.
+pub(crate) fn outbound_for(target: Target, msg: &Arc<Message>) -> (Arc<Session>, Outbound) {
+    let out = Outbound {
+        msg: msg.clone(),
+        qos: msg.qos.min(target.qos),
+        retain: msg.retain && target.retain_as_published,
+        sub_ids: target.sub_ids,
+    };
+    (target.session, out)
+}

@@ -1,0 +1,182 @@
+//! Listeners: accept loops that hand each connection to its own task, under a connection limit.
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ListenerConfig, ListenerKind};
+
+use super::connection;
+use super::core::Broker;
+use super::transport;
+
+/// A listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Binding failed (address in use, permission).
+    #[error("listener `{name}`: cannot bind {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error("listener `{name}`: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Cause.
+        source: super::transport::TransportError,
+    },
+}
+
+/// How accepted sockets are turned into an MQTT byte stream.
+#[derive(Clone)]
+enum Accept {
+    Tcp,
+    Tls(TlsAcceptor),
+    Ws(Arc<str>),
+    Wss(Arc<str>, TlsAcceptor),
+}
+
+/// Bound on the TLS and WebSocket handshakes of one connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound listener; [`Broker::serve`] runs it.
+#[derive(Debug)]
+pub struct Bound {
+    name: String,
+    listener: TcpListener,
+    accept: Accept,
+}
+
+impl std::fmt::Debug for Accept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accept::Tcp => "tcp",
+            Accept::Tls(_) => "tls",
+            Accept::Ws(_) => "ws",
+            Accept::Wss(..) => "wss",
+        })
+    }
+}
+
+impl Bound {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+}
+
+impl Broker {
+    /// Binds a listener without serving it yet, so bind errors are reported before anything starts.
+    pub async fn bind(&self, cfg: &ListenerConfig) -> Result<Bound, ListenError> {
+        let tls = |t| {
+            transport::tls_acceptor(t).map_err(|source| ListenError::Tls {
+                name: cfg.name.clone(),
+                source,
+            })
+        };
+        let accept = match &cfg.kind {
+            ListenerKind::Tcp => Accept::Tcp,
+            ListenerKind::Tls(t) => Accept::Tls(tls(t)?),
+            ListenerKind::Ws { path } => Accept::Ws(path.as_str().into()),
+            ListenerKind::Wss { path, tls: t } => Accept::Wss(path.as_str().into(), tls(t)?),
+        };
+        let listener = TcpListener::bind(cfg.bind)
+            .await
+            .map_err(|source| ListenError::Bind {
+                name: cfg.name.clone(),
+                addr: cfg.bind,
+                source,
+            })?;
+        Ok(Bound {
+            name: cfg.name.clone(),
+            listener,
+            accept,
+        })
+    }
+
+    /// Serves a bound listener until the broker shuts down or `stop` is cancelled.
+    pub fn serve(&self, bound: Bound, stop: tokio_util::sync::CancellationToken) {
+        let broker = self.clone();
+        let shutdown = self.inner.shutdown.clone();
+        tracing::info!(listener = %bound.name, addr = %bound.local_addr(), kind = ?bound.accept, "MQTT listener started");
+        self.inner.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    r = bound.listener.accept() => r,
+                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        broker.spawn_connection(stream, peer, bound.accept.clone())
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(listener = %bound.name, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            tracing::info!(listener = %bound.name, "MQTT listener stopped");
+        });
+    }
+
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, accept: Accept) {
+        let _ = stream.set_nodelay(true);
+        let max = self.config().max_connections;
+        let open = self.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let over_limit = open > max;
+        let broker = self.clone();
+        self.inner.tasks.spawn(async move {
+            let b = broker.clone();
+            let served = async move {
+                match accept {
+                    Accept::Tcp => connection::serve(b, stream, peer, over_limit).await,
+                    Accept::Tls(tls) => {
+                        let s = timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
+                            .await
+                            .map_err(|_| "TLS handshake timed out".to_string())?
+                            .map_err(|e| e.to_string())?;
+                        connection::serve(b, s, peer, over_limit).await;
+                    }
+                    Accept::Ws(path) => {
+                        let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(stream, &path))
+                            .await
+                            .map_err(|_| "WebSocket handshake timed out".to_string())?
+                            .map_err(|e| e.to_string())?;
+                        connection::serve(b, s, peer, over_limit).await;
+                    }
+                    Accept::Wss(path, tls) => {
+                        let s = timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
+                            .await
+                            .map_err(|_| "TLS handshake timed out".to_string())?
+                            .map_err(|e| e.to_string())?;
+                        let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(s, &path))
+                            .await
+                            .map_err(|_| "WebSocket handshake timed out".to_string())?
+                            .map_err(|e| e.to_string())?;
+                        connection::serve(b, s, peer, over_limit).await;
+                    }
+                }
+                Ok::<(), String>(())
+            };
+            if let Err(e) = served.await {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+            }
+            broker.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

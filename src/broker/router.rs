@@ -1,0 +1,418 @@
+//! The topic tree: subscriptions (plain and shared), matching, and retained messages.
+//!
+//! Matching rules (MQTT 3.1.1 §4.7, 5.0 §4.7–4.8):
+//! - `+` matches one whole level, `#` the rest including the parent level (`a/#` matches `a`);
+//! - topics starting with `$` are not matched by a wildcard in the first level;
+//! - a session with several matching subscriptions gets the message once, at the highest granted QoS, with
+//!   every matching subscription identifier (5.0 §3.3.4);
+//! - a shared subscription `$share/{group}/{filter}` delivers each message to one member of the group
+//!   (round robin), independently of the member's other subscriptions.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::codec::{QoS, RetainHandling};
+use super::message::Message;
+use super::session::Session;
+
+/// Options of one subscription, as granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Granted maximum QoS.
+    pub qos: QoS,
+    /// Do not deliver the session's own publishes.
+    pub no_local: bool,
+    /// Keep the retain flag as published on normal delivery.
+    pub retain_as_published: bool,
+    /// What to do with retained messages at subscribe time.
+    pub retain_handling: RetainHandling,
+    /// Subscription identifier (v5).
+    pub id: Option<u32>,
+}
+
+/// A session a message must be delivered to, with the options merged from all its matching subscriptions.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The session.
+    pub session: Arc<Session>,
+    /// Highest granted QoS among the matching subscriptions.
+    pub qos: QoS,
+    /// Every matching subscription identifier.
+    pub sub_ids: Vec<u32>,
+    /// Retain-as-published of any matching subscription.
+    pub retain_as_published: bool,
+}
+
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<(Arc<Session>, SubOptions)>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: Vec<(Arc<Session>, SubOptions)>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// A parsed subscription filter: the share group (if any) and the plain filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedFilter<'a> {
+    /// `Some(group)` for `$share/{group}/…`.
+    pub group: Option<&'a str>,
+    /// The filter that is matched against topics.
+    pub filter: &'a str,
+}
+
+/// Splits `$share/{group}/{filter}`; other filters come back whole.
+pub fn parse_filter(filter: &str) -> ParsedFilter<'_> {
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        if let Some((group, f)) = rest.split_once('/') {
+            return ParsedFilter {
+                group: Some(group),
+                filter: f,
+            };
+        }
+    }
+    ParsedFilter {
+        group: None,
+        filter,
+    }
+}
+
+/// Whether `filter` (no `$share` prefix) matches `topic`.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The subscription tree and the retained store.
+#[derive(Default)]
+pub struct Router {
+    root: Node,
+    retained: HashMap<Arc<str>, Arc<Message>>,
+    subscription_count: usize,
+}
+
+impl Router {
+    /// Adds or replaces the subscription of `session` on `filter`. Returns true when it already existed
+    /// (for retain handling 1).
+    pub fn subscribe(&mut self, session: &Arc<Session>, filter: &str, opts: SubOptions) -> bool {
+        let parsed = parse_filter(filter);
+        let mut node = &mut self.root;
+        for level in parsed.filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let list = match parsed.group {
+            None => &mut node.subs,
+            Some(group) => &mut node.shared.entry(group.into()).or_default().members,
+        };
+        if let Some(slot) = list.iter_mut().find(|(s, _)| s.id == session.id) {
+            slot.1 = opts;
+            true
+        } else {
+            list.push((session.clone(), opts));
+            self.subscription_count += 1;
+            false
+        }
+    }
+
+    /// Removes the subscription of `session` on `filter`. Returns whether it existed.
+    pub fn unsubscribe(&mut self, session_id: u64, filter: &str) -> bool {
+        let parsed = parse_filter(filter);
+        let levels: Vec<&str> = parsed.filter.split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, parsed.group, session_id);
+        if removed {
+            self.subscription_count -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64) -> bool {
+        match levels.split_first() {
+            None => {
+                let list = match group {
+                    None => &mut node.subs,
+                    Some(g) => match node.shared.get_mut(g) {
+                        Some(sg) => &mut sg.members,
+                        None => return false,
+                    },
+                };
+                let before = list.len();
+                list.retain(|(s, _)| s.id != session_id);
+                let removed = list.len() != before;
+                if let Some(g) = group {
+                    if node.shared.get(g).is_some_and(|sg| sg.members.is_empty()) {
+                        node.shared.remove(g);
+                    }
+                }
+                removed
+            }
+            Some((first, rest)) => {
+                let Some(child) = node.children.get_mut(*first) else {
+                    return false;
+                };
+                let removed = Self::remove_at(child, rest, group, session_id);
+                if child.is_empty() {
+                    node.children.remove(*first);
+                }
+                removed
+            }
+        }
+    }
+
+    /// Number of subscriptions in the tree.
+    pub fn subscription_count(&self) -> usize {
+        self.subscription_count
+    }
+
+    /// Every session the message must go to, merged per session.
+    pub fn route(&self, msg: &Message) -> Vec<Target> {
+        let levels: Vec<&str> = msg.topic.split('/').collect();
+        let dollar = msg.topic.starts_with('$');
+        let mut plain: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
+        let mut shared: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
+        Self::collect(&self.root, &levels, 0, dollar, &mut plain, &mut shared);
+
+        let mut targets: Vec<Target> = Vec::with_capacity(plain.len() + shared.len());
+        if plain.len() > 1 {
+            plain.sort_by_key(|(s, _)| s.id);
+        }
+        for (session, opts) in plain {
+            if opts.no_local && msg.origin == Some(session.id) {
+                continue;
+            }
+            match targets.last_mut() {
+                Some(t) if t.session.id == session.id => {
+                    t.qos = t.qos.max(opts.qos);
+                    t.retain_as_published |= opts.retain_as_published;
+                    t.sub_ids.extend(opts.id);
+                }
+                _ => targets.push(Target {
+                    session: session.clone(),
+                    qos: opts.qos,
+                    sub_ids: opts.id.into_iter().collect(),
+                    retain_as_published: opts.retain_as_published,
+                }),
+            }
+        }
+        // Shared deliveries are separate from the session's plain ones (5.0 §4.8.2).
+        for (session, opts) in shared {
+            targets.push(Target {
+                session: session.clone(),
+                qos: opts.qos,
+                sub_ids: opts.id.into_iter().collect(),
+                retain_as_published: opts.retain_as_published,
+            });
+        }
+        targets
+    }
+
+    fn collect<'a>(
+        node: &'a Node,
+        levels: &[&str],
+        idx: usize,
+        dollar: bool,
+        plain: &mut Vec<(&'a Arc<Session>, &'a SubOptions)>,
+        shared: &mut Vec<(&'a Arc<Session>, &'a SubOptions)>,
+    ) {
+        let wild_ok = !(idx == 0 && dollar);
+        if wild_ok {
+            if let Some(hash) = node.children.get("#") {
+                Self::take(hash, plain, shared);
+            }
+        }
+        if idx == levels.len() {
+            Self::take(node, plain, shared);
+            return;
+        }
+        if wild_ok {
+            if let Some(plus) = node.children.get("+") {
+                Self::collect(plus, levels, idx + 1, dollar, plain, shared);
+            }
+        }
+        if let Some(child) = node.children.get(levels[idx]) {
+            Self::collect(child, levels, idx + 1, dollar, plain, shared);
+        }
+    }
+
+    fn take<'a>(
+        node: &'a Node,
+        plain: &mut Vec<(&'a Arc<Session>, &'a SubOptions)>,
+        shared: &mut Vec<(&'a Arc<Session>, &'a SubOptions)>,
+    ) {
+        plain.extend(node.subs.iter().map(|(s, o)| (s, o)));
+        for group in node.shared.values() {
+            if group.members.is_empty() {
+                continue;
+            }
+            // Prefer a connected member; fall back to round robin over all (offline members queue).
+            let n = group.members.len();
+            let start = group.next.fetch_add(1, Ordering::Relaxed);
+            let pick = (0..n)
+                .map(|k| &group.members[(start + k) % n])
+                .find(|(s, _)| s.is_online())
+                .unwrap_or(&group.members[start % n]);
+            shared.push((&pick.0, &pick.1));
+        }
+    }
+
+    /// Stores, replaces or (empty payload) clears the retained message of the topic.
+    pub fn retain(&mut self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else {
+            self.retained.insert(msg.topic.clone(), msg.clone());
+        }
+    }
+
+    /// Retained messages matching `filter` (no `$share` prefix), skipping expired ones.
+    pub fn retained_matching(&self, filter: &str, now: std::time::Instant) -> Vec<Arc<Message>> {
+        let exact = !filter.contains(['+', '#']);
+        if exact {
+            return self
+                .retained
+                .get(filter)
+                .filter(|m| !m.expired(now))
+                .cloned()
+                .into_iter()
+                .collect();
+        }
+        self.retained
+            .values()
+            .filter(|m| !m.expired(now) && filter_matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_rules() {
+        let cases = [
+            ("a/b", "a/b", true),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("#", "a/b", true),
+            ("+/+", "/x", true),
+            ("+", "/x", false),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/+/c", "a//c", true),
+            ("a/b", "a/b/", false),
+        ];
+        for (f, t, want) in cases {
+            assert_eq!(filter_matches(f, t), want, "{f} vs {t}");
+        }
+    }
+
+    #[test]
+    fn share_prefix_parsing() {
+        assert_eq!(
+            parse_filter("$share/g1/a/+"),
+            ParsedFilter {
+                group: Some("g1"),
+                filter: "a/+"
+            }
+        );
+        assert_eq!(parse_filter("a/b").group, None);
+    }
+
+    fn opts(qos: QoS, id: Option<u32>) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::SendAtSubscribe,
+            id,
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_merge_per_session() {
+        let mut r = Router::default();
+        let s = Session::new_for_test(1, "c1");
+        r.subscribe(&s, "a/+", opts(QoS::AtMostOnce, Some(1)));
+        r.subscribe(&s, "a/#", opts(QoS::AtLeastOnce, Some(2)));
+        let targets = r.route(&Message::new("a/b", "x", QoS::ExactlyOnce, false));
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].qos, QoS::AtLeastOnce);
+        let mut ids = targets[0].sub_ids.clone();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+        assert!(r.unsubscribe(1, "a/+"));
+        assert!(!r.unsubscribe(1, "a/+"));
+        assert_eq!(
+            r.route(&Message::new("a/b", "x", QoS::AtMostOnce, false))
+                .len(),
+            1
+        );
+        assert!(r.unsubscribe(1, "a/#"));
+        assert!(r
+            .route(&Message::new("a/b", "x", QoS::AtMostOnce, false))
+            .is_empty());
+        assert!(r.root.is_empty(), "tree pruned after the last unsubscribe");
+    }
+
+    #[test]
+    fn shared_group_round_robin() {
+        let mut r = Router::default();
+        let a = Session::new_for_test(1, "a");
+        let b = Session::new_for_test(2, "b");
+        r.subscribe(&a, "$share/g/t/#", opts(QoS::AtLeastOnce, None));
+        r.subscribe(&b, "$share/g/t/#", opts(QoS::AtLeastOnce, None));
+        let mut counts = [0; 3];
+        for _ in 0..10 {
+            let t = r.route(&Message::new("t/1", "x", QoS::AtLeastOnce, false));
+            assert_eq!(t.len(), 1);
+            counts[t[0].session.id as usize] += 1;
+        }
+        assert_eq!(counts[1], 5);
+        assert_eq!(counts[2], 5);
+    }
+
+    #[test]
+    fn retained_set_replace_clear() {
+        let mut r = Router::default();
+        let now = std::time::Instant::now();
+        r.retain(&Arc::new(Message::new("a/b", "1", QoS::AtMostOnce, true)));
+        r.retain(&Arc::new(Message::new("a/b", "2", QoS::AtMostOnce, true)));
+        r.retain(&Arc::new(Message::new("a/c", "3", QoS::AtMostOnce, true)));
+        assert_eq!(r.retained_count(), 2);
+        let m = r.retained_matching("a/b", now);
+        assert_eq!(&m[0].payload[..], b"2");
+        assert_eq!(r.retained_matching("a/+", now).len(), 2);
+        r.retain(&Arc::new(Message::new("a/b", "", QoS::AtMostOnce, true)));
+        assert_eq!(r.retained_matching("#", now).len(), 1);
+    }
+}

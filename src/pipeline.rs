@@ -1,0 +1,614 @@
+//! The reading pipeline: `Reading` -> device-map rules (scale, offset, deadband, publish mode) -> topic +
+//! payload -> the embedded broker (and the store); and the way back: `…/set` publishes -> `Command`s for
+//! adapters -> results on `…/set/result` (and the MQTT 5 response topic).
+//!
+//! One task consumes the bounded reading channel every adapter writes to, so per-point state (last published
+//! value, counters) needs no locks. The device table is shared with the supervisor, which swaps entries on
+//! reload; a point's state is reset when its device's configuration changed.
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use fieldbridge_sdk::{Command, CommandError, DeviceStatus, Quality, Reading, Value};
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::codec::QoS;
+use crate::broker::link::Link;
+use crate::broker::Message;
+use crate::config::{
+    Deadband, DeviceSpec, PayloadFormat, PointRules, PublishMode, TemplatePart, TopicTemplate,
+};
+
+/// Where published readings are logged (the store). The future resolves once the row is accepted by the
+/// writer (not necessarily committed): it waits only when the store applies back-pressure (`when_full: block`).
+pub trait Recorder: Send + Sync + 'static {
+    /// Logs one published reading.
+    fn record(&self, msg: &Message, reading: &Reading, num: Option<f64>) -> BoxFuture<'static, ()>;
+    /// Whether a message on `topic` must be logged even if its point is not recorded (a bridge forwards it).
+    fn must_log(&self, topic: &str) -> bool;
+}
+
+/// A device as the pipeline sees it: its rules, rendered topics and the adapter's command input.
+#[derive(Debug)]
+pub struct DeviceEntry {
+    /// The device's configuration.
+    pub spec: DeviceSpec,
+    /// Changes whenever the device is (re)configured; per-point state is reset when it differs.
+    pub generation: u64,
+    /// Rendered topic of each point, by point name.
+    pub points: HashMap<Arc<str>, (PointRules, Arc<str>)>,
+    /// Write requests for the running adapter.
+    pub commands: mpsc::Sender<Command>,
+}
+
+/// The shared device table.
+pub type DeviceTable = Arc<RwLock<HashMap<Arc<str>, Arc<DeviceEntry>>>>;
+
+/// Renders a topic template for one point.
+pub fn render_topic(t: &TopicTemplate, gateway: &str, spec: &DeviceSpec, point: &str) -> String {
+    let mut s = String::new();
+    for part in &t.parts {
+        match part {
+            TemplatePart::Literal(l) => s.push_str(l),
+            TemplatePart::Gateway => s.push_str(gateway),
+            TemplatePart::Device => s.push_str(&spec.adapter.name),
+            TemplatePart::Point => s.push_str(point),
+            TemplatePart::Label(name) => {
+                s.push_str(spec.labels.get(name).map_or("", String::as_str))
+            }
+        }
+    }
+    s
+}
+
+impl DeviceEntry {
+    /// Builds the entry for a device, rendering every point's topic once.
+    pub fn new(
+        spec: DeviceSpec,
+        gateway: &str,
+        generation: u64,
+        commands: mpsc::Sender<Command>,
+    ) -> DeviceEntry {
+        let points = spec
+            .points
+            .iter()
+            .map(|p| {
+                let topic: Arc<str> = render_topic(&p.topic, gateway, &spec, &p.name).into();
+                (p.name.clone(), (p.clone(), topic))
+            })
+            .collect();
+        DeviceEntry {
+            spec,
+            generation,
+            points,
+            commands,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PointState {
+    generation: u64,
+    last: Option<(Value, Quality)>,
+    since_publish: u32,
+}
+
+/// Decimal places of a number's shortest representation (0.1 -> 1, 0.25 -> 2, 10 -> 0), capped at 9.
+fn decimals(x: f64) -> i32 {
+    let s = format!("{x}");
+    s.split_once('.')
+        .map_or(0, |(_, frac)| frac.len().min(9) as i32)
+}
+
+/// Applies `raw * scale + offset`. Integers stay integers when the transform is the identity; an integer
+/// scaled by a decimal factor is rounded to the factor's precision (so 215 * 0.1 is 21.5, not
+/// 21.500000000000004).
+pub fn scale_value(raw: &Value, rules: &PointRules) -> Value {
+    if rules.scale == 1.0 && rules.offset == 0.0 {
+        return raw.clone();
+    }
+    let integral = matches!(raw, Value::Int(_) | Value::UInt(_) | Value::Bool(_));
+    match raw.as_f64() {
+        None => raw.clone(),
+        Some(x) => {
+            let v = x * rules.scale + rules.offset;
+            if integral {
+                let d = decimals(rules.scale).max(decimals(rules.offset));
+                let f = 10f64.powi(d);
+                Value::Float((v * f).round() / f)
+            } else {
+                Value::Float(v)
+            }
+        }
+    }
+}
+
+/// The inverse of [`scale_value`] for write-back: `raw = (value - offset) / scale`, rounded to an integer when
+/// the scaled value was produced from one.
+pub fn unscale_value(v: &Value, rules: &PointRules) -> Value {
+    if rules.scale == 1.0 && rules.offset == 0.0 {
+        return v.clone();
+    }
+    match v.as_f64() {
+        Some(x) if !matches!(v, Value::Bool(_)) => {
+            let raw = (x - rules.offset) / rules.scale;
+            if (raw - raw.round()).abs() < 1e-6 {
+                Value::Int(raw.round() as i64)
+            } else {
+                Value::Float(raw)
+            }
+        }
+        _ => v.clone(),
+    }
+}
+
+fn changed(
+    last: &Option<(Value, Quality)>,
+    value: &Value,
+    quality: &Quality,
+    deadband: Option<Deadband>,
+) -> bool {
+    let Some((lv, lq)) = last else { return true };
+    if lq != quality {
+        return true;
+    }
+    match (lv.as_f64(), value.as_f64(), deadband) {
+        (Some(a), Some(b), Some(Deadband::Absolute(d))) => (b - a).abs() >= d,
+        (Some(a), Some(b), Some(Deadband::Percent(p))) => {
+            (b - a).abs() >= a.abs() * p / 100.0 && a != b
+        }
+        _ => lv != value,
+    }
+}
+
+/// Writes a value as JSON.
+fn json_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::UInt(u) => {
+            let _ = write!(out, "{u}");
+        }
+        Value::Float(f) if f.is_finite() => {
+            let _ = write!(out, "{f}");
+        }
+        Value::Float(_) => out.push_str("null"),
+        Value::String(s) => out.push_str(&serde_json::Value::String(s.clone()).to_string()),
+        Value::Bytes(b) => {
+            out.push('"');
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+            out.push('"');
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ts: SystemTime) -> String {
+    humantime::format_rfc3339_millis(ts).to_string()
+}
+
+/// The payload of one reading.
+pub fn payload(
+    format: PayloadFormat,
+    value: &Value,
+    quality: &Quality,
+    unit: Option<&str>,
+    ts: SystemTime,
+) -> Bytes {
+    match format {
+        PayloadFormat::Value => Bytes::from(value.to_string()),
+        PayloadFormat::Json => {
+            let mut s = String::with_capacity(96);
+            s.push_str("{\"value\":");
+            json_value(&mut s, value);
+            if let Some(u) = unit {
+                s.push_str(",\"unit\":");
+                s.push_str(&serde_json::Value::String(u.to_string()).to_string());
+            }
+            let _ = write!(
+                s,
+                ",\"ts\":\"{}\",\"quality\":\"{}\"",
+                rfc3339_ms(ts),
+                quality.as_str()
+            );
+            if let Quality::Bad(reason) = quality {
+                s.push_str(",\"reason\":");
+                s.push_str(&serde_json::Value::String(reason.clone()).to_string());
+            }
+            s.push('}');
+            Bytes::from(s)
+        }
+    }
+}
+
+/// Counters of the pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Readings received from adapters.
+    pub readings: std::sync::atomic::AtomicU64,
+    /// Readings published.
+    pub published: std::sync::atomic::AtomicU64,
+    /// Readings suppressed by on-change/deadband rules.
+    pub suppressed: std::sync::atomic::AtomicU64,
+    /// Readings for devices or points not (or no longer) configured.
+    pub unknown: std::sync::atomic::AtomicU64,
+    /// Write requests handled.
+    pub commands: std::sync::atomic::AtomicU64,
+}
+
+/// The pipeline's shared handles.
+pub struct Pipeline {
+    /// `{gateway}`.
+    pub gateway: String,
+    /// The device table (the supervisor updates it).
+    pub devices: DeviceTable,
+    /// Where readings are logged.
+    pub recorder: Option<Arc<dyn Recorder>>,
+    /// Counters.
+    pub stats: Arc<PipelineStats>,
+}
+
+impl Pipeline {
+    /// Consumes readings until the channel closes or `cancel` fires (then drains what is queued).
+    pub async fn run_readings(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        mut rx: mpsc::Receiver<Reading>,
+        cancel: CancellationToken,
+    ) {
+        let mut state: HashMap<(Arc<str>, Arc<str>), PointState> = HashMap::new();
+        loop {
+            let reading = tokio::select! {
+                biased;
+                r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = cancel.cancelled() => {
+                    rx.close();
+                    while let Some(r) = rx.recv().await {
+                        self.handle(&link, &mut state, r).await;
+                    }
+                    break;
+                }
+            };
+            self.handle(&link, &mut state, reading).await;
+        }
+    }
+
+    async fn handle(
+        &self,
+        link: &Link,
+        state: &mut HashMap<(Arc<str>, Arc<str>), PointState>,
+        r: Reading,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.readings.fetch_add(1, Relaxed);
+        let entry = self.devices.read().get(&r.device).cloned();
+        let Some(entry) = entry else {
+            self.stats.unknown.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some((rules, topic)) = entry.points.get(&r.point) else {
+            self.stats.unknown.fetch_add(1, Relaxed);
+            return;
+        };
+        let value = scale_value(&r.value, rules);
+        let st = state
+            .entry((r.device.clone(), r.point.clone()))
+            .or_default();
+        if st.generation != entry.generation {
+            *st = PointState {
+                generation: entry.generation,
+                ..Default::default()
+            };
+        }
+        let publish = match rules.publish {
+            PublishMode::EveryPoll => true,
+            PublishMode::OnChange => changed(&st.last, &value, &r.quality, rules.deadband),
+            PublishMode::OnChangeOrEvery(n) => {
+                changed(&st.last, &value, &r.quality, rules.deadband) || st.since_publish + 1 >= n
+            }
+        };
+        if !publish {
+            st.since_publish += 1;
+            self.stats.suppressed.fetch_add(1, Relaxed);
+            return;
+        }
+        st.since_publish = 0;
+        st.last = Some((value.clone(), r.quality.clone()));
+        let body = payload(
+            rules.payload,
+            &value,
+            &r.quality,
+            rules.unit.as_deref(),
+            r.ts,
+        );
+        let msg = Message::new(topic.clone(), body, rules.qos, rules.retain);
+        if let Some(rec) = &self.recorder {
+            if rules.record || rec.must_log(topic) {
+                let num = if r.quality == Quality::Good {
+                    value.as_f64()
+                } else {
+                    None
+                };
+                rec.record(&msg, &r, num).await;
+            }
+        }
+        link.publish(msg).await;
+        self.stats.published.fetch_add(1, Relaxed);
+    }
+
+    /// Publishes a device's status (retained) on `{gateway}/{device}/status`.
+    pub async fn publish_status(&self, link: &Link, device: &str, status: &DeviceStatus) {
+        let mut s = format!("{{\"status\":\"{}\"", status.as_str());
+        if let Some(reason) = status.reason() {
+            s.push_str(",\"reason\":");
+            s.push_str(&serde_json::Value::String(reason.to_string()).to_string());
+        }
+        let _ = write!(s, ",\"ts\":\"{}\"}}", rfc3339_ms(SystemTime::now()));
+        let topic = format!("{}/{}/status", self.gateway, device);
+        link.publish(Message::new(topic, s, QoS::AtLeastOnce, true))
+            .await;
+    }
+
+    /// The topic filter of write requests.
+    pub fn set_filter(&self) -> String {
+        format!("{}/+/+/set", self.gateway)
+    }
+
+    /// Serves write requests arriving on the link until `cancel` fires.
+    pub async fn run_commands(self: Arc<Self>, link: Arc<Link>, cancel: CancellationToken) {
+        loop {
+            let received = tokio::select! {
+                r = link.recv() => r,
+                _ = cancel.cancelled() => break,
+            };
+            let msg = received.msg;
+            let this = self.clone();
+            let link2 = link.clone();
+            // Each write runs on its own task: a slow device must not hold up writes to others.
+            tokio::spawn(async move {
+                let result = this.execute(&msg).await;
+                this.stats
+                    .commands
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                this.reply(&link2, &msg, result).await;
+            });
+        }
+    }
+
+    async fn execute(&self, msg: &Message) -> Result<(), CommandError> {
+        let mut parts = msg.topic.split('/');
+        let (Some(device), Some(point)) = (parts.nth(1), parts.next()) else {
+            return Err(CommandError::UnknownPoint(msg.topic.to_string()));
+        };
+        let entry = self.devices.read().get(device).cloned();
+        let Some(entry) = entry else {
+            return Err(CommandError::UnknownPoint(format!("{device}/{point}")));
+        };
+        let Some((rules, _)) = entry.points.get(point) else {
+            return Err(CommandError::UnknownPoint(point.to_string()));
+        };
+        if !rules.writable {
+            return Err(CommandError::ReadOnly(point.to_string()));
+        }
+        let value = parse_command_value(&msg.payload)?;
+        let raw = unscale_value(&value, rules);
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command {
+            point: rules.name.clone(),
+            value: raw,
+            reply: tx,
+        };
+        entry
+            .commands
+            .send(cmd)
+            .await
+            .map_err(|_| CommandError::Transport("the device's adapter is not running".into()))?;
+        match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CommandError::Transport(
+                "the adapter dropped the request".into(),
+            )),
+            Err(_) => Err(CommandError::Timeout),
+        }
+    }
+
+    async fn reply(&self, link: &Link, request: &Message, result: Result<(), CommandError>) {
+        let body = match &result {
+            Ok(()) => format!(
+                "{{\"ok\":true,\"ts\":\"{}\"}}",
+                rfc3339_ms(SystemTime::now())
+            ),
+            Err(e) => format!(
+                "{{\"ok\":false,\"error\":{},\"ts\":\"{}\"}}",
+                serde_json::Value::String(e.to_string()),
+                rfc3339_ms(SystemTime::now())
+            ),
+        };
+        let body = Bytes::from(body);
+        let mut msg = Message::new(
+            format!("{}/result", request.topic),
+            body.clone(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        msg.properties.correlation_data = request.properties.correlation_data.clone();
+        link.publish(msg).await;
+        if let Some(rt) = &request.properties.response_topic {
+            let mut resp = Message::new(rt.as_str(), body, QoS::AtLeastOnce, false);
+            resp.properties.correlation_data = request.properties.correlation_data.clone();
+            link.publish(resp).await;
+        }
+    }
+}
+
+/// Parses a write request: JSON `{"value": x}`, a JSON scalar, or bare text (`21.5`, `true`, `on`).
+pub fn parse_command_value(payload: &[u8]) -> Result<Value, CommandError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| CommandError::InvalidValue("payload is not UTF-8".into()))?
+        .trim();
+    if text.is_empty() {
+        return Err(CommandError::InvalidValue("empty payload".into()));
+    }
+    let json: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let v = match json {
+        Some(serde_json::Value::Object(mut o)) => o.remove("value").ok_or_else(|| {
+            CommandError::InvalidValue("JSON object without a `value` key".into())
+        })?,
+        Some(other) => other,
+        None => {
+            return Ok(match text {
+                "on" | "ON" | "On" => Value::Bool(true),
+                "off" | "OFF" | "Off" => Value::Bool(false),
+                _ => Value::String(text.to_string()),
+            })
+        }
+    };
+    match v {
+        serde_json::Value::Bool(b) => Ok(Value::Bool(b)),
+        serde_json::Value::Number(n) => Ok(if let Some(i) = n.as_i64() {
+            Value::Int(i)
+        } else if let Some(u) = n.as_u64() {
+            Value::UInt(u)
+        } else {
+            Value::Float(n.as_f64().unwrap_or(f64::NAN))
+        }),
+        serde_json::Value::String(s) => Ok(Value::String(s)),
+        other => Err(CommandError::InvalidValue(format!(
+            "unsupported JSON value {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(scale: f64, offset: f64) -> PointRules {
+        PointRules {
+            name: "p".into(),
+            scale,
+            offset,
+            deadband: None,
+            publish: PublishMode::EveryPoll,
+            unit: None,
+            topic: TopicTemplate { parts: vec![] },
+            payload: PayloadFormat::Json,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            writable: true,
+            record: true,
+        }
+    }
+
+    #[test]
+    fn scaling_rounds_integer_sources_and_inverts() {
+        let r = rules(0.1, 0.0);
+        assert_eq!(scale_value(&Value::Int(215), &r), Value::Float(21.5));
+        assert_eq!(unscale_value(&Value::Float(21.5), &r), Value::Int(215));
+        let r = rules(0.01, -40.0);
+        assert_eq!(scale_value(&Value::UInt(6050), &r), Value::Float(20.5));
+        assert_eq!(unscale_value(&Value::Float(20.5), &r), Value::Int(6050));
+        assert_eq!(scale_value(&Value::Int(3), &rules(1.0, 0.0)), Value::Int(3));
+        assert_eq!(
+            scale_value(&Value::String("x".into()), &r),
+            Value::String("x".into())
+        );
+    }
+
+    #[test]
+    fn deadbands() {
+        let last = Some((Value::Float(100.0), Quality::Good));
+        assert!(!changed(
+            &last,
+            &Value::Float(100.4),
+            &Quality::Good,
+            Some(Deadband::Absolute(0.5))
+        ));
+        assert!(changed(
+            &last,
+            &Value::Float(100.5),
+            &Quality::Good,
+            Some(Deadband::Absolute(0.5))
+        ));
+        assert!(!changed(
+            &last,
+            &Value::Float(101.9),
+            &Quality::Good,
+            Some(Deadband::Percent(2.0))
+        ));
+        assert!(changed(
+            &last,
+            &Value::Float(102.0),
+            &Quality::Good,
+            Some(Deadband::Percent(2.0))
+        ));
+        assert!(changed(
+            &last,
+            &Value::Float(100.0),
+            &Quality::Bad("x".into()),
+            Some(Deadband::Absolute(5.0))
+        ));
+        assert!(!changed(&last, &Value::Float(100.0), &Quality::Good, None));
+        assert!(changed(&None, &Value::Float(100.0), &Quality::Good, None));
+    }
+
+    #[test]
+    fn json_payload_shape() {
+        let ts = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_312_800_123);
+        let p = payload(
+            PayloadFormat::Json,
+            &Value::Float(21.5),
+            &Quality::Good,
+            Some("°C"),
+            ts,
+        );
+        assert_eq!(
+            std::str::from_utf8(&p).unwrap(),
+            "{\"value\":21.5,\"unit\":\"°C\",\"ts\":\"2026-11-22T02:00:00.123Z\",\"quality\":\"good\"}"
+        );
+        let p = payload(
+            PayloadFormat::Value,
+            &Value::Bool(true),
+            &Quality::Good,
+            None,
+            ts,
+        );
+        assert_eq!(&p[..], b"true");
+        let p = payload(
+            PayloadFormat::Json,
+            &Value::Int(1),
+            &Quality::Bad("IllegalDataAddress".into()),
+            None,
+            ts,
+        );
+        assert!(std::str::from_utf8(&p)
+            .unwrap()
+            .ends_with("\"quality\":\"bad\",\"reason\":\"IllegalDataAddress\"}"));
+    }
+
+    #[test]
+    fn command_values() {
+        assert_eq!(parse_command_value(b"21.5").unwrap(), Value::Float(21.5));
+        assert_eq!(
+            parse_command_value(b"{\"value\": 7}").unwrap(),
+            Value::Int(7)
+        );
+        assert_eq!(parse_command_value(b"true").unwrap(), Value::Bool(true));
+        assert_eq!(parse_command_value(b"on").unwrap(), Value::Bool(true));
+        assert_eq!(
+            parse_command_value(b"\"abc\"").unwrap(),
+            Value::String("abc".into())
+        );
+        assert!(parse_command_value(b"").is_err());
+        assert!(parse_command_value(b"{\"v\":1}").is_err());
+    }
+}

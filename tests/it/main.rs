@@ -1,0 +1,6 @@
+//! fieldbridge integration tests: one binary, talking to real peers over loopback.
+mod util;
+
+mod broker_flows;
+mod broker_peers;
+mod broker_transports;

@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests: an in-process broker on a free loopback port, a raw MQTT client on
+//! the project's own codec (for flows the CLI clients cannot express), and peer-process helpers.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod peers;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fieldbridge::broker::Broker;
+use fieldbridge::config::{BrokerConfig, ListenerConfig, ListenerKind};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker config for tests: one TCP listener on a free loopback port.
+pub fn broker_config() -> BrokerConfig {
+    BrokerConfig {
+        listeners: vec![ListenerConfig {
+            name: "test".into(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            kind: ListenerKind::Tcp,
+        }],
+        max_connections: 10_000,
+        max_packet_size: 1024 * 1024,
+        receive_maximum: 100,
+        max_queued_messages: 1000,
+        max_session_expiry: Duration::from_secs(7 * 86400),
+        topic_alias_maximum: 16,
+        max_keepalive: None,
+        allow_anonymous: true,
+        users: vec![],
+        acl: vec![],
+        sys_interval: Duration::ZERO,
+    }
+}
+
+/// A broker serving on a loopback port, stopped when dropped.
+pub struct TestBroker {
+    pub broker: Broker,
+    /// The first listener's address.
+    pub addr: SocketAddr,
+    /// Every listener's address, in configuration order.
+    pub addrs: Vec<SocketAddr>,
+    stop: CancellationToken,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
+        let mut cfg = broker_config();
+        f(&mut cfg);
+        let listeners = cfg.listeners.clone();
+        let broker = Broker::new(cfg);
+        let stop = CancellationToken::new();
+        let mut addrs = Vec::new();
+        for l in &listeners {
+            let bound = broker.bind(l).await.expect("bind loopback");
+            addrs.push(bound.local_addr());
+            broker.serve(bound, stop.clone());
+        }
+        TestBroker {
+            broker,
+            addr: addrs[0],
+            addrs,
+            stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.broker.shutdown_token().cancel();
+    }
+}
+
+/// Waits until `cond` holds, checking every few milliseconds; fails the test after [`WAIT`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let step = Duration::from_millis(5);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(step).await;
+    }
+}
+
+/// Awaits `fut`, failing the test after [`WAIT`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
