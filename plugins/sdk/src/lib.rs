@@ -27,8 +27,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub mod config;
+pub mod poller;
+pub mod testkit;
 
 pub use config::{ConfigError, ConfigNode, Mark, NodeKind};
+pub use poller::{
+    DeviceException, GroupReading, PollDevice, PollGroup, PollPlan, PollPoint, PollStats,
+    PollStatsSnapshot, Poller, PollerSettings, TransportError,
+};
+pub use testkit::TestHarness;
 
 /// A value read from, or written to, a device point.
 #[derive(Debug, Clone, PartialEq)]

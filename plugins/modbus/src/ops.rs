@@ -1,0 +1,217 @@
+//! Reads and writes on a line, shared by the poller device and the commissioning probe.
+use std::time::Duration;
+
+use fieldbridge_sdk::poller::TransportError;
+use fieldbridge_sdk::{CommandError, Value};
+use tokio_modbus::{ExceptionCode, Request, Response};
+
+use crate::address::Table;
+use crate::codec::{Encoded, Format};
+use crate::transport::{exception_name, Line};
+
+/// Who to talk to, and how patiently.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub line: &'a Line,
+    pub unit: u8,
+    /// Per request, once the line is ours.
+    pub timeout: Duration,
+    /// Quiet time after each request (slow devices).
+    pub delay: Duration,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Data {
+    Bits(Vec<bool>),
+    Words(Vec<u16>),
+}
+
+impl Data {
+    /// The slice `[at, at + width)` as raw register values (bits as 0/1), for display.
+    pub fn raw(&self, at: usize, width: usize) -> Vec<u16> {
+        match self {
+            Data::Bits(b) => b
+                .iter()
+                .skip(at)
+                .take(width)
+                .map(|&x| u16::from(x))
+                .collect(),
+            Data::Words(w) => w.iter().skip(at).take(width).copied().collect(),
+        }
+    }
+
+    /// Decodes the value of a point sitting at `at`.
+    pub fn decode(&self, at: usize, format: &Format) -> Result<Value, String> {
+        let r = match self {
+            Data::Bits(b) => format.decode_bits(b.get(at..).unwrap_or(&[])),
+            Data::Words(w) => format.decode_registers(w.get(at..).unwrap_or(&[])),
+        };
+        r.map_err(|e| format!("bad response: {e}"))
+    }
+}
+
+/// Writes need the same knobs as the point that is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Read the point back after writing and compare.
+    pub verify: bool,
+    /// Use FC15/FC16 even for a single coil/register (devices that lack FC5/FC6).
+    pub write_multiple: bool,
+}
+
+pub(crate) async fn read(
+    t: Target<'_>,
+    table: Table,
+    start: u16,
+    count: u16,
+) -> Result<Result<Data, ExceptionCode>, TransportError> {
+    let req = match table {
+        Table::Coil => Request::ReadCoils(start, count),
+        Table::DiscreteInput => Request::ReadDiscreteInputs(start, count),
+        Table::HoldingRegister => Request::ReadHoldingRegisters(start, count),
+        Table::InputRegister => Request::ReadInputRegisters(start, count),
+    };
+    let answer = t.line.call(t.unit, req, t.timeout, t.delay).await?;
+    Ok(match answer {
+        Ok(Response::ReadCoils(mut b)) | Ok(Response::ReadDiscreteInputs(mut b)) => {
+            // Bits come padded to whole bytes.
+            b.truncate(usize::from(count));
+            Ok(Data::Bits(b))
+        }
+        Ok(Response::ReadHoldingRegisters(w)) | Ok(Response::ReadInputRegisters(w)) => {
+            Ok(Data::Words(w))
+        }
+        Ok(other) => {
+            return Err(TransportError::Protocol(format!(
+                "unexpected response {other:?}"
+            )))
+        }
+        Err(exc) => Err(exc),
+    })
+}
+
+fn command_error(e: TransportError) -> CommandError {
+    match e {
+        TransportError::Timeout(_) => CommandError::Timeout,
+        other => CommandError::Transport(other.to_string()),
+    }
+}
+
+async fn send(t: Target<'_>, req: Request<'_>) -> Result<(), CommandError> {
+    match t.line.call(t.unit, req, t.timeout, t.delay).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(exc)) => Err(CommandError::Device(exception_name(exc))),
+        Err(e) => Err(command_error(e)),
+    }
+}
+
+async fn read_for_write(
+    t: Target<'_>,
+    table: Table,
+    start: u16,
+    count: u16,
+) -> Result<Data, CommandError> {
+    match read(t, table, start, count).await {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(exc)) => Err(CommandError::Device(exception_name(exc))),
+        Err(e) => Err(command_error(e)),
+    }
+}
+
+/// Encodes `value` with the point's format and writes it: FC5 (or FC15) for a coil, FC6 for a single
+/// register, FC16 for anything wider (or always with `write_multiple`), and a read-modify-write of the
+/// register for a `bit` point. With `verify`, reads the point back and compares the registers.
+pub(crate) async fn write(
+    t: Target<'_>,
+    table: Table,
+    offset: u16,
+    format: &Format,
+    value: &Value,
+    opts: WriteOptions,
+) -> Result<(), CommandError> {
+    if !table.is_writable() {
+        return Err(CommandError::InvalidValue(format!(
+            "{table}s cannot be written"
+        )));
+    }
+    let encoded = format.encode(value)?;
+    match (&encoded, table) {
+        (Encoded::Coil(on), Table::Coil) => {
+            let req = if opts.write_multiple {
+                Request::WriteMultipleCoils(offset, vec![*on].into())
+            } else {
+                Request::WriteSingleCoil(offset, *on)
+            };
+            send(t, req).await?;
+        }
+        (Encoded::Registers(regs), Table::HoldingRegister) => {
+            let req = if regs.len() == 1 && !opts.write_multiple {
+                Request::WriteSingleRegister(offset, regs[0])
+            } else {
+                Request::WriteMultipleRegisters(offset, regs.as_slice().into())
+            };
+            send(t, req).await?;
+        }
+        (Encoded::Bit { bit, on }, Table::HoldingRegister) => {
+            // FC22 (mask write) would be atomic but many devices lack it; a read-modify-write is what every
+            // device supports. The line is released between the two, so the device itself could change
+            // other bits in between: documented for `bit` points.
+            let current = match read_for_write(t, table, offset, 1).await? {
+                Data::Words(w) if !w.is_empty() => format.order_reg(w[0]),
+                _ => return Err(CommandError::Device("short response".into())),
+            };
+            let mask = 1u16 << bit;
+            let new = if *on { current | mask } else { current & !mask };
+            let new = format.order_reg(new);
+            let req = if opts.write_multiple {
+                Request::WriteMultipleRegisters(offset, vec![new].into())
+            } else {
+                Request::WriteSingleRegister(offset, new)
+            };
+            send(t, req).await?;
+        }
+        _ => {
+            return Err(CommandError::InvalidValue(format!(
+                "a {} point cannot be written to a {table}",
+                format.data_type
+            )))
+        }
+    }
+    if opts.verify {
+        verify(t, table, offset, format, &encoded).await?;
+    }
+    Ok(())
+}
+
+async fn verify(
+    t: Target<'_>,
+    table: Table,
+    offset: u16,
+    format: &Format,
+    wrote: &Encoded,
+) -> Result<(), CommandError> {
+    let data = read_for_write(t, table, offset, format.width()).await?;
+    let read_value = data.decode(0, format).map_err(CommandError::Device)?;
+    let matches = match (wrote, &data) {
+        (Encoded::Coil(on), Data::Bits(b)) => b.first() == Some(on),
+        (Encoded::Registers(regs), Data::Words(w)) => w.get(..regs.len()) == Some(regs.as_slice()),
+        (Encoded::Bit { on, .. }, _) => read_value == Value::Bool(*on),
+        _ => false,
+    };
+    if matches {
+        return Ok(());
+    }
+    // Show what was really stored (after encoding), not what was asked for: for an f32 point 0.1 is stored as
+    // 0.10000000149011612, and a mismatch message must compare like with like.
+    let wrote_value = match wrote {
+        Encoded::Coil(on) | Encoded::Bit { on, .. } => Value::Bool(*on),
+        Encoded::Registers(regs) => format
+            .decode_registers(regs)
+            .unwrap_or_else(|_| Value::String(format!("{regs:04X?}"))),
+    };
+    Err(CommandError::Verify {
+        wrote: wrote_value.to_string(),
+        read: read_value.to_string(),
+    })
+}

@@ -1,0 +1,1179 @@
+//! The writer thread: group commit, cursor persistence, retention, the cap policies and disk-full recovery.
+//!
+//! It owns the only write connection. It runs a current-thread tokio runtime of its own, only to wait on its
+//! channels and timers at once; all SQLite work is synchronous on this thread.
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+
+use crate::config::WhenFull;
+
+use super::error::StoreError;
+use super::record::{now_ms, LogRecord};
+use super::schema::{OpenState, StoreOptions};
+use super::stats::{Shared, WriterState};
+
+/// Ticket sender for one row.
+pub(crate) type OneTx = oneshot::Sender<Result<u64, StoreError>>;
+/// Ticket sender for a batch.
+pub(crate) type BatchTx = oneshot::Sender<Result<RangeInclusive<u64>, StoreError>>;
+
+/// What appenders send (through the bounded queue, so a flush is ordered after earlier appends).
+pub(crate) enum Req {
+    One(LogRecord, OneTx),
+    Batch(Vec<LogRecord>, BatchTx),
+    Flush(OneTx),
+}
+
+impl Req {
+    pub(crate) fn rows(&self) -> u64 {
+        match self {
+            Req::One(..) => 1,
+            Req::Batch(v, _) => v.len() as u64,
+            Req::Flush(_) => 0,
+        }
+    }
+}
+
+/// Control messages (unbounded, never behind appends).
+pub(crate) enum Ctl {
+    Maintain(oneshot::Sender<Result<(), StoreError>>),
+    CursorsMoved,
+    Shutdown(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// A row (or batch) inserted in the open transaction, kept until it commits so it can be replayed after a
+/// failed commit and its ticket resolved after a successful one.
+enum Pending {
+    One(LogRecord, OneTx, u64),
+    Batch(Vec<LogRecord>, BatchTx, u64),
+}
+
+/// The writer's settings, from the config.
+pub(crate) struct Settings {
+    pub path: PathBuf,
+    pub wal_path: PathBuf,
+    pub policy: WhenFull,
+    pub max_bytes: u64,
+    pub max_age: Option<Duration>,
+    pub commit_interval: Duration,
+    pub commit_rows: usize,
+    pub opts: StoreOptions,
+}
+
+/// Deletes touch at most this many rows per transaction (bounds the WAL and the pause).
+const DELETE_CHUNK: u64 = 50_000;
+/// Housekeeping tick.
+const TICK: Duration = Duration::from_secs(1);
+/// Passive checkpoint / vacuum check interval.
+const HOUSEKEEPING: Duration = Duration::from_secs(15);
+/// Rows received from the queue per wake-up.
+const RECV_BATCH: usize = 1024;
+
+const INSERT_SQL: &str =
+    "INSERT INTO messages (seq, ts, topic, payload, qos, retain, props, device, point, num) \
+                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// Pages in use in the database file, in bytes.
+    db_used: u64,
+    /// Database file size.
+    file: u64,
+    /// Free pages in the database file, in bytes.
+    free: u64,
+    /// WAL file size.
+    wal: u64,
+}
+
+struct Stall {
+    disk_full: bool,
+    since: Instant,
+    attempts: u32,
+    next_retry: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EpisodeKind {
+    Oldest,
+    Newest,
+    WriteFailed,
+    Stalled,
+    Blocked,
+}
+
+struct Episode {
+    kind: EpisodeKind,
+    seen: u64,
+    active: Option<(Instant, u64)>,
+    last_event: Instant,
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    s: Settings,
+    shared: Arc<Shared>,
+    watch: watch::Sender<u64>,
+    _lock: File,
+    page_size: u64,
+    wal_budget: u64,
+    head: u64,
+    oldest: u64,
+    next_seq: u64,
+    meta_last_seq: u64,
+    txn_open: bool,
+    txn_since: Option<Instant>,
+    txn_rows: usize,
+    pending: Vec<Pending>,
+    inbox: VecDeque<Req>,
+    flush_waiters: Vec<OneTx>,
+    cursor_deadline: Option<Instant>,
+    state: WriterState,
+    stall: Option<Stall>,
+    stall_count: u64,
+    blocked_count: u64,
+    full_cause: &'static str,
+    disk_full_at: Option<Instant>,
+    episodes: Vec<Episode>,
+    props_buf: Vec<u8>,
+    closing: bool,
+    next_tick: Instant,
+    next_age: Instant,
+    next_housekeeping: Instant,
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    match e {
+        // SQLITE_FULL, and SQLITE_IOERR_SHMSIZE (the -shm file could not grow).
+        rusqlite::Error::SqliteFailure(f, _) => {
+            f.code == ErrorCode::DiskFull || f.extended_code == 4874
+        }
+        _ => false,
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        st: OpenState,
+        s: Settings,
+        shared: Arc<Shared>,
+        watch: watch::Sender<u64>,
+        lock: File,
+    ) -> Writer {
+        let now = Instant::now();
+        let wal_budget = super::schema::wal_pages(s.max_bytes, st.page_size) * st.page_size;
+        shared.head.store(st.head, Ordering::Release);
+        shared.oldest.store(st.oldest, Ordering::Release);
+        let kinds = [
+            EpisodeKind::Oldest,
+            EpisodeKind::Newest,
+            EpisodeKind::WriteFailed,
+            EpisodeKind::Stalled,
+            EpisodeKind::Blocked,
+        ];
+        let mut w = Writer {
+            conn,
+            shared,
+            watch,
+            _lock: lock,
+            page_size: st.page_size,
+            wal_budget,
+            head: st.head,
+            oldest: st.oldest,
+            next_seq: st.head + 1,
+            meta_last_seq: st.meta_last_seq,
+            txn_open: false,
+            txn_since: None,
+            txn_rows: 0,
+            pending: Vec::new(),
+            inbox: VecDeque::new(),
+            flush_waiters: Vec::new(),
+            cursor_deadline: None,
+            state: WriterState::Normal,
+            stall: None,
+            stall_count: 0,
+            blocked_count: 0,
+            full_cause: "max_bytes reached",
+            disk_full_at: None,
+            episodes: kinds
+                .into_iter()
+                .map(|kind| Episode {
+                    kind,
+                    seen: 0,
+                    active: None,
+                    last_event: now,
+                })
+                .collect(),
+            props_buf: Vec::new(),
+            closing: false,
+            next_tick: now + TICK,
+            next_age: now,
+            next_housekeeping: now + HOUSEKEEPING,
+            s,
+        };
+        // Cap and age as configured now (the cap may have been lowered since the last run).
+        w.check_cap();
+        w.age_retention();
+        w
+    }
+
+    /// The thread body.
+    pub(crate) fn run(
+        mut self,
+        mut data_rx: mpsc::Receiver<Req>,
+        mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("store: cannot start the writer: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let mut buf = Vec::with_capacity(RECV_BATCH);
+            let mut shutdown_reply = None;
+            loop {
+                let now = Instant::now();
+                if now >= self.next_tick {
+                    self.on_tick(now);
+                }
+                if self.commit_deadline().is_some_and(|d| now >= d) {
+                    self.commit_now();
+                }
+                if self.stall.as_ref().is_some_and(|s| now >= s.next_retry) {
+                    self.try_recover();
+                }
+                self.process_inbox();
+                let commit_at = self.commit_deadline();
+                let retry_at = self.stall.as_ref().map(|s| s.next_retry);
+                let far = now + Duration::from_secs(3600);
+                let accepting = self.accepting() && self.inbox.is_empty();
+                tokio::select! {
+                    biased;
+                    ctl = ctl_rx.recv() => match ctl {
+                        Some(Ctl::Shutdown(reply)) => {
+                            shutdown_reply = Some(reply);
+                            break;
+                        }
+                        Some(Ctl::Maintain(reply)) => {
+                            let r = self.maintain();
+                            let _ = reply.send(r);
+                        }
+                        Some(Ctl::CursorsMoved) => self.on_cursors_moved(),
+                        // Every handle is gone without a shutdown message: stop as if asked.
+                        None => break,
+                    },
+                    _ = sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => self.try_recover(),
+                    _ = sleep_until(commit_at.unwrap_or(far)), if commit_at.is_some() => self.commit_now(),
+                    n = data_rx.recv_many(&mut buf, RECV_BATCH), if accepting => {
+                        if n == 0 {
+                            break;
+                        }
+                        let rows: u64 = buf.iter().map(Req::rows).sum();
+                        self.shared.queued_rows.fetch_sub(rows, Ordering::Relaxed);
+                        self.inbox.extend(buf.drain(..));
+                    }
+                    _ = sleep_until(self.next_tick) => {}
+                }
+            }
+            let r = self.shutdown(&mut data_rx);
+            if let Some(reply) = shutdown_reply {
+                let _ = reply.send(r);
+            }
+        });
+    }
+
+    fn set_state(&mut self, st: WriterState) {
+        if st == WriterState::Full
+            && self.state != WriterState::Full
+            && self.s.policy == WhenFull::Block
+        {
+            self.blocked_count += 1;
+        }
+        self.state = st;
+        self.shared.state.store(st as u8, Ordering::Release);
+    }
+
+    fn accepting(&self) -> bool {
+        match self.state {
+            WriterState::Normal => true,
+            WriterState::Full => self.s.policy != WhenFull::Block || self.closing,
+            WriterState::Stalled => false,
+        }
+    }
+
+    fn commit_deadline(&self) -> Option<Instant> {
+        if self.stall.is_some() {
+            return None;
+        }
+        let txn = self.txn_since.map(|t| t + self.s.commit_interval);
+        match (txn, self.cursor_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- appends -------------------------------------------------------------------------------------------
+
+    fn process_inbox(&mut self) {
+        while self.stall.is_none() && self.accepting() {
+            let Some(req) = self.inbox.pop_front() else {
+                return;
+            };
+            match req {
+                Req::Flush(tx) => {
+                    self.commit_now();
+                    if self.stall.is_some() {
+                        self.flush_waiters.push(tx);
+                    } else {
+                        let _ = tx.send(Ok(self.head));
+                    }
+                }
+                req if self.state == WriterState::Full && self.s.policy == WhenFull::DropNewest => {
+                    self.refuse_full(req)
+                }
+                Req::One(rec, tx) => match self.insert(&rec) {
+                    Ok(seq) => self.pending.push(Pending::One(rec, tx, seq)),
+                    Err(e) => {
+                        self.pending.push(Pending::One(rec, tx, 0));
+                        self.on_write_error(e);
+                    }
+                },
+                Req::Batch(recs, tx) => {
+                    let first = self.next_seq;
+                    match recs.iter().try_for_each(|r| self.insert(r).map(drop)) {
+                        Ok(()) => self.pending.push(Pending::Batch(recs, tx, first)),
+                        Err(e) => {
+                            self.pending.push(Pending::Batch(recs, tx, 0));
+                            self.on_write_error(e);
+                        }
+                    }
+                }
+            }
+            if self.txn_rows >= self.s.commit_rows {
+                self.commit_now();
+            }
+        }
+    }
+
+    /// `drop_newest` at the cap: the row is refused, counted, and its ticket says so.
+    fn refuse_full(&mut self, req: Req) {
+        let n = req.rows();
+        self.shared.dropped_newest.fetch_add(n, Ordering::Relaxed);
+        match req {
+            Req::One(_, tx) => drop(tx.send(Err(StoreError::Full))),
+            Req::Batch(_, tx) => drop(tx.send(Err(StoreError::Full))),
+            Req::Flush(tx) => drop(tx.send(Ok(self.head))),
+        }
+        self.note_drops();
+    }
+
+    fn insert(&mut self, rec: &LogRecord) -> rusqlite::Result<u64> {
+        if !self.txn_open {
+            self.conn.execute_batch("BEGIN")?;
+            self.txn_open = true;
+            self.txn_since = Some(Instant::now());
+        }
+        let seq = self.next_seq;
+        let props = match &rec.props {
+            Some(p) => {
+                p.encode_into(&mut self.props_buf);
+                Some(&self.props_buf[..])
+            }
+            None => None,
+        };
+        let mut st = self.conn.prepare_cached(INSERT_SQL)?;
+        st.execute(params![
+            seq as i64,
+            rec.ts_ms,
+            &*rec.topic,
+            &rec.payload[..],
+            rec.qos,
+            rec.retain,
+            props,
+            rec.device.as_deref(),
+            rec.point.as_deref(),
+            rec.num.filter(|n| !n.is_nan()),
+        ])?;
+        self.next_seq += 1;
+        self.txn_rows += 1;
+        Ok(seq)
+    }
+
+    // ---- commits -------------------------------------------------------------------------------------------
+
+    fn commit_now(&mut self) {
+        if self.stall.is_some() {
+            return;
+        }
+        match self.commit_txn() {
+            Ok(true) => self.after_commit(),
+            Ok(false) => self.cursor_deadline = None,
+            Err(e) => self.on_write_error(e),
+        }
+    }
+
+    /// Commits the open transaction with the cursor changes and `last_seq`; false if there was nothing to do.
+    fn commit_txn(&mut self) -> rusqlite::Result<bool> {
+        let (upserts, removes) = self.dirty_cursors();
+        if !self.txn_open && upserts.is_empty() && removes.is_empty() {
+            return Ok(false);
+        }
+        if !self.txn_open {
+            self.conn.execute_batch("BEGIN")?;
+            self.txn_open = true;
+        }
+        self.write_cursors(&upserts, &removes)?;
+        let last = self.next_seq - 1;
+        if last > self.meta_last_seq {
+            let mut st = self
+                .conn
+                .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_seq'")?;
+            st.execute([last as i64])?;
+        }
+        self.conn.execute_batch("COMMIT")?;
+        self.txn_open = false;
+        self.meta_last_seq = self.meta_last_seq.max(last);
+        self.mark_cursors_durable(&upserts, &removes);
+        Ok(true)
+    }
+
+    fn after_commit(&mut self) {
+        let rows = std::mem::take(&mut self.txn_rows);
+        self.txn_since = None;
+        self.cursor_deadline = None;
+        self.head = self.next_seq - 1;
+        self.shared.head.store(self.head, Ordering::Release);
+        if rows > 0 {
+            self.shared.commits.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .rows_committed
+                .fetch_add(rows as u64, Ordering::Relaxed);
+        }
+        for p in self.pending.drain(..) {
+            match p {
+                Pending::One(_, tx, seq) => drop(tx.send(Ok(seq))),
+                Pending::Batch(recs, tx, first) => {
+                    drop(tx.send(Ok(first..=first + recs.len() as u64 - 1)))
+                }
+            }
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Ok(self.head));
+        }
+        let head = self.head;
+        self.watch
+            .send_if_modified(|v| std::mem::replace(v, head) != head);
+        if rows > 0 {
+            self.check_cap();
+        }
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.txn_open = false;
+        self.txn_since = None;
+        self.txn_rows = 0;
+        self.next_seq = self.head + 1;
+    }
+
+    // ---- cursors -------------------------------------------------------------------------------------------
+
+    fn dirty_cursors(&self) -> (Vec<(String, u64)>, Vec<String>) {
+        let t = self.shared.cursors.lock();
+        let upserts = t
+            .map
+            .iter()
+            .filter(|(_, c)| c.durable != Some(c.seq))
+            .map(|(k, c)| (k.clone(), c.seq))
+            .collect();
+        (upserts, t.removed.iter().cloned().collect())
+    }
+
+    fn write_cursors(&self, upserts: &[(String, u64)], removes: &[String]) -> rusqlite::Result<()> {
+        for name in removes {
+            self.conn
+                .prepare_cached("DELETE FROM cursors WHERE bridge = ?1")?
+                .execute([name])?;
+        }
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO cursors (bridge, seq) VALUES (?1, ?2) ON CONFLICT(bridge) DO UPDATE SET seq = excluded.seq",
+        )?;
+        for (name, seq) in upserts {
+            st.execute(params![name, *seq as i64])?;
+        }
+        Ok(())
+    }
+
+    fn mark_cursors_durable(&self, upserts: &[(String, u64)], removes: &[String]) {
+        let mut t = self.shared.cursors.lock();
+        for name in removes {
+            t.removed.remove(name);
+        }
+        for (name, seq) in upserts {
+            if let Some(c) = t.map.get_mut(name) {
+                c.durable = Some(*seq);
+            }
+        }
+    }
+
+    /// Everything at or below this has been delivered to every bridge (all of the log if there is none).
+    fn min_cursor(&self) -> u64 {
+        let t = self.shared.cursors.lock();
+        t.map
+            .values()
+            .map(|c| c.seq)
+            .min()
+            .unwrap_or(self.head)
+            .min(self.head)
+    }
+
+    fn on_cursors_moved(&mut self) {
+        self.shared.cursor_wake.store(false, Ordering::Release);
+        if self.cursor_deadline.is_none() {
+            self.cursor_deadline = Some(Instant::now() + self.s.commit_interval);
+        }
+        match self.state {
+            WriterState::Full => self.check_cap(),
+            WriterState::Stalled => {
+                if let Some(s) = self.stall.as_mut().filter(|s| s.disk_full) {
+                    // Delivered rows may now be deletable: try at once.
+                    s.next_retry = Instant::now();
+                }
+            }
+            WriterState::Normal => {}
+        }
+    }
+
+    // ---- size ----------------------------------------------------------------------------------------------
+
+    fn measure(&self) -> rusqlite::Result<Usage> {
+        let pages: u64 = self
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let free: u64 = self
+            .conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        let wal = std::fs::metadata(&self.s.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let u = Usage {
+            db_used: pages.saturating_sub(free) * self.page_size,
+            file: pages * self.page_size,
+            free: free * self.page_size,
+            wal,
+        };
+        self.shared
+            .bytes_on_disk
+            .store(u.file + u.wal, Ordering::Relaxed);
+        self.shared
+            .bytes_used
+            .store(u.db_used + u.wal, Ordering::Relaxed);
+        Ok(u)
+    }
+
+    /// The size the cap applies to: pages in use plus the WAL up to its budget. A WAL beyond its budget is a
+    /// checkpoint held back by a reader; deleting rows would not shrink it, so it does not make rows go.
+    fn effective(&self, u: &Usage) -> u64 {
+        u.db_used + u.wal.min(self.wal_budget)
+    }
+
+    fn low_water(&self) -> u64 {
+        self.s.max_bytes - self.s.max_bytes / 20
+    }
+
+    fn rows(&self) -> u64 {
+        (self.head + 1).saturating_sub(self.oldest)
+    }
+
+    fn check_cap(&mut self) {
+        if self.closing {
+            return;
+        }
+        if let Err(e) = self.enforce_cap() {
+            self.on_maintenance_error(e);
+        }
+    }
+
+    /// Over the cap: delete delivered rows (oldest first) down to the low-water mark; if that is not enough,
+    /// apply the policy to undelivered rows.
+    fn enforce_cap(&mut self) -> rusqlite::Result<()> {
+        let mut u = self.measure()?;
+        if self.effective(&u) <= self.s.max_bytes && self.state != WriterState::Full {
+            return Ok(());
+        }
+        if self.txn_open {
+            self.commit_now();
+            if self.stall.is_some() {
+                return Ok(());
+            }
+        }
+        self.checkpoint(true);
+        for _ in 0..32 {
+            u = self.measure()?;
+            let used = self.effective(&u);
+            let low = self.low_water();
+            if used <= low || self.rows() == 0 {
+                break;
+            }
+            let n = self.rows_for(used - low, &u);
+            let delivered = self.min_cursor();
+            if self.oldest <= delivered {
+                let upto = delivered.min(self.oldest + n - 1);
+                let gone = self.delete_prefix(upto, false)?;
+                self.shared.removed_space.fetch_add(gone, Ordering::Relaxed);
+            } else if self.s.policy == WhenFull::DropOldest {
+                self.full_cause = "max_bytes reached";
+                self.evict(self.oldest + n - 1)?;
+            } else {
+                break;
+            }
+            self.checkpoint(true);
+        }
+        u = self.measure()?;
+        let full = self.effective(&u) > self.s.max_bytes && self.s.policy != WhenFull::DropOldest;
+        if full && self.state == WriterState::Normal {
+            self.full_cause = "max_bytes reached";
+            self.set_state(WriterState::Full);
+            self.note_drops();
+        } else if !full && self.state == WriterState::Full {
+            self.set_state(WriterState::Normal);
+        }
+        Ok(())
+    }
+
+    /// How many of the oldest rows to delete to free about `bytes`, from the measured average row size.
+    fn rows_for(&self, bytes: u64, u: &Usage) -> u64 {
+        let rows = self.rows().max(1);
+        let avg = (u.db_used / rows).max(32);
+        bytes.div_ceil(avg).clamp(1, rows.min(DELETE_CHUNK))
+    }
+
+    /// Deletes rows `oldest..=upto` (no transaction may be open), in chunks.
+    fn delete_prefix(&mut self, upto: u64, evicting: bool) -> rusqlite::Result<u64> {
+        let upto = upto.min(self.head);
+        let mut total = 0;
+        while self.oldest <= upto {
+            let end = upto.min(self.oldest + DELETE_CHUNK - 1);
+            let n = end - self.oldest + 1;
+            let r = (|| {
+                self.conn.execute_batch("BEGIN")?;
+                self.conn
+                    .prepare_cached("DELETE FROM messages WHERE seq <= ?1")?
+                    .execute([end as i64])?;
+                let moved = if evicting {
+                    self.move_cursors_past(end)?
+                } else {
+                    Vec::new()
+                };
+                self.conn.execute_batch("COMMIT")?;
+                Ok::<_, rusqlite::Error>(moved)
+            })();
+            match r {
+                Ok(moved) => {
+                    if evicting {
+                        let from = self.oldest;
+                        let mut t = self.shared.cursors.lock();
+                        for name in moved {
+                            if let Some(c) = t.map.get_mut(&name) {
+                                // Measured against the cursor now: a bridge that acked meanwhile lost less.
+                                c.lost += end.saturating_sub(c.seq.max(from - 1));
+                                c.seq = c.seq.max(end);
+                                c.durable = Some(end);
+                            }
+                        }
+                    }
+                    self.oldest = end + 1;
+                    self.shared.oldest.store(self.oldest, Ordering::Release);
+                    total += n;
+                }
+                Err(e) => {
+                    if !self.conn.is_autocommit() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// In the eviction transaction: cursors behind `end` jump to it. Returns their names.
+    fn move_cursors_past(&self, end: u64) -> rusqlite::Result<Vec<String>> {
+        let behind: Vec<String> = {
+            let t = self.shared.cursors.lock();
+            t.map
+                .iter()
+                .filter(|(_, c)| c.seq < end)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO cursors (bridge, seq) VALUES (?1, ?2) ON CONFLICT(bridge) DO UPDATE SET seq = excluded.seq",
+        )?;
+        for name in &behind {
+            st.execute(params![name, end as i64])?;
+        }
+        Ok(behind)
+    }
+
+    /// `drop_oldest`: deletes undelivered rows up to `upto`, counts them, and moves lagging cursors past.
+    fn evict(&mut self, upto: u64) -> rusqlite::Result<u64> {
+        let n = self.delete_prefix(upto, true)?;
+        if n > 0 {
+            self.shared.dropped_oldest.fetch_add(n, Ordering::Relaxed);
+            self.note_drops();
+        }
+        Ok(n)
+    }
+
+    fn checkpoint(&self, truncate: bool) {
+        if self.txn_open {
+            return;
+        }
+        let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+        // A TRUNCATE checkpoint waits for readers; never stall appends behind a long read for it.
+        let _ = self
+            .conn
+            .busy_timeout(Duration::from_millis(if truncate { 50 } else { 0 }));
+        let _ = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+        let _ = self.conn.busy_timeout(Duration::from_secs(5));
+    }
+
+    // ---- age, housekeeping -------------------------------------------------------------------------------
+
+    fn age_retention(&mut self) {
+        if let Err(e) = self.try_age_retention() {
+            self.on_maintenance_error(e);
+        }
+    }
+
+    /// Deletes the longest prefix of the log whose rows are all older than `max_age` and delivered to every
+    /// bridge. (The log is trimmed from its oldest end only, which keeps it one contiguous range of seqs.)
+    fn try_age_retention(&mut self) -> rusqlite::Result<()> {
+        let Some(max_age) = self.s.max_age else {
+            return Ok(());
+        };
+        if self.txn_open || self.stall.is_some() {
+            return Ok(());
+        }
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let delivered = self.min_cursor();
+        if self.oldest > delivered {
+            return Ok(());
+        }
+        let young: Option<i64> = {
+            use rusqlite::OptionalExtension;
+            let mut st = self.conn.prepare_cached(
+                "SELECT seq FROM messages WHERE seq <= ?1 AND ts >= ?2 ORDER BY seq LIMIT 1",
+            )?;
+            st.query_row(params![delivered as i64, cutoff], |r| r.get(0))
+                .optional()?
+        };
+        let upto = young.map_or(delivered, |s| (s as u64).saturating_sub(1));
+        if upto >= self.oldest {
+            let n = self.delete_prefix(upto, false)?;
+            self.shared.removed_age.fetch_add(n, Ordering::Relaxed);
+            self.checkpoint(false);
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.next_tick = now + TICK;
+        if self.state == WriterState::Full {
+            self.check_cap();
+        }
+        if now >= self.next_age {
+            let every = self.s.max_age.map_or(Duration::from_secs(60), |a| {
+                (a / 20).clamp(TICK, Duration::from_secs(60))
+            });
+            self.next_age = now + every;
+            if !self.txn_open {
+                self.age_retention();
+            }
+        }
+        if now >= self.next_housekeeping && !self.txn_open && self.stall.is_none() {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.checkpoint(false);
+            self.vacuum_if_worthwhile();
+        }
+        self.note_drops();
+    }
+
+    /// Gives free pages back to the file system when there are many more than the log will soon reuse, but
+    /// never shortly after a disk-full episode (the space would only be fought over again).
+    fn vacuum_if_worthwhile(&mut self) {
+        let Ok(u) = self.measure() else { return };
+        let slack = (self.s.max_bytes / 8).max(1 << 20);
+        let recent_full = self
+            .disk_full_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(600));
+        if u.free > slack && !recent_full {
+            let pages = (u.free - slack / 2) / self.page_size;
+            if self
+                .conn
+                .execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))
+                .is_err()
+                && !self.conn.is_autocommit()
+            {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.checkpoint(true);
+            let _ = self.measure();
+        }
+    }
+
+    /// `maintain()`: commit, age retention, cap, checkpoint — now.
+    fn maintain(&mut self) -> Result<(), StoreError> {
+        self.commit_now();
+        if self.stall.is_some() {
+            self.try_recover();
+        }
+        self.try_age_retention()?;
+        self.enforce_cap()?;
+        if !self.txn_open && self.stall.is_none() {
+            self.checkpoint(true);
+            self.vacuum_if_worthwhile();
+            self.measure()?;
+        }
+        self.note_drops();
+        Ok(())
+    }
+
+    fn on_maintenance_error(&mut self, e: rusqlite::Error) {
+        if is_disk_full(&e) {
+            self.disk_full_at = Some(Instant::now());
+        }
+        tracing::warn!(path = %self.s.path.display(), "store: maintenance failed: {e}");
+    }
+
+    // ---- write failures ------------------------------------------------------------------------------------
+
+    fn on_write_error(&mut self, e: rusqlite::Error) {
+        self.rollback();
+        let disk_full = is_disk_full(&e);
+        *self.shared.last_error.lock() = Some(e.to_string());
+        if disk_full {
+            self.disk_full_at = Some(Instant::now());
+            self.full_cause = "disk full";
+        }
+        let now = Instant::now();
+        match &mut self.stall {
+            Some(s) => s.disk_full = disk_full,
+            None => {
+                self.stall_count += 1;
+                self.stall = Some(Stall {
+                    disk_full,
+                    since: now,
+                    attempts: 0,
+                    next_retry: now,
+                });
+                self.set_state(WriterState::Stalled);
+                self.note_drops();
+            }
+        }
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.pending
+            .iter()
+            .map(|p| match p {
+                Pending::One(r, ..) => r.approx_bytes(),
+                Pending::Batch(v, ..) => v.iter().map(LogRecord::approx_bytes).sum(),
+            })
+            .sum()
+    }
+
+    /// After a failed write: make room if the disk is full, then replay what was pending.
+    fn try_recover(&mut self) {
+        let Some(disk_full) = self.stall.as_ref().map(|s| s.disk_full) else {
+            return;
+        };
+        let mut want = (self.pending_bytes() * 2).max(16 * self.page_size) + self.wal_budget / 4;
+        let mut result = self.replay();
+        for _ in 0..8 {
+            let Err(e) = &result else { break };
+            if !(disk_full && is_disk_full(e)) {
+                break;
+            }
+            self.rollback();
+            // Room first from delivered rows, then — drop_oldest only — from the oldest undelivered ones.
+            self.checkpoint(false);
+            match self.make_room(want) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            want *= 2;
+            result = self.replay();
+        }
+        match result {
+            Ok(()) => {
+                let since = self.stall.take().map(|s| s.since);
+                self.set_state(WriterState::Normal);
+                if let Some(since) = since {
+                    tracing::debug!("store: write recovered after {:?}", since.elapsed());
+                }
+                self.after_commit();
+                self.check_cap();
+            }
+            Err(e) => {
+                self.rollback();
+                *self.shared.last_error.lock() = Some(e.to_string());
+                if !self.pending.is_empty() && self.s.policy != WhenFull::Block {
+                    // Only `block` holds admitted messages back; the others give up on them, counted.
+                    let msg = e.to_string();
+                    let n = self.fail_pending(|| StoreError::Unwritable(msg.clone()));
+                    let ctr = if self.s.policy == WhenFull::DropNewest {
+                        &self.shared.dropped_newest
+                    } else {
+                        &self.shared.dropped_write_failed
+                    };
+                    ctr.fetch_add(n, Ordering::Relaxed);
+                    self.note_drops();
+                }
+                if let Some(s) = self.stall.as_mut() {
+                    s.attempts += 1;
+                    s.disk_full = is_disk_full(&e);
+                    let backoff = self
+                        .s
+                        .opts
+                        .retry_min
+                        .saturating_mul(1 << s.attempts.min(16));
+                    s.next_retry = Instant::now() + backoff.min(self.s.opts.retry_max);
+                }
+            }
+        }
+    }
+
+    /// Deletes delivered rows, then (drop_oldest) undelivered ones, worth about `bytes`. False if nothing
+    /// could be deleted.
+    fn make_room(&mut self, bytes: u64) -> rusqlite::Result<bool> {
+        if self.rows() == 0 {
+            return Ok(false);
+        }
+        let u = self.measure()?;
+        let n = self.rows_for(bytes, &u);
+        let delivered = self.min_cursor();
+        if self.oldest <= delivered {
+            let gone = self.delete_prefix(delivered.min(self.oldest + n - 1), false)?;
+            self.shared.removed_space.fetch_add(gone, Ordering::Relaxed);
+            Ok(gone > 0)
+        } else if self.s.policy == WhenFull::DropOldest {
+            Ok(self.evict(self.oldest + n - 1)? > 0)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Re-inserts everything pending in a fresh transaction and commits it (or just probes the disk with a
+    /// tiny write when nothing is pending).
+    fn replay(&mut self) -> rusqlite::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut result = Ok(());
+        for p in pending {
+            // After a failure the connection may have rolled back on its own: insert nothing more.
+            if result.is_err() {
+                self.pending.push(p);
+                continue;
+            }
+            match p {
+                Pending::One(rec, tx, _) => {
+                    let r = self.insert(&rec);
+                    let seq = *r.as_ref().unwrap_or(&0);
+                    result = r.map(drop);
+                    self.pending.push(Pending::One(rec, tx, seq));
+                }
+                Pending::Batch(recs, tx, _) => {
+                    let first = self.next_seq;
+                    result = recs.iter().try_for_each(|r| self.insert(r).map(drop));
+                    self.pending.push(Pending::Batch(recs, tx, first));
+                }
+            }
+        }
+        result?;
+        if !self.txn_open {
+            self.conn.execute_batch("BEGIN")?;
+            self.txn_open = true;
+            self.conn
+                .execute_batch("UPDATE meta SET value = value WHERE key = 'last_seq'")?;
+        }
+        self.commit_txn().map(drop)
+    }
+
+    fn fail_pending(&mut self, err: impl Fn() -> StoreError) -> u64 {
+        let mut n = 0;
+        for p in self.pending.drain(..) {
+            match p {
+                Pending::One(_, tx, _) => {
+                    n += 1;
+                    let _ = tx.send(Err(err()));
+                }
+                Pending::Batch(recs, tx, _) => {
+                    n += recs.len() as u64;
+                    let _ = tx.send(Err(err()));
+                }
+            }
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Ok(self.head));
+        }
+        n
+    }
+
+    // ---- episodes ------------------------------------------------------------------------------------------
+
+    /// Logs the start of a drop (or stall/block) episode at once, and its summary once it has been quiet for
+    /// `episode_quiet`: one line each, never one per message.
+    fn note_drops(&mut self) {
+        self.note_drops_at(Instant::now(), false);
+    }
+
+    /// `closing`: end every episode now (summaries at shutdown).
+    fn note_drops_at(&mut self, now: Instant, closing: bool) {
+        let quiet = self.s.opts.episode_quiet;
+        let path = self.s.path.display().to_string();
+        for i in 0..self.episodes.len() {
+            let kind = self.episodes[i].kind;
+            let (value, persisting) = match kind {
+                EpisodeKind::Oldest => (self.shared.dropped_oldest.load(Ordering::Relaxed), false),
+                EpisodeKind::Newest => (self.shared.dropped_newest.load(Ordering::Relaxed), false),
+                EpisodeKind::WriteFailed => (
+                    self.shared.dropped_write_failed.load(Ordering::Relaxed),
+                    false,
+                ),
+                EpisodeKind::Stalled => (self.stall_count, self.stall.is_some()),
+                EpisodeKind::Blocked => (self.blocked_count, self.state == WriterState::Full),
+            };
+            let ep = &mut self.episodes[i];
+            if value > ep.seen {
+                if ep.active.is_none() {
+                    ep.active = Some((now, ep.seen));
+                    let cause = self.full_cause;
+                    let err = self.shared.last_error.lock().clone().unwrap_or_default();
+                    match kind {
+                        EpisodeKind::Oldest => tracing::error!(
+                            path,
+                            "store full ({cause}): deleting the oldest undelivered messages (when_full: drop_oldest)"
+                        ),
+                        EpisodeKind::Newest => {
+                            tracing::error!(path, "store full ({cause}): refusing new messages (when_full: drop_newest)")
+                        }
+                        EpisodeKind::WriteFailed => {
+                            tracing::error!(path, "store cannot write ({err}): messages are being lost")
+                        }
+                        EpisodeKind::Stalled => {
+                            tracing::error!(path, "store cannot write ({err}); holding what it has and retrying")
+                        }
+                        EpisodeKind::Blocked => tracing::warn!(
+                            path,
+                            "store full ({cause}): publishers wait until bridges deliver (when_full: block)"
+                        ),
+                    }
+                }
+                ep.seen = value;
+                ep.last_event = now;
+            } else if persisting {
+                ep.last_event = now;
+            } else if let Some((started, base)) = ep.active {
+                if closing || now.duration_since(ep.last_event) >= quiet {
+                    ep.active = None;
+                    let n = ep.seen - base;
+                    let took = now.duration_since(started).as_secs();
+                    match kind {
+                        EpisodeKind::Oldest => {
+                            tracing::error!(path, "store: episode over: {n} oldest undelivered messages dropped in {took} s")
+                        }
+                        EpisodeKind::Newest => {
+                            tracing::error!(
+                                path,
+                                "store: episode over: {n} new messages refused in {took} s"
+                            )
+                        }
+                        EpisodeKind::WriteFailed => {
+                            tracing::error!(path, "store: episode over: {n} messages could not be written in {took} s")
+                        }
+                        EpisodeKind::Stalled => {
+                            tracing::warn!(path, "store: writing normally again (after {took} s)")
+                        }
+                        EpisodeKind::Blocked => {
+                            tracing::info!(path, "store: publishers unblocked (after {took} s)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- shutdown ------------------------------------------------------------------------------------------
+
+    /// Commits everything queued (even past the cap: a clean stop loses nothing it can write), persists the
+    /// cursors and checkpoints the WAL into the database file.
+    fn shutdown(&mut self, data_rx: &mut mpsc::Receiver<Req>) -> Result<(), StoreError> {
+        data_rx.close();
+        while let Ok(req) = data_rx.try_recv() {
+            self.shared
+                .queued_rows
+                .fetch_sub(req.rows(), Ordering::Relaxed);
+            self.inbox.push_back(req);
+        }
+        self.closing = true;
+        self.shared.closed.store(true, Ordering::Release);
+        if self.stall.is_some() {
+            self.try_recover();
+        }
+        self.process_inbox();
+        self.commit_now();
+        let mut result = Ok(());
+        if self.stall.is_some() || !self.inbox.is_empty() {
+            let msg = self
+                .shared
+                .last_error
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "store closed".into());
+            let mut n = self.fail_pending(|| StoreError::WriteFailed(msg.clone()));
+            for req in self.inbox.drain(..) {
+                n += req.rows();
+                match req {
+                    Req::One(_, tx) | Req::Flush(tx) => {
+                        drop(tx.send(Err(StoreError::WriteFailed(msg.clone()))))
+                    }
+                    Req::Batch(_, tx) => drop(tx.send(Err(StoreError::WriteFailed(msg.clone())))),
+                }
+            }
+            self.shared
+                .dropped_write_failed
+                .fetch_add(n, Ordering::Relaxed);
+            tracing::error!(path = %self.s.path.display(), "store: closing with {n} messages not written: {msg}");
+            result = Err(StoreError::WriteFailed(msg));
+        }
+        self.stall = None;
+        self.set_state(WriterState::Normal);
+        self.note_drops_at(Instant::now(), true);
+        self.checkpoint(true);
+        result
+    }
+}
