@@ -26,10 +26,10 @@ mod yaml;
 pub use de::Spanned;
 pub use suggest::{did_you_mean, unknown_name_message};
 pub use units::{
-    format_duration, format_size, parse_duration, parse_size, serde_duration, serde_option_duration,
-    serde_size, HumanDuration, HumanSize,
+    format_duration, format_size, parse_duration, parse_size, serde_duration,
+    serde_option_duration, serde_size, HumanDuration, HumanSize,
 };
-pub use yaml::{parse_yaml, parse_yaml_with, ParseOptions, Parsed};
+pub use yaml::{parse_yaml, parse_yaml_with, EnvLookup, ParseOptions, Parsed};
 
 /// The keys of a device-map point that the core owns (scaling, topics, publishing). The core removes them
 /// before handing the rest of the point to the adapter as [`crate::PointConfig::spec`]; they are listed here so

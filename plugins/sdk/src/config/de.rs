@@ -54,7 +54,8 @@ impl ConfigNode {
     /// list, so `connection:` with nothing under it gets the struct's defaults (or its missing-key errors).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let poisoned = HashSet::new();
-        T::deserialize(NodeDe::new(self, ptr(self), &poisoned)).map_err(|e| e.into_config_error(self))
+        T::deserialize(NodeDe::new(self, ptr(self), &poisoned))
+            .map_err(|e| e.into_config_error(self))
     }
 
     /// Like [`ConfigNode::deserialize`], but reports every problem of the tree (unknown keys, wrong types,
@@ -144,7 +145,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a value")
             }
-            fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
                 // Taken before the value is read, so a nested Spanned cannot see this one's position.
                 let span = SPAN_STASH.with(|s| s.borrow_mut().take());
                 let value = T::deserialize(d)?;
@@ -351,7 +355,9 @@ fn describe_unexpected(u: &de::Unexpected<'_>) -> String {
         U::Unit | U::Option => "an empty value".into(),
         U::Seq => "a list".into(),
         U::Map => "a mapping".into(),
-        U::NewtypeStruct | U::NewtypeVariant | U::TupleVariant | U::StructVariant => "a value".into(),
+        U::NewtypeStruct | U::NewtypeVariant | U::TupleVariant | U::StructVariant => {
+            "a value".into()
+        }
         U::UnitVariant | U::Enum => "a name".into(),
         U::Other(s) => (*s).to_string(),
     }
@@ -663,9 +669,8 @@ impl<'a> Deserializer<'a> for NodeDe<'a> {
             return self.visit(|| visitor.visit_unit());
         }
         if name == SPANNED_MAGIC {
-            SPAN_STASH.with(|s| {
-                *s.borrow_mut() = Some((self.node.mark.clone(), self.node.path.clone()))
-            });
+            SPAN_STASH
+                .with(|s| *s.borrow_mut() = Some((self.node.mark.clone(), self.node.path.clone())));
         }
         self.visit(|| visitor.visit_newtype_struct(self))
     }
@@ -685,7 +690,11 @@ impl<'a> Deserializer<'a> for NodeDe<'a> {
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'a>>(self, len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'a>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         match self.node.kind {
             NodeKind::Seq(_) if self.items().len() != len => Err(self.fail(format!(
                 "expected a list of {len} items, found {}",
@@ -812,7 +821,10 @@ struct MapAcc<'a> {
 
 impl<'a> de::MapAccess<'a> for MapAcc<'a> {
     type Error = DeError;
-    fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'a>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             Some((k, v)) => {
                 self.value = Some(v);
@@ -841,7 +853,10 @@ struct EnumAcc<'a> {
 impl<'a> de::EnumAccess<'a> for EnumAcc<'a> {
     type Error = DeError;
     type Variant = VariantAcc<'a>;
-    fn variant_seed<V: DeserializeSeed<'a>>(self, seed: V) -> Result<(V::Value, VariantAcc<'a>), DeError> {
+    fn variant_seed<V: DeserializeSeed<'a>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, VariantAcc<'a>), DeError> {
         // The variant's own errors (unknown name) are located at the name, but hiding acts on the whole entry.
         let name_de = NodeDe::new(self.variant, self.de.entry, self.de.hidden);
         let v = seed.deserialize(name_de)?;
@@ -872,8 +887,11 @@ impl<'a> VariantAcc<'a> {
             Some(v) => Ok(NodeDe::new(v, self.de.entry, self.de.hidden)),
             None => {
                 let name = self.name();
-                Err(NodeDe::new(self.variant, self.de.entry, self.de.hidden)
-                    .fail(format!("`{name}` needs a value: write it as `{name}: <value>`")))
+                Err(
+                    NodeDe::new(self.variant, self.de.entry, self.de.hidden).fail(format!(
+                        "`{name}` needs a value: write it as `{name}: <value>`"
+                    )),
+                )
             }
         }
     }

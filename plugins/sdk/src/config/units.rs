@@ -57,7 +57,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                     "us" | "µs" | "ns" => " (the smallest unit is `ms`)",
                     _ => "",
                 };
-                return bad(format!("unknown unit `{other}`{hint}; units: {DURATION_UNITS}"));
+                return bad(format!(
+                    "unknown unit `{other}`{hint}; units: {DURATION_UNITS}"
+                ));
             }
         };
         let Some(n) = scaled(num, nanos_per) else {
@@ -183,8 +185,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Formats a size with the largest binary unit that divides it exactly (`512MiB`, `1GiB`, `1000B`).
 pub fn format_size(bytes: u64) -> String {
-    for (unit, size) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

@@ -21,12 +21,15 @@ const MAX_DEPTH: usize = 64;
 /// exhaust memory.
 const MAX_NODES: usize = 1_000_000;
 
+/// Looks up an environment variable by name (`None`: unset).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// How [`parse_yaml_with`] treats scalars.
 #[derive(Default)]
 pub struct ParseOptions<'a> {
     /// Resolves environment variables for `${NAME}` references in values (not keys). `None`: values are kept
     /// as written. See [`parse_yaml_with`] for the syntax.
-    pub env: Option<&'a dyn Fn(&str) -> Option<String>>,
+    pub env: Option<EnvLookup<'a>>,
 }
 
 impl fmt::Debug for ParseOptions<'_> {
@@ -126,7 +129,7 @@ pub fn parse_yaml_with(
 
 struct Builder<'o> {
     file: Arc<str>,
-    env: Option<&'o dyn Fn(&str) -> Option<String>>,
+    env: Option<EnvLookup<'o>>,
     stack: Vec<Frame>,
     anchors: HashMap<usize, (ConfigNode, usize)>,
     nodes: usize,
@@ -183,7 +186,9 @@ impl Builder<'_> {
         match self.stack.last() {
             None => String::new(),
             Some(Frame {
-                kind: FrameKind::Map { key: Some((k, _)), .. },
+                kind: FrameKind::Map {
+                    key: Some((k, _)), ..
+                },
                 ..
             }) => k.path.clone(),
             Some(f) => f.path.clone(),
@@ -196,7 +201,9 @@ impl Builder<'_> {
             Some(f) => match &f.kind {
                 FrameKind::Seq(items) => Slot::Item(format!("{}[{}]", f.path, items.len())),
                 FrameKind::Map { key: None, .. } => Slot::Key,
-                FrameKind::Map { key: Some((k, _)), .. } => Slot::Value(k.path.clone()),
+                FrameKind::Map {
+                    key: Some((k, _)), ..
+                } => Slot::Value(k.path.clone()),
             },
         }
     }
@@ -481,23 +488,24 @@ impl Builder<'_> {
             if tag.handle == "!" && tag.suffix.is_empty() {
                 return NodeKind::String(text);
             }
-            let typed = if tag.is_yaml_core_schema() {
-                match tag.suffix.as_str() {
-                    "str" => Some(NodeKind::String(text.clone())),
-                    "int" => resolve_int(&text),
-                    "float" => resolve_float(&text)
-                        .or_else(|| resolve_int(&text))
-                        .map(|k| match k {
-                            NodeKind::Int(i) => NodeKind::Float(i as f64),
-                            k => k,
-                        }),
-                    "bool" => resolve_bool(&text).map(NodeKind::Bool),
-                    "null" => is_null(&text).then_some(NodeKind::Null),
-                    _ => None,
-                }
-            } else {
-                None
-            };
+            let typed =
+                if tag.is_yaml_core_schema() {
+                    match tag.suffix.as_str() {
+                        "str" => Some(NodeKind::String(text.clone())),
+                        "int" => resolve_int(&text),
+                        "float" => resolve_float(&text)
+                            .or_else(|| resolve_int(&text))
+                            .map(|k| match k {
+                                NodeKind::Int(i) => NodeKind::Float(i as f64),
+                                k => k,
+                            }),
+                        "bool" => resolve_bool(&text).map(NodeKind::Bool),
+                        "null" => is_null(&text).then_some(NodeKind::Null),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
             return match typed {
                 Some(k) => k,
                 None => {
@@ -663,7 +671,9 @@ fn resolve_float(s: &str) -> Option<NodeKind> {
                 f64::INFINITY
             }))
         }
-        ".nan" | ".NaN" | ".NAN" if body.len() == s.len() => return Some(NodeKind::Float(f64::NAN)),
+        ".nan" | ".NaN" | ".NAN" if body.len() == s.len() => {
+            return Some(NodeKind::Float(f64::NAN))
+        }
         _ => {}
     }
     // [-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?
