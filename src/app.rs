@@ -26,7 +26,9 @@ use crate::broker::codec::QoS;
 use crate::broker::link::Link;
 use crate::broker::{Broker, Message};
 use crate::config::{self, AdapterRegistry, Config, ConfigErrors, DeviceSpec};
-use crate::pipeline::{DeviceEntry, DeviceTable, Pipeline, PipelineStats, Recorder};
+use crate::pipeline::{DeviceEntry, DeviceTable, LiveState, Pipeline, PipelineStats, Recorder};
+use crate::recorder::StoreLink;
+use crate::store::Store;
 
 /// Capacity of the channel all adapters send readings into. When full, adapters wait (back-pressure).
 const READING_CHANNEL: usize = 4096;
@@ -51,6 +53,12 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// Adds a factory (tests register their own adapters this way).
+    pub fn with(mut self, factory: Arc<dyn AdapterFactory>) -> Registry {
+        self.factories.push(factory);
+        self
+    }
+
     /// The factory serving `protocol`, shared.
     pub fn get(&self, protocol: &str) -> Option<Arc<dyn AdapterFactory>> {
         self.factories
@@ -104,6 +112,10 @@ pub struct App {
     pipeline_cancel: CancellationToken,
     tasks: TaskTracker,
     listener_stop: Mutex<CancellationToken>,
+    /// The durable log.
+    pub store: Store,
+    store_link: Arc<StoreLink>,
+    listener_addrs: RwLock<Vec<std::net::SocketAddr>>,
 }
 
 /// A failure to start.
@@ -112,21 +124,25 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] crate::broker::listener::ListenError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl App {
     /// Starts everything described by `cfg`.
-    pub async fn start(
-        cfg: Config,
-        registry: Registry,
-        recorder: Option<Arc<dyn Recorder>>,
-    ) -> Result<Arc<App>, StartError> {
+    pub async fn start(cfg: Config, registry: Registry) -> Result<Arc<App>, StartError> {
+        let store = Store::open(&cfg.storage)?;
+        let store_link = Arc::new(StoreLink::new(store.clone(), &cfg));
         let broker = Broker::new(cfg.broker.clone());
+        broker.set_publish_hook(store_link.clone());
         let listener_stop = CancellationToken::new();
         let mut bound = Vec::new();
         for l in &cfg.broker.listeners {
             bound.push(broker.bind(l).await?);
         }
+        let listener_addrs: Vec<std::net::SocketAddr> =
+            bound.iter().map(|b| b.local_addr()).collect();
         for b in bound {
             broker.serve(b, listener_stop.clone());
         }
@@ -136,8 +152,9 @@ impl App {
         let pipeline = Arc::new(Pipeline {
             gateway: cfg.gateway.id.clone(),
             devices: DeviceTable::default(),
-            recorder,
+            recorder: Some(store_link.clone() as Arc<dyn Recorder>),
             stats: Arc::new(PipelineStats::default()),
+            live: Arc::new(LiveState::default()),
         });
         let (tx, rx) = mpsc::channel(READING_CHANNEL);
         let app = Arc::new(App {
@@ -153,6 +170,9 @@ impl App {
             pipeline_cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             listener_stop: Mutex::new(listener_stop),
+            store,
+            store_link,
+            listener_addrs: RwLock::new(listener_addrs),
         });
 
         // The gateway's own status: online now, offline when the daemon stops (published at shutdown).
@@ -195,6 +215,16 @@ impl App {
         self.pipeline.stats.clone()
     }
 
+    /// The addresses the MQTT listeners are bound to (after port 0 was resolved), in configuration order.
+    pub fn listener_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listener_addrs.read().clone()
+    }
+
+    /// Latest values and device statuses.
+    pub fn live(&self) -> Arc<LiveState> {
+        self.pipeline.live.clone()
+    }
+
     fn start_device(&self, spec: DeviceSpec) {
         let name = spec.adapter.name.clone();
         let Some(factory) = self.registry.get(&spec.adapter.protocol) else {
@@ -232,6 +262,25 @@ impl App {
         }
     }
 
+    /// Clears what a removed device leaves behind: its retained status and its live values.
+    async fn forget_device(&self, name: &str) {
+        let live = self.pipeline.live.clone();
+        live.status.write().remove(name);
+        live.latest
+            .write()
+            .retain(|(device, _), _| &**device != name);
+        let topic = format!("{}/{}/status", self.config.read().gateway.id, name);
+        // An empty retained payload clears the retained status (MQTT 3.3.1.3).
+        self.link
+            .publish(Message::new(
+                topic,
+                bytes::Bytes::new(),
+                QoS::AtLeastOnce,
+                true,
+            ))
+            .await;
+    }
+
     /// Applies a new, already validated configuration. Returns what changed (for logs and tests).
     pub async fn apply(&self, new: Config) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
@@ -247,6 +296,7 @@ impl App {
             if !new_names.contains(name) {
                 self.stop_device(name).await;
                 self.pipeline.devices.write().remove(name);
+                self.forget_device(name).await;
                 summary.removed.push(name.to_string());
             }
         }
@@ -269,18 +319,24 @@ impl App {
                 }
             }
         }
+        self.store_link.configure(&new);
         let listeners_changed = self.broker.config().listeners != new.broker.listeners;
         self.broker.update_config(new.broker.clone());
         if listeners_changed {
             let stop = std::mem::take(&mut *self.listener_stop.lock());
             stop.cancel();
             let fresh = CancellationToken::new();
+            let mut addrs = Vec::new();
             for l in &new.broker.listeners {
                 match self.broker.bind(l).await {
-                    Ok(b) => self.broker.serve(b, fresh.clone()),
+                    Ok(b) => {
+                        addrs.push(b.local_addr());
+                        self.broker.serve(b, fresh.clone());
+                    }
                     Err(e) => tracing::error!(error = %e, "listener not restarted after reload"),
                 }
             }
+            *self.listener_addrs.write() = addrs;
             *self.listener_stop.lock() = fresh;
         }
         tracing::info!(
@@ -332,6 +388,10 @@ impl App {
             .await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.broker.shutdown(left).await;
+        // Last: everything the pipeline and the broker handed to the store is committed before we exit.
+        if let Err(e) = self.store.shutdown().await {
+            tracing::error!(error = %e, "closing the store");
+        }
         tracing::info!("fieldbridge stopped");
     }
 }

@@ -11,3 +11,4 @@ pub mod broker;
 pub mod config;
 pub mod pipeline;
 pub mod store;
+pub mod recorder;

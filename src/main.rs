@@ -114,7 +114,7 @@ fn init_tracing(level: &str) {
 
 async fn run(cfg: fieldbridge::config::Config, registry: Registry) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let app = App::start(cfg, registry, None).await.context("starting")?;
+    let app = App::start(cfg, registry).await.context("starting")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -245,6 +245,44 @@ pub struct PipelineStats {
     pub commands: std::sync::atomic::AtomicU64,
 }
 
+/// The latest reading of a point (raw quality, scaled value), for the status API and the dashboard.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Latest {
+    /// Scaled value.
+    #[serde(serialize_with = "ser_value")]
+    pub value: Value,
+    /// `good`, `bad` or `stale`.
+    pub quality: &'static str,
+    /// Reason of a bad quality.
+    pub reason: Option<String>,
+    /// RFC 3339 timestamp of the reading.
+    pub ts: String,
+    /// Unit from the device map.
+    pub unit: Option<String>,
+    /// Topic it is published on.
+    pub topic: Arc<str>,
+}
+
+fn ser_value<S: serde::Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Value::Bool(b) => s.serialize_bool(*b),
+        Value::Int(i) => s.serialize_i64(*i),
+        Value::UInt(u) => s.serialize_u64(*u),
+        Value::Float(f) => s.serialize_f64(*f),
+        Value::String(t) => s.serialize_str(t),
+        Value::Bytes(_) => s.serialize_str(&v.to_string()),
+    }
+}
+
+/// Live state shared with the API: latest value per point and status per device.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    /// (device, point) -> latest reading.
+    pub latest: RwLock<HashMap<(Arc<str>, Arc<str>), Latest>>,
+    /// device -> status.
+    pub status: RwLock<HashMap<Arc<str>, DeviceStatus>>,
+}
+
 /// The pipeline's shared handles.
 pub struct Pipeline {
     /// `{gateway}`.
@@ -255,6 +293,8 @@ pub struct Pipeline {
     pub recorder: Option<Arc<dyn Recorder>>,
     /// Counters.
     pub stats: Arc<PipelineStats>,
+    /// Latest values and device statuses.
+    pub live: Arc<LiveState>,
 }
 
 impl Pipeline {
@@ -300,6 +340,20 @@ impl Pipeline {
             return;
         };
         let value = scale_value(&r.value, rules);
+        self.live.latest.write().insert(
+            (r.device.clone(), r.point.clone()),
+            Latest {
+                value: value.clone(),
+                quality: r.quality.as_str(),
+                reason: match &r.quality {
+                    Quality::Bad(reason) => Some(reason.clone()),
+                    _ => None,
+                },
+                ts: rfc3339_ms(r.ts),
+                unit: rules.unit.clone(),
+                topic: topic.clone(),
+            },
+        );
         let st = state
             .entry((r.device.clone(), r.point.clone()))
             .or_default();
@@ -347,6 +401,10 @@ impl Pipeline {
 
     /// Publishes a device's status (retained) on `{gateway}/{device}/status`.
     pub async fn publish_status(&self, link: &Link, device: &str, status: &DeviceStatus) {
+        self.live
+            .status
+            .write()
+            .insert(device.into(), status.clone());
         let mut s = format!("{{\"status\":\"{}\"", status.as_str());
         if let Some(reason) = status.reason() {
             s.push_str(",\"reason\":");

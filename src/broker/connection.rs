@@ -22,7 +22,9 @@ use super::codec::{
     self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, PubResp,
     Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use super::core::{outbound_for, Broker, HookRefusal, Metrics, EXPIRY_NEVER};
+use super::core::{
+    outbound_for, AdmissionFuture, Broker, CommitFuture, HookRefusal, Metrics, EXPIRY_NEVER,
+};
 use super::message::Message;
 use super::router::{parse_filter, SubOptions, Target};
 use super::session::{Inflight, Outbound, Session, Stage};
@@ -71,7 +73,15 @@ struct Blocked {
 struct AckPlan {
     pid: u16,
     qos: QoS,
-    hook: Option<BoxFuture<'static, Result<(), HookRefusal>>>,
+    hook: Option<CommitFuture>,
+}
+
+/// A publish waiting for the log to admit it (the connection reads nothing meanwhile).
+struct Admitting {
+    admission: AdmissionFuture,
+    msg: Arc<Message>,
+    pid: u16,
+    qos: QoS,
 }
 
 type AckFuture = BoxFuture<'static, (u16, QoS, Result<(), HookRefusal>)>;
@@ -154,6 +164,7 @@ where
         in_aliases: HashMap::new(),
         pending_acks: FuturesOrdered::new(),
         blocked: None,
+        admitting: None,
         last_packet: Instant::now(),
         pump_more: false,
         process_more: false,
@@ -395,6 +406,7 @@ struct Conn<S> {
     in_aliases: HashMap<u16, Arc<str>>,
     pending_acks: FuturesOrdered<AckFuture>,
     blocked: Option<Blocked>,
+    admitting: Option<Admitting>,
     last_packet: Instant,
     pump_more: bool,
     process_more: bool,
@@ -417,7 +429,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     return exit;
                 }
             }
-            if self.process_more && self.blocked.is_none() {
+            if self.process_more && self.blocked.is_none() && self.admitting.is_none() {
                 self.process_more = false;
                 if let Err(exit) = self.process_buffered() {
                     return exit;
@@ -428,7 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.pump();
                 continue;
             }
-            let reading = self.blocked.is_none();
+            let reading = self.blocked.is_none() && self.admitting.is_none();
             if reading && self.rbuf.capacity() - self.rbuf.len() < MIN_READ / 2 {
                 self.rbuf.reserve(self.read_size);
             }
@@ -439,8 +451,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Some((pid, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.write_ack(pid, qos, result);
                 }
-                _ = wait_space(&mut self.blocked), if !reading => {
+                _ = wait_space(&mut self.blocked), if self.blocked.is_some() => {
                     self.unblock();
+                    self.process_more = self.blocked.is_none();
+                }
+                r = wait_admission(&mut self.admitting), if self.admitting.is_some() => {
+                    let a = self.admitting.take().expect("guarded");
+                    self.admitted(a.msg, a.pid, a.qos, r.map(Some));
                     self.process_more = self.blocked.is_none();
                 }
                 r = self.stream.read_buf(&mut self.rbuf), if reading => {
@@ -700,16 +717,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             ));
         }
         let msg = Arc::new(Message::from_publish(p, topic, Some(self.session.id)));
-        let ack = (qos != QoS::AtMostOnce).then(|| {
-            let hook = self.broker.hook().and_then(|h| h.on_publish(&msg));
-            AckPlan { pid, qos, hook }
-        });
         if qos == QoS::ExactlyOnce {
             self.session.state.lock().incoming_qos2.insert(pid);
         }
+        match self.broker.hook().and_then(|h| h.on_publish(&msg)) {
+            None => self.admitted(msg, pid, qos, Ok(None)),
+            Some(mut admission) => {
+                // Usually the log takes the message at once; only a full writer queue makes us wait.
+                let waker = futures::task::noop_waker();
+                let mut cx = std::task::Context::from_waker(&waker);
+                match admission.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(r) => self.admitted(msg, pid, qos, r.map(Some)),
+                    std::task::Poll::Pending => {
+                        self.admitting = Some(Admitting {
+                            admission,
+                            msg,
+                            pid,
+                            qos,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a publish once the log has admitted it (or refused it: local delivery still happens, and the
+    /// client's acknowledgement carries the refusal in MQTT 5).
+    fn admitted(
+        &mut self,
+        msg: Arc<Message>,
+        pid: u16,
+        qos: QoS,
+        log: Result<Option<CommitFuture>, HookRefusal>,
+    ) {
+        let ack = (qos != QoS::AtMostOnce).then(|| AckPlan {
+            pid,
+            qos,
+            hook: match log {
+                Ok(commit) => commit,
+                Err(refusal) => Some(Box::pin(async move { Err(refusal) })),
+            },
+        });
         let targets = self.broker.targets(&msg);
         self.deliver_all(msg, targets.into_iter(), ack);
-        Ok(())
     }
 
     /// Delivers to each target until one is full; then parks the rest in `blocked`.
@@ -1013,6 +1064,13 @@ fn resp(packet_id: u16, reason_code: u8) -> PubResp {
         packet_id,
         reason_code,
         properties: Properties::default(),
+    }
+}
+
+async fn wait_admission(admitting: &mut Option<Admitting>) -> Result<CommitFuture, HookRefusal> {
+    match admitting {
+        Some(a) => a.admission.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

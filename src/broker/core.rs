@@ -94,13 +94,20 @@ pub struct HookRefusal {
     pub reason: String,
 }
 
-/// Called for every publish from a client (not for in-process publishes). The store uses it to log messages
-/// that match a forward or record filter; a returned future resolves when the message is durable, and the
-/// client's PUBACK/PUBREC waits for it.
+/// Resolves when a logged message is durable (or says why it never will be).
+pub type CommitFuture = BoxFuture<'static, Result<(), HookRefusal>>;
+
+/// Resolves when the log has accepted a message (it waits while the log applies back-pressure), yielding the
+/// [`CommitFuture`].
+pub type AdmissionFuture = BoxFuture<'static, Result<CommitFuture, HookRefusal>>;
+
+/// Called for every publish from a client (not for in-process publishes, which log themselves). The store uses
+/// it to log messages that match a forward or record filter. Two phases keep both promises: the connection
+/// stops reading until the message is *admitted* (per-connection order, and back-pressure when the log is full
+/// under `block`), and sends PUBACK/PUBREC only once it is *committed* (`durability: strict`).
 pub trait PublishHook: Send + Sync + 'static {
-    /// `None`: nothing to wait for.
-    fn on_publish(&self, msg: &Arc<Message>)
-        -> Option<BoxFuture<'static, Result<(), HookRefusal>>>;
+    /// `None`: the message is not logged.
+    fn on_publish(&self, msg: &Arc<Message>) -> Option<AdmissionFuture>;
 }
 
 pub(crate) struct Inner {

@@ -17,5 +17,7 @@ pub mod session;
 mod sys;
 pub mod transport;
 
-pub use self::core::{Broker, BrokerStats, HookRefusal, Metrics, PublishHook};
+pub use self::core::{
+    AdmissionFuture, Broker, BrokerStats, CommitFuture, HookRefusal, Metrics, PublishHook,
+};
 pub use message::Message;

@@ -4,3 +4,4 @@ mod util;
 mod broker_flows;
 mod broker_peers;
 mod broker_transports;
+mod pipeline;

@@ -27,6 +27,8 @@ pub struct Client {
     rbuf: BytesMut,
     pub protocol: Protocol,
     next_pid: u16,
+    /// Packets read while waiting for something else (an ack), handed out first by `recv`.
+    pending: std::collections::VecDeque<Packet>,
 }
 
 pub fn connect_packet(protocol: Protocol, client_id: &str, clean_start: bool) -> Connect {
@@ -92,6 +94,7 @@ impl Client {
             rbuf: BytesMut::new(),
             protocol,
             next_pid: 0,
+            pending: std::collections::VecDeque::new(),
         }
     }
 
@@ -143,6 +146,9 @@ impl Client {
 
     /// The next packet, or what happened instead.
     pub async fn recv_within(&mut self, d: Duration) -> Recv {
+        if let Some(p) = self.pending.pop_front() {
+            return Recv::Packet(p);
+        }
         let fut = async {
             loop {
                 if let Some(p) = codec::decode(&mut self.rbuf, Some(self.protocol), u32::MAX)
@@ -215,6 +221,25 @@ impl Client {
         }
     }
 
+    /// Reads until a packet matching `want` arrives; other packets are kept for later `recv` calls.
+    async fn recv_matching(&mut self, what: &str, want: impl Fn(&Packet) -> bool) -> Packet {
+        let mut skipped = Vec::new();
+        let found = loop {
+            let p = match self.recv_within(WAIT).await {
+                Recv::Packet(p) => p,
+                other => panic!("waiting for {what}: {other:?}"),
+            };
+            if want(&p) {
+                break p;
+            }
+            skipped.push(p);
+        };
+        for p in skipped.into_iter().rev() {
+            self.pending.push_front(p);
+        }
+        found
+    }
+
     /// Publishes and completes the QoS flow from the sender's side; returns the final ack's reason code.
     pub async fn publish(&mut self, mut p: Publish) -> u8 {
         if p.qos != QoS::AtMostOnce && p.packet_id == 0 {
@@ -223,31 +248,52 @@ impl Client {
         let pid = p.packet_id;
         let qos = p.qos;
         self.send(Packet::Publish(p)).await;
+        let is = |kind: fn(&Packet) -> Option<u16>| move |p: &Packet| kind(p) == Some(pid);
         match qos {
             QoS::AtMostOnce => 0,
-            QoS::AtLeastOnce => match self.recv().await {
-                Packet::PubAck(a) => {
-                    assert_eq!(a.packet_id, pid);
-                    a.reason_code
-                }
-                other => panic!("expected PUBACK, got {other:?}"),
+            QoS::AtLeastOnce => match self
+                .recv_matching(
+                    "PUBACK",
+                    is(|p| match p {
+                        Packet::PubAck(a) => Some(a.packet_id),
+                        _ => None,
+                    }),
+                )
+                .await
+            {
+                Packet::PubAck(a) => a.reason_code,
+                _ => unreachable!(),
             },
             QoS::ExactlyOnce => {
-                let rec = match self.recv().await {
+                let rec = match self
+                    .recv_matching(
+                        "PUBREC",
+                        is(|p| match p {
+                            Packet::PubRec(a) => Some(a.packet_id),
+                            _ => None,
+                        }),
+                    )
+                    .await
+                {
                     Packet::PubRec(a) => a,
-                    other => panic!("expected PUBREC, got {other:?}"),
+                    _ => unreachable!(),
                 };
-                assert_eq!(rec.packet_id, pid);
                 if rec.reason_code >= 0x80 {
                     return rec.reason_code;
                 }
                 self.send(Packet::PubRel(resp(pid))).await;
-                match self.recv().await {
-                    Packet::PubComp(c) => {
-                        assert_eq!(c.packet_id, pid);
-                        c.reason_code
-                    }
-                    other => panic!("expected PUBCOMP, got {other:?}"),
+                match self
+                    .recv_matching(
+                        "PUBCOMP",
+                        is(|p| match p {
+                            Packet::PubComp(a) => Some(a.packet_id),
+                            _ => None,
+                        }),
+                    )
+                    .await
+                {
+                    Packet::PubComp(c) => c.reason_code,
+                    _ => unreachable!(),
                 }
             }
         }
