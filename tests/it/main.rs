@@ -4,4 +4,5 @@ mod util;
 mod broker_flows;
 mod broker_peers;
 mod broker_transports;
+mod daemon;
 mod pipeline;

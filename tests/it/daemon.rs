@@ -1,0 +1,295 @@
+//! The `fieldbridge` binary as users run it: the demo config, `check`, SIGHUP reload, and the durability promise
+//! under `kill -9`.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use fieldbridge::broker::codec::{Protocol, QoS};
+use tokio::process::{Child, Command};
+
+use crate::util::client::{publish, sub, Client};
+use crate::util::peers::{mosquitto_pub, mosquitto_sub, run, Peer};
+use crate::util::WAIT;
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fieldbridge"))
+}
+
+/// A free loopback port (bound and released; the daemon binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running daemon, killed when dropped. Its log (stderr, level `warn` and up) can be waited on.
+pub struct Daemon {
+    pub child: Child,
+    pub mqtt: SocketAddr,
+    log: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+impl Daemon {
+    pub async fn start(config: &Path, mqtt_port: u16) -> Daemon {
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("FIELDBRIDGE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn fieldbridge");
+        let mut child = child;
+        let log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stderr.take().unwrap(),
+        ));
+        let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(mqtt).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fieldbridge did not listen on {mqtt}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Daemon { child, mqtt, log }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub async fn log_line(&mut self, needle: &str) -> String {
+        loop {
+            match tokio::time::timeout(WAIT, self.log.next_line()).await {
+                Ok(Ok(Some(l))) if l.contains(needle) => return l,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no log line with `{needle}`: {other:?}"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().expect("running").to_string()
+    }
+
+    pub async fn signal(&self, sig: &str) {
+        let (code, _, err) = run(Command::new("kill").args([sig, &self.pid()])).await;
+        assert_eq!(code, 0, "kill {sig}: {err}");
+    }
+
+    pub async fn wait(&mut self) -> Option<i32> {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("daemon exits")
+            .expect("wait")
+            .code()
+    }
+}
+
+#[tokio::test]
+async fn demo_config_publishes_sim_readings_status_and_accepts_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml")).unwrap();
+    let cfg = demo
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{port}"))
+        .replace(
+            "bind: 127.0.0.1:8080",
+            &format!("bind: 127.0.0.1:{}", free_port()),
+        )
+        .replace(
+            "./fieldbridge-demo.db",
+            &dir.path().join("demo.db").display().to_string(),
+        );
+    assert_ne!(cfg, demo, "the demo config still has the expected shape");
+    let path = dir.path().join("demo.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let _daemon = Daemon::start(&path, port).await;
+    let p = port.to_string();
+    let mut sub = Peer::spawn(mosquitto_sub().args(["-h", "127.0.0.1", "-p", &p, "-t", "#", "-v"]));
+    let mut seen = std::collections::HashMap::new();
+    while ![
+        "demo/status",
+        "demo/boiler/status",
+        "demo/boiler/flow_temp",
+        "demo/boiler/setpoint",
+    ]
+    .iter()
+    .all(|t| seen.contains_key(*t))
+    {
+        let line = sub.line().await;
+        let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+        seen.insert(topic.to_string(), payload.to_string());
+    }
+    assert_eq!(seen["demo/status"], "online");
+    assert!(
+        seen["demo/boiler/status"].contains("\"status\":\"online\""),
+        "{}",
+        seen["demo/boiler/status"]
+    );
+    assert!(
+        seen["demo/boiler/flow_temp"].contains("\"unit\":\"°C\""),
+        "{}",
+        seen["demo/boiler/flow_temp"]
+    );
+    // A write with mosquitto_pub, as the demo's comments say; the setpoint reads back.
+    let (code, _, err) = run(mosquitto_pub().args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "demo/boiler/setpoint/set",
+        "-m",
+        "65",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    sub.line_where(|l| {
+        l.starts_with("demo/boiler/setpoint/set/result ") && l.contains("\"ok\":true")
+    })
+    .await;
+    sub.line_where(|l| l.starts_with("demo/boiler/setpoint ") && l.contains("\"value\":65"))
+        .await;
+}
+
+#[tokio::test]
+async fn check_accepts_the_shipped_configs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for cfg in [
+        "config/demo.yaml",
+        "config/broker.yaml",
+        "config/fieldbridge.yaml",
+    ] {
+        let (code, out, err) = run(Command::new(binary())
+            .current_dir(root)
+            .args(["check", "--config", cfg]))
+        .await;
+        assert_eq!(code, 0, "{cfg}: {out}{err}");
+        assert!(out.contains(": ok ("), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_publishes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let db = dir.path().join("fb.db");
+    // A long commit interval: if PUBACK were sent before the commit, kill -9 right after it would lose rows.
+    let cfg = format!(
+        "gateway: {{id: gw}}
+broker:
+  listeners: [{{bind: \"127.0.0.1:{port}\"}}]
+api: {{enabled: false}}
+storage:
+  path: {}
+  commit_interval: 300ms
+  durability: strict
+  record: [\"keep/#\"]
+",
+        db.display()
+    );
+    let path = dir.path().join("fb.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut daemon = Daemon::start(&path, port).await;
+    let mut c = Client::connect(daemon.mqtt, Protocol::V311, "producer", true).await;
+    for i in 0..40 {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        assert_eq!(
+            c.publish(publish(&format!("keep/{i}"), &format!("v{i}"), qos, 0))
+                .await,
+            0
+        );
+    }
+    daemon.signal("-KILL").await;
+    daemon.wait().await;
+    let storage = fieldbridge::config::StorageConfig {
+        path: db.clone(),
+        commit_interval: std::time::Duration::from_millis(20),
+        commit_rows: 1000,
+        synchronous: fieldbridge::config::Synchronous::Full,
+        durability: fieldbridge::config::Durability::Strict,
+        max_bytes: 1 << 30,
+        max_age: None,
+        when_full: fieldbridge::config::WhenFull::DropOldest,
+        record: vec![],
+    };
+    let store = fieldbridge::store::Store::open(&storage).expect("reopen after kill -9");
+    let rows = store
+        .query(&fieldbridge::store::HistoryQuery {
+            topic: Some("keep/#".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut topics: Vec<String> = rows.iter().map(|r| r.topic.to_string()).collect();
+    topics.sort_by_key(|t| t[5..].parse::<u32>().unwrap());
+    assert_eq!(
+        topics,
+        (0..40).map(|i| format!("keep/{i}")).collect::<Vec<_>>(),
+        "every acknowledged publish"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!(
+        "gateway: {{id: gw}}
+broker:
+  listeners: [{{bind: \"127.0.0.1:{port}\"}}]
+api: {{enabled: false}}
+storage: {{path: {}}}
+devices:
+  - name: first
+    protocol: sim
+    poll_interval: 20ms
+    points: [{{name: n, signal: counter, initial: 0, type: int}}]
+",
+        dir.path().join("fb.db").display()
+    );
+    let path = dir.path().join("fb.yaml");
+    std::fs::write(&path, &base).unwrap();
+    let mut daemon = Daemon::start(&path, port).await;
+    let mut c = Client::connect(daemon.mqtt, Protocol::V311, "watch", true).await;
+    c.subscribe(vec![sub("gw/+/n", QoS::AtMostOnce)]).await;
+    assert_eq!(&*c.recv_publish().await.topic, "gw/first/n");
+
+    // Broken: refused with the position, and the daemon keeps running with the old config.
+    std::fs::write(
+        &path,
+        format!("{base}  - name: second\n    protocol: nope\n"),
+    )
+    .unwrap();
+    daemon.signal("-HUP").await;
+    let refused = daemon.log_line("reload refused").await;
+    assert!(refused.contains("fb.yaml:12:15"), "{refused}");
+    assert_eq!(
+        &*c.recv_publish().await.topic,
+        "gw/first/n",
+        "still publishing"
+    );
+    // Valid: the new device appears (the broken reload in between did not stop anything).
+    let added = format!(
+        "{base}  - name: second
+    protocol: sim
+    poll_interval: 20ms
+    points: [{{name: n, signal: counter, initial: 100, type: int}}]
+"
+    );
+    std::fs::write(&path, added).unwrap();
+    daemon.signal("-HUP").await;
+    loop {
+        let m = c.recv_publish().await;
+        if &*m.topic == "gw/second/n" {
+            break;
+        }
+    }
+}
