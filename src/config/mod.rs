@@ -126,8 +126,10 @@ impl std::fmt::Display for ConfigErrors {
 /// supply variables without touching the process environment.
 pub struct Loader<'a> {
     registry: Option<&'a dyn AdapterRegistry>,
-    env: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    env: BoxedEnv<'a>,
 }
+
+type BoxedEnv<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
 
 impl Default for Loader<'_> {
     fn default() -> Self {

@@ -1,7 +1,8 @@
 //! Loader tests. The invalid-configuration fixtures live in `tests/fixtures/config/invalid/`: one YAML file per
 //! problem, with a sibling `.expected` holding the exact report `fieldbridge check` prints for it (run from the
 //! repository root). `FIELDBRIDGE_BLESS=1 cargo test -p fieldbridge --lib config::tests` rewrites the
-//! `.expected` files from the current output; review the diff before committing it.
+//! `.expected` files from the current output (`FIELDBRIDGE_BLESS=<part of a name>` only the matching ones);
+//! review the diff before committing it.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,21 +78,33 @@ impl AdapterFactory for TestFactory {
     }
 }
 
-/// Accepts anything: the sim adapter validates its own keys; here only the core's part of the demo matters.
-struct AnythingFactory(&'static str);
+/// The adapters of this build (sim, modbus, … by feature) plus the strict `test` protocol, for the unit tests
+/// that show adapter errors joining the report without depending on a real adapter's rules.
+struct TestRegistry {
+    real: crate::app::Registry,
+    test: TestFactory,
+}
 
-impl AdapterFactory for AnythingFactory {
-    fn protocol(&self) -> &'static str {
-        self.0
+impl AdapterRegistry for TestRegistry {
+    fn factory(&self, protocol: &str) -> Option<&dyn AdapterFactory> {
+        match protocol {
+            "test" => Some(&self.test),
+            p => self.real.factory(p),
+        }
     }
 
-    fn build(&self, _device: &DeviceConfig) -> Result<Box<dyn Adapter>, Vec<ConfigError>> {
-        Ok(Box::new(Idle))
+    fn protocols(&self) -> Vec<&'static str> {
+        let mut p = self.real.protocols();
+        p.push("test");
+        p
     }
 }
 
-fn registry() -> Vec<Box<dyn AdapterFactory>> {
-    vec![Box::new(AnythingFactory("sim")), Box::new(TestFactory)]
+fn registry() -> TestRegistry {
+    TestRegistry {
+        real: crate::app::Registry::default(),
+        test: TestFactory,
+    }
 }
 
 fn test_env(name: &str) -> Option<String> {
@@ -107,6 +120,14 @@ fn load_fixture(path: &Path) -> Result<(Config, Vec<Box<dyn Adapter>>), ConfigEr
     loaded
 }
 
+/// What `fieldbridge check` does: this build's adapters, nothing else, so each `.expected` is exactly what the
+/// command prints for its fixture.
+fn check_like_the_cli(path: &Path) -> Result<(Config, Vec<Box<dyn Adapter>>), ConfigErrors> {
+    let reg = crate::app::Registry::default();
+    let loaded = Loader::new().registry(&reg).env(test_env).load(path);
+    loaded
+}
+
 fn fixtures(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{dir}: {e} (tests run from the package root)"))
@@ -117,21 +138,30 @@ fn fixtures(dir: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Runs every fixture the way `fieldbridge check` does (the fixtures' `${FB_TEST_SECRET}` aside). Core fixtures
+/// use `protocol: sim` with the smallest valid sim points; adapter fixtures (`modbus_*.yaml`, …) come from each
+/// adapter's author. All need the default features.
 #[test]
+#[cfg(all(feature = "sim", feature = "modbus"))]
 fn invalid_fixtures_report_exactly_the_expected_errors() {
-    let bless = std::env::var_os("FIELDBRIDGE_BLESS").is_some();
+    // `FIELDBRIDGE_BLESS=1` rewrites every `.expected`; `FIELDBRIDGE_BLESS=modbus_` only those of fixtures whose
+    // name contains `modbus_` (so one author does not rewrite another's by accident).
+    let bless = std::env::var("FIELDBRIDGE_BLESS").ok();
     let mut failures = Vec::new();
     let files = fixtures("tests/fixtures/config/invalid");
     assert!(files.len() >= 30, "fixtures missing: {files:?}");
     for file in &files {
         let expected_path = file.with_extension("expected");
-        let actual = match load_fixture(file) {
+        let actual = match check_like_the_cli(file) {
             Ok(_) => "(loaded without errors)".to_string(),
             Err(e) => e.to_string(),
         };
-        if bless {
-            std::fs::write(&expected_path, format!("{actual}\n")).unwrap();
-            continue;
+        if let Some(filter) = &bless {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            if filter == "1" || name.contains(filter.as_str()) {
+                std::fs::write(&expected_path, format!("{actual}\n")).unwrap();
+                continue;
+            }
         }
         let expected = std::fs::read_to_string(&expected_path)
             .unwrap_or_else(|_| format!("(missing {})", expected_path.display()));
@@ -162,7 +192,7 @@ fn every_expected_file_has_its_fixture() {
 
 #[test]
 fn shipped_configs_load() {
-    for name in ["config/broker.yaml", "config/demo.yaml"] {
+    for name in ["config/broker.yaml"] {
         if let Err(e) = load_fixture(Path::new(name)) {
             panic!("{name}:\n{e}");
         }
@@ -178,6 +208,7 @@ fn shipped_configs_load() {
 }
 
 #[test]
+#[cfg(feature = "sim")]
 fn demo_config_shape() {
     let (c, adapters) = load_fixture(Path::new("config/demo.yaml")).unwrap();
     assert_eq!(c.broker.listeners[0].bind.to_string(), "127.0.0.1:1883");
@@ -521,4 +552,75 @@ fn errors_display_one_per_line_sorted() {
     ]);
     assert_eq!(e.len(), 2);
     assert_eq!(e.to_string(), "a.yaml:9:1: one\nb.yaml:1:1: x: two");
+}
+
+#[test]
+fn adapter_errors_join_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("fb.yaml");
+    std::fs::write(
+        &main,
+        "devices:\n  - name: m\n    protocol: test\n    connection: {host: h, prot: 1}\n    points:\n      - {name: a, address: 70000}\n      - {name: b, adress: 1, scael: 2}\n      - {name: c, address: x, qos: 5}\n",
+    )
+    .unwrap();
+    let reg = registry();
+    let Err(e) = Loader::new().registry(&reg).load(&main) else {
+        panic!("expected errors");
+    };
+    let file = main.display();
+    let lines: Vec<String> = e.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{file}:4:27: devices[0].connection.prot: unknown key `prot`, did you mean `port`? expected one of: host, port"),
+            format!("{file}:6:28: devices[0].points[0].address: expected an integer from 0 to 65535, found 70000"),
+            format!("{file}:7:9: devices[0].points[1]: missing required key `address`"),
+            format!("{file}:7:19: devices[0].points[1].adress: unknown key `adress`, did you mean `address`? expected one of: address, type"),
+            format!("{file}:7:30: devices[0].points[1].scael: unknown key `scael`, did you mean `scale`? expected one of: address, type"),
+            format!("{file}:8:28: devices[0].points[2].address: expected an integer, found a string"),
+            format!("{file}:8:36: devices[0].points[2].qos: expected a QoS of 0, 1 or 2, found 5"),
+        ]
+    );
+}
+
+#[test]
+fn disabled_devices_are_type_checked_but_not_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("fb.yaml");
+    std::fs::write(
+        &main,
+        "devices:\n  - {name: a, protocol: nope, enabled: false, retries: many}\n  - {name: a, protocol: test, connection: {host: h}, enabled: false}\n",
+    )
+    .unwrap();
+    let reg = registry();
+    let Err(e) = Loader::new().registry(&reg).load(&main) else {
+        panic!("expected errors");
+    };
+    assert_eq!(e.len(), 1, "{e}");
+    assert!(e.errors[0].message.contains("expected an integer"), "{e}");
+}
+
+/// The SDK's list of core point keys (what adapters never see) and the core's point struct must agree, or a
+/// key would reach neither or both.
+#[test]
+fn core_point_keys_match_the_raw_point() {
+    let mut yaml = String::from("name: p\n");
+    for key in fieldbridge_sdk::config::POINT_CORE_KEYS {
+        let value = match *key {
+            "name" => continue,
+            "scale" | "offset" | "deadband" | "qos" => "1",
+            "publish" => "on_change",
+            "payload" => "json",
+            "retain" | "writable" | "record" => "true",
+            "poll_interval" => "1s",
+            _ => "text",
+        };
+        yaml.push_str(&format!("{key}: {value}\n"));
+    }
+    let node = fieldbridge_sdk::config::parse_yaml("p.yaml", &yaml).unwrap();
+    let (raw, errors) = node.deserialize_partial::<super::raw::RawPoint>();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(raw.is_some());
+    let extra = fieldbridge_sdk::config::parse_yaml("p.yaml", "name: p\naddress: 1\n").unwrap();
+    assert!(extra.deserialize::<super::raw::RawPoint>().is_err());
 }

@@ -37,6 +37,7 @@ pub struct GatewayConfig {
     /// `{gateway}` in topic templates; default: the host name.
     pub id: String,
     /// Topic of the gateway's own retained status (`online`, will `offline`); default `{gateway}/status`.
+    /// Stored with `{gateway}` already expanded.
     pub status_topic: String,
 }
 
@@ -105,7 +106,8 @@ pub enum ListenerKind {
 /// TLS settings of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsServerConfig {
-    /// PEM certificate chain.
+    /// PEM certificate chain. Like every path here, a relative one was resolved against the main file's
+    /// directory at load, and the file was checked to exist.
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
@@ -129,7 +131,7 @@ pub struct UserConfig {
 pub struct AclRule {
     /// Who the rule is for: a user name, or `None` for everyone (anonymous included).
     pub user: Option<String>,
-    /// Topic filter the rule covers.
+    /// Topic filter the rule covers (`{gateway}` expanded at load; `%u`/`%c` left for the broker).
     pub filter: String,
     /// What it allows or denies.
     pub access: AclAccess,
@@ -168,6 +170,7 @@ pub struct StorageConfig {
     /// What happens to rows not yet delivered when `max_bytes` is reached. Default `DropOldest`.
     pub when_full: WhenFull,
     /// Extra filters whose local publishes are logged even when no bridge forwards them (history only).
+    /// `{gateway}` expanded at load.
     pub record: Vec<String>,
 }
 
@@ -209,7 +212,7 @@ pub struct BridgeConfig {
     pub url: BridgeUrl,
     /// MQTT version to speak upstream. Default `V5`.
     pub protocol: crate::broker::codec::Protocol,
-    /// Default `{gateway}-{name}`.
+    /// Default `{gateway}-{name}`; stored expanded.
     pub client_id: String,
     /// User name.
     pub username: Option<String>,
@@ -237,7 +240,7 @@ pub struct BridgeConfig {
     pub forward: Vec<ForwardRule>,
     /// Upstream -> local rules.
     pub subscribe: Vec<SubscribeRule>,
-    /// Topic of the gateway birth/will published upstream; default `{gateway}/status`.
+    /// Topic of the gateway birth/will published upstream; default `{gateway}/status`; stored expanded.
     pub status_topic: String,
 }
 
@@ -270,10 +273,11 @@ pub enum BridgeScheme {
 /// A local -> upstream rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardRule {
-    /// Local topic filter.
+    /// Local topic filter (`{gateway}` expanded at load).
     pub filter: String,
     /// Remote topic template: `{topic}` the whole local topic, `{1}`.. the wildcard captures, `{gateway}`.
-    /// Default `{topic}`.
+    /// Default `{topic}`. `{gateway}` is already expanded; `{1}`.. never exceed the filter's wildcards
+    /// (checked at load).
     pub topic: String,
     /// QoS upstream; `None`: the message's own QoS. Forwards are logged whatever the QoS.
     pub qos: Option<QoS>,
@@ -286,7 +290,8 @@ pub struct ForwardRule {
 pub struct SubscribeRule {
     /// Remote topic filter (`{gateway}` expanded at load).
     pub filter: String,
-    /// Local topic template (`{topic}`, `{1}`.., `{gateway}`). Default `{topic}`.
+    /// Local topic template (`{topic}`, `{1}`.., `{gateway}`). Default `{topic}`. `{gateway}` is already
+    /// expanded; `{1}`.. never exceed the filter's wildcards (checked at load).
     pub topic: String,
     /// Subscription QoS. Default 1.
     pub qos: QoS,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldbridge_sdk::config::{
-    format_duration, parse_yaml_with, unknown_name_message, ParseOptions, Spanned, POINT_CORE_KEYS,
+    format_duration, parse_yaml_with, unknown_name_message, EnvLookup, ParseOptions, Spanned,
+    POINT_CORE_KEYS,
 };
 use fieldbridge_sdk::{
     Adapter, ConfigError, ConfigNode, DeviceConfig, Mark, NodeKind, PointConfig,
@@ -57,14 +58,14 @@ pub(super) struct Cx<'a> {
     /// the same place are consequences, not news.
     noted: HashSet<Mark>,
     base: PathBuf,
-    env: &'a dyn Fn(&str) -> Option<String>,
+    env: EnvLookup<'a>,
     /// False once the gateway id was rejected: topics built from it are not checked again (one error, not one
     /// per point).
     gateway_ok: bool,
 }
 
 impl<'a> Cx<'a> {
-    pub(super) fn new(base: PathBuf, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+    pub(super) fn new(base: PathBuf, env: EnvLookup<'a>) -> Self {
         Cx {
             errors: Vec::new(),
             noted: HashSet::new(),
@@ -394,10 +395,9 @@ impl<'a> Cx<'a> {
         match topics::expand(text, known).and_then(|t| topics::check_topic_name(&t).map(|()| t)) {
             Ok(t) => Some(t),
             Err(m) => {
-                match given {
-                    Some(s) => self.at(s, m),
-                    // A default only fails through the gateway id, which is reported already.
-                    None => {}
+                // A default only fails through the gateway id, which is reported already.
+                if let Some(s) = given {
+                    self.at(s, m);
                 }
                 None
             }
@@ -1066,27 +1066,26 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn rule_parts(&mut self, node: &ConfigNode) -> Option<ConfigNode> {
-        // A bare string is shorthand for `{filter: <string>}`.
+    /// A bridge rule as a mapping: a bare string is shorthand for `{filter: <string>}`.
+    fn rule_parts(node: &ConfigNode) -> ConfigNode {
         if let NodeKind::String(_) = node.kind {
             let key = ConfigNode {
                 kind: NodeKind::String("filter".into()),
                 mark: node.mark.clone(),
                 path: format!("{}.filter", node.path),
             };
-            let mut value = node.clone();
-            value.path = key.path.clone();
-            return Some(ConfigNode {
-                kind: NodeKind::Map(vec![(key, value)]),
+            // The value keeps its own path: the user wrote `forward[0]`, not `forward[0].filter`.
+            return ConfigNode {
+                kind: NodeKind::Map(vec![(key, node.clone())]),
                 mark: node.mark.clone(),
                 path: node.path.clone(),
-            });
+            };
         }
-        Some(node.clone())
+        node.clone()
     }
 
     fn forward_rule(&mut self, node: &ConfigNode, gw: &str) -> Option<ForwardRule> {
-        let node = self.rule_parts(node)?;
+        let node = Self::rule_parts(node);
         let raw: RawForward = self.read_req(&node)?;
         let filter = topics::expand_gateway(&raw.filter.value, gw);
         if let Err(m) = topics::check_filter(&filter) {
@@ -1111,7 +1110,7 @@ impl<'a> Cx<'a> {
     }
 
     fn subscribe_rule(&mut self, node: &ConfigNode, gw: &str) -> Option<SubscribeRule> {
-        let node = self.rule_parts(node)?;
+        let node = Self::rule_parts(node);
         let raw: RawSubscribe = self.read_req(&node)?;
         let filter = topics::expand_gateway(&raw.filter.value, gw);
         if let Err(m) = topics::check_filter(&filter) {
