@@ -116,6 +116,12 @@ pub struct App {
     pub store: Store,
     store_link: Arc<StoreLink>,
     listener_addrs: RwLock<Vec<std::net::SocketAddr>>,
+    /// The HTTP API, once listening (None when `api.bind` is disabled).
+    api: Mutex<Option<crate::api::ApiServer>>,
+    /// Cancelled first at shutdown, so the API stops answering before the store closes.
+    api_stop: CancellationToken,
+    /// Serializes reloads (SIGHUP and the API may ask at the same moment).
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// A failure to start.
@@ -127,6 +133,9 @@ pub enum StartError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The HTTP API could not listen.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 impl App {
@@ -173,7 +182,21 @@ impl App {
             store,
             store_link,
             listener_addrs: RwLock::new(listener_addrs),
+            api: Mutex::new(None),
+            api_stop: CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
         });
+        if let Some(bind) = cfg.api.bind {
+            match crate::api::serve(app.clone(), bind, app.api_stop.clone()).await {
+                Ok(server) => *app.api.lock() = Some(server),
+                Err(e) => {
+                    // Stop what already runs, so a failed start leaves nothing listening.
+                    app.listener_stop.lock().cancel();
+                    app.broker.shutdown_token().cancel();
+                    return Err(e.into());
+                }
+            }
+        }
 
         // The gateway's own status: online now, offline when the daemon stops (published at shutdown).
         link.publish(Message::new(
@@ -218,6 +241,11 @@ impl App {
     /// The addresses the MQTT listeners are bound to (after port 0 was resolved), in configuration order.
     pub fn listener_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.listener_addrs.read().clone()
+    }
+
+    /// Where the HTTP API listens (the real port when `api.bind` used port 0).
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.lock().as_ref().map(|s| s.local_addr)
     }
 
     /// Latest values and device statuses.
@@ -351,6 +379,7 @@ impl App {
 
     /// Re-reads the configuration file; on any error logs every problem and keeps the running configuration.
     pub async fn reload(&self) -> Result<ReloadSummary, ConfigErrors> {
+        let _one_at_a_time = self.reload_lock.lock().await;
         let path = self.config.read().path.clone();
         match load_config(&path, &self.registry) {
             Ok(cfg) => Ok(self.apply(cfg).await),
@@ -371,6 +400,11 @@ impl App {
     /// within `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
+        self.api_stop.cancel();
+        let api = self.api.lock().take();
+        if let Some(s) = api {
+            let _ = tokio::time::timeout_at(deadline, s.task).await;
+        }
         self.adapters_cancel.cancel();
         let handles: Vec<_> = self.devices.lock().drain().map(|(_, r)| r.done).collect();
         let _ = tokio::time::timeout_at(deadline, futures::future::join_all(handles)).await;

@@ -12,3 +12,4 @@ pub mod config;
 pub mod pipeline;
 pub mod store;
 pub mod recorder;
+pub mod cli;

@@ -1,7 +1,8 @@
 //! The `fieldbridge` command line.
 //!
 //! Exit codes: 0 success; 64 the configuration is invalid (every problem printed as `file:line:col: path:
-//! message`); 1 a runtime failure (a port in use, an unreadable database).
+//! message`), or bad `modbus` arguments; 1 a runtime failure (a port in use, an unreadable database, a daemon
+//! that cannot be reached); 2 bad command-line arguments; 69 (`modbus`) the device cannot be reached.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -34,6 +35,15 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/fieldbridge/fieldbridge.yaml")]
         config: PathBuf,
     },
+    /// Show a running daemon's bridges (state, lag, drain rate, time to drain), devices and store.
+    Status(fieldbridge::cli::StatusArgs),
+    /// Print the buffered history of a running daemon (table, CSV or JSON).
+    Query(fieldbridge::cli::QueryArgs),
+    /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.
+    Reload(fieldbridge::cli::ReloadArgs),
+    /// Probe a Modbus device (commissioning), with the daemon's own decoder.
+    #[command(subcommand)]
+    Modbus(fieldbridge::cli::modbus::ModbusCmd),
     /// Validate a configuration (and every device map it names) without starting anything.
     Check {
         /// The main configuration file.
@@ -46,6 +56,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Check { config } => check(&config),
+        Cmd::Status(args) => ExitCode::from(fieldbridge::cli::status_main(&args)),
+        Cmd::Query(args) => ExitCode::from(fieldbridge::cli::query_main(&args)),
+        Cmd::Reload(args) => ExitCode::from(fieldbridge::cli::reload_main(&args)),
+        Cmd::Modbus(cmd) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fieldbridge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = rt.block_on(fieldbridge::cli::modbus::run(
+                &cmd,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            ExitCode::from(code)
+        }
         Cmd::Run { config } => {
             let registry = Registry::default();
             let cfg = match app::load_config(&config, &registry) {

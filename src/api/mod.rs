@@ -1,1 +1,511 @@
-//! Local HTTP API.
+//! The local HTTP API: what an operator or a local app asks a running gateway.
+//!
+//! | endpoint | answer |
+//! | --- | --- |
+//! | `GET /` | a self-contained dashboard page (no external assets) polling the two endpoints below |
+//! | `GET /health` | `200 {"status":"ok","uptime_secs":…,"version":…}` while the daemon answers |
+//! | `GET /api/status` | one [`StatusDoc`]: gateway, broker, store, bridges, devices, pipeline |
+//! | `GET /api/devices` | [`DevicesDoc`]: configured devices with status and reason |
+//! | `GET /api/points[?device=]` | [`PointsDoc`]: latest value of every point |
+//! | `GET /api/history?device=&point=&topic=&from=&to=&limit=&order=` | [`HistoryDoc`]: logged rows |
+//! | `GET /metrics` | Prometheus text format |
+//! | `POST /api/reload` | re-reads the configuration: `200` [`ReloadDoc`], or `422` [`ErrorDoc`] listing every problem |
+//!
+//! Errors are JSON [`ErrorDoc`]s: `400` names the bad parameter and what was expected, `404`/`405` name the
+//! endpoints, `503` when the store is closing.
+//!
+//! # Robustness
+//!
+//! The API must never take the gateway down nor be used to starve it:
+//! - at most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog); request heads are
+//!   bounded to [`MAX_HEAD_BYTES`] and must arrive within [`HEADER_TIMEOUT`] (slow clients are dropped); no
+//!   endpoint reads a request body;
+//! - each connection runs in its own task, so even a bug that panics in a handler loses one connection;
+//! - SQLite reads (status, history, metrics) run on the blocking pool, never on a runtime worker; history
+//!   answers are capped at [`params::MAX_HISTORY_LIMIT`] rows;
+//! - a reload runs in its own task, so a client that disconnects mid-reload cannot abort it half-applied, and
+//!   reloads are serialized;
+//! - `POST` requests carrying a foreign `Origin` are refused, so a web page in the operator's browser cannot
+//!   trigger reloads (the API has no authentication: it binds to loopback by default).
+//!
+//! Shutdown: cancelling the token stops accepting, lets in-flight requests finish (idle keep-alive
+//! connections close at once) for up to [`SHUTDOWN_GRACE`], then drops what is left.
+mod metrics;
+pub mod model;
+pub mod params;
+mod snapshot;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{LogRow, StoreError};
+
+pub use model::{
+    BridgeView, CursorView, DeviceView, DevicesDoc, DropsView, ErrorDoc, HealthDoc, HistoryDoc,
+    HistoryRow, PipelineView, PointView, PointsDoc, ReloadDoc, StatusDoc, StoreView,
+};
+pub use state::ApiState;
+
+use snapshot::Snapshot;
+
+/// Connections served at once. A dashboard or two, a Prometheus scraper and the CLI need a handful; the cap
+/// keeps a misbehaving client from exhausting file descriptors the broker needs.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request head (request line + headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Time a client has to send a complete request head (also how long an idle keep-alive connection stays).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The dashboard page: one file, inline CSS and JS, no external assets.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// A failure to start the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr} for the HTTP API (`api.bind`): {source}")]
+    Bind {
+        /// The address from `api.bind`.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running API server.
+#[derive(Debug)]
+pub struct ApiServer {
+    /// The address it listens on (the real port when `api.bind` asked for port 0).
+    pub local_addr: SocketAddr,
+    /// Ends after the shutdown token is cancelled and connections are closed.
+    pub task: JoinHandle<()>,
+}
+
+/// Binds `bind` and serves the API on it until `shutdown` is cancelled. Returns once listening, so a bind
+/// error is reported before the daemon says it started.
+pub async fn serve(
+    state: Arc<dyn ApiState>,
+    bind: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<ApiServer, ApiError> {
+    let bind_err = |source| ApiError::Bind { addr: bind, source };
+    let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+    let app = router(state);
+    let task = tokio::spawn(accept_loop(listener, app, shutdown));
+    tracing::info!(addr = %local_addr, "HTTP API listening");
+    Ok(ApiServer { local_addr, task })
+}
+
+async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning on the error.
+                    tracing::warn!(error = %e, "HTTP API: accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        while let Some(done) = conns.try_join_next() {
+            log_conn_end(done);
+        }
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "HTTP API connection");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(done) = conns.join_next().await {
+            log_conn_end(done);
+        }
+    })
+    .await;
+    conns.abort_all();
+    tracing::debug!("HTTP API stopped");
+}
+
+fn log_conn_end(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            tracing::error!("HTTP API: a request handler panicked; its connection was dropped");
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+struct Ctx {
+    state: Arc<dyn ApiState>,
+    /// Serializes reloads: two at once would interleave device restarts.
+    reload: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The API's routes, without a listener (for tests with `tower::ServiceExt::oneshot`, or another server).
+pub fn router(state: Arc<dyn ApiState>) -> Router {
+    let ctx = Ctx {
+        state,
+        reload: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/health", get(health))
+        .route("/api/status", get(status))
+        .route("/api/devices", get(devices))
+        .route("/api/points", get(points))
+        .route("/api/history", get(history))
+        .route("/api/reload", post(reload))
+        .route("/metrics", get(metrics_page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(ctx)
+}
+
+/// Listed in 404 and 405 answers, so a typo is answered with the right path.
+const ENDPOINTS: &str = concat!(
+    "GET /, /health, /api/status, /api/devices, /api/points, /api/history, /metrics; ",
+    "POST /api/reload"
+);
+
+/// A refused request: the status and the message of its [`ErrorDoc`].
+struct Reject {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorDoc {
+                error: self.message,
+                errors: Vec::new(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn reject(status: StatusCode, msg: impl Into<String>) -> Reject {
+    Reject {
+        status,
+        message: msg.into(),
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> Reject {
+    reject(StatusCode::BAD_REQUEST, msg)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Reject {
+    reject(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {}; endpoints: {ENDPOINTS}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Reject {
+    reject(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {}; endpoints: {ENDPOINTS}",
+            uri.path()
+        ),
+    )
+}
+
+/// The query pairs, or a 400 naming what could not be decoded.
+fn pairs(
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, Reject> {
+    q.map(|Query(p)| p)
+        .map_err(|e| bad_request(format!("invalid query string: {}", e.body_text())))
+}
+
+/// Runs blocking work (SQLite) off the runtime's workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Reject> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "HTTP API: a blocking task failed");
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error (see the daemon's log)",
+        )
+    })
+}
+
+fn store_error(e: StoreError) -> Reject {
+    match e {
+        StoreError::Invalid(m) => bad_request(m),
+        StoreError::Closed => reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is closed (fieldbridge is stopping)",
+        ),
+        e => {
+            tracing::warn!(error = %e, "HTTP API: store query failed");
+            reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("store query failed: {e}"),
+            )
+        }
+    }
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // Everything is inline and fetched from this origin: forbid anything else.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn health(State(ctx): State<Ctx>) -> Response {
+    Json(HealthDoc {
+        status: "ok".into(),
+        uptime_secs: ctx.state.uptime().as_secs(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+    .into_response()
+}
+
+async fn status(State(ctx): State<Ctx>) -> Result<Response, Reject> {
+    let doc = blocking(move || Snapshot::take(&*ctx.state).into_doc()).await?;
+    Ok(Json(doc).into_response())
+}
+
+async fn devices(State(ctx): State<Ctx>) -> Response {
+    let cfg = ctx.state.config();
+    let devices = snapshot::device_views(&cfg, &ctx.state.live());
+    Json(DevicesDoc { devices }).into_response()
+}
+
+async fn points(
+    State(ctx): State<Ctx>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Reject> {
+    let pairs = pairs(q)?;
+    let p = params::check_params(&pairs, &["device"]).map_err(|e| bad_request(e.0))?;
+    let cfg = ctx.state.config();
+    if let Some(d) = p.get("device") {
+        if !cfg.devices.iter().any(|x| &*x.adapter.name == *d) {
+            return Err(bad_request(format!(
+                "parameter `device`: no device `{d}` is configured"
+            )));
+        }
+    }
+    let live = ctx.state.live();
+    let latest = live.latest.read();
+    let mut points: Vec<PointView> = latest
+        .iter()
+        // Points of devices removed by a reload keep their last value in the live table: not shown.
+        .filter(|((dev, _), _)| cfg.devices.iter().any(|x| x.adapter.name == *dev))
+        .filter(|((dev, _), _)| p.get("device").is_none_or(|d| **dev == **d))
+        .map(|((dev, point), l)| PointView {
+            device: dev.to_string(),
+            point: point.to_string(),
+            value: serde_json::to_value(l)
+                .ok()
+                .and_then(|mut v| v.get_mut("value").map(serde_json::Value::take))
+                .unwrap_or_default(),
+            unit: l.unit.clone(),
+            quality: l.quality.to_string(),
+            reason: l.reason.clone(),
+            ts: l.ts.clone(),
+            topic: l.topic.to_string(),
+        })
+        .collect();
+    drop(latest);
+    points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
+    Ok(Json(PointsDoc { points }).into_response())
+}
+
+fn history_row(r: LogRow) -> HistoryRow {
+    HistoryRow {
+        seq: r.seq,
+        ts: params::ms_to_rfc3339(r.ts_ms),
+        ts_ms: r.ts_ms,
+        topic: r.topic.to_string(),
+        device: r.device.map(|d| d.to_string()),
+        point: r.point.map(|p| p.to_string()),
+        value: r.num.filter(|n| n.is_finite()),
+        payload: String::from_utf8_lossy(&r.payload).into_owned(),
+        qos: r.qos,
+        retain: r.retain,
+    }
+}
+
+async fn history(
+    State(ctx): State<Ctx>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Reject> {
+    let pairs = pairs(q)?;
+    let mut q = params::history_query(&pairs, SystemTime::now()).map_err(|e| bad_request(e.0))?;
+    let limit = q.limit;
+    // One row more than asked tells whether there is more.
+    q.limit += 1;
+    let state = ctx.state.clone();
+    let rows = blocking(move || state.query(&q))
+        .await?
+        .map_err(store_error)?;
+    let more = rows.len() > limit;
+    let rows = rows.into_iter().take(limit).map(history_row).collect();
+    Ok(Json(HistoryDoc { rows, limit, more }).into_response())
+}
+
+async fn metrics_page(State(ctx): State<Ctx>) -> Result<Response, Reject> {
+    let text = blocking(move || metrics::render(&Snapshot::take(&*ctx.state))).await?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Whether a browser sent this request from another site: its `Origin` names a different host than `Host`.
+fn cross_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin = origin.to_str().unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host)
+}
+
+async fn reload(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, Reject> {
+    if cross_origin(&headers) {
+        return Err(reject(
+            StatusCode::FORBIDDEN,
+            "cross-origin reload refused: use `fieldbridge reload`, curl, or a page served by this API",
+        ));
+    }
+    let state = ctx.state.clone();
+    let lock = ctx.reload.clone();
+    let task = tokio::spawn(async move {
+        let _serialized = lock.lock().await;
+        let before = state.config().api.bind;
+        let result = state.reload().await;
+        let after = state.config().api.bind;
+        (result, before, after)
+    });
+    let (result, before, after) = task.await.map_err(|e| {
+        tracing::error!(error = %e, "HTTP API: reload task failed");
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload failed (see the daemon's log)",
+        )
+    })?;
+    Ok(match result {
+        Ok(s) => {
+            let mut notes = Vec::new();
+            if before != after {
+                let show =
+                    |b: Option<SocketAddr>| b.map_or("disabled".to_string(), |a| a.to_string());
+                notes.push(format!(
+                    "`api.bind` changed from {} to {}: restart fieldbridge to move the API",
+                    show(before),
+                    show(after)
+                ));
+            }
+            Json(ReloadDoc {
+                added: s.added,
+                removed: s.removed,
+                restarted: s.restarted,
+                unchanged: s.unchanged,
+                notes,
+            })
+            .into_response()
+        }
+        Err(errors) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ErrorDoc {
+                error: format!(
+                    "the configuration has {} problem(s); the running configuration is kept",
+                    errors.len()
+                ),
+                errors: errors.errors.iter().map(|e| e.to_string()).collect(),
+            }),
+        )
+            .into_response(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_check() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert!(!cross_origin(&h));
+        h.insert(header::ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
+        assert!(!cross_origin(&h));
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(cross_origin(&h));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(cross_origin(&h));
+    }
+}

@@ -73,8 +73,14 @@ impl Table {
 }
 
 impl fmt::Display for Table {
+    /// The name in prose ("holding register"), for messages; [`Table::name`] is the configuration keyword.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(match self {
+            Table::Coil => "coil",
+            Table::DiscreteInput => "discrete input",
+            Table::InputRegister => "input register",
+            Table::HoldingRegister => "holding register",
+        })
     }
 }
 

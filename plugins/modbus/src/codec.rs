@@ -128,9 +128,14 @@ impl FromStr for DataType {
             "bytes" | "raw" => DataType::Bytes,
             _ => {
                 let names: Vec<&str> = DataType::ALL.iter().map(|(n, _)| *n).collect();
+                // Suggest from the datasheet spellings too: `flaot32` is closer to `float32` than to `f32`.
+                let mut candidates = names.clone();
+                candidates.extend([
+                    "float32", "float64", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+                ]);
                 return Err(format!(
                     "unknown type `{s}`{}; expected one of {}",
-                    did_you_mean(&lower, &names),
+                    did_you_mean(&lower, &candidates),
                     names.join(", ")
                 ));
             }
@@ -927,7 +932,7 @@ mod tests {
         assert_eq!("float32".parse::<DataType>().unwrap(), DataType::F32);
         assert_eq!("U16".parse::<DataType>().unwrap(), DataType::U16);
         let e = "flaot32".parse::<DataType>().unwrap_err();
-        assert!(e.contains("unknown type"), "{e}");
+        assert!(e.contains("did you mean `float32`"), "{e}");
         let e = "f23".parse::<DataType>().unwrap_err();
         assert!(e.contains("did you mean `f32`"), "{e}");
     }

@@ -128,9 +128,7 @@ struct RawPoint {
     order: Option<Spanned<Order>>,
     bit: Option<Spanned<u8>>,
     length: Option<Spanned<u16>>,
-    #[serde(default)]
     verify: Option<Spanned<bool>>,
-    #[serde(default)]
     write_multiple: Option<Spanned<bool>>,
 }
 
@@ -330,9 +328,6 @@ fn validate_connection(
         }
         limits.max_coils = m.value.clamp(1, 2000);
     }
-    if let Some(o) = &raw.order {
-        let _ = o; // every order is valid as a device default
-    }
     let defaults = DeviceDefaults {
         addressing: raw.addressing.unwrap_or_default(),
         order: raw.order.as_ref().map_or(Order::Abcd, |o| o.value),
@@ -405,7 +400,7 @@ fn validate_point(
                         errors.push(given.error(format!(
                             "table `{}` contradicts address {} (a {t} reference); with `addressing: reference` \
                              the table comes from the address, so `table:` can be left out",
-                            given.value, raw.address.value
+                            given.value.name(), raw.address.value
                         )));
                     }
                 }

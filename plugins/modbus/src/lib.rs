@@ -15,8 +15,9 @@
 //! - `device` (private): the SDK `PollDevice` and `Adapter` over a line.
 //! - [`probe`]: one-shot reads and writes for the `fieldbridge modbus read|write` commissioning command.
 //!
-//! The core registers [`ModbusFactory`] under `modbus`. One factory holds one [`transport::LineRegistry`],
-//! so devices built by the same factory share lines; the core should create the factory once per process.
+//! The core registers [`ModbusFactory`] under `modbus`. [`ModbusFactory::new`] (and `default()`) use one
+//! process-wide [`transport::LineRegistry`], so every device naming the same serial port or TCP endpoint shares
+//! one connection, across reloads too.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,7 +30,7 @@ pub mod plan;
 pub mod probe;
 pub mod transport;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use fieldbridge_sdk::{Adapter, AdapterFactory, ConfigError, DeviceConfig};
 
@@ -46,17 +47,35 @@ pub use transport::{Endpoint, LineRegistry, Parity, SerialSettings};
 /// The protocol name in device maps.
 pub const PROTOCOL: &str = "modbus";
 
-/// Builds Modbus adapters. Devices built by one factory that name the same serial port or TCP endpoint share
-/// one connection.
-#[derive(Debug, Clone, Default)]
+/// The lines of this process (see [`ModbusFactory::new`]).
+static PROCESS_LINES: OnceLock<LineRegistry> = OnceLock::new();
+
+/// Builds Modbus adapters. Devices built by factories sharing a [`LineRegistry`] that name the same serial
+/// port or TCP endpoint share one connection.
+#[derive(Debug, Clone)]
 pub struct ModbusFactory {
     registry: LineRegistry,
 }
 
+impl Default for ModbusFactory {
+    fn default() -> Self {
+        ModbusFactory::new()
+    }
+}
+
 impl ModbusFactory {
-    /// A factory with its own line registry.
+    /// A factory on the process-wide line registry. Process-wide rather than per factory so that a reload
+    /// (which may build a new factory) hands the new adapters the port the old ones still hold, instead of
+    /// opening an exclusive serial port twice.
     pub fn new() -> Self {
-        ModbusFactory::default()
+        ModbusFactory {
+            registry: PROCESS_LINES.get_or_init(LineRegistry::new).clone(),
+        }
+    }
+
+    /// A factory on its own registry (tests, benchmarks, anything that must not share lines).
+    pub fn with_registry(registry: LineRegistry) -> Self {
+        ModbusFactory { registry }
     }
 
     /// The factory's lines (for metrics and tests).

@@ -581,7 +581,7 @@ mod tests {
     fn every_property_type_decodes() {
         // byte, u32, string, binary, varint, u16, string pair
         let bytes = [
-            0x1e, // length 30
+            0x1d, // length 29
             0x01, 0x01, // payload format indicator
             0x02, 0x00, 0x00, 0x00, 0x3c, // message expiry 60
             0x03, 0x00, 0x01, b't', // content type

@@ -10,41 +10,41 @@ use super::{DecodeError, Protocol, PubResp};
 /// Which of the four packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    PubAck,
-    PubRec,
-    PubRel,
-    PubComp,
+    Ack,
+    Rec,
+    Rel,
+    Comp,
 }
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
-            Kind::PubAck => "PUBACK",
-            Kind::PubRec => "PUBREC",
-            Kind::PubRel => "PUBREL",
-            Kind::PubComp => "PUBCOMP",
+            Kind::Ack => "PUBACK",
+            Kind::Rec => "PUBREC",
+            Kind::Rel => "PUBREL",
+            Kind::Comp => "PUBCOMP",
         }
     }
 
     fn first_byte(self) -> u8 {
         match self {
-            Kind::PubAck => 0x40,
-            Kind::PubRec => 0x50,
-            Kind::PubRel => 0x62,
-            Kind::PubComp => 0x70,
+            Kind::Ack => 0x40,
+            Kind::Rec => 0x50,
+            Kind::Rel => 0x62,
+            Kind::Comp => 0x70,
         }
     }
 
     /// Reason codes MQTT 5 defines for this packet.
     fn valid(self, code: u8) -> bool {
         match self {
-            Kind::PubAck | Kind::PubRec => {
+            Kind::Ack | Kind::Rec => {
                 matches!(
                     code,
                     0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
                 )
             }
-            Kind::PubRel | Kind::PubComp => matches!(code, 0x00 | 0x92),
+            Kind::Rel | Kind::Comp => matches!(code, 0x00 | 0x92),
         }
     }
 }

@@ -58,7 +58,9 @@ impl tokio_modbus::server::Service for Device {
             if u32::from(addr) + u32::from(cnt) > u32::from(self.registers) {
                 return Err(ExceptionCode::IllegalDataAddress);
             }
-            Ok((addr..addr + cnt).map(|a| a.wrapping_mul(100).wrapping_add(tick)).collect())
+            Ok((addr..addr + cnt)
+                .map(|a| a.wrapping_mul(100).wrapping_add(tick))
+                .collect())
         };
         let r = match req.request {
             Request::ReadHoldingRegisters(a, c) => words(a, c).map(Response::ReadHoldingRegisters),
@@ -87,7 +89,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     for i in 0..args.ports {
         let addr: SocketAddr = ([127, 0, 0, 1], args.base_port + i).into();
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
         let device = device.clone();
         tokio::spawn(async move {
             let server = Server::new(listener);
@@ -95,7 +99,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let device = device.clone();
                 async move { accept_tcp_connection(stream, socket_addr, |_| Ok(Some(device.clone()))) }
             };
-            if let Err(e) = server.serve(&on_connected, |e| eprintln!("connection error: {e}")).await {
+            if let Err(e) = server
+                .serve(&on_connected, |e| eprintln!("connection error: {e}"))
+                .await
+            {
                 eprintln!("server on {addr}: {e}");
             }
         });

@@ -1,7 +1,6 @@
 //! Coalescing, counted on the device: the requests pymodbus saw are exactly the planned ones.
 use std::collections::BTreeSet;
 
-use fieldbridge_modbus::ModbusFactory;
 use fieldbridge_sdk::{DeviceStatus, Quality, Value};
 use serde_json::json;
 
@@ -80,7 +79,7 @@ points:
 {points}"#,
         addr = peer.addr()
     );
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut ha = start(&factory, &a);
     let mut hb = start(&factory, &b);
     expect_requests(
@@ -121,7 +120,7 @@ points:
 async fn a_rejected_merged_read_falls_back_to_one_request_per_point() {
     // Register 4 does not exist: the read of 0..6 merged across the hole (max_gap 3) is refused with
     // IllegalDataAddress.
-    let peer = Peer::tcp(&json!({"1": {"hr": {"0": [10, 11, 12, 13], "5": [15]}}})).await;
+    let mut peer = Peer::tcp(&json!({"1": {"hr": {"0": [10, 11, 12, 13], "5": [15]}}})).await;
     let yaml = format!(
         r#"
 name: holes
@@ -137,7 +136,7 @@ points:
 "#,
         addr = peer.addr()
     );
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &yaml);
     let got = first_readings(&mut h, &["a", "missing", "c"]).await;
     assert_eq!(
@@ -152,8 +151,9 @@ points:
     assert_eq!(h.status(), DeviceStatus::Online);
     // From then on the points are read one by one: the merged request was sent once only.
     let _ = first_readings(&mut h, &["a", "missing", "c"]).await;
-    let merged = peer.requests().iter().filter(|r| r.count == 6).count();
-    assert_eq!(merged, 1, "{:?}", peer.requests());
+    let reqs = peer.requests_synced().await;
+    let merged = reqs.iter().filter(|r| r.count == 6).count();
+    assert_eq!(merged, 1, "{reqs:?}");
     expect_requests(
         &peer,
         &[

@@ -258,6 +258,16 @@ fn defaults_and_normalisation() {
         panic!("serial")
     };
     assert_eq!((s.baud, s.data_bits, s.stop_bits), (9600, 8, 1));
+    let tuned = device_config_from_yaml(
+        "name: s\nprotocol: modbus\nconnection:\n  serial: /dev/ttyUSB0\n  baud: 19200\n  parity: even\n  frame_gap: 5ms\n  inter_request_delay: 20ms\n  unit: 247\n  max_gap: 8\npoints:\n  - {name: a, address: 40001}\n",
+    );
+    let d = validate(&tuned).expect("valid");
+    let Endpoint::Serial(s) = &d.endpoint else {
+        panic!("serial")
+    };
+    assert_eq!((s.baud, s.frame_gap), (19200, Duration::from_millis(5)));
+    assert_eq!(d.inter_request_delay, Duration::from_millis(20));
+    assert_eq!((d.unit, d.limits.max_gap), (247, 8));
     // The factory builds without I/O (a port that does not exist is fine until the adapter runs).
     assert!(ModbusFactory::new().build(&cfg).is_ok());
 }

@@ -1,6 +1,5 @@
 //! Every type and order read from a known register image (the same literals as the codec's golden tests,
 //! computed independently), through the whole adapter.
-use fieldbridge_modbus::ModbusFactory;
 use fieldbridge_sdk::{Quality, Value};
 use serde_json::json;
 
@@ -37,7 +36,7 @@ const F32: f64 = 123.456f32 as f64;
 
 #[tokio::test]
 async fn every_type_and_order_from_a_register_image() {
-    let peer = Peer::tcp(&image()).await;
+    let mut peer = Peer::tcp(&image()).await;
     let yaml = format!(
         r#"
 name: golden
@@ -90,7 +89,7 @@ points:
 "#,
         addr = peer.addr()
     );
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &yaml);
     let expected: Vec<(&str, Value)> = vec![
         ("f32_abcd", Value::Float(F32)),
@@ -141,9 +140,14 @@ points:
         assert_eq!(&r.value, want, "{name}");
     }
     // The 68 holding registers are contiguous: one request, not 31.
-    let hr_reads: Vec<_> = peer.requests().into_iter().filter(|r| r.fc == 3).collect();
+    let hr_reads: Vec<_> = peer
+        .requests_synced()
+        .await
+        .into_iter()
+        .filter(|r| r.fc == 3)
+        .collect();
     assert!(
-        hr_reads.iter().all(|r| r.addr == 0 && r.count == 68),
+        !hr_reads.is_empty() && hr_reads.iter().all(|r| r.addr == 0 && r.count == 68),
         "{hr_reads:?}"
     );
 }
@@ -166,7 +170,7 @@ points:
 "#,
         addr = peer.addr()
     );
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &yaml);
     let got = first_readings(&mut h, &["f32_cdab", "ir_f32", "coil2", "di1"]).await;
     assert_eq!(got[0].value, Value::Float(F32));

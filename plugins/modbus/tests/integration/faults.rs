@@ -1,7 +1,6 @@
 //! Exceptions, timeouts, and devices that are down at start-up or restart mid-run.
 use std::time::Duration;
 
-use fieldbridge_modbus::ModbusFactory;
 use fieldbridge_sdk::{DeviceStatus, Quality, Value};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -27,7 +26,7 @@ points:
 #[tokio::test]
 async fn an_illegal_address_reads_bad_and_polling_continues() {
     let mut peer = Peer::tcp(&json!({"1": {"hr": {"0": [215]}}})).await;
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &device(&peer.addr(), "1s"));
     let got = first_readings(&mut h, &["temp", "nowhere"]).await;
     assert_eq!(got[0].value, Value::Int(215));
@@ -56,7 +55,7 @@ async fn a_device_that_never_answers_times_out_and_goes_offline() {
             held.push(s);
         }
     });
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &device(&addr, "200ms"));
     let status = wait_offline(&mut h).await;
     let reason = status.reason().unwrap_or_default().to_owned();
@@ -72,7 +71,7 @@ async fn a_device_that_never_answers_times_out_and_goes_offline() {
 async fn a_server_started_after_the_adapter_is_picked_up() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &device(&addr, "500ms"));
     let status = wait_offline(&mut h).await;
     assert!(
@@ -88,7 +87,7 @@ async fn a_server_started_after_the_adapter_is_picked_up() {
 async fn a_server_restarted_mid_run_comes_back() {
     let port = free_port();
     let peer = Peer::tcp_on(port, &json!({"1": {"hr": {"0": [1]}}})).await;
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &device(&peer.addr(), "500ms"));
     wait_value(&mut h, "temp", |v| *v == Value::Int(1)).await;
     peer.kill().await;

@@ -25,7 +25,7 @@ fn target(addr: &str) -> ProbeTarget {
 #[tokio::test]
 async fn probe_reads_consecutive_values_with_the_daemon_decoder() {
     // Three CDAB floats: 1.5, 2.5, -1.5.
-    let peer = Peer::tcp(&json!({"1": {"ir": {"0": [0, 0x3FC0, 0, 0x4020, 0, 0xBFC0]}}})).await;
+    let mut peer = Peer::tcp(&json!({"1": {"ir": {"0": [0, 0x3FC0, 0, 0x4020, 0, 0xBFC0]}}})).await;
     let (table, offset) = parse_address("30001", None).expect("address");
     let format = Format::new(DataType::F32).with_order(Order::Cdab);
     let values = probe_read(&target(&peer.addr()), table, offset, format, 3)
@@ -43,7 +43,11 @@ async fn probe_reads_consecutive_values_with_the_daemon_decoder() {
             ("30005".into(), vec![0, 0xBFC0], Value::Float(-1.5)),
         ]
     );
-    assert_eq!(peer.requests().len(), 1, "one request for the three values");
+    assert_eq!(
+        peer.requests_synced().await.len(),
+        1,
+        "one request for the three values"
+    );
 }
 
 #[tokio::test]

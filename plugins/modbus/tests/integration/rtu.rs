@@ -1,5 +1,4 @@
 //! RTU on a socat pty pair (a fresh pair per test) and RTU over TCP.
-use fieldbridge_modbus::ModbusFactory;
 use fieldbridge_sdk::{Quality, Value};
 use serde_json::json;
 
@@ -36,7 +35,7 @@ async fn rtu_over_a_serial_line_reads_and_writes() {
     let pty = PtyPair::new().await;
     // 123.456f32 = 0x42F6E979, word-swapped (CDAB).
     let mut peer = Peer::serial(&pty.a, &json!({"1": unit_image([0xE979, 0x42F6], 215)})).await;
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &serial_device("meter", &pty.b, 1));
     let got = first_readings(&mut h, &["power", "setpoint", "pump"]).await;
     assert_eq!(got[0].value, Value::Float(f64::from(123.456f32)));
@@ -56,7 +55,7 @@ async fn rtu_over_a_serial_line_reads_and_writes() {
 #[tokio::test]
 async fn two_devices_share_one_rtu_line() {
     let pty = PtyPair::new().await;
-    let peer = Peer::serial(
+    let mut peer = Peer::serial(
         &pty.a,
         &json!({
             "1": unit_image([0x0000, 0x3FC0], 1),   // 1.5
@@ -64,7 +63,7 @@ async fn two_devices_share_one_rtu_line() {
         }),
     )
     .await;
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h1 = start(&factory, &serial_device("meter1", &pty.b, 1));
     let mut h2 = start(&factory, &serial_device("meter2", &pty.b, 2));
     // Several rounds each: interleaved requests from two devices must never garble the bus.
@@ -82,7 +81,12 @@ async fn two_devices_share_one_rtu_line() {
         assert!(a.iter().chain(&b).all(|r| r.quality == Quality::Good));
     }
     assert_eq!(factory.registry().open_lines(), 1, "one port, opened once");
-    let units: std::collections::BTreeSet<u8> = peer.requests().iter().map(|r| r.unit).collect();
+    let units: std::collections::BTreeSet<u8> = peer
+        .requests_synced()
+        .await
+        .iter()
+        .map(|r| r.unit)
+        .collect();
     assert_eq!(units, [1, 2].into_iter().collect());
 }
 
@@ -90,7 +94,7 @@ async fn two_devices_share_one_rtu_line() {
 async fn a_silent_serial_line_times_out() {
     // Nobody reads the other end of the pair.
     let pty = PtyPair::new().await;
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &serial_device("ghost", &pty.b, 1));
     let status = wait_offline(&mut h).await;
     assert!(
@@ -119,7 +123,7 @@ points:
 "#,
         addr = peer.addr()
     );
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &yaml);
     let got = first_readings(&mut h, &["power", "setpoint"]).await;
     assert_eq!(got[0].value, Value::Float(1.5));

@@ -184,9 +184,17 @@ impl Peer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Every request received so far.
+    /// Every request whose log line has been read so far (may lag the device; see [`Peer::requests_synced`]).
     pub fn requests(&self) -> Vec<Req> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Every request the device received before this call: a `ping` round trip through the same pipe as the
+    /// request log guarantees the log is complete up to now.
+    pub async fn requests_synced(&mut self) -> Vec<Req> {
+        let a = self.command("ping".into()).await;
+        assert_eq!(a, "PONG", "peer ping");
+        self.requests()
     }
 
     async fn command(&mut self, line: String) -> String {
@@ -286,6 +294,12 @@ impl PtyPair {
             b: ptys[1].clone(),
         }
     }
+}
+
+/// A factory with its own line registry, so that tests running in parallel never share (or count) each
+/// other's lines.
+pub fn factory() -> ModbusFactory {
+    ModbusFactory::with_registry(fieldbridge_modbus::LineRegistry::new())
 }
 
 /// Builds the adapter for a device written in YAML (protocol modbus) and starts it.

@@ -1,5 +1,4 @@
 //! Write-back of every kind, checked in the device's memory and by the function codes it received.
-use fieldbridge_modbus::ModbusFactory;
 use fieldbridge_sdk::{CommandError, Value};
 use serde_json::json;
 
@@ -42,7 +41,7 @@ points:
 #[tokio::test]
 async fn writes_of_every_kind_land_in_the_device() {
     let mut peer = Peer::tcp_with(&image(), &["--ignore-writes", "1:20"]).await;
-    let factory = ModbusFactory::new();
+    let factory = crate::util::factory();
     let mut h = start(&factory, &yaml(&peer.addr()));
     // Wait until the device is polled, so writes go to a connected line.
     first_readings(&mut h, &["u16"]).await;
@@ -114,11 +113,11 @@ async fn writes_of_every_kind_land_in_the_device() {
 
 #[tokio::test]
 async fn refused_writes_say_why() {
-    let peer = Peer::tcp_with(&image(), &["--ignore-writes", "1:20"]).await;
-    let factory = ModbusFactory::new();
+    let mut peer = Peer::tcp_with(&image(), &["--ignore-writes", "1:20"]).await;
+    let factory = crate::util::factory();
     let mut h = start(&factory, &yaml(&peer.addr()));
     first_readings(&mut h, &["u16"]).await;
-    let before = peer.requests().len();
+    let before = peer.requests_synced().await.len();
 
     // Out of range for the type: refused before anything is sent.
     assert!(matches!(
@@ -142,7 +141,7 @@ async fn refused_writes_say_why() {
             .filter(|r| matches!(r.fc, 5 | 6 | 15 | 16))
             .count()
     };
-    assert_eq!(writes(&peer.requests()[before..]), 0);
+    assert_eq!(writes(&peer.requests_synced().await[before..]), 0);
 
     // The device acknowledges but keeps the old value: read-back catches it.
     match h.write("ignored", Value::UInt(42)).await {

@@ -9,6 +9,7 @@ inspect it:
           VAL v1 v2 ...  /  OK  /  ERR msg   answers to stdin commands
   stdin   get UNIT TABLE ADDR COUNT          read server memory (TABLE: co, di, hr, ir)
           set UNIT TABLE ADDR V1 [V2 ...]    change server memory (values: ints, or 0/1 for bits)
+          ping                               answers PONG after logging every request received so far
           quit
 
 The image is JSON: {"UNIT": {"co": {"ADDR": [values...]}, "di": {...}, "hr": {...}, "ir": {...}}}.
@@ -108,6 +109,10 @@ async def commands(server):
         try:
             if parts[0] == "quit":
                 return
+            if parts[0] == "ping":
+                # A barrier: every request received before this line has been logged above it.
+                print("PONG", flush=True)
+                continue
             if parts[0] == "get":
                 unit, table, addr, count = int(parts[1]), parts[2], int(parts[3]), int(parts[4])
                 values = await server.async_getValues(unit, TABLES[table], addr, count)

@@ -20,14 +20,18 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use fieldbridge_modbus::ModbusFactory;
 use fieldbridge_sdk::testkit::device_config_from_yaml;
-use fieldbridge_sdk::{AdapterContext, AdapterFactory, DeviceStatus, Quality, ReadingSink, StatusHandle};
+use fieldbridge_sdk::{
+    AdapterContext, AdapterFactory, DeviceStatus, Quality, ReadingSink, StatusHandle,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark: N Modbus TCP devices x R registers polled through the fieldbridge adapter")]
+#[command(
+    about = "Benchmark: N Modbus TCP devices x R registers polled through the fieldbridge adapter"
+)]
 struct Args {
     /// Devices (one simulator port each).
     #[arg(long, default_value_t = 500)]
@@ -82,8 +86,10 @@ fn clk_tck() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let interval = fieldbridge_sdk::config::parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
-    let duration = fieldbridge_sdk::config::parse_duration(&args.duration).map_err(anyhow::Error::msg)?;
+    let interval =
+        fieldbridge_sdk::config::parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
+    let duration =
+        fieldbridge_sdk::config::parse_duration(&args.duration).map_err(anyhow::Error::msg)?;
     let sim_path: PathBuf = std::env::current_exe()?.with_file_name("modbus-sim");
     let mut sim = Command::new(&sim_path)
         .args(["--base-port", &args.base_port.to_string()])
@@ -106,7 +112,10 @@ async fn main() -> anyhow::Result<()> {
         let line = tokio::time::timeout(Duration::from_secs(10), sim_out.next_line())
             .await??
             .context("sim closed")?;
-        Ok(line.strip_prefix("REQUESTS ").context("sim answer")?.parse()?)
+        Ok(line
+            .strip_prefix("REQUESTS ")
+            .context("sim answer")?
+            .parse()?)
     };
 
     let factory = ModbusFactory::new();
@@ -136,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
             args.base_port + i
         );
         for r in 0..args.registers {
-            yaml.push_str(&format!("  - {{name: r{r}, address: {}}}\n", 40001 + u32::from(r)));
+            yaml.push_str(&format!(
+                "  - {{name: r{r}, address: {}}}\n",
+                40001 + u32::from(r)
+            ));
         }
         let cfg = device_config_from_yaml(&yaml);
         let adapter = factory.build(&cfg).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -160,31 +172,56 @@ async fn main() -> anyhow::Result<()> {
     let warm = Instant::now();
     while good.load(Ordering::Relaxed) < round {
         if warm.elapsed() > Duration::from_secs(30) {
-            bail!("warm-up: only {} of {round} readings in 30 s", good.load(Ordering::Relaxed));
+            bail!(
+                "warm-up: only {} of {round} readings in 30 s",
+                good.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let tck = clk_tck();
-    let (cpu0, t0, good0, bad0, req0) =
-        (cpu_ticks()?, Instant::now(), good.load(Ordering::Relaxed), bad.load(Ordering::Relaxed), sim_requests().await?);
+    let (cpu0, t0, good0, bad0, req0) = (
+        cpu_ticks()?,
+        Instant::now(),
+        good.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed),
+        sim_requests().await?,
+    );
     tokio::time::sleep(duration).await;
-    let (cpu1, t1, good1, bad1, req1) =
-        (cpu_ticks()?, Instant::now(), good.load(Ordering::Relaxed), bad.load(Ordering::Relaxed), sim_requests().await?);
+    let (cpu1, t1, good1, bad1, req1) = (
+        cpu_ticks()?,
+        Instant::now(),
+        good.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed),
+        sim_requests().await?,
+    );
 
     let wall = (t1 - t0).as_secs_f64();
     let cpu_pct = (cpu1 - cpu0) as f64 / tck as f64 / wall * 100.0;
     let readings = good1 - good0;
     let expected = round as f64 * wall / interval.as_secs_f64();
-    let online = statuses.iter().filter(|s| *s.borrow() == DeviceStatus::Online).count();
+    let online = statuses
+        .iter()
+        .filter(|s| *s.borrow() == DeviceStatus::Online)
+        .count();
     println!("devices            {}", args.devices);
     println!("registers/device   {}", args.registers);
     println!("interval           {interval:?}");
     println!("measured           {wall:.1} s");
     println!("cpu (one core)     {cpu_pct:.2} %");
-    println!("rss                {:.1} MiB (peak {:.1} MiB)", status_kib("VmRSS:") as f64 / 1024.0, status_kib("VmHWM:") as f64 / 1024.0);
+    println!(
+        "rss                {:.1} MiB (peak {:.1} MiB)",
+        status_kib("VmRSS:") as f64 / 1024.0,
+        status_kib("VmHWM:") as f64 / 1024.0
+    );
     println!("requests/s         {:.1}", (req1 - req0) as f64 / wall);
-    println!("readings/s         {:.1} (expected {:.1}, {:.2} %)", readings as f64 / wall, expected / wall, readings as f64 / expected * 100.0);
+    println!(
+        "readings/s         {:.1} (expected {:.1}, {:.2} %)",
+        readings as f64 / wall,
+        expected / wall,
+        readings as f64 / expected * 100.0
+    );
     println!("bad readings       {}", bad1 - bad0);
     println!("devices online     {online}/{}", args.devices);
 

@@ -1,0 +1,299 @@
+//! The JSON documents of the HTTP API. The server serializes them and the CLI (`fieldbridge status`, `query`,
+//! `reload`) deserializes the same types, so the two cannot drift apart. Every field the CLI reads has a
+//! default, so a CLI talking to a slightly older or newer daemon still prints what it can.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthDoc {
+    /// Always `ok`: the daemon answers. Details (a stalled store, offline devices) are in `/api/status`, so a
+    /// monitoring probe does not restart a gateway whose uplink is merely down.
+    pub status: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// `GET /api/status`: everything an operator asks first, in one document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusDoc {
+    /// `gateway.id`.
+    pub gateway: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// When this document was made (RFC 3339, ms).
+    pub now: String,
+    /// The embedded broker's counters and gauges (see `broker::BrokerStats`).
+    pub broker: serde_json::Value,
+    /// The durable log.
+    pub store: StoreView,
+    /// One entry per configured bridge.
+    pub bridges: Vec<BridgeView>,
+    /// One entry per configured (enabled) device.
+    pub devices: Vec<DeviceView>,
+    /// Reading pipeline counters.
+    pub pipeline: PipelineView,
+}
+
+/// The store part of [`StatusDoc`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreView {
+    /// Database file.
+    pub path: String,
+    /// `normal`, `full` (at the cap with nothing it may delete) or `stalled` (a write failed; retrying).
+    pub state: String,
+    /// Bytes on disk (database + WAL), measured.
+    pub bytes_on_disk: u64,
+    /// Bytes in use (on disk minus reusable free pages): what counts against `max_bytes`.
+    pub bytes_used: u64,
+    /// The configured cap.
+    pub max_bytes: u64,
+    /// Rows in the log.
+    pub rows: u64,
+    /// Oldest row's seq.
+    pub oldest_seq: Option<u64>,
+    /// Oldest row's time (RFC 3339).
+    pub oldest_ts: Option<String>,
+    /// Newest row's seq.
+    pub newest_seq: Option<u64>,
+    /// Newest row's time (RFC 3339).
+    pub newest_ts: Option<String>,
+    /// Last seq ever committed.
+    pub head_seq: u64,
+    /// Messages lost, by reason.
+    pub dropped: DropsView,
+    /// Delivered rows removed by `max_age`.
+    pub removed_by_age: u64,
+    /// Delivered rows removed to stay under `max_bytes`.
+    pub removed_for_space: u64,
+    /// Rows waiting in the writer's queue.
+    pub queue_depth: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Rows committed since the store was opened.
+    pub rows_committed: u64,
+    /// One entry per bridge cursor.
+    pub cursors: Vec<CursorView>,
+    /// The writer's last error.
+    pub last_error: Option<String>,
+}
+
+/// Drops by reason (since the store was opened).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DropsView {
+    /// Undelivered rows evicted by `drop_oldest`.
+    pub oldest: u64,
+    /// Appends refused by `drop_newest`.
+    pub newest: u64,
+    /// Messages that could not be written (disk full with nothing to evict, I/O errors).
+    pub write_failed: u64,
+    /// Sum of the above.
+    pub total: u64,
+}
+
+/// One bridge's cursor in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CursorView {
+    /// Bridge name.
+    pub bridge: String,
+    /// Last seq delivered.
+    pub seq: u64,
+    /// Rows after the cursor.
+    pub lag_rows: u64,
+    /// Rows evicted before this bridge got them.
+    pub lost_rows: u64,
+}
+
+/// One upstream bridge, as the API reports it.
+///
+/// The bridge runtime fills `state`, the lags, `drain_rate` and `last_error` (through
+/// [`ApiState::bridge_statuses`](super::ApiState::bridge_statuses)); the API completes the rest from the
+/// configuration and the store cursor, so a bridge that has not reported yet still shows up with its backlog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BridgeView {
+    /// Bridge name (`bridges[].name`).
+    pub name: String,
+    /// Upstream address, `scheme://host:port` (filled from the configuration when empty).
+    pub url: String,
+    /// Mode: `connecting`, `live`, `backlog`, `backoff`, … or `unknown` when the bridge has not reported.
+    pub state: String,
+    /// Rows logged but not yet acknowledged upstream.
+    pub lag_rows: u64,
+    /// Age of the oldest unacknowledged row, in seconds.
+    pub lag_seconds: Option<f64>,
+    /// Messages acknowledged per second, recently.
+    pub drain_rate: Option<f64>,
+    /// `lag_rows / drain_rate`, when the bridge is draining (filled by the API).
+    pub eta_seconds: Option<f64>,
+    /// The bridge's cursor seq (filled by the API from the store): what the CLI measures progress with.
+    pub cursor_seq: Option<u64>,
+    /// Rows this bridge lost to `drop_oldest` (filled by the API from the store).
+    pub lost_rows: u64,
+    /// When the state last changed (RFC 3339).
+    pub since: Option<String>,
+    /// Rows delivered since the bridge started.
+    pub delivered: u64,
+    /// PUBLISH packets sent again after reconnects (the duplicates a subscriber may see).
+    pub resent: u64,
+    /// Messages the upstream refused with an error reason code.
+    pub refused: u64,
+    /// Rows not sent (expired, too large for the upstream).
+    pub skipped: u64,
+    /// Messages awaiting their acknowledgement now.
+    pub inflight: u64,
+    /// The in-flight window on the current connection.
+    pub window: u64,
+    /// Successful connections since the bridge started.
+    pub connects: u64,
+    /// The last error (connection refused, bad credentials, …), if any.
+    pub last_error: Option<String>,
+    /// When `last_error` happened (RFC 3339).
+    pub last_error_at: Option<String>,
+}
+
+/// One configured device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceView {
+    /// Device name.
+    pub name: String,
+    /// Adapter protocol (`modbus`, `sim`, …).
+    pub protocol: String,
+    /// `starting`, `online`, `offline` or `error`.
+    pub status: String,
+    /// Why it is offline or in error.
+    pub reason: Option<String>,
+    /// Configured point names, in file order.
+    pub points: Vec<String>,
+    /// The device's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Pipeline counters (since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PipelineView {
+    /// Readings received from adapters.
+    pub readings: u64,
+    /// Readings published.
+    pub published: u64,
+    /// Readings suppressed by on-change/deadband rules.
+    pub suppressed: u64,
+    /// Readings for devices or points not configured.
+    pub unknown: u64,
+    /// Write requests handled.
+    pub commands: u64,
+}
+
+/// `GET /api/devices`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DevicesDoc {
+    /// Configured devices, in configuration order.
+    pub devices: Vec<DeviceView>,
+}
+
+/// One point's latest value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PointView {
+    /// Device name.
+    pub device: String,
+    /// Point name.
+    pub point: String,
+    /// Scaled value (number, bool or string as the adapter produced it).
+    pub value: serde_json::Value,
+    /// Unit from the device map.
+    pub unit: Option<String>,
+    /// `good`, `bad` or `stale`.
+    pub quality: String,
+    /// Why the quality is bad.
+    pub reason: Option<String>,
+    /// When it was read (RFC 3339).
+    pub ts: String,
+    /// The topic it is published on.
+    pub topic: String,
+}
+
+/// `GET /api/points`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PointsDoc {
+    /// Latest value of every point that has been read, sorted by device then point.
+    pub points: Vec<PointView>,
+}
+
+/// One logged message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryRow {
+    /// Log sequence number.
+    pub seq: u64,
+    /// Timestamp (RFC 3339, ms).
+    pub ts: String,
+    /// Timestamp (unix ms), for scripts that compute with it.
+    pub ts_ms: i64,
+    /// MQTT topic.
+    pub topic: String,
+    /// Device (adapter readings only).
+    pub device: Option<String>,
+    /// Point (adapter readings only).
+    pub point: Option<String>,
+    /// Numeric value (readings of good quality only).
+    pub value: Option<f64>,
+    /// The payload as text (invalid UTF-8 replaced by U+FFFD).
+    pub payload: String,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// `GET /api/history`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryDoc {
+    /// Matching rows, in the requested order.
+    pub rows: Vec<HistoryRow>,
+    /// The limit applied.
+    pub limit: usize,
+    /// Whether more rows matched than `limit` (narrow the time range or page with `from`).
+    pub more: bool,
+}
+
+/// `POST /api/reload`, success.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReloadDoc {
+    /// Devices started.
+    pub added: Vec<String>,
+    /// Devices stopped.
+    pub removed: Vec<String>,
+    /// Devices restarted because their configuration changed.
+    pub restarted: Vec<String>,
+    /// Devices left running untouched.
+    pub unchanged: Vec<String>,
+    /// Changes that a reload cannot apply (they need a restart), e.g. a new `api.bind`.
+    pub notes: Vec<String>,
+}
+
+/// Any error answer (4xx/5xx).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ErrorDoc {
+    /// What is wrong, and for a bad parameter which one and what was expected.
+    pub error: String,
+    /// Every configuration problem as `file:line:col: path: message` (`POST /api/reload`, 422).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}

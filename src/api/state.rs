@@ -1,0 +1,110 @@
+//! What the API reads from the running daemon. A trait rather than `App` itself so the server can be tested
+//! against a stand-in and so the bridge runtime (written separately) plugs in through one method.
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::app::{App, ReloadSummary};
+use crate::bridge::BridgeStatus;
+use crate::broker::BrokerStats;
+use crate::config::{Config, ConfigErrors};
+use crate::pipeline::{LiveState, PipelineStats};
+use crate::store::{HistoryQuery, LogRow, StoreError, StoreStats};
+
+use super::model::BridgeView;
+use super::params::ms_to_rfc3339;
+
+/// The daemon state the HTTP API serves.
+///
+/// `store_stats` and `query` run SQLite queries on the calling thread: the server calls them through
+/// `spawn_blocking`, so implementations may block.
+pub trait ApiState: Send + Sync + 'static {
+    /// The configuration in force (gateway id, devices, bridges).
+    fn config(&self) -> Arc<Config>;
+    /// Time since the daemon started.
+    fn uptime(&self) -> Duration;
+    /// The embedded broker's counters.
+    fn broker_stats(&self) -> BrokerStats;
+    /// A snapshot of the durable log (blocking).
+    fn store_stats(&self) -> StoreStats;
+    /// A history query (blocking).
+    fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError>;
+    /// Latest values and device statuses.
+    fn live(&self) -> Arc<LiveState>;
+    /// The pipeline's counters.
+    fn pipeline_stats(&self) -> Arc<PipelineStats>;
+    /// What each running bridge reports. Bridges missing here are still listed (state `unknown`, lag from
+    /// their store cursor).
+    fn bridge_statuses(&self) -> Vec<BridgeView>;
+    /// Re-reads the configuration file; on errors the running configuration is kept.
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadSummary, ConfigErrors>>;
+}
+
+impl ApiState for App {
+    fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    fn uptime(&self) -> Duration {
+        // The broker is created first thing in `App::start`, so its uptime is the daemon's.
+        Duration::from_secs(self.broker.stats().uptime_secs)
+    }
+
+    fn broker_stats(&self) -> BrokerStats {
+        self.broker.stats()
+    }
+
+    fn store_stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
+        self.store.query(q)
+    }
+
+    fn live(&self) -> Arc<LiveState> {
+        App::live(self)
+    }
+
+    fn pipeline_stats(&self) -> Arc<PipelineStats> {
+        App::pipeline_stats(self)
+    }
+
+    fn bridge_statuses(&self) -> Vec<BridgeView> {
+        // The bridge runtime is not wired into `App` yet; until it is, bridges are reported from the
+        // configuration and their store cursors (state `unknown`).
+        Vec::new()
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadSummary, ConfigErrors>> {
+        Box::pin(App::reload(self))
+    }
+}
+
+/// What a running bridge reports, as the API shows it.
+impl From<&BridgeStatus> for BridgeView {
+    fn from(s: &BridgeStatus) -> BridgeView {
+        BridgeView {
+            name: s.name.clone(),
+            url: s.url.clone(),
+            state: s.state.as_str().to_string(),
+            lag_rows: s.lag_rows,
+            lag_seconds: Some(s.lag_seconds),
+            drain_rate: Some(s.drain_rate),
+            eta_seconds: s.eta_seconds,
+            cursor_seq: Some(s.cursor),
+            lost_rows: 0,
+            since: Some(ms_to_rfc3339(s.since_ms)),
+            delivered: s.delivered,
+            resent: s.resent,
+            refused: s.refused,
+            skipped: s.skipped,
+            inflight: s.inflight as u64,
+            window: s.window as u64,
+            connects: s.connects,
+            last_error: s.last_error.clone(),
+            last_error_at: s.last_error_ms.map(ms_to_rfc3339),
+        }
+    }
+}

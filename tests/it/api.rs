@@ -1,0 +1,927 @@
+//! The HTTP API and the client subcommands (`status`, `query`, `reload`) against a real daemon: an `App` with
+//! a simulated device, the store on a temp dir, the API on a free loopback port.
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldbridge::api::{self, ApiServer, ApiState, HistoryDoc, PointsDoc, StatusDoc};
+use fieldbridge::app::{load_config, App, Registry};
+use fieldbridge::cli::{
+    self, ApiClient, Console, Format, OrderArg, QueryArgs, ReloadArgs, StatusArgs, Target,
+};
+use hyper::Method;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::util::WAIT;
+
+/// The daemon's configuration. The API section is disabled so that the test starts the server itself (on
+/// port 0) whatever `App::start` does with `api.bind`.
+const CONFIG: &str = r#"gateway:
+  id: t1
+broker:
+  listeners:
+    - bind: 127.0.0.1:0
+api:
+  enabled: false
+storage:
+  path: ./fb.db
+  commit_interval: 10ms
+  max_bytes: 64MiB
+bridges:
+  - name: cloud
+    url: mqtt://127.0.0.1:9
+devices:
+  - name: boiler
+    protocol: sim
+    poll_interval: 100ms
+    labels: {site: lab}
+    points:
+      - name: temp
+        signal: sine
+        period: 10s
+        min: 10
+        max: 20
+        type: float
+        unit: "°C"
+      - name: count
+        signal: counter
+        initial: 0
+        step: 1
+        type: int
+      - name: sp
+        signal: setpoint
+        initial: 42
+        type: float
+        writable: true
+"#;
+
+struct Daemon {
+    app: Arc<App>,
+    api: SocketAddr,
+    server: ApiServer,
+    stop: CancellationToken,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    async fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("fb.yaml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let registry = Registry::default();
+        let cfg = load_config(&config, &registry).unwrap_or_else(|e| panic!("test config: {e}"));
+        let app = App::start(cfg, registry).await.expect("daemon starts");
+        let stop = CancellationToken::new();
+        let state: Arc<dyn ApiState> = app.clone();
+        let server = api::serve(state, "127.0.0.1:0".parse().unwrap(), stop.clone())
+            .await
+            .expect("API binds");
+        Daemon {
+            app,
+            api: server.local_addr,
+            server,
+            stop,
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn client(&self) -> ApiClient {
+        ApiClient::new(self.api, WAIT)
+    }
+
+    /// Status and body of a request.
+    async fn call(&self, method: Method, path: &str) -> (u16, String) {
+        let (status, body) = self
+            .client()
+            .request(method, path)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.call(Method::GET, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// A 4xx and its `error` text.
+    async fn refused(&self, method: Method, path: &str, want: u16) -> String {
+        let (status, body) = self.call(method, path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        v["error"].as_str().unwrap_or_default().to_string()
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            api: Some(self.api.to_string()),
+            config: self.config.clone(),
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.server.task)
+            .await
+            .expect("the API stops")
+            .unwrap();
+        self.app.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn console() -> Console<Vec<u8>, Vec<u8>> {
+    Console {
+        out: Vec::new(),
+        err: Vec::new(),
+        tty: false,
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+fn query_args(target: Target) -> QueryArgs {
+    QueryArgs {
+        target,
+        device: None,
+        point: None,
+        topic: None,
+        from: None,
+        to: None,
+        limit: 1000,
+        order: OrderArg::Asc,
+        format: Format::Table,
+    }
+}
+
+/// History rows of one point, once there are at least `n`.
+async fn rows_of(d: &Daemon, point: &str, n: usize) -> HistoryDoc {
+    eventually(&format!("{n} logged rows of boiler/{point}"), || async {
+        let v = d
+            .get_json(&format!("/api/history?device=boiler&point={point}"))
+            .await;
+        let doc: HistoryDoc = serde_json::from_value(v).unwrap();
+        (doc.rows.len() >= n).then_some(doc)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_points_devices_and_status() {
+    let d = Daemon::start().await;
+
+    let h = d.get_json("/health").await;
+    assert_eq!(h["status"], "ok");
+    assert!(h["uptime_secs"].is_u64(), "{h}");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+
+    // Every sim point shows up with its value, unit, quality and topic.
+    let points = eventually("the three sim points in /api/points", || async {
+        let doc: PointsDoc = serde_json::from_value(d.get_json("/api/points").await).unwrap();
+        (doc.points.len() == 3).then_some(doc)
+    })
+    .await;
+    let names: Vec<&str> = points.points.iter().map(|p| p.point.as_str()).collect();
+    assert_eq!(
+        names,
+        ["count", "sp", "temp"],
+        "sorted by device then point"
+    );
+    for p in &points.points {
+        assert_eq!(p.device, "boiler");
+        assert_eq!(p.quality, "good");
+        assert_eq!(p.topic, format!("t1/boiler/{}", p.point));
+        assert!(p.ts.ends_with('Z') && p.ts.contains('T'), "{}", p.ts);
+    }
+    let temp = &points.points[2];
+    let v = temp.value.as_f64().expect("temp is a number");
+    assert!((10.0..=20.0).contains(&v), "sine within min..max: {v}");
+    assert_eq!(temp.unit.as_deref(), Some("°C"));
+    assert_eq!(
+        points.points[1].value.as_f64(),
+        Some(42.0),
+        "setpoint initial value"
+    );
+    assert!(points.points[0].value.is_i64(), "counter is an integer");
+    let only = d.get_json("/api/points?device=boiler").await;
+    assert_eq!(only["points"].as_array().unwrap().len(), 3);
+
+    let devs = d.get_json("/api/devices").await;
+    assert_eq!(devs["devices"][0]["name"], "boiler");
+    assert_eq!(devs["devices"][0]["protocol"], "sim");
+    assert_eq!(
+        devs["devices"][0]["points"],
+        serde_json::json!(["temp", "count", "sp"])
+    );
+    assert_eq!(devs["devices"][0]["labels"]["site"], "lab");
+
+    // /api/status: the device online, the store holding rows, the bridge listed, the pipeline counting.
+    let st: StatusDoc = eventually("the device online with rows logged", || async {
+        let st: StatusDoc = serde_json::from_value(d.get_json("/api/status").await).unwrap();
+        (st.devices.first().is_some_and(|x| x.status == "online") && st.store.rows > 0)
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(st.gateway, "t1");
+    assert_eq!(st.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(st.devices[0].reason, None);
+    assert!(st.store.path.ends_with("fb.db"), "{}", st.store.path);
+    assert_eq!(st.store.state, "normal");
+    assert!(st.store.bytes_on_disk > 0 && st.store.max_bytes > 0);
+    assert!(st.store.oldest_ts.is_some() && st.store.newest_seq.is_some());
+    assert_eq!(st.store.dropped.total, 0);
+    assert_eq!(st.bridges.len(), 1);
+    assert_eq!(st.bridges[0].name, "cloud");
+    assert_eq!(st.bridges[0].url, "mqtt://127.0.0.1:9");
+    assert!(!st.bridges[0].state.is_empty());
+    assert!(st.pipeline.readings > 0 && st.pipeline.published > 0);
+    assert!(
+        st.broker["messages_received"].as_u64().unwrap() > 0,
+        "{}",
+        st.broker
+    );
+
+    // The dashboard: one self-contained page polling the two endpoints.
+    let (status, page) = d.call(Method::GET, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains("api/status") && page.contains("api/points") && page.contains("2000"));
+    for external in ["src=\"http", "href=\"http", "src=\"//", "@import"] {
+        assert!(!page.contains(external), "no external asset: {external}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_filters_by_device_point_topic_and_time() {
+    let d = Daemon::start().await;
+    let doc = rows_of(&d, "count", 8).await;
+    let rows = &doc.rows;
+    assert!(!doc.more);
+    for w in rows.windows(2) {
+        assert!(
+            w[0].ts_ms <= w[1].ts_ms && w[0].seq < w[1].seq,
+            "oldest first"
+        );
+        let (a, b) = (w[0].value.unwrap(), w[1].value.unwrap());
+        assert_eq!(b, a + 1.0, "the counter steps by one per poll");
+    }
+    for r in rows {
+        assert_eq!(r.topic, "t1/boiler/count");
+        assert_eq!(r.device.as_deref(), Some("boiler"));
+        assert_eq!(r.point.as_deref(), Some("count"));
+        let payload: Value = serde_json::from_str(&r.payload).expect("JSON payload as text");
+        assert_eq!(payload["value"].as_f64(), r.value);
+        assert_eq!(payload["quality"], "good");
+        assert_eq!(
+            r.ts,
+            payload["ts"].as_str().unwrap(),
+            "the reading's own timestamp"
+        );
+    }
+
+    // [from, to): RFC 3339 for one end, unix ms for the other.
+    let from = &rows[2].ts;
+    let to = rows[6].ts_ms;
+    let v = d
+        .get_json(&format!(
+            "/api/history?device=boiler&point=count&from={}&to={to}",
+            cli::encode_query_value(from)
+        ))
+        .await;
+    let window: HistoryDoc = serde_json::from_value(v).unwrap();
+    let seqs: Vec<u64> = window.rows.iter().map(|r| r.seq).collect();
+    let want: Vec<u64> = rows[2..6].iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, want);
+
+    // An offset is honoured: the same instant written at +02:00.
+    let plus2 = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(rows[2].ts_ms as u64 + 2 * 3600 * 1000),
+    )
+    .to_string()
+    .replace('Z', "+02:00");
+    let v = d
+        .get_json(&format!(
+            "/api/history?device=boiler&point=count&from={}&to={to}",
+            cli::encode_query_value(&plus2)
+        ))
+        .await;
+    assert_eq!(v["rows"].as_array().unwrap().len(), 4, "{plus2}");
+
+    // Newest first, limited: `more` says there is more.
+    let v = d
+        .get_json("/api/history?device=boiler&point=count&order=desc&limit=2")
+        .await;
+    let newest: HistoryDoc = serde_json::from_value(v).unwrap();
+    assert_eq!(newest.rows.len(), 2);
+    assert!(newest.more);
+    assert_eq!(newest.limit, 2);
+    assert!(newest.rows[0].seq > newest.rows[1].seq);
+    assert!(newest.rows[0].seq >= rows.last().unwrap().seq);
+
+    // Topic filters: a wildcard over points, and one over devices.
+    let v = d
+        .get_json("/api/history?topic=t1/boiler/%2B&limit=500")
+        .await;
+    let points: HashSet<String> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["point"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        points.contains("count") && points.contains("temp"),
+        "{points:?}"
+    );
+    let v = d.get_json("/api/history?topic=t1/%2B/temp").await;
+    assert!(v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["topic"] == "t1/boiler/temp"));
+    let v = d.get_json("/api/history?device=nobody").await;
+    assert_eq!(v["rows"].as_array().unwrap().len(), 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
+    let d = Daemon::start().await;
+    let cases: &[(&str, &str)] = &[
+        (
+            "/api/history?from=yesterday",
+            "parameter `from`: invalid time `yesterday`",
+        ),
+        (
+            "/api/history?to=2026-11-22T02:00:00",
+            "parameter `to`: `2026-11-22T02:00:00` has no time zone",
+        ),
+        (
+            "/api/history?limit=0",
+            "parameter `limit`: `0` is not a number between 1 and 100000",
+        ),
+        ("/api/history?limit=lots", "parameter `limit`"),
+        (
+            "/api/history?order=sideways",
+            "parameter `order`: `sideways` is not `asc`",
+        ),
+        (
+            "/api/history?topic=a/%23/b",
+            "parameter `topic`: `a/#/b` is not a valid MQTT topic filter",
+        ),
+        (
+            "/api/history?devce=boiler",
+            "unknown parameter `devce`, did you mean `device`?",
+        ),
+        (
+            "/api/history?from=now&to=-1h",
+            "parameter `from` (now) must be before `to` (-1h)",
+        ),
+        (
+            "/api/history?device=a&device=b",
+            "parameter `device` is given more than once",
+        ),
+        (
+            "/api/points?device=ghost",
+            "parameter `device`: no device `ghost` is configured",
+        ),
+        ("/api/points?colour=red", "unknown parameter `colour`"),
+    ];
+    for (path, want) in cases {
+        let e = d.refused(Method::GET, path, 400).await;
+        assert!(
+            e.starts_with(want),
+            "{path}: {e:?} should start with {want:?}"
+        );
+    }
+    let e = d.refused(Method::GET, "/api/nothing", 404).await;
+    assert!(
+        e.contains("no endpoint /api/nothing") && e.contains("/api/history"),
+        "{e}"
+    );
+    let e = d.refused(Method::POST, "/health", 405).await;
+    assert!(e.contains("POST is not allowed on /health"), "{e}");
+    d.refused(Method::GET, "/api/reload", 405).await;
+
+    // Malformed HTTP and an oversized head are answered (or cut) without harm.
+    let mut s = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+    assert!(
+        text(&answer).starts_with("HTTP/1.1 400"),
+        "{}",
+        text(&answer)
+    );
+
+    let mut s = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(256 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes()).await; // the server may close before reading it all
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+    let answer = text(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "an oversized head is refused: {answer}"
+    );
+
+    let h = d.get_json("/health").await;
+    assert_eq!(h["status"], "ok");
+    d.stop().await;
+}
+
+/// Parses the Prometheus text format strictly enough to catch what a scraper would reject: every sample's
+/// family declared by `# TYPE` first, valid names and label syntax, numeric values, no duplicate series.
+fn parse_prometheus(page: &str) -> BTreeMap<String, f64> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for (i, line) in page.lines().enumerate() {
+        let at = format!("line {}: {line}", i + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, arg) = (parts.next(), parts.next().unwrap_or(""), parts.next());
+            assert!(valid_name(name), "{at}");
+            match kw {
+                Some("HELP") => assert!(arg.is_some_and(|h| !h.is_empty()), "{at}"),
+                Some("TYPE") => {
+                    let t = arg.unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "untyped", "summary", "histogram"].contains(&t),
+                        "{at}"
+                    );
+                    assert!(
+                        types.insert(name.to_string(), t.to_string()).is_none(),
+                        "TYPE twice: {at}"
+                    );
+                }
+                _ => panic!("unknown comment: {at}"),
+            }
+            continue;
+        }
+        assert!(!line.trim().is_empty(), "blank line: {at}");
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("{at}"));
+        let name = &line[..name_end];
+        assert!(valid_name(name), "{at}");
+        let ty = types
+            .get(name)
+            .unwrap_or_else(|| panic!("sample before its TYPE: {at}"));
+        if ty == "counter" {
+            assert!(name.ends_with("_total"), "counters end in _total: {at}");
+        }
+        let mut rest = &line[name_end..];
+        let mut series = name.to_string();
+        if let Some(labels) = rest.strip_prefix('{') {
+            // label="value" pairs; values may contain escaped quotes.
+            let mut chars = labels.char_indices().peekable();
+            let mut key = String::new();
+            let end = loop {
+                let (j, c) = chars
+                    .next()
+                    .unwrap_or_else(|| panic!("unterminated labels: {at}"));
+                match c {
+                    '}' if key.is_empty() => break j,
+                    '=' => {
+                        assert!(valid_name(&key) && !key.contains(':'), "label name: {at}");
+                        assert_eq!(chars.next().map(|x| x.1), Some('"'), "{at}");
+                        loop {
+                            match chars
+                                .next()
+                                .unwrap_or_else(|| panic!("unterminated value: {at}"))
+                                .1
+                            {
+                                '\\' => {
+                                    let e = chars.next().unwrap().1;
+                                    assert!(matches!(e, '\\' | '"' | 'n'), "escape: {at}");
+                                }
+                                '"' => break,
+                                _ => {}
+                            }
+                        }
+                        key.clear();
+                        if let Some((_, ',')) = chars.peek() {
+                            chars.next();
+                        }
+                    }
+                    c => key.push(c),
+                }
+            };
+            series.push_str(&rest[..end + 2]);
+            rest = &labels[end + 1..];
+        }
+        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("{at}"));
+        let value = value.split(' ').next().unwrap();
+        let v: f64 = match value {
+            "NaN" => f64::NAN,
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value: {at}")),
+        };
+        assert!(
+            samples.insert(series, v).is_none(),
+            "duplicate series: {at}"
+        );
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text() {
+    let d = Daemon::start().await;
+    eventually("the device online", || async {
+        let v = d.get_json("/api/devices").await;
+        (v["devices"][0]["status"] == "online").then_some(())
+    })
+    .await;
+    rows_of(&d, "count", 2).await;
+    let (status, headers_ok, page) = {
+        let (status, body) = d.client().request(Method::GET, "/metrics").await.unwrap();
+        (
+            status.as_u16(),
+            true,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    assert!(headers_ok);
+    let m = parse_prometheus(&page);
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in:\n{page}"));
+    assert_eq!(
+        get(&format!(
+            "fieldbridge_info{{gateway=\"t1\",version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert!(get("fieldbridge_broker_messages_received_total") > 0.0);
+    assert!(get("fieldbridge_store_rows") > 0.0);
+    assert!(get("fieldbridge_store_disk_bytes") > 0.0);
+    assert!(get("fieldbridge_store_max_bytes") > 0.0);
+    assert_eq!(
+        get("fieldbridge_store_dropped_total{reason=\"oldest\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("fieldbridge_store_dropped_total{reason=\"newest\"}"),
+        0.0
+    );
+    assert_eq!(get("fieldbridge_store_writer_state{state=\"normal\"}"), 1.0);
+    assert!(
+        m.contains_key("fieldbridge_bridge_lag_rows{bridge=\"cloud\"}"),
+        "{page}"
+    );
+    assert_eq!(
+        get("fieldbridge_device_online{device=\"boiler\",protocol=\"sim\"}"),
+        1.0
+    );
+    assert!(get("fieldbridge_pipeline_readings_total") > 0.0);
+    assert!(get("fieldbridge_pipeline_published_total") > 0.0);
+    assert!(get("fieldbridge_uptime_seconds") >= 0.0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reports_changes_and_refuses_a_broken_config() {
+    let d = Daemon::start().await;
+    rows_of(&d, "count", 1).await;
+    let v = d.call(Method::POST, "/api/reload").await;
+    assert_eq!(v.0, 200, "{}", v.1);
+    let doc: Value = serde_json::from_str(&v.1).unwrap();
+    assert_eq!(doc["unchanged"], serde_json::json!(["boiler"]));
+    assert_eq!(doc["added"], serde_json::json!([]));
+
+    // A browser page elsewhere cannot trigger it.
+    let mut s = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /api/reload HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            d.api
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        text(&answer).starts_with("HTTP/1.1 403"),
+        "{}",
+        text(&answer)
+    );
+
+    // Break the file: an unknown key in a point, and a bad poll interval.
+    let broken = CONFIG
+        .replace(
+            "        unit: \"°C\"\n",
+            "        unit: \"°C\"\n        colour: red\n",
+        )
+        .replace("poll_interval: 100ms", "poll_interval: often");
+    std::fs::write(&d.config, &broken).unwrap();
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let file = d.config.display().to_string();
+
+    let (status, body) = d.call(Method::POST, "/api/reload").await;
+    assert_eq!(status, 422, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["error"]
+        .as_str()
+        .unwrap()
+        .ends_with("problem(s); the running configuration is kept"));
+    let errors: Vec<&str> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let colour = format!(
+        "{file}:{}:9: devices[0].points[0].colour: ",
+        line_of("colour")
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with(&colour)),
+        "{colour} in {errors:#?}"
+    );
+    let poll = format!("{file}:{}:20: devices[0].poll_interval: ", line_of("often"));
+    assert!(
+        errors.iter().any(|e| e.starts_with(&poll)),
+        "{poll} in {errors:#?}"
+    );
+
+    // The daemon runs on with its old configuration.
+    d.get_json("/health").await;
+    let before = d
+        .get_json("/api/history?device=boiler&point=count&order=desc&limit=1")
+        .await["rows"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    eventually("new readings after the refused reload", || async {
+        let v = d
+            .get_json("/api/history?device=boiler&point=count&order=desc&limit=1")
+            .await;
+        (v["rows"][0]["seq"].as_u64().unwrap() > before).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.app.config.read().devices[0].adapter.poll_interval,
+        Duration::from_millis(100)
+    );
+
+    // The CLI: the same errors on stdout, exit 64.
+    let mut con = console();
+    let code = cli::reload(&ReloadArgs { target: d.target() }, &mut con).await;
+    assert_eq!(code, 64, "{}", text(&con.err));
+    let out = text(&con.out);
+    assert!(out.lines().any(|l| l.starts_with(&colour)), "{out}");
+    assert!(
+        text(&con.err).contains("reload refused:"),
+        "{}",
+        text(&con.err)
+    );
+
+    // Fixed: the CLI reports what changed.
+    std::fs::write(
+        &d.config,
+        CONFIG.replace("poll_interval: 100ms", "poll_interval: 150ms"),
+    )
+    .unwrap();
+    let mut con = console();
+    let code = cli::reload(&ReloadArgs { target: d.target() }, &mut con).await;
+    assert_eq!(code, 0, "{}", text(&con.err));
+    assert_eq!(
+        text(&con.out),
+        "configuration reloaded: 0 added, 0 removed, 1 restarted (boiler), 0 unchanged\n"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_and_query_print_what_the_operator_needs() {
+    let d = Daemon::start().await;
+    eventually("the device online", || async {
+        let v = d.get_json("/api/devices").await;
+        (v["devices"][0]["status"] == "online").then_some(())
+    })
+    .await;
+    let rows = rows_of(&d, "count", 5).await.rows;
+
+    // status: plain text (not a terminal): no escape codes.
+    let args = StatusArgs {
+        target: d.target(),
+        watch: false,
+        count: None,
+        json: false,
+    };
+    let mut con = console();
+    assert_eq!(cli::status(&args, &mut con).await, 0, "{}", text(&con.err));
+    let out = text(&con.out);
+    assert!(!out.contains('\x1b'), "{out}");
+    assert!(out.starts_with("gateway t1 · fieldbridge "), "{out}");
+    assert!(out.contains(&format!("API {}", d.api)), "{out}");
+    assert!(out.contains("\nbridges\n  cloud  "), "{out}");
+    assert!(out.contains("mqtt://127.0.0.1:9"), "{out}");
+    assert!(out.contains("\ndevices\n  boiler  online"), "{out}");
+    assert!(
+        out.contains("\nstore  ") && out.contains("fb.db  writer normal"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  size   ") && out.contains(" of 64.0 MiB ("),
+        "{out}"
+    );
+    assert!(out.contains("\n  rows   "), "{out}");
+    assert!(out.contains("\n  drops  none\n"), "{out}");
+
+    // --json: the document itself.
+    let mut con = console();
+    let json_args = StatusArgs {
+        json: true,
+        ..args.clone()
+    };
+    assert_eq!(cli::status(&json_args, &mut con).await, 0);
+    let v: Value = serde_json::from_slice(&con.out).unwrap();
+    assert_eq!(v["gateway"], "t1");
+
+    // --watch without a terminal: blocks of plain lines, one per refresh.
+    let mut con = console();
+    let watch = StatusArgs {
+        watch: true,
+        count: Some(2),
+        ..args.clone()
+    };
+    assert_eq!(cli::status(&watch, &mut con).await, 0);
+    let out = text(&con.out);
+    assert_eq!(out.matches("--- ").count(), 2, "{out}");
+    assert_eq!(out.matches("\ndevices\n").count(), 2, "{out}");
+    assert!(!out.contains('\x1b'), "{out}");
+
+    // The address can come from the configuration file's `api.bind`.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("client.yaml");
+    std::fs::write(
+        &cfg,
+        format!("gateway: {{id: t1}}\napi:\n  bind: {}\n", d.api),
+    )
+    .unwrap();
+    let mut con = console();
+    let by_config = StatusArgs {
+        target: Target {
+            api: None,
+            config: cfg,
+        },
+        ..args.clone()
+    };
+    assert_eq!(
+        cli::status(&by_config, &mut con).await,
+        0,
+        "{}",
+        text(&con.err)
+    );
+    assert!(text(&con.out).contains("boiler  online"));
+
+    // query: table, CSV and JSON of the same rows.
+    let mut q = query_args(d.target());
+    q.device = Some("boiler".into());
+    q.point = Some("count".into());
+    q.to = Some((rows[4].ts_ms + 1).to_string());
+    let mut con = console();
+    assert_eq!(cli::query(&q, &mut con).await, 0, "{}", text(&con.err));
+    let out = text(&con.out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].contains("SEQ") && lines[0].ends_with("VALUE"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 6, "{out}");
+    for (line, row) in lines[1..].iter().zip(&rows) {
+        assert!(line.starts_with(&row.ts), "{line}");
+        assert!(line.contains("t1/boiler/count"), "{line}");
+        assert!(
+            line.ends_with(&format!("  {}", row.value.unwrap())),
+            "{line}"
+        );
+    }
+    assert_eq!(text(&con.err), "5 row(s)\n");
+
+    q.format = Format::Csv;
+    let mut con = console();
+    assert_eq!(cli::query(&q, &mut con).await, 0);
+    let out = text(&con.out);
+    let lines: Vec<&str> = out.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines[0],
+        "seq,ts,ts_ms,topic,device,point,value,payload,qos,retain"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{},{},{},t1/boiler/count,boiler,count,{},\"{{\"\"value\"\":",
+            rows[0].seq,
+            rows[0].ts,
+            rows[0].ts_ms,
+            rows[0].value.unwrap()
+        )),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines.len(), 6);
+
+    q.format = Format::Json;
+    q.limit = 2;
+    q.order = OrderArg::Desc;
+    let mut con = console();
+    assert_eq!(cli::query(&q, &mut con).await, 0);
+    let v: Value = serde_json::from_slice(&con.out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["seq"].as_u64(), Some(rows[4].seq));
+    assert!(
+        text(&con.err).contains("more rows match"),
+        "{}",
+        text(&con.err)
+    );
+
+    // A bad argument: the daemon's explanation, exit 2.
+    let mut bad = query_args(d.target());
+    bad.from = Some("last tuesday".into());
+    let mut con = console();
+    assert_eq!(cli::query(&bad, &mut con).await, 2);
+    assert!(
+        text(&con.err).starts_with("fieldbridge: parameter `from`: invalid time `last tuesday`"),
+        "{}",
+        text(&con.err)
+    );
+
+    d.stop().await;
+
+    // The daemon gone: a clear message, exit 1.
+    let mut con = console();
+    assert_eq!(cli::status(&args, &mut con).await, 1);
+    assert_eq!(
+        text(&con.err),
+        format!(
+            "fieldbridge: cannot reach fieldbridge at {}: connection refused — is it running? is `api.bind` set?\n",
+            args.target.api.as_deref().unwrap()
+        )
+    );
+    let mut con = console();
+    assert_eq!(
+        cli::query(&query_args(args.target.clone()), &mut con).await,
+        1
+    );
+    assert!(text(&con.err).contains("connection refused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_reported_at_start() {
+    let d = Daemon::start().await;
+    let state: Arc<dyn ApiState> = d.app.clone();
+    let e = api::serve(state, d.api, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "cannot listen on {} for the HTTP API (`api.bind`): ",
+            d.api
+        )),
+        "{e}"
+    );
+    d.stop().await;
+}
