@@ -772,8 +772,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     ) {
         while let Some(target) = rest.next() {
             let (session, out) = outbound_for(target, &msg);
+            // Fast path without registering for a wake-up; only a full queue pays for the notification.
+            let Some(out) = self.broker.try_deliver(&session, out) else {
+                continue;
+            };
             let mut space = Box::pin(session.space.clone().notified_owned());
             space.as_mut().enable();
+            // Offer again now that a wake-up cannot be missed.
             if let Some(out) = self.broker.try_deliver(&session, out) {
                 self.blocked = Some(Blocked {
                     msg,

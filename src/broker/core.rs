@@ -237,7 +237,10 @@ impl Broker {
         }
     }
 
-    async fn deliver(&self, session: Arc<Session>, mut out: Outbound) {
+    async fn deliver(&self, session: Arc<Session>, out: Outbound) {
+        let Some(mut out) = self.try_deliver(&session, out) else {
+            return;
+        };
         loop {
             let space = session.space.clone().notified_owned();
             tokio::pin!(space);

@@ -60,6 +60,7 @@ async fn mosquitto_clients_pub_sub_all_qos_both_versions() {
             "-V {version}"
         );
         assert_eq!(sub.wait().await, 0);
+        wait_until("subscriber gone", || tb.broker.stats().subscriptions == 0).await;
     }
 }
 
