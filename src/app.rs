@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bridge::Bridges;
 use crate::broker::codec::QoS;
 use crate::broker::link::Link;
 use crate::broker::{Broker, Message};
@@ -122,6 +123,8 @@ pub struct App {
     api_stop: CancellationToken,
     /// Serializes reloads (SIGHUP and the API may ask at the same moment).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The upstream bridges.
+    pub bridges: Arc<Bridges>,
 }
 
 /// A failure to start.
@@ -157,6 +160,12 @@ impl App {
         }
         broker.start_sys();
 
+        let bridges = Arc::new(Bridges::start(
+            &cfg.bridges,
+            &cfg.gateway.id,
+            store.clone(),
+            broker.clone(),
+        ));
         let link = Arc::new(broker.link("pipeline"));
         let pipeline = Arc::new(Pipeline {
             gateway: cfg.gateway.id.clone(),
@@ -185,6 +194,7 @@ impl App {
             api: Mutex::new(None),
             api_stop: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            bridges,
         });
         if let Some(bind) = cfg.api.bind {
             match crate::api::serve(app.clone(), bind, app.api_stop.clone()).await {
@@ -348,6 +358,7 @@ impl App {
             }
         }
         self.store_link.configure(&new);
+        self.bridges.reload(&new.bridges, &new.gateway.id).await;
         let listeners_changed = self.broker.config().listeners != new.broker.listeners;
         self.broker.update_config(new.broker.clone());
         if listeners_changed {
@@ -420,6 +431,9 @@ impl App {
                 true,
             ))
             .await;
+        // Bridges after the pipeline (everything it logged may still go up), before the store closes.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.bridges.shutdown(left).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.broker.shutdown(left).await;
         // Last: everything the pipeline and the broker handed to the store is committed before we exit.

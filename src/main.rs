@@ -42,6 +42,7 @@ enum Cmd {
     /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.
     Reload(fieldbridge::cli::ReloadArgs),
     /// Probe a Modbus device (commissioning), with the daemon's own decoder.
+    #[cfg(feature = "modbus")]
     #[command(subcommand)]
     Modbus(fieldbridge::cli::modbus::ModbusCmd),
     /// Validate a configuration (and every device map it names) without starting anything.
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::Status(args) => ExitCode::from(fieldbridge::cli::status_main(&args)),
         Cmd::Query(args) => ExitCode::from(fieldbridge::cli::query_main(&args)),
         Cmd::Reload(args) => ExitCode::from(fieldbridge::cli::reload_main(&args)),
+        #[cfg(feature = "modbus")]
         Cmd::Modbus(cmd) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -72,9 +72,11 @@ impl ApiState for App {
     }
 
     fn bridge_statuses(&self) -> Vec<BridgeView> {
-        // The bridge runtime is not wired into `App` yet; until it is, bridges are reported from the
-        // configuration and their store cursors (state `unknown`).
-        Vec::new()
+        self.bridges
+            .statuses()
+            .iter()
+            .map(BridgeView::from)
+            .collect()
     }
 
     fn reload(&self) -> BoxFuture<'_, Result<ReloadSummary, ConfigErrors>> {

@@ -100,7 +100,8 @@ devices:
 async fn deadband_and_publish_modes() {
     let dir = tempfile::tempdir().unwrap();
     // A ramp 0..1000 with step 10 per poll: every_poll publishes each; a deadband of 25 publishes every 3rd;
-    // on_change of a constant publishes once; on_change_or_every 5 republishes a constant every 5 readings.
+    // on_change of a constant publishes once (retained, so a subscriber that comes later still sees it);
+    // on_change_or_every 5 republishes a constant every 5 readings.
     let yaml = format!(
         "{HEADER}
 devices:
@@ -110,7 +111,7 @@ devices:
     points:
       - {{name: every, signal: ramp, min: 0, max: 100000, step: 10, type: int}}
       - {{name: band, signal: ramp, min: 0, max: 100000, step: 10, type: int, deadband: 25}}
-      - {{name: once, signal: constant, initial: 1, type: int, publish: on_change}}
+      - {{name: once, signal: constant, initial: 1, type: int, publish: on_change, retain: true}}
       - {{name: heartbeat, signal: constant, initial: 2, type: int, publish: {{on_change_or_every: 5}}}}
 "
     );

@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod peers;
+pub mod proxy;
+pub mod upstream;
 pub mod tls;
 
 use std::future::Future;

@@ -1,0 +1,146 @@
+//! The read-ahead task: reads the log from the bridge's position in batches (on the blocking pool: SQLite
+//! calls block), keeps the rows a forward rule matches, maps their topics and builds the PUBLISH each will
+//! become. The session then only encodes and writes. The channel holds a few batches: enough to keep the
+//! socket busy while the next batch is read, little enough that memory stays flat whatever the backlog (it
+//! lives on disk).
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::rules::Rules;
+use crate::broker::codec::{Properties, Publish, QoS};
+use crate::store::{now_ms, LogRow, Store, StoreError};
+
+/// Rows per read. A thousand rows is about a millisecond of SQLite and a few hundred microseconds of wire
+/// at 100 bytes per message: large enough to amortise the query, small enough to keep latency low when live.
+pub(crate) const BATCH_ROWS: usize = 1000;
+/// Batches read ahead.
+const AHEAD: usize = 4;
+
+/// A row that will be forwarded.
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub publish: Publish,
+}
+
+/// The forwarded rows among the log rows up to `upto`.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub items: VecDeque<Item>,
+    /// Every row up to this seq was read (the rest matched no rule, or was gone).
+    pub upto: u64,
+    /// Rows whose MQTT 5 message expiry passed while they waited in the log (not sent, as the spec says).
+    pub expired: u64,
+    /// Rows whose mapped topic came out empty (a `{1}` of `a/#` matching `a`): not sent.
+    pub unroutable: u64,
+}
+
+/// Aborts the task when dropped: the reader lives exactly as long as the bridge task that owns it.
+pub(crate) struct Reader {
+    pub rx: mpsc::Receiver<Batch>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts reading after `after`.
+pub(crate) fn spawn(name: String, store: Store, rules: Arc<Rules>, after: u64) -> Reader {
+    let (tx, rx) = mpsc::channel(AHEAD);
+    let task = tokio::spawn(run(name, store, rules, after, tx));
+    Reader { rx, task }
+}
+
+async fn run(name: String, store: Store, rules: Arc<Rules>, mut pos: u64, tx: mpsc::Sender<Batch>) {
+    let mut appends = store.subscribe_appends();
+    let mut failing = false;
+    loop {
+        if appends.wait_for(|head| *head > pos).await.is_err() {
+            return; // the store shut down
+        }
+        let head = store.head();
+        let s = store.clone();
+        let rows = match tokio::task::spawn_blocking(move || s.read_from(pos, BATCH_ROWS)).await {
+            Ok(Ok(rows)) => {
+                if failing {
+                    tracing::info!(bridge = %name, "bridge {name}: reading the log works again");
+                    failing = false;
+                }
+                rows
+            }
+            Ok(Err(StoreError::Closed)) | Err(_) => return,
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::error!(bridge = %name, "bridge {name}: cannot read the log: {e}; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // No rows although the head is ahead: they were removed (retention); pass them.
+        let upto = rows.last().map_or(head, |r| r.seq);
+        let batch = map_rows(&rules, rows, upto, now_ms());
+        pos = upto;
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies the forward rules to rows read from the log.
+pub(crate) fn map_rows(rules: &Rules, rows: Vec<LogRow>, upto: u64, now: i64) -> Batch {
+    let mut batch = Batch {
+        items: VecDeque::with_capacity(rows.len()),
+        upto,
+        expired: 0,
+        unroutable: 0,
+    };
+    for row in rows {
+        let Some(rule) = rules.forward_for(&row.topic) else {
+            continue;
+        };
+        let Some(topic) = rule.template.render(&rule.filter, &row.topic) else {
+            batch.unroutable += 1;
+            continue;
+        };
+        let mut properties = row
+            .props
+            .as_deref()
+            .map(|p| p.to_properties())
+            .unwrap_or_else(Properties::default);
+        if let Some(expiry) = properties.message_expiry_interval {
+            let waited = u64::try_from(now.saturating_sub(row.ts_ms)).unwrap_or(0) / 1000;
+            if waited >= u64::from(expiry) {
+                batch.expired += 1;
+                continue;
+            }
+            properties.message_expiry_interval = Some(expiry - waited as u32);
+        }
+        let qos = rule
+            .qos
+            .unwrap_or_else(|| QoS::from_u8(row.qos).unwrap_or(QoS::AtLeastOnce));
+        batch.items.push_back(Item {
+            seq: row.seq,
+            ts_ms: row.ts_ms,
+            publish: Publish {
+                dup: false,
+                qos,
+                retain: rule.retain && row.retain,
+                topic,
+                packet_id: 0,
+                properties,
+                payload: row.payload,
+            },
+        });
+    }
+    batch
+}

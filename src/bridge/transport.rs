@@ -1,0 +1,191 @@
+//! Client transports to the upstream: TCP, TLS (rustls, ring provider, SNI from the URL host, the configured
+//! CA or the system roots, optional client certificate) and WebSocket (subprotocol `mqtt`, over TCP or TLS).
+//! Everything ends as one boxed byte stream the session reads and writes like TCP.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::{Sink, Stream};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use super::BridgeError;
+use crate::broker::transport::{crypto_provider, load_certs, load_key};
+use crate::config::{BridgeConfig, BridgeScheme};
+
+/// A connected byte stream to the upstream.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Builds the TLS client configuration. Done at every connect, not once: a CA or client certificate rotated
+/// on disk is picked up by the next reconnect without a reload.
+pub(crate) fn tls_config(cfg: &BridgeConfig) -> Result<rustls::ClientConfig, BridgeError> {
+    let tls = |m: String| BridgeError::Tls(m);
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(ca) => {
+            for c in load_certs(ca).map_err(|e| tls(e.to_string()))? {
+                roots
+                    .add(c)
+                    .map_err(|e| tls(format!("{}: {e}", ca.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(tls(format!(
+                    "no system root certificates found (install ca-certificates, or set ca_file){why}"
+                )));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match &cfg.client_cert {
+        Some((cert, key)) => {
+            let certs = load_certs(cert).map_err(|e| tls(e.to_string()))?;
+            let key = load_key(key).map_err(|e| tls(e.to_string()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| tls(format!("client certificate: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// Opens the transport for `cfg.url` (without any MQTT).
+pub(crate) async fn connect(cfg: &BridgeConfig) -> Result<Box<dyn Io>, BridgeError> {
+    let url = &cfg.url;
+    let tcp = TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| BridgeError::Connect(format!("{}:{}: {e}", url.host, url.port)))?;
+    // Many small publishes are coalesced by the session itself; Nagle would only add latency to acks.
+    let _ = tcp.set_nodelay(true);
+    match url.scheme {
+        BridgeScheme::Mqtt => Ok(Box::new(tcp)),
+        BridgeScheme::Mqtts => Ok(Box::new(tls(cfg, tcp).await?)),
+        BridgeScheme::Ws => Ok(Box::new(ws(cfg, "ws", tcp).await?)),
+        BridgeScheme::Wss => {
+            let t = tls(cfg, tcp).await?;
+            Ok(Box::new(ws(cfg, "wss", t).await?))
+        }
+    }
+}
+
+async fn tls(
+    cfg: &BridgeConfig,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BridgeError> {
+    let config = tls_config(cfg)?;
+    let name = ServerName::try_from(cfg.url.host.clone()).map_err(|e| {
+        BridgeError::Tls(format!(
+            "`{}` is not a valid TLS server name: {e}",
+            cfg.url.host
+        ))
+    })?;
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| BridgeError::Tls(format!("handshake with {}: {e}", cfg.url.host)))
+}
+
+async fn ws<S: Io>(
+    cfg: &BridgeConfig,
+    scheme: &str,
+    stream: S,
+) -> Result<WsClientIo<S>, BridgeError> {
+    let url = &cfg.url;
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
+    } else {
+        url.host.clone()
+    };
+    let text = format!("{scheme}://{host}:{}{}", url.port, url.path);
+    let mut req = text
+        .as_str()
+        .into_client_request()
+        .map_err(|e| BridgeError::WebSocket(format!("{text}: {e}")))?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    let (ws, _resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| BridgeError::WebSocket(format!("{text}: {e}")))?;
+    Ok(WsClientIo {
+        ws,
+        pending: Bytes::new(),
+    })
+}
+
+/// The MQTT byte stream carried in WebSocket binary frames (client side). Each write becomes one frame; the
+/// session writes large buffers, so frames carry many packets.
+pub(crate) struct WsClientIo<S> {
+    ws: WebSocketStream<S>,
+    pending: Bytes,
+}
+
+fn io_err(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsClientIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                None | Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
+                Some(Ok(WsMessage::Binary(data))) => self.pending = data,
+                // Pings are answered by tungstenite; text frames are not MQTT: ignored.
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsClientIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_err)?;
+        Pin::new(&mut self.ws)
+            .start_send(WsMessage::Binary(Bytes::copy_from_slice(data)))
+            .map_err(io_err)?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(io_err)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(io_err)
+    }
+}

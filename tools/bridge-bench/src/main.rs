@@ -1,0 +1,692 @@
+//! Backlog drain benchmark (issue 4): N messages (100 bytes, QoS 1) are buffered while the upstream is down,
+//! then the upstream (mosquitto) comes up and the backlog drains. Side by side, in the same run and against
+//! the same upstream: fieldbridge's bridge (the backlog in the SQLite log) and mosquitto's own bridge (a
+//! second mosquitto with `connection`, unlimited in-memory queue: `max_queued_messages 0`).
+//!
+//! A subscriber on the upstream (a raw client on the project's codec) counts what arrives: distinct
+//! messages, duplicates, order (each payload starts with its sequence number), so "lost" is measured, not
+//! assumed.
+//!
+//! `cargo run --release -p fieldbridge-bridge-bench -- --messages 1000000 --inflight 1000`
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use fieldbridge::bridge::{BridgeState, Bridges};
+use fieldbridge::broker::codec::{
+    self, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, RetainHandling, Subscribe,
+    Subscription,
+};
+use fieldbridge::broker::Broker;
+use fieldbridge::config::{
+    BridgeConfig, BridgeScheme, BridgeUrl, BrokerConfig, Durability, ForwardRule, StorageConfig,
+    Synchronous, WhenFull,
+};
+use fieldbridge::store::{LogRecord, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+#[derive(Parser, Debug)]
+#[command(about = "Backlog drain: fieldbridge bridge vs mosquitto bridge")]
+struct Args {
+    /// Messages buffered during the outage.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// fieldbridge's in-flight window (`inflight`).
+    #[arg(long, default_value_t = 1000)]
+    inflight: u16,
+    /// Topics the messages are spread over.
+    #[arg(long, default_value_t = 10)]
+    topics: u64,
+    /// MQTT version fieldbridge speaks upstream: 5 or 311.
+    #[arg(long, default_value = "5")]
+    protocol: String,
+    /// `max_inflight_messages` of the upstream mosquitto (its Receive Maximum for MQTT 5 clients; mosquitto's
+    /// default is 20). Applies to both halves; 0 leaves mosquitto's default.
+    #[arg(long, default_value_t = 0)]
+    upstream_inflight: u32,
+    /// `max_inflight_messages` of the edge mosquitto (its bridge's window); 0 leaves the default (20).
+    #[arg(long, default_value_t = 0)]
+    edge_inflight: u32,
+    /// QoS of the counting subscriber on the upstream (1: mosquitto tracks an ack per message; 0: less
+    /// upstream work, and mosquitto may then drop when the subscriber is slow, which is counted as lost).
+    #[arg(long, default_value_t = 1)]
+    sub_qos: u8,
+    /// No subscriber on the upstream during fieldbridge's drain: measures what the bridge can push into
+    /// mosquitto when mosquitto only has to acknowledge (delivery is then proven by the acks alone).
+    #[arg(long)]
+    no_sub: bool,
+    /// Skip the mosquitto-bridge half.
+    #[arg(long)]
+    skip_mosquitto: bool,
+    /// Seconds without progress after which the subscriber gives up (the rest counts as lost).
+    #[arg(long, default_value_t = 15)]
+    idle_secs: u64,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A mosquitto process with a generated config; killed when dropped.
+struct Mosquitto {
+    child: Child,
+    pid: u32,
+}
+
+async fn mosquitto(dir: &Path, name: &str, port: u16, extra: &str) -> Mosquitto {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nlog_dest stderr\n\
+             log_type error\nmax_queued_messages 0\n{extra}\n"
+        ),
+    )
+    .expect("write mosquitto config");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto is needed: apt-get install mosquitto");
+    let pid = child.id().unwrap_or(0);
+    for _ in 0..1000 {
+        if TcpStream::connect(addr(port)).await.is_ok() {
+            return Mosquitto { child, pid };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("mosquitto {name} did not listen on {port}");
+}
+
+impl Mosquitto {
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
+
+    fn rss_mib(&self) -> f64 {
+        rss_mib(self.pid)
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A minimal MQTT 3.1.1 client on the project's codec.
+struct Raw {
+    stream: TcpStream,
+    rbuf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(port: u16, client_id: &str) -> Raw {
+        let stream = TcpStream::connect(addr(port)).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        let mut c = Raw {
+            stream,
+            rbuf: BytesMut::with_capacity(1 << 20),
+        };
+        let connect = Connect {
+            protocol: Protocol::V311,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        };
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) if a.reason_code == 0 => c,
+            other => panic!("CONNACK expected, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        codec::encode(p, Protocol::V311, &mut out);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) =
+                codec::decode(&mut self.rbuf, Some(Protocol::V311), u32::MAX).expect("decode")
+            {
+                return Some(p);
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 65536 {
+                self.rbuf.reserve(1 << 20);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+/// What the upstream subscriber saw.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    distinct: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// Counts what arrives on the upstream, shared with the waiter.
+type Shared = Arc<std::sync::Mutex<Seen>>;
+
+/// Subscribes to `filter` (QoS 1) and counts payloads `0..n` (see [`wait_sub`]).
+async fn subscriber(
+    port: u16,
+    filter: &str,
+    n: u64,
+    topics: u64,
+    qos: u8,
+) -> (tokio::task::JoinHandle<()>, Shared) {
+    let mut c = Raw::connect(
+        port,
+        &format!("bench-sub-{}", filter.trim_end_matches("/#")),
+    )
+    .await;
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        subscriptions: vec![Subscription {
+            filter: filter.into(),
+            qos: QoS::from_u8(qos).unwrap_or(QoS::AtLeastOnce),
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::SendAtSubscribe,
+        }],
+    }))
+    .await;
+    match c.recv().await {
+        Some(Packet::SubAck(_)) => {}
+        other => panic!("SUBACK expected, got {other:?}"),
+    }
+    let shared: Shared = Arc::default();
+    let out = shared.clone();
+    let task = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut got = vec![false; n as usize];
+        let mut last_per_topic = vec![-1i64; topics as usize];
+        let mut acks = BytesMut::new();
+        loop {
+            // Decode everything buffered, then ack it in one write.
+            while let Some(p) =
+                codec::decode(&mut c.rbuf, Some(Protocol::V311), u32::MAX).expect("decode")
+            {
+                if let Packet::Publish(p) = p {
+                    let now = Instant::now();
+                    seen.first.get_or_insert(now);
+                    seen.last = Some(now);
+                    let i: u64 = std::str::from_utf8(&p.payload[..10])
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .expect("payload starts with its number");
+                    if p.qos != QoS::AtMostOnce {
+                        codec::encode(
+                            &Packet::PubAck(PubResp {
+                                packet_id: p.packet_id,
+                                reason_code: 0,
+                                properties: Properties::default(),
+                            }),
+                            Protocol::V311,
+                            &mut acks,
+                        );
+                    }
+                    let slot = &mut got[i as usize];
+                    if *slot {
+                        seen.duplicates += 1;
+                        continue;
+                    }
+                    *slot = true;
+                    seen.distinct += 1;
+                    let t = (i % topics) as usize;
+                    if (i as i64) < last_per_topic[t] {
+                        seen.out_of_order += 1;
+                    }
+                    last_per_topic[t] = i as i64;
+                }
+            }
+            *out.lock().unwrap() = seen.clone();
+            if !acks.is_empty() {
+                if c.stream.write_all(&acks).await.is_err() {
+                    return;
+                }
+                acks.clear();
+            }
+            if seen.distinct == n {
+                return;
+            }
+            if c.rbuf.capacity() - c.rbuf.len() < 65536 {
+                c.rbuf.reserve(1 << 20);
+            }
+            // The caller bounds the whole wait; a dead connection ends it.
+            match c.stream.read_buf(&mut c.rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    (task, shared)
+}
+
+/// Waits until the subscriber has all `n` messages, or nothing new arrived for `idle` (what is missing then
+/// is lost), or 15 minutes passed.
+async fn wait_sub(sub: (tokio::task::JoinHandle<()>, Shared), idle: Duration, n: u64) -> Seen {
+    let (task, seen) = sub;
+    let overall = Instant::now() + Duration::from_secs(900);
+    let mut last = (0, Instant::now());
+    loop {
+        let s = seen.lock().unwrap().clone();
+        if s.distinct >= n || task.is_finished() {
+            task.abort();
+            return s;
+        }
+        let now = Instant::now();
+        let total = s.distinct + s.duplicates;
+        if total != last.0 {
+            last = (total, now);
+        } else if now.duration_since(last.1) >= idle || now > overall {
+            task.abort();
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn payload(i: u64, size: usize) -> Bytes {
+    let mut s = format!("{i:010}");
+    while s.len() < size {
+        s.push('x');
+    }
+    s.truncate(size.max(10));
+    Bytes::from(s)
+}
+
+struct Report {
+    name: &'static str,
+    drain_secs: f64,
+    rate: f64,
+    seen: Seen,
+    n: u64,
+    rss_mib: f64,
+    note: String,
+}
+
+async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
+    let n = args.messages;
+    let storage = StorageConfig {
+        path: dir.join("bench.db"),
+        commit_interval: Duration::from_millis(20),
+        commit_rows: 10_000,
+        synchronous: Synchronous::Full,
+        durability: Durability::Strict,
+        max_bytes: 8 << 30,
+        max_age: None,
+        when_full: WhenFull::DropOldest,
+        record: Vec::new(),
+    };
+    let store = Store::open(&storage).expect("open store");
+    let broker = Broker::new(broker_config());
+    let cfg = BridgeConfig {
+        name: "cloud".into(),
+        url: BridgeUrl {
+            scheme: BridgeScheme::Mqtt,
+            host: "127.0.0.1".into(),
+            port: up_port,
+            path: "/mqtt".into(),
+        },
+        protocol: if args.protocol == "311" {
+            Protocol::V311
+        } else {
+            Protocol::V5
+        },
+        client_id: "bench-fieldbridge".into(),
+        username: None,
+        password: None,
+        ca_file: None,
+        client_cert: None,
+        keepalive: Duration::from_secs(30),
+        clean_start: false,
+        session_expiry: Duration::from_secs(3600),
+        reconnect_min: Duration::from_millis(200),
+        reconnect_max: Duration::from_millis(400),
+        inflight: args.inflight,
+        rate_limit: None,
+        forward: vec![ForwardRule {
+            filter: "gw/#".into(),
+            topic: "fb/{topic}".into(),
+            qos: None,
+            retain: true,
+        }],
+        subscribe: vec![],
+        status_topic: "gw/status".into(),
+    };
+    // The bridge exists before the outage's data (its cursor starts at the head).
+    let bridges = Bridges::start(
+        std::slice::from_ref(&cfg),
+        "gw",
+        store.clone(),
+        broker.clone(),
+    );
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 10_000).min(n);
+        let recs: Vec<LogRecord> = (i..end)
+            .map(|k| {
+                let mut r = LogRecord::new(
+                    format!("gw/dev{}/v", k % args.topics),
+                    payload(k, args.payload),
+                );
+                r.qos = 1;
+                r
+            })
+            .collect();
+        // Awaiting each commit keeps the fill's own memory bounded, so RSS shows the bridge, not the queue.
+        store
+            .append_batch(recs)
+            .await
+            .expect("append")
+            .await
+            .expect("commit");
+        i = end;
+    }
+    let head = store.flush().await.expect("flush");
+    eprintln!(
+        "fieldbridge: {n} messages logged during the outage in {:.2}s ({:.0}/s); state: {}",
+        t.elapsed().as_secs_f64(),
+        n as f64 / t.elapsed().as_secs_f64(),
+        bridges.statuses()[0].state
+    );
+    let rss_full = rss_mib(std::process::id());
+
+    let up = mosquitto(
+        dir,
+        "upstream-fb",
+        up_port,
+        &inflight_line(args.upstream_inflight),
+    )
+    .await;
+    let sub = if args.no_sub {
+        None
+    } else {
+        Some(subscriber(up_port, "fb/#", n, args.topics, args.sub_qos).await)
+    };
+    let rss_before = rss_mib(std::process::id());
+    let t_up = Instant::now();
+    // Connected?
+    let mut t_conn = None;
+    let mut t_done = None;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while Instant::now() < deadline {
+        let st = &bridges.statuses()[0];
+        if t_conn.is_none() && matches!(st.state, BridgeState::Live | BridgeState::Backlog) {
+            t_conn = Some(Instant::now());
+        }
+        if st.cursor >= head {
+            t_done = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t_conn = t_conn.unwrap_or(t_up);
+    let t_done = t_done.expect("fieldbridge did not drain within 15 minutes");
+    let drain = t_done.duration_since(t_conn).as_secs_f64();
+    let rss_after = rss_mib(std::process::id());
+    let seen = match sub {
+        Some(sub) => wait_sub(sub, Duration::from_secs(args.idle_secs), n).await,
+        None => Seen {
+            distinct: bridges.statuses()[0].delivered,
+            ..Seen::default()
+        },
+    };
+    let st = bridges.statuses()[0].clone();
+    bridges.shutdown(Duration::from_secs(2)).await;
+    up.stop().await;
+    drop(store);
+    Report {
+        name: "fieldbridge",
+        drain_secs: drain,
+        rate: n as f64 / drain,
+        seen,
+        n,
+        rss_mib: rss_after,
+        note: format!(
+            "window {}, resent {}, connects {}; RSS {rss_full:.0} MiB after the fill, {rss_before:.0} before and {rss_after:.0} after the drain{}",
+            st.window,
+            st.resent,
+            st.connects,
+            if args.no_sub { "; no subscriber: received = acknowledged by mosquitto" } else { "" }
+        ),
+    }
+}
+
+async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
+    let n = args.messages;
+    let edge_port = free_port();
+    let edge = mosquitto(
+        dir,
+        "edge",
+        edge_port,
+        &format!(
+            "connection cloud\naddress 127.0.0.1:{up_port}\ntopic gw/# out 1 \"\" mq/\ncleansession false\n\
+             restart_timeout 1\nbridge_protocol_version mqttv311\nnotifications false\ntry_private false\n{}",
+            inflight_line(args.edge_inflight)
+        ),
+    )
+    .await;
+    // Publish the outage's messages into the edge broker, pipelined, QoS 1.
+    let t = Instant::now();
+    let acked = publish_all(edge_port, n, args.topics, args.payload, "").await;
+    eprintln!(
+        "mosquitto bridge: {acked}/{n} messages accepted by the edge broker during the outage in {:.2}s; edge RSS {:.0} MiB",
+        t.elapsed().as_secs_f64(),
+        edge.rss_mib()
+    );
+    let rss_full = edge.rss_mib();
+    let up = mosquitto(
+        dir,
+        "upstream-mq",
+        up_port,
+        &inflight_line(args.upstream_inflight),
+    )
+    .await;
+    let sub = subscriber(up_port, "mq/#", n, args.topics, args.sub_qos).await;
+    let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
+    let drain = match (seen.first, seen.last) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
+        _ => f64::NAN,
+    };
+    let rss = edge.rss_mib().max(rss_full);
+    edge.stop().await;
+    up.stop().await;
+    Report {
+        name: "mosquitto bridge",
+        drain_secs: drain,
+        rate: seen.distinct as f64 / drain,
+        seen,
+        n,
+        rss_mib: rss,
+        note: format!(
+            "edge mosquitto: max_queued_messages 0, max_inflight_messages {}, bridge QoS 1, MQTT 3.1.1",
+            if args.edge_inflight == 0 { "20 (default)".to_string() } else { args.edge_inflight.to_string() }
+        ),
+    }
+}
+
+fn inflight_line(n: u32) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!("max_inflight_messages {n}\n")
+    }
+}
+
+/// Publishes `n` QoS 1 messages on `{prefix}gw/dev{i % topics}/v` as fast as the broker takes them
+/// (pipelined, no window); returns how many were acknowledged.
+async fn publish_all(port: u16, n: u64, topics: u64, size: usize, prefix: &str) -> u64 {
+    let c = Raw::connect(port, &format!("bench-pub{prefix}")).await;
+    let (mut rd, mut wr) = c.stream.into_split();
+    let reader = tokio::spawn(async move {
+        let mut acked = 0u64;
+        let mut buf = BytesMut::with_capacity(1 << 20);
+        while acked < n {
+            if buf.capacity() - buf.len() < 65536 {
+                buf.reserve(1 << 20);
+            }
+            if rd.read_buf(&mut buf).await.map_or(true, |r| r == 0) {
+                break;
+            }
+            while let Some(p) =
+                codec::decode(&mut buf, Some(Protocol::V311), u32::MAX).expect("decode")
+            {
+                if matches!(p, Packet::PubAck(_)) {
+                    acked += 1;
+                }
+            }
+        }
+        acked
+    });
+    let mut out = BytesMut::with_capacity(1 << 20);
+    for i in 0..n {
+        // MQTT 3.1.1 brokers keep no state for inbound QoS 1, so identifiers may repeat while in flight.
+        let pid = (i % 65_000 + 1) as u16;
+        codec::encode_publish(
+            &Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Arc::from(format!("{prefix}gw/dev{}/v", i % topics)),
+                packet_id: pid,
+                properties: Properties::default(),
+                payload: payload(i, size),
+            },
+            Protocol::V311,
+            &mut out,
+        );
+        if out.len() > 256 * 1024 {
+            wr.write_all(&out).await.expect("publish");
+            out.clear();
+        }
+    }
+    wr.write_all(&out).await.expect("publish");
+    reader.await.unwrap_or(0)
+}
+
+/// The upstream's own ceiling in this run: a pipelined publisher straight into it, same subscriber.
+async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
+    let n = args.messages;
+    let up = mosquitto(
+        dir,
+        "upstream-direct",
+        up_port,
+        &inflight_line(args.upstream_inflight),
+    )
+    .await;
+    let sub = subscriber(up_port, "direct/#", n, args.topics, args.sub_qos).await;
+    let t = Instant::now();
+    let _acked = publish_all(up_port, n, args.topics, args.payload, "direct/").await;
+    let t_acked = t.elapsed().as_secs_f64();
+    let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
+    let drain = match seen.last {
+        Some(b) => b.duration_since(t).as_secs_f64().max(1e-3),
+        None => f64::NAN,
+    };
+    up.stop().await;
+    Report {
+        name: "direct (ceiling)",
+        drain_secs: drain,
+        rate: seen.distinct as f64 / drain,
+        seen,
+        n,
+        rss_mib: 0.0,
+        note: format!("a pipelined publisher straight into the upstream (acked in {t_acked:.2}s): what this mosquitto can take here"),
+    }
+}
+
+fn broker_config() -> BrokerConfig {
+    BrokerConfig {
+        listeners: vec![],
+        max_connections: 10,
+        max_packet_size: 1 << 20,
+        receive_maximum: 100,
+        max_queued_messages: 1000,
+        max_session_expiry: Duration::from_secs(86400),
+        topic_alias_maximum: 0,
+        max_keepalive: None,
+        allow_anonymous: true,
+        users: vec![],
+        acl: vec![],
+        sys_interval: Duration::ZERO,
+    }
+}
+
+fn print(r: &Report) {
+    let lost = r.n - r.seen.distinct;
+    println!(
+        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
+        r.name, r.n, r.drain_secs, r.rate, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let dir: PathBuf = tempfile::tempdir().expect("tempdir").keep();
+    let up_port = free_port();
+    println!(
+        "backlog drain: {} messages of {} bytes, QoS 1, {} topics; upstream mosquitto on 127.0.0.1:{up_port}",
+        args.messages, args.payload, args.topics
+    );
+    let fb = run_fieldbridge(&args, &dir, up_port).await;
+    print(&fb);
+    if !args.skip_mosquitto {
+        let mq = run_mosquitto_bridge(&args, &dir, up_port).await;
+        let direct = run_ceiling(&args, &dir, up_port).await;
+        println!("---");
+        print(&direct);
+        print(&fb);
+        print(&mq);
+        if mq.rate.is_finite() && mq.rate > 0.0 {
+            println!("ratio: fieldbridge drains {:.1}x faster", fb.rate / mq.rate);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
