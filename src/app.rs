@@ -43,12 +43,12 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        #[allow(unused_mut)]
-        let mut factories: Vec<Arc<dyn AdapterFactory>> = Vec::new();
-        #[cfg(feature = "sim")]
-        factories.push(Arc::new(fieldbridge_sim::SimFactory::default()));
-        #[cfg(feature = "modbus")]
-        factories.push(Arc::new(fieldbridge_modbus::ModbusFactory::default()));
+        let factories: Vec<Arc<dyn AdapterFactory>> = vec![
+            #[cfg(feature = "sim")]
+            Arc::new(fieldbridge_sim::SimFactory),
+            #[cfg(feature = "modbus")]
+            Arc::new(fieldbridge_modbus::ModbusFactory::default()),
+        ];
         Registry { factories }
     }
 }

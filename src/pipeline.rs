@@ -274,11 +274,14 @@ fn ser_value<S: serde::Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
+/// (device, point) -> the point's latest reading.
+pub type LatestValues = HashMap<(Arc<str>, Arc<str>), Latest>;
+
 /// Live state shared with the API: latest value per point and status per device.
 #[derive(Debug, Default)]
 pub struct LiveState {
     /// (device, point) -> latest reading.
-    pub latest: RwLock<HashMap<(Arc<str>, Arc<str>), Latest>>,
+    pub latest: RwLock<LatestValues>,
     /// device -> status.
     pub status: RwLock<HashMap<Arc<str>, DeviceStatus>>,
 }

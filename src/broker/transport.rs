@@ -109,6 +109,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let want = path.to_string();
+    // The handshake API fixes the callback's error type; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != want {
             let mut e =
