@@ -1,12 +1,13 @@
 //! Reads: a small pool of read connections (WAL readers never block the writer and only see committed rows),
 //! the drain read used by bridges, and history queries.
+use std::collections::{BinaryHeap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rusqlite::types::Value;
-use rusqlite::{Connection, Row};
+use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::error::StoreError;
 use super::record::{LogRow, MsgProps};
@@ -124,90 +125,224 @@ impl Default for HistoryQuery {
     }
 }
 
-/// Runs a history query. Device/point queries use the `(device, point, ts)` index; topic queries use
-/// `(topic, ts)` (a wildcard filter scans the range of its literal prefix and is matched here); a query with
-/// only a time range scans the log.
+/// Past this many matching streams, a query filters while scanning the log instead of listing them for the
+/// index.
+const MAX_IN: usize = 256;
+
+/// Runs a history query in one read transaction (one snapshot of the dictionary, the index and the log):
+/// 1. the device, point and topic filters select streams from the small `streams` dictionary;
+/// 2. the `history` index gives the keys `(ts, seq)` of those streams' rows up to `meta.indexed_seq`, from
+///    the blocks that overlap the time range;
+/// 3. rows after `indexed_seq`, not indexed yet (at most one index pass's worth), are scanned;
+/// 4. the best `limit` keys of both are fetched by seq.
+///
+/// A query without device, point or topic (a time range only), or matching very many streams, scans the log.
 pub(crate) fn query(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
     if q.limit == 0 {
         return Ok(Vec::new());
     }
-    let mut sql = format!("SELECT {COLS} FROM messages WHERE 1");
-    let mut args: Vec<Value> = Vec::new();
-    let mut arg = |sql: &mut String, clause: &str, v: Value| {
-        args.push(v);
-        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-    };
-    if let Some(d) = &q.device {
-        arg(&mut sql, " AND device = ?", Value::Text(d.clone()));
-    }
-    if let Some(p) = &q.point {
-        arg(&mut sql, " AND point = ?", Value::Text(p.clone()));
-    }
-    if let Some(f) = q.from_ms {
-        arg(&mut sql, " AND ts >= ?", Value::Integer(f));
-    }
-    if let Some(t) = q.to_ms {
-        arg(&mut sql, " AND ts < ?", Value::Integer(t));
-    }
-    let mut post_filter = None;
     if let Some(filter) = &q.topic {
         if !valid_filter(filter) {
             return Err(StoreError::Invalid(format!("topic filter {filter:?}")));
         }
-        if !filter.contains(['+', '#']) {
-            arg(&mut sql, " AND topic = ?", Value::Text(filter.clone()));
-        } else {
-            // Matching topics equal the literal prefix (for `a/#`) or start with `prefix/`; `0` follows `/`.
-            let literal: Vec<&str> = filter
-                .split('/')
-                .take_while(|l| *l != "+" && *l != "#")
-                .collect();
-            if !literal.is_empty() {
-                let core = literal.join("/");
-                arg(&mut sql, " AND (topic = ?", Value::Text(core.clone()));
-                arg(&mut sql, " OR (topic >= ?", Value::Text(format!("{core}/")));
-                arg(
-                    &mut sql,
-                    " AND topic < ?))",
-                    Value::Text(format!("{core}0")),
-                );
-            }
-            post_filter = Some(filter.as_str());
-        }
     }
+    conn.execute_batch("BEGIN")?;
+    let r = query_snapshot(conn, q);
+    let _ = conn.execute_batch("COMMIT");
+    r
+}
+
+fn query_snapshot(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
+    let indexed: i64 = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'indexed_seq'")?
+        .query_row([], |r| r.get(0))?;
+    let streams = matching_streams(conn, q)?;
     let dir = match q.order {
         Order::Asc => "ASC",
         Order::Desc => "DESC",
     };
-    sql.push_str(&format!(" ORDER BY ts {dir}, seq {dir}"));
-    if post_filter.is_none() {
-        arg(
-            &mut sql,
-            " LIMIT ?",
-            Value::Integer(clamp_i64(q.limit as u64)),
-        );
+    let mut range = String::new();
+    let mut range_args = Vec::new();
+    if let Some(from) = q.from_ms {
+        range.push_str(" AND ts >= ?");
+        range_args.push(Value::Integer(from));
     }
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        if let Some(f) = post_filter {
-            if !topic_matches(f, r.get_ref(2)?.as_str()?) {
-                continue;
+    if let Some(to) = q.to_ms {
+        range.push_str(" AND ts < ?");
+        range_args.push(Value::Integer(to));
+    }
+    let limit = Value::Integer(clamp_i64(q.limit as u64));
+    let mut top = TopN::new(q.limit, q.order);
+    match streams {
+        Some(ids) if ids.is_empty() => return Ok(Vec::new()),
+        Some(ids) if ids.len() <= MAX_IN => {
+            // Keys below the oldest row belong to deleted rows (a block outlives its first rows).
+            let oldest: i64 = conn
+                .prepare_cached("SELECT seq FROM messages ORDER BY seq LIMIT 1")?
+                .query_row([], |r| r.get(0))
+                .optional()?
+                .unwrap_or(i64::MAX);
+            let list = vec!["?"; ids.len()].join(", ");
+            let mut sql = format!("SELECT keys FROM history WHERE stream IN ({list})");
+            let mut args: Vec<Value> = ids.iter().map(|id| Value::Integer(*id)).collect();
+            if let Some(to) = q.to_ms {
+                sql.push_str(" AND min_ts < ?");
+                args.push(Value::Integer(to));
+            }
+            if let Some(from) = q.from_ms {
+                sql.push_str(" AND max_ts >= ?");
+                args.push(Value::Integer(from));
+            }
+            let (from, to) = (q.from_ms.unwrap_or(i64::MIN), q.to_ms.unwrap_or(i64::MAX));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            while let Some(r) = rows.next()? {
+                super::history::decode(r.get_ref(0)?.as_blob()?, |ts, seq| {
+                    if seq >= oldest && ts >= from && ts < to {
+                        top.push(ts, seq);
+                    }
+                })
+                .map_err(|detail| StoreError::BadRow { seq: 0, detail })?;
+            }
+            let set: HashSet<i64> = ids.into_iter().collect();
+            scan(
+                conn,
+                Some(indexed),
+                &range,
+                &range_args,
+                Some(&set),
+                &mut top,
+            )?;
+        }
+        Some(ids) => {
+            let set: HashSet<i64> = ids.into_iter().collect();
+            scan(conn, None, &range, &range_args, Some(&set), &mut top)?;
+        }
+        None => {
+            let sql = format!(
+                "SELECT ts, seq FROM messages WHERE 1{range} ORDER BY ts {dir}, seq {dir} LIMIT ?"
+            );
+            let mut args = range_args.clone();
+            args.push(limit);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            while let Some(r) = rows.next()? {
+                top.push(r.get(0)?, r.get(1)?);
             }
         }
-        let payload = Bytes::copy_from_slice(r.get_ref(3)?.as_blob()?);
-        out.push(decode_row(r, payload)?);
-        if out.len() >= q.limit {
-            break;
+    }
+    let mut fetch = conn.prepare_cached(&format!("SELECT {COLS} FROM messages WHERE seq = ?1"))?;
+    let mut out = Vec::with_capacity(q.limit.min(4096));
+    for seq in top.into_seqs() {
+        let mut rows = fetch.query([seq])?;
+        if let Some(r) = rows.next()? {
+            let payload = Bytes::copy_from_slice(r.get_ref(3)?.as_blob()?);
+            out.push(decode_row(r, payload)?);
         }
     }
     Ok(out)
 }
 
+/// Offers the keys of log rows (after `after`, if given) in the time range whose stream is in `set` (all,
+/// if `None`).
+fn scan(
+    conn: &Connection,
+    after: Option<i64>,
+    range: &str,
+    range_args: &[Value],
+    set: Option<&HashSet<i64>>,
+    top: &mut TopN,
+) -> Result<(), StoreError> {
+    let sql = format!("SELECT ts, seq, stream FROM messages WHERE seq > ?{range}");
+    let mut args = vec![Value::Integer(after.unwrap_or(0))];
+    args.extend(range_args.iter().cloned());
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        if set.is_none_or(|s| s.contains(&r.get::<_, i64>(2).unwrap_or(0))) {
+            top.push(r.get(0)?, r.get(1)?);
+        }
+    }
+    Ok(())
+}
+
+/// The streams the query's device, point and topic filters select; `None` when it has none of them.
+fn matching_streams(conn: &Connection, q: &HistoryQuery) -> Result<Option<Vec<i64>>, StoreError> {
+    if q.device.is_none() && q.point.is_none() && q.topic.is_none() {
+        return Ok(None);
+    }
+    let mut sql = String::from("SELECT id, topic FROM streams WHERE 1");
+    let mut args = Vec::new();
+    if let Some(d) = &q.device {
+        sql.push_str(" AND device = ?");
+        args.push(Value::Text(d.clone()));
+    }
+    if let Some(p) = &q.point {
+        sql.push_str(" AND point = ?");
+        args.push(Value::Text(p.clone()));
+    }
+    let wildcard = q.topic.as_deref().filter(|f| f.contains(['+', '#']));
+    if let Some(t) = q.topic.as_deref().filter(|_| wildcard.is_none()) {
+        sql.push_str(" AND topic = ?");
+        args.push(Value::Text(t.to_string()));
+    }
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut ids = Vec::new();
+    while let Some(r) = rows.next()? {
+        if wildcard.is_none_or(|f| {
+            r.get_ref(1)
+                .ok()
+                .and_then(|v| v.as_str().ok())
+                .is_some_and(|t| topic_matches(f, t))
+        }) {
+            ids.push(r.get(0)?);
+        }
+    }
+    Ok(Some(ids))
+}
+
+/// The best `limit` keys seen, in the query's order (a bounded heap: memory is `limit`, whatever is scanned).
+struct TopN {
+    limit: usize,
+    desc: bool,
+    // Keys normalised so that "better" is always smaller; the heap's top is the worst kept.
+    heap: BinaryHeap<(i64, i64)>,
+}
+
+impl TopN {
+    fn new(limit: usize, order: Order) -> TopN {
+        TopN {
+            limit,
+            desc: order == Order::Desc,
+            heap: BinaryHeap::with_capacity(limit.min(4096) + 1),
+        }
+    }
+
+    fn push(&mut self, ts: i64, seq: i64) {
+        // Bitwise not reverses the order of i64 without overflow.
+        let key = if self.desc { (!ts, !seq) } else { (ts, seq) };
+        if self.heap.len() < self.limit {
+            self.heap.push(key);
+        } else if self.heap.peek().is_some_and(|worst| key < *worst) {
+            self.heap.pop();
+            self.heap.push(key);
+        }
+    }
+
+    /// The seqs, best first.
+    fn into_seqs(self) -> Vec<i64> {
+        let desc = self.desc;
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(_, seq)| if desc { !seq } else { seq })
+            .collect()
+    }
+}
+
 /// The timestamp of row `seq`, if present.
 pub(crate) fn ts_of(conn: &Connection, seq: u64) -> Result<Option<i64>, StoreError> {
-    use rusqlite::OptionalExtension;
     let mut stmt = conn.prepare_cached("SELECT ts FROM messages WHERE seq = ?1")?;
     Ok(stmt.query_row([clamp_i64(seq)], |r| r.get(0)).optional()?)
 }

@@ -29,6 +29,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
 fn v0_to_v1(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         CREATE TABLE streams (
+             id      INTEGER PRIMARY KEY,
+             topic   TEXT NOT NULL,
+             device  TEXT,
+             point   TEXT
+         );
          CREATE TABLE messages (
              seq     INTEGER PRIMARY KEY,
              ts      INTEGER NOT NULL,
@@ -39,12 +45,22 @@ fn v0_to_v1(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
              props   BLOB,
              device  TEXT,
              point   TEXT,
-             num     REAL
+             num     REAL,
+             stream  INTEGER NOT NULL
          );
-         CREATE INDEX messages_device_point_ts ON messages(device, point, ts) WHERE device IS NOT NULL;
-         CREATE INDEX messages_topic_ts ON messages(topic, ts);
+         CREATE TABLE history (
+             stream  INTEGER NOT NULL,
+             min_ts  INTEGER NOT NULL,
+             max_ts  INTEGER NOT NULL,
+             min_seq INTEGER NOT NULL,
+             max_seq INTEGER NOT NULL,
+             n       INTEGER NOT NULL,
+             keys    BLOB    NOT NULL,
+             PRIMARY KEY (stream, min_ts, min_seq)
+         ) WITHOUT ROWID;
+         CREATE INDEX history_max_seq ON history(max_seq);
          CREATE TABLE cursors (bridge TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-         INSERT INTO meta(key, value) VALUES ('last_seq', 0);",
+         INSERT INTO meta(key, value) VALUES ('last_seq', 0), ('indexed_seq', 0);",
     )
 }
 
@@ -65,6 +81,10 @@ pub struct StoreOptions {
     pub retry_max: Duration,
     /// Run `PRAGMA quick_check` at open. Default true.
     pub check_at_open: bool,
+    /// The history index is brought up to date when this long has passed since the last pass. Default 30 s.
+    pub index_interval: Duration,
+    /// ... or as soon as this many rows are not yet indexed. Default 100 000.
+    pub index_rows: u64,
 }
 
 impl Default for StoreOptions {
@@ -76,6 +96,8 @@ impl Default for StoreOptions {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             check_at_open: true,
+            index_interval: Duration::from_secs(30),
+            index_rows: 100_000,
         }
     }
 }
@@ -91,6 +113,10 @@ pub(crate) struct OpenState {
     pub meta_last_seq: u64,
     /// Cursors as stored.
     pub cursors: Vec<(String, u64)>,
+    /// `meta.indexed_seq`: rows up to here have their `history` entries.
+    pub indexed: u64,
+    /// The stream dictionary: (id, topic, device, point).
+    pub streams: Vec<(i64, String, Option<String>, Option<String>)>,
     /// `PRAGMA page_size`.
     pub page_size: u64,
 }
@@ -127,6 +153,13 @@ pub(crate) fn lock_path(path: &Path) -> PathBuf {
 pub(crate) fn wal_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// The reserve (ballast) file next to the database, released when the disk is full.
+pub(crate) fn reserve_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".reserve");
     PathBuf::from(s)
 }
 
@@ -207,6 +240,7 @@ pub(crate) fn open_writer(
         .pragma_query_value(None, "page_size", |r| r.get(0))
         .map_err(oe)?;
     let wal = wal_pages(max_bytes, page_size);
+    // Checkpoints run on the checkpointer thread (see the writer); this is the fallback if it cannot start.
     conn.pragma_update(None, "wal_autocheckpoint", wal)
         .map_err(oe)?;
     conn.pragma_update(None, "journal_size_limit", wal * page_size)
@@ -340,13 +374,43 @@ fn read_state(conn: &Connection, page_size: u64) -> rusqlite::Result<OpenState> 
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let indexed: i64 = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'indexed_seq'",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare("SELECT id, topic, device, point FROM streams ORDER BY id")?;
+    let streams = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(OpenState {
         head,
         oldest,
         meta_last_seq,
         cursors,
+        indexed: indexed.max(0) as u64,
+        streams,
         page_size,
     })
+}
+
+/// Opens the checkpointer's connection: it copies the WAL into the database file concurrently with the
+/// writer (a PASSIVE checkpoint takes no write lock), with the writer's `synchronous` setting.
+pub(crate) fn open_checkpointer(
+    path: &Path,
+    synchronous_full: bool,
+) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if synchronous_full { "FULL" } else { "NORMAL" },
+    )?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
 }
 
 /// Opens a read connection (bridges' drains, history queries, stats). WAL lets it read the last committed

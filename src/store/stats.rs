@@ -71,6 +71,8 @@ pub struct StoreStats {
     pub bytes_on_disk: u64,
     /// Bytes in use: `bytes_on_disk` minus the free pages inside the database file (reusable space).
     pub bytes_used: u64,
+    /// Of `bytes_on_disk`, the WAL file (bounded by checkpoints; see the module docs).
+    pub wal_bytes: u64,
     /// The configured cap.
     pub max_bytes: u64,
     /// Oldest row's seq, if the log is not empty.
@@ -137,6 +139,7 @@ pub(crate) struct Shared {
     pub queued_rows: AtomicU64,
     pub bytes_on_disk: AtomicU64,
     pub bytes_used: AtomicU64,
+    pub wal_bytes: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     pub cursors: Mutex<CursorTable>,
     /// Set when the writer has shut down (appends fail with `Closed`).

@@ -2,7 +2,7 @@
 //!
 //! It owns the only write connection. It runs a current-thread tokio runtime of its own, only to wait on its
 //! channels and timers at once; all SQLite work is synchronous on this thread.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -60,6 +60,7 @@ enum Pending {
 /// The writer's settings, from the config.
 pub(crate) struct Settings {
     pub path: PathBuf,
+    pub synchronous_full: bool,
     pub wal_path: PathBuf,
     pub policy: WhenFull,
     pub max_bytes: u64,
@@ -79,8 +80,11 @@ const HOUSEKEEPING: Duration = Duration::from_secs(15);
 const RECV_BATCH: usize = 1024;
 
 const INSERT_SQL: &str =
-    "INSERT INTO messages (seq, ts, topic, payload, qos, retain, props, device, point, num) \
-                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    "INSERT INTO messages (seq, ts, topic, payload, qos, retain, props, device, point, num, stream) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// A stream: what a `history` entry is keyed by (with the timestamp).
+type StreamKey = (Arc<str>, Option<Arc<str>>, Option<Arc<str>>);
 
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -92,6 +96,51 @@ struct Usage {
     free: u64,
     /// WAL file size.
     wal: u64,
+}
+
+/// Room held back on the file system so that a full disk can be recovered from: deleting rows needs a few
+/// new pages (b-tree balancing) and WAL frames, which a completely full disk cannot give. Released when a
+/// write fails for lack of space, taken back (as far as space allows) once writing works again.
+enum Reserve {
+    /// A ballast file `<db>.reserve` of `want` bytes (zeros, really allocated).
+    File { path: PathBuf, want: u64 },
+    /// Under `StoreOptions::max_page_count` (a simulated disk): the last `reserve` pages below `limit`.
+    Pages { limit: u64, reserve: u64 },
+}
+
+/// The checkpointer thread: PASSIVE checkpoints on its own connection when the writer asks (coalesced).
+struct Checkpointer {
+    tx: std::sync::mpsc::SyncSender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path, synchronous_full: bool) -> Option<Checkpointer> {
+        let conn = match super::schema::open_checkpointer(path, synchronous_full) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    "store: no checkpointer thread ({e}); the writer checkpoints itself"
+                );
+                return None;
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("store-ckpt".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .ok()?;
+        Some(Checkpointer { tx, handle })
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.handle.join();
+    }
 }
 
 struct Stall {
@@ -132,6 +181,19 @@ pub(crate) struct Writer {
     txn_open: bool,
     txn_since: Option<Instant>,
     txn_rows: usize,
+    txn_bytes: u64,
+    txn_bytes_limit: u64,
+    reserve: Reserve,
+    checkpointer: Option<Checkpointer>,
+    streams: HashMap<StreamKey, i64, ahash::RandomState>,
+    next_stream: i64,
+    txn_streams: Vec<StreamKey>,
+    indexed: u64,
+    last_index: Instant,
+    /// `(stream, ts, seq)` of every row after `indexed` (committed or in the open transaction), when
+    /// `keys_valid`: the next index pass sorts these instead of reading the rows back.
+    index_keys: Vec<(i64, i64, i64)>,
+    keys_valid: bool,
     pending: Vec<Pending>,
     inbox: VecDeque<Req>,
     flush_waiters: Vec<OneTx>,
@@ -148,6 +210,12 @@ pub(crate) struct Writer {
     next_tick: Instant,
     next_age: Instant,
     next_housekeeping: Instant,
+}
+
+/// A transaction also commits once it holds about this many bytes, so that one group commit cannot overshoot
+/// a small cap by much.
+fn txn_bytes_limit(max_bytes: u64) -> u64 {
+    (max_bytes / 32).clamp(64 << 10, 4 << 20)
 }
 
 fn is_disk_full(e: &rusqlite::Error) -> bool {
@@ -171,6 +239,18 @@ impl Writer {
     ) -> Writer {
         let now = Instant::now();
         let wal_budget = super::schema::wal_pages(s.max_bytes, st.page_size) * st.page_size;
+        let txn_bytes_limit = txn_bytes_limit(s.max_bytes);
+        let reserve_bytes = wal_budget + txn_bytes_limit + (256 << 10);
+        let reserve = match s.opts.max_page_count {
+            Some(limit) => Reserve::Pages {
+                limit,
+                reserve: (reserve_bytes / st.page_size).min(limit / 4),
+            },
+            None => Reserve::File {
+                path: super::schema::reserve_path(&s.path),
+                want: reserve_bytes,
+            },
+        };
         shared.head.store(st.head, Ordering::Release);
         shared.oldest.store(st.oldest, Ordering::Release);
         let kinds = [
@@ -194,6 +274,29 @@ impl Writer {
             txn_open: false,
             txn_since: None,
             txn_rows: 0,
+            txn_bytes: 0,
+            txn_bytes_limit,
+            reserve,
+            checkpointer: None,
+            next_stream: st.streams.last().map_or(1, |s| s.0 + 1),
+            streams: st
+                .streams
+                .iter()
+                .map(|(id, t, d, p)| {
+                    let key: StreamKey = (
+                        t.as_str().into(),
+                        d.as_deref().map(Arc::from),
+                        p.as_deref().map(Arc::from),
+                    );
+                    (key, *id)
+                })
+                .collect(),
+            txn_streams: Vec::new(),
+            indexed: st.indexed,
+            last_index: now,
+            index_keys: Vec::new(),
+            // After a crash, rows past `indexed` are known only to the database: the first pass reads them.
+            keys_valid: st.indexed >= st.head,
             pending: Vec::new(),
             inbox: VecDeque::new(),
             flush_waiters: Vec::new(),
@@ -220,6 +323,11 @@ impl Writer {
             next_housekeeping: now + HOUSEKEEPING,
             s,
         };
+        w.checkpointer = Checkpointer::start(&w.s.path, w.s.synchronous_full);
+        if w.checkpointer.is_some() {
+            let _ = w.conn.pragma_update(None, "wal_autocheckpoint", 0);
+        }
+        w.restore_reserve();
         // Cap and age as configured now (the cap may have been lowered since the last run).
         w.check_cap();
         w.age_retention();
@@ -290,6 +398,8 @@ impl Writer {
                 }
             }
             let r = self.shutdown(&mut data_rx);
+            // Close the connection and release the lock before saying so: a reopen may follow at once.
+            drop(self);
             if let Some(reply) = shutdown_reply {
                 let _ = reply.send(r);
             }
@@ -363,7 +473,7 @@ impl Writer {
                     }
                 }
             }
-            if self.txn_rows >= self.s.commit_rows {
+            if self.txn_rows >= self.s.commit_rows || self.txn_bytes >= self.txn_bytes_limit {
                 self.commit_now();
             }
         }
@@ -388,6 +498,11 @@ impl Writer {
             self.txn_since = Some(Instant::now());
         }
         let seq = self.next_seq;
+        let key: StreamKey = (rec.topic.clone(), rec.device.clone(), rec.point.clone());
+        let stream = match self.streams.get(&key) {
+            Some(id) => *id,
+            None => self.new_stream(key)?,
+        };
         let props = match &rec.props {
             Some(p) => {
                 p.encode_into(&mut self.props_buf);
@@ -407,10 +522,119 @@ impl Writer {
             rec.device.as_deref(),
             rec.point.as_deref(),
             rec.num.filter(|n| !n.is_nan()),
+            stream,
         ])?;
+        if self.keys_valid {
+            self.index_keys.push((stream, rec.ts_ms, seq as i64));
+        }
         self.next_seq += 1;
         self.txn_rows += 1;
+        self.txn_bytes += rec.approx_bytes();
         Ok(seq)
+    }
+
+    /// Registers a stream (in the open transaction; forgotten again if it rolls back).
+    fn new_stream(&mut self, key: StreamKey) -> rusqlite::Result<i64> {
+        let id = self.next_stream;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO streams (id, topic, device, point) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, &*key.0, key.1.as_deref(), key.2.as_deref()])?;
+        self.next_stream += 1;
+        self.streams.insert(key.clone(), id);
+        self.txn_streams.push(key);
+        Ok(id)
+    }
+
+    // ---- the history index ---------------------------------------------------------------------------------
+
+    /// Brings `history` up to the head when a pass is due (or `force`): the new rows' keys, sorted, go in as
+    /// blocks (see `history.rs`), in their own transaction. Each index page is written once per pass instead
+    /// of once per commit (random index writes would multiply the bytes written), and one b-tree insert
+    /// covers up to a hundred keys.
+    fn maybe_index(&mut self, force: bool) {
+        if self.txn_open || self.stall.is_some() || self.head <= self.indexed {
+            return;
+        }
+        let due = force
+            || self.head - self.indexed >= self.s.opts.index_rows
+            || self.last_index.elapsed() >= self.s.opts.index_interval;
+        if !due {
+            return;
+        }
+        let last = self.head;
+        let mut keys = std::mem::take(&mut self.index_keys);
+        let r = (|| {
+            if !self.keys_valid {
+                // After a crash or a failed pass: the keys come from the rows themselves.
+                keys.clear();
+                let mut st = self.conn.prepare_cached(
+                    "SELECT stream, ts, seq FROM messages WHERE seq > ?1 AND seq <= ?2",
+                )?;
+                let mut rows = st.query(params![self.indexed as i64, last as i64])?;
+                while let Some(r) = rows.next()? {
+                    keys.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                }
+            }
+            keys.sort_unstable();
+            self.conn.execute_batch("BEGIN")?;
+            let mut st = self.conn.prepare_cached(
+                "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut pairs = Vec::with_capacity(super::history::BLOCK);
+            let mut blob = Vec::new();
+            for group in keys.chunk_by(|a, b| a.0 == b.0) {
+                for block in group.chunks(super::history::BLOCK) {
+                    pairs.clear();
+                    pairs.extend(block.iter().map(|k| (k.1, k.2)));
+                    super::history::encode(&pairs, &mut blob);
+                    let (min_seq, max_seq) =
+                        pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
+                            (lo.min(p.1), hi.max(p.1))
+                        });
+                    st.execute(params![
+                        block[0].0,
+                        pairs[0].0,
+                        pairs[pairs.len() - 1].0,
+                        min_seq,
+                        max_seq,
+                        pairs.len() as i64,
+                        &blob
+                    ])?;
+                }
+            }
+            drop(st);
+            self.set_indexed_in_txn(last)?;
+            self.conn.execute_batch("COMMIT")
+        })();
+        keys.clear();
+        match r {
+            Ok(()) => {
+                self.indexed = last;
+                self.last_index = Instant::now();
+                // Up to date now, with no transaction open: new rows' keys can be collected again.
+                self.index_keys = keys;
+                self.keys_valid = true;
+            }
+            Err(e) => {
+                self.keys_valid = false;
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                // Derived data: queries scan the unindexed tail meanwhile; the next pass catches up.
+                self.on_maintenance_error(e);
+                self.last_index = Instant::now();
+            }
+        }
+    }
+
+    fn set_indexed_in_txn(&self, seq: u64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'indexed_seq'")?
+            .execute([seq as i64])
+            .map(drop)
     }
 
     // ---- commits -------------------------------------------------------------------------------------------
@@ -453,6 +677,8 @@ impl Writer {
 
     fn after_commit(&mut self) {
         let rows = std::mem::take(&mut self.txn_rows);
+        self.txn_streams.clear();
+        self.txn_bytes = 0;
         self.txn_since = None;
         self.cursor_deadline = None;
         self.head = self.next_seq - 1;
@@ -478,7 +704,27 @@ impl Writer {
         self.watch
             .send_if_modified(|v| std::mem::replace(v, head) != head);
         if rows > 0 {
+            self.maybe_index(false);
+            self.kick_checkpoint();
             self.check_cap();
+        }
+    }
+
+    /// Asks the checkpointer to copy the WAL into the database once it holds a budget's worth. If it cannot
+    /// keep the WAL bounded (a WAL restarts only when fully copied at the start of a write transaction), the
+    /// writer restarts it itself.
+    fn kick_checkpoint(&mut self) {
+        let Some(c) = &self.checkpointer else { return };
+        let wal = std::fs::metadata(&self.s.wal_path).map_or(0, |m| m.len());
+        if wal >= self.wal_budget {
+            let _ = c.tx.try_send(());
+        }
+        if wal >= self.wal_budget * 8 && !self.txn_open {
+            let _ = self.conn.busy_timeout(Duration::from_millis(50));
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            let _ = self.conn.busy_timeout(Duration::from_secs(5));
         }
     }
 
@@ -489,7 +735,20 @@ impl Writer {
         self.txn_open = false;
         self.txn_since = None;
         self.txn_rows = 0;
+        self.txn_bytes = 0;
         self.next_seq = self.head + 1;
+        while self
+            .index_keys
+            .last()
+            .is_some_and(|k| k.2 as u64 > self.head)
+        {
+            self.index_keys.pop();
+        }
+        for key in self.txn_streams.drain(..) {
+            if let Some(id) = self.streams.remove(&key) {
+                self.next_stream = self.next_stream.min(id);
+            }
+        }
     }
 
     // ---- cursors -------------------------------------------------------------------------------------------
@@ -584,6 +843,7 @@ impl Writer {
         self.shared
             .bytes_used
             .store(u.db_used + u.wal, Ordering::Relaxed);
+        self.shared.wal_bytes.store(u.wal, Ordering::Relaxed);
         Ok(u)
     }
 
@@ -673,6 +933,15 @@ impl Writer {
             let n = end - self.oldest + 1;
             let r = (|| {
                 self.conn.execute_batch("BEGIN")?;
+                // Blocks whose keys are all gone go with the rows (a block straddling `end` stays until
+                // its last row goes; queries skip its keys below the oldest row).
+                self.conn
+                    .prepare_cached("DELETE FROM history WHERE max_seq <= ?1")?
+                    .execute([end as i64])?;
+                if end > self.indexed {
+                    // Rows deleted before they were indexed: nothing to index there any more.
+                    self.set_indexed_in_txn(end)?;
+                }
                 self.conn
                     .prepare_cached("DELETE FROM messages WHERE seq <= ?1")?
                     .execute([end as i64])?;
@@ -699,6 +968,10 @@ impl Writer {
                         }
                     }
                     self.oldest = end + 1;
+                    if end > self.indexed {
+                        self.index_keys.retain(|k| k.2 as u64 > end);
+                    }
+                    self.indexed = self.indexed.max(end);
                     self.shared.oldest.store(self.oldest, Ordering::Release);
                     total += n;
                 }
@@ -743,14 +1016,19 @@ impl Writer {
     }
 
     fn checkpoint(&self, truncate: bool) {
+        // A TRUNCATE checkpoint waits for readers (and the checkpointer thread); never stall appends long.
+        if truncate {
+            self.checkpoint_wait("TRUNCATE", Duration::from_millis(50));
+        } else {
+            self.checkpoint_wait("PASSIVE", Duration::ZERO);
+        }
+    }
+
+    fn checkpoint_wait(&self, mode: &str, busy: Duration) {
         if self.txn_open {
             return;
         }
-        let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
-        // A TRUNCATE checkpoint waits for readers; never stall appends behind a long read for it.
-        let _ = self
-            .conn
-            .busy_timeout(Duration::from_millis(if truncate { 50 } else { 0 }));
+        let _ = self.conn.busy_timeout(busy);
         let _ = self
             .conn
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
@@ -807,14 +1085,19 @@ impl Writer {
                 (a / 20).clamp(TICK, Duration::from_secs(60))
             });
             self.next_age = now + every;
-            if !self.txn_open {
-                self.age_retention();
-            }
+            // Under steady load a transaction is always open: commit it early rather than never trim.
+            self.commit_now();
+            self.age_retention();
         }
-        if now >= self.next_housekeeping && !self.txn_open && self.stall.is_none() {
+        if now >= self.next_housekeeping && self.stall.is_none() {
             self.next_housekeeping = now + HOUSEKEEPING;
+            self.commit_now();
             self.checkpoint(false);
             self.vacuum_if_worthwhile();
+            self.restore_reserve();
+        }
+        if !self.txn_open {
+            self.maybe_index(false);
         }
         self.note_drops();
     }
@@ -829,12 +1112,16 @@ impl Writer {
             .is_some_and(|t| t.elapsed() < Duration::from_secs(600));
         if u.free > slack && !recent_full {
             let pages = (u.free - slack / 2) / self.page_size;
-            if self
+            // The pragma frees one page per step: it must be stepped to the end.
+            let r = self
                 .conn
-                .execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))
-                .is_err()
-                && !self.conn.is_autocommit()
-            {
+                .prepare(&format!("PRAGMA incremental_vacuum({pages})"))
+                .and_then(|mut st| {
+                    let mut rows = st.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(())
+                });
+            if r.is_err() && !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
             self.checkpoint(true);
@@ -848,6 +1135,7 @@ impl Writer {
         if self.stall.is_some() {
             self.try_recover();
         }
+        self.maybe_index(true);
         self.try_age_retention()?;
         self.enforce_cap()?;
         if !self.txn_open && self.stall.is_none() {
@@ -880,17 +1168,16 @@ impl Writer {
         match &mut self.stall {
             Some(s) => s.disk_full = disk_full,
             None => {
-                self.stall_count += 1;
                 self.stall = Some(Stall {
                     disk_full,
                     since: now,
                     attempts: 0,
                     next_retry: now,
-                });
-                self.set_state(WriterState::Stalled);
-                self.note_drops();
+                })
             }
         }
+        // Recover at once if room can be made; appenders only see `Stalled` if that fails.
+        self.try_recover();
     }
 
     fn pending_bytes(&self) -> u64 {
@@ -916,8 +1203,11 @@ impl Writer {
                 break;
             }
             self.rollback();
+            self.release_reserve();
+            // Copy the WAL home and empty it (waiting for the checkpointer thread if it is at it), so the
+            // deletions below write into space the reserve just gave back.
+            self.checkpoint_wait("TRUNCATE", Duration::from_secs(1));
             // Room first from delivered rows, then — drop_oldest only — from the oldest undelivered ones.
-            self.checkpoint(false);
             match self.make_room(want) {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -937,6 +1227,7 @@ impl Writer {
                     tracing::debug!("store: write recovered after {:?}", since.elapsed());
                 }
                 self.after_commit();
+                self.restore_reserve();
                 self.check_cap();
             }
             Err(e) => {
@@ -954,6 +1245,11 @@ impl Writer {
                     ctr.fetch_add(n, Ordering::Relaxed);
                     self.note_drops();
                 }
+                if self.state != WriterState::Stalled {
+                    self.stall_count += 1;
+                    self.set_state(WriterState::Stalled);
+                    self.note_drops();
+                }
                 if let Some(s) = self.stall.as_mut() {
                     s.attempts += 1;
                     s.disk_full = is_disk_full(&e);
@@ -964,6 +1260,57 @@ impl Writer {
                         .saturating_mul(1 << s.attempts.min(16));
                     s.next_retry = Instant::now() + backoff.min(self.s.opts.retry_max);
                 }
+            }
+        }
+    }
+
+    fn release_reserve(&mut self) {
+        match &self.reserve {
+            Reserve::File { path, .. } => {
+                if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                    let _ = std::fs::remove_file(path);
+                    tracing::debug!(path = %path.display(), "store: disk full, reserve file released");
+                }
+            }
+            Reserve::Pages { limit, .. } => {
+                let _ = self.conn.pragma_update(None, "max_page_count", limit);
+            }
+        }
+    }
+
+    /// Takes the reserve back, as far as the file system allows (best effort; retried at housekeeping).
+    fn restore_reserve(&mut self) {
+        match &self.reserve {
+            Reserve::File { path, want } => {
+                use std::io::Write;
+                let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if have >= *want {
+                    return;
+                }
+                let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                else {
+                    return;
+                };
+                let chunk = vec![0u8; 64 << 10];
+                let mut len = have;
+                while len < *want {
+                    let n = chunk.len().min((*want - len) as usize);
+                    if f.write_all(&chunk[..n]).is_err() {
+                        // Keep whole chunks only; a full disk leaves a smaller reserve, grown later.
+                        let _ = f.set_len(len);
+                        break;
+                    }
+                    len += n as u64;
+                }
+                let _ = f.sync_all();
+            }
+            Reserve::Pages { limit, reserve } => {
+                let _ = self
+                    .conn
+                    .pragma_update(None, "max_page_count", limit - reserve);
             }
         }
     }
@@ -1067,6 +1414,17 @@ impl Writer {
                 EpisodeKind::Stalled => (self.stall_count, self.stall.is_some()),
                 EpisodeKind::Blocked => (self.blocked_count, self.state == WriterState::Full),
             };
+            let lost_by_bridge = || {
+                let t = self.shared.cursors.lock();
+                let mut v: Vec<String> = t
+                    .map
+                    .iter()
+                    .filter(|(_, c)| c.lost > 0)
+                    .map(|(k, c)| format!("{k} {}", c.lost))
+                    .collect();
+                v.sort();
+                v.join(", ")
+            };
             let ep = &mut self.episodes[i];
             if value > ep.seen {
                 if ep.active.is_none() {
@@ -1085,7 +1443,11 @@ impl Writer {
                             tracing::error!(path, "store cannot write ({err}): messages are being lost")
                         }
                         EpisodeKind::Stalled => {
-                            tracing::error!(path, "store cannot write ({err}); holding what it has and retrying")
+                            let what = match self.s.policy {
+                                WhenFull::Block => "publishers wait",
+                                WhenFull::DropNewest | WhenFull::DropOldest => "new messages are refused",
+                            };
+                            tracing::error!(path, "store cannot write ({err}); {what} while it retries")
                         }
                         EpisodeKind::Blocked => tracing::warn!(
                             path,
@@ -1104,7 +1466,12 @@ impl Writer {
                     let took = now.duration_since(started).as_secs();
                     match kind {
                         EpisodeKind::Oldest => {
-                            tracing::error!(path, "store: episode over: {n} oldest undelivered messages dropped in {took} s")
+                            let lost = lost_by_bridge();
+                            tracing::error!(
+                                path,
+                                "store: episode over: {n} oldest undelivered messages dropped in {took} s \
+                                 (lost per bridge since start: {lost})"
+                            )
                         }
                         EpisodeKind::Newest => {
                             tracing::error!(
@@ -1146,6 +1513,10 @@ impl Writer {
         }
         self.process_inbox();
         self.commit_now();
+        self.maybe_index(true);
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
         let mut result = Ok(());
         if self.stall.is_some() || !self.inbox.is_empty() {
             let msg = self

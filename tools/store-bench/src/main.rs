@@ -59,6 +59,12 @@ struct Args {
     /// Directory for the database (default: a temporary directory under the current one).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Distinct series (device/point pairs, one topic each) the messages are spread over.
+    #[arg(long, default_value_t = 1000)]
+    series: usize,
+    /// History index pass every this many rows (the store's default is 100 000).
+    #[arg(long, default_value_t = 100_000)]
+    index_rows: u64,
     /// Rows per `read_from` call in the drain benchmark.
     #[arg(long, default_value_t = 1000)]
     read_batch: usize,
@@ -89,18 +95,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         when_full: WhenFull::DropOldest,
         record: Vec::new(),
     };
-    let store = Store::open_with(&cfg, StoreOptions::default())?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let opts = StoreOptions {
+        index_rows: args.index_rows,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&cfg, opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
 
     // Prepare the records up front so the timing is the store's, not the generator's.
     let payload = Bytes::from(vec![b'x'; args.payload]);
-    let devices: Vec<Arc<str>> = (0..50).map(|i| Arc::from(format!("dev{i}"))).collect();
+    let series = args.series.max(1);
+    let n_dev = series.div_ceil(20);
+    let devices: Vec<Arc<str>> = (0..n_dev).map(|i| Arc::from(format!("dev{i}"))).collect();
     let points: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("p{i}"))).collect();
-    let topics: Vec<Arc<str>> =
-        (0..1000).map(|i| Arc::from(format!("gw1/{}/{}", devices[i % 50], points[i / 50]))).collect();
+    let topics: Vec<Arc<str>> = (0..series)
+        .map(|i| Arc::from(format!("gw1/{}/{}", devices[i % n_dev], points[i / n_dev])))
+        .collect();
     let ts0 = fieldbridge::store::now_ms();
     let make = |i: u64| {
-        let t = (i % 1000) as usize;
+        let t = (i % series as u64) as usize;
         let reading = matches!(args.kind, Kind::Reading);
         LogRecord {
             ts_ms: ts0 + (i / 1000) as i64,
@@ -109,8 +124,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             qos: 1,
             retain: false,
             props: None,
-            device: reading.then(|| devices[t % 50].clone()),
-            point: reading.then(|| points[t / 50].clone()),
+            device: reading.then(|| devices[t % n_dev].clone()),
+            point: reading.then(|| points[t / n_dev].clone()),
             num: reading.then_some(i as f64 * 0.5),
         }
     };
@@ -128,6 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // ---- append ----
+    let cpu_before = thread_cpu();
     let before = store.stats();
     let started = Instant::now();
     let last_seq = rt.block_on(async {
@@ -176,6 +192,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         after.bytes_on_disk as f64 / (1 << 20) as f64,
     );
 
+    let cpu = thread_cpu();
+    for (name, ns) in &cpu {
+        let was = cpu_before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v);
+        println!(
+            "  cpu {name}: {:.3} s = {:.2} us/msg",
+            (ns - was) as f64 / 1e9,
+            (ns - was) as f64 / 1e3 / rows.max(1) as f64
+        );
+    }
+
     // ---- drain ----
     let first = after.oldest_seq.unwrap_or(1) - 1;
     let started = Instant::now();
@@ -187,7 +216,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some(last) = batch.last() else { break };
         for (k, r) in batch.iter().enumerate() {
             if r.seq != cursor + 1 + k as u64 {
-                return Err(format!("out of order: expected {}, got {}", cursor + 1 + k as u64, r.seq).into());
+                return Err(format!(
+                    "out of order: expected {}, got {}",
+                    cursor + 1 + k as u64,
+                    r.seq
+                )
+                .into());
             }
             bytes += r.payload.len() as u64;
         }
@@ -208,4 +242,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     store.close()?;
     Ok(())
+}
+
+/// CPU time (ns) per thread name, from `/proc/self/task/*/schedstat` (Linux); empty elsewhere. CPU time is
+/// what a busy machine does not distort: wall-clock rates are only meaningful on an idle one.
+fn thread_cpu() -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let ns = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some(e) => e.1 += ns,
+            None => out.push((name, ns)),
+        }
+    }
+    out.sort();
+    out
 }
