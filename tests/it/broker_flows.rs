@@ -314,12 +314,16 @@ async fn keepalive_timeout_closes_with_will_and_zero_keepalive_is_accepted() {
 async fn wildcards_dollar_topics_overlap_and_subscription_ids() {
     let tb = TestBroker::start_with(|c| c.sys_interval = std::time::Duration::ZERO).await;
     let mut s = Client::connect(tb.addr, V5, "s", true).await;
-    let mut props = Properties::default();
-    props.subscription_identifiers = vec![11];
+    let props = Properties {
+        subscription_identifiers: vec![11],
+        ..Default::default()
+    };
     s.subscribe_with(vec![sub("a/+/c", QoS::AtMostOnce)], props)
         .await;
-    let mut props = Properties::default();
-    props.subscription_identifiers = vec![22];
+    let props = Properties {
+        subscription_identifiers: vec![22],
+        ..Default::default()
+    };
     s.subscribe_with(vec![sub("a/#", QoS::AtLeastOnce)], props)
         .await;
     s.subscribe(vec![sub("#", QoS::AtMostOnce)]).await;

@@ -17,7 +17,7 @@ use super::WAIT;
 /// What [`Client::recv_within`] saw.
 #[derive(Debug)]
 pub enum Recv {
-    Packet(Packet),
+    Packet(Box<Packet>),
     Closed,
     Timeout,
 }
@@ -138,7 +138,7 @@ impl Client {
     /// The next packet; fails the test if none arrives in time or the connection closes.
     pub async fn recv(&mut self) -> Packet {
         match self.recv_within(WAIT).await {
-            Recv::Packet(p) => p,
+            Recv::Packet(p) => *p,
             Recv::Closed => panic!("connection closed while waiting for a packet"),
             Recv::Timeout => panic!("no packet within {WAIT:?}"),
         }
@@ -147,7 +147,7 @@ impl Client {
     /// The next packet, or what happened instead.
     pub async fn recv_within(&mut self, d: Duration) -> Recv {
         if let Some(p) = self.pending.pop_front() {
-            return Recv::Packet(p);
+            return Recv::Packet(Box::new(p));
         }
         let fut = async {
             loop {
@@ -164,7 +164,7 @@ impl Client {
             }
         };
         match tokio::time::timeout(d, fut).await {
-            Ok(Some(p)) => Recv::Packet(p),
+            Ok(Some(p)) => Recv::Packet(Box::new(p)),
             Ok(None) => Recv::Closed,
             Err(_) => Recv::Timeout,
         }
@@ -226,7 +226,7 @@ impl Client {
         let mut skipped = Vec::new();
         let found = loop {
             let p = match self.recv_within(WAIT).await {
-                Recv::Packet(p) => p,
+                Recv::Packet(p) => *p,
                 other => panic!("waiting for {what}: {other:?}"),
             };
             if want(&p) {
@@ -321,7 +321,11 @@ impl Client {
         let mut last = None;
         loop {
             match self.recv_within(WAIT).await {
-                Recv::Packet(Packet::Disconnect(d)) => last = Some(d),
+                Recv::Packet(p) if matches!(*p, Packet::Disconnect(_)) => {
+                    if let Packet::Disconnect(d) = *p {
+                        last = Some(d);
+                    }
+                }
                 Recv::Packet(_) => {}
                 Recv::Closed => return last,
                 Recv::Timeout => panic!("the broker did not close the connection within {WAIT:?}"),

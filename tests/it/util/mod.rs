@@ -5,8 +5,8 @@
 pub mod client;
 pub mod peers;
 pub mod proxy;
-pub mod upstream;
 pub mod tls;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
