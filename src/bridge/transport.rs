@@ -1,24 +1,18 @@
 //! Client transports to the upstream: TCP, TLS (rustls, ring provider, SNI from the URL host, the configured
 //! CA or the system roots, optional client certificate) and WebSocket (subprotocol `mqtt`, over TCP or TLS).
 //! Everything ends as one boxed byte stream the session reads and writes like TCP.
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
-use futures::{Sink, Stream};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 
 use super::BridgeError;
-use crate::broker::transport::{crypto_provider, load_certs, load_key};
+use crate::broker::transport::{crypto_provider, load_certs, load_key, WsIo};
 use crate::config::{BridgeConfig, BridgeScheme};
 
 /// A connected byte stream to the upstream.
@@ -127,65 +121,8 @@ async fn ws<S: Io>(
     let (ws, _resp) = tokio_tungstenite::client_async(req, stream)
         .await
         .map_err(|e| BridgeError::WebSocket(format!("{text}: {e}")))?;
-    Ok(WsClientIo {
-        ws,
-        pending: Bytes::new(),
-    })
+    Ok(WsIo::new(ws))
 }
 
-/// The MQTT byte stream carried in WebSocket binary frames (client side). Each write becomes one frame; the
-/// session writes large buffers, so frames carry many packets.
-pub(crate) struct WsClientIo<S> {
-    ws: WebSocketStream<S>,
-    pending: Bytes,
-}
-
-fn io_err(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsClientIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                None | Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
-                Some(Ok(WsMessage::Binary(data))) => self.pending = data,
-                // Pings are answered by tungstenite; text frames are not MQTT: ignored.
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsClientIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_err)?;
-        Pin::new(&mut self.ws)
-            .start_send(WsMessage::Binary(Bytes::copy_from_slice(data)))
-            .map_err(io_err)?;
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(io_err)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(io_err)
-    }
-}
+/// The MQTT byte stream in WebSocket binary frames: the same adapter the broker's listeners use.
+pub(crate) type WsClientIo<S> = WsIo<S>;

@@ -132,16 +132,24 @@ where
         Ok(resp)
     };
     let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
-    Ok(WsIo {
-        ws,
-        pending: Bytes::new(),
-    })
+    Ok(WsIo::new(ws))
 }
 
-/// The MQTT byte stream carried in WebSocket binary frames.
+/// The MQTT byte stream carried in WebSocket binary frames, for either side of the handshake (the broker's
+/// listeners and the bridges' `ws://`/`wss://` upstreams).
 pub struct WsIo<S> {
     ws: WebSocketStream<S>,
     pending: Bytes,
+}
+
+impl<S> WsIo<S> {
+    /// Wraps a WebSocket whose handshake is done.
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        WsIo {
+            ws,
+            pending: Bytes::new(),
+        }
+    }
 }
 
 fn io_err(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
