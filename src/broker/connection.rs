@@ -373,10 +373,13 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
         token,
         username: connect.username,
         keepalive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        // Our own in-flight window toward the client: its Receive Maximum (v5), capped by ours. A 3.1.1 client
+        // announces none; without the cap a slow one would collect up to 65535 unacknowledged messages.
         client_receive_max: connect
             .properties
             .receive_maximum
             .unwrap_or(u16::MAX)
+            .min(cfg.receive_maximum)
             .max(1),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_alias_max: if v5 {

@@ -145,9 +145,10 @@ struct Workload {
     /// Latency run: measured seconds (after one second of warm-up).
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Throughput runs: the subscriber starts reading this many ms late (a slow consumer; 0 for the benchmark).
+    /// Throughput runs: the subscriber holds back its PUBACKs for the first N ms (a slow consumer; 0 for the
+    /// benchmark).
     #[arg(long, default_value_t = 0)]
-    sub_pause_ms: u64,
+    ack_hold_ms: u64,
     /// Idle subscribed connections for the RSS measurement.
     #[arg(long, default_value_t = 5000)]
     conns: usize,
@@ -290,7 +291,7 @@ fn throughput_spec(w: &Workload, publishers: usize, qos: QoS) -> ThroughputSpec 
         window: w.window,
         drain_idle: Duration::from_secs_f64(w.drain_secs),
         deadline: Duration::from_secs(w.deadline_secs),
-        sub_pause: Duration::from_millis(w.sub_pause_ms),
+        ack_hold: Duration::from_millis(w.ack_hold_ms),
     }
 }
 

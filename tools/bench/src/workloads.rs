@@ -52,9 +52,9 @@ pub struct ThroughputSpec {
     pub drain_idle: Duration,
     /// Hard bound on the whole run.
     pub deadline: Duration,
-    /// The subscriber does not read for this long after the start (a slow consumer: the broker's queue and
-    /// in-flight window for it fill up). Zero for the benchmark.
-    pub sub_pause: Duration,
+    /// The subscriber reads and counts but holds back its PUBACKs for this long after the start (a slow
+    /// consumer: the broker's in-flight window towards it fills up). Zero for the benchmark.
+    pub ack_hold: Duration,
 }
 
 /// What a throughput run measured.
@@ -382,9 +382,6 @@ async fn subscribe_loop(
         mut stream,
         mut rbuf,
     } = client;
-    if !spec.sub_pause.is_zero() {
-        tokio::time::sleep(spec.sub_pause).await;
-    }
     let mut tally = Tally::new(publishers, per_pub);
     let mut acks = BytesMut::with_capacity(16 * 1024);
     let mut last_delivery = None;
@@ -398,6 +395,10 @@ async fn subscribe_loop(
         let now = Instant::now();
         if now >= deadline {
             return Ok((tally, last_delivery, "deadline"));
+        }
+        if !acks.is_empty() && now >= start + spec.ack_hold {
+            write_bounded(&mut stream, &acks).await?;
+            acks.clear();
         }
         if let Some(&done) = pubs_done.get() {
             if now.saturating_duration_since(last_read.max(done)) >= spec.drain_idle {
@@ -440,7 +441,7 @@ async fn subscribe_loop(
         if any {
             last_delivery = Some(now);
         }
-        if !acks.is_empty() {
+        if !acks.is_empty() && now >= start + spec.ack_hold {
             write_bounded(&mut stream, &acks).await?;
             acks.clear();
         }
