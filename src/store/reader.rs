@@ -389,24 +389,9 @@ pub fn valid_filter(filter: &str) -> bool {
     })
 }
 
-/// MQTT topic matching (v3.1.1 §4.7 / v5 §4.7): `+` one level, `#` this level and all below (including the
-/// parent itself), and wildcards at the first level never match topics starting with `$`.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// MQTT topic matching, the broker's own (one definition of `+`, `#` and `$` rules for routing, logging,
+/// bridge rules and history queries).
+pub use crate::broker::router::filter_matches as topic_matches;
 
 #[cfg(test)]
 mod tests {
