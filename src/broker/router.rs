@@ -62,6 +62,16 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// The derived drop recurses once per level; a deep chain is taken apart with an explicit stack instead.
+    fn drop(&mut self) {
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain().map(|(_, n)| n));
+        }
+    }
+}
+
 /// A parsed subscription filter: the share group (if any) and the plain filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedFilter<'a> {
@@ -137,47 +147,54 @@ impl Router {
     }
 
     /// Removes the subscription of `session` on `filter`. Returns whether it existed.
+    ///
+    /// Iterative, like every walk of the tree: a filter's depth is chosen by the client, and recursion on it
+    /// would let one SUBSCRIBE/UNSUBSCRIBE overflow the stack of the whole daemon.
     pub fn unsubscribe(&mut self, session_id: u64, filter: &str) -> bool {
         let parsed = parse_filter(filter);
         let levels: Vec<&str> = parsed.filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, parsed.group, session_id);
+        // The deepest node on the path that keeps something besides the path itself: everything below it is
+        // pruned when the leaf ends up empty.
+        let mut keep_depth = 0;
+        let mut node = &mut self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if depth > 0
+                && (node.children.len() > 1 || !node.subs.is_empty() || !node.shared.is_empty())
+            {
+                keep_depth = depth;
+            }
+            match node.children.get_mut(*level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        let list = match parsed.group {
+            None => &mut node.subs,
+            Some(g) => match node.shared.get_mut(g) {
+                Some(sg) => &mut sg.members,
+                None => return false,
+            },
+        };
+        let before = list.len();
+        list.retain(|(s, _)| s.id != session_id);
+        let removed = list.len() != before;
+        if let Some(g) = parsed.group {
+            if node.shared.get(g).is_some_and(|sg| sg.members.is_empty()) {
+                node.shared.remove(g);
+            }
+        }
+        if node.is_empty() {
+            let mut parent = &mut self.root;
+            for level in &levels[..keep_depth] {
+                parent = parent.children.get_mut(*level).expect("path exists");
+            }
+            // Dropping the pruned chain is iterative too (see `Drop for Node`).
+            parent.children.remove(levels[keep_depth]);
+        }
         if removed {
             self.subscription_count -= 1;
         }
         removed
-    }
-
-    fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64) -> bool {
-        match levels.split_first() {
-            None => {
-                let list = match group {
-                    None => &mut node.subs,
-                    Some(g) => match node.shared.get_mut(g) {
-                        Some(sg) => &mut sg.members,
-                        None => return false,
-                    },
-                };
-                let before = list.len();
-                list.retain(|(s, _)| s.id != session_id);
-                let removed = list.len() != before;
-                if let Some(g) = group {
-                    if node.shared.get(g).is_some_and(|sg| sg.members.is_empty()) {
-                        node.shared.remove(g);
-                    }
-                }
-                removed
-            }
-            Some((first, rest)) => {
-                let Some(child) = node.children.get_mut(*first) else {
-                    return false;
-                };
-                let removed = Self::remove_at(child, rest, group, session_id);
-                if child.is_empty() {
-                    node.children.remove(*first);
-                }
-                removed
-            }
-        }
     }
 
     /// Number of subscriptions in the tree.
@@ -191,7 +208,7 @@ impl Router {
         let dollar = msg.topic.starts_with('$');
         let mut plain: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
         let mut shared: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
-        Self::collect(&self.root, &levels, 0, dollar, &mut plain, &mut shared);
+        Self::collect(&self.root, &levels, dollar, &mut plain, &mut shared);
 
         let mut targets: Vec<Target> = Vec::with_capacity(plain.len() + shared.len());
         if plain.len() > 1 {
@@ -227,31 +244,34 @@ impl Router {
         targets
     }
 
+    /// Walks the tree along the topic's levels with an explicit stack (depth is the publisher's choice).
     fn collect<'a>(
-        node: &'a Node,
+        root: &'a Node,
         levels: &[&str],
-        idx: usize,
         dollar: bool,
         plain: &mut Vec<(&'a Arc<Session>, &'a SubOptions)>,
         shared: &mut Vec<(&'a Arc<Session>, &'a SubOptions)>,
     ) {
-        let wild_ok = !(idx == 0 && dollar);
-        if wild_ok {
-            if let Some(hash) = node.children.get("#") {
-                Self::take(hash, plain, shared);
+        let mut stack: Vec<(&'a Node, usize)> = vec![(root, 0)];
+        while let Some((node, idx)) = stack.pop() {
+            let wild_ok = !(idx == 0 && dollar);
+            if wild_ok {
+                if let Some(hash) = node.children.get("#") {
+                    Self::take(hash, plain, shared);
+                }
             }
-        }
-        if idx == levels.len() {
-            Self::take(node, plain, shared);
-            return;
-        }
-        if wild_ok {
-            if let Some(plus) = node.children.get("+") {
-                Self::collect(plus, levels, idx + 1, dollar, plain, shared);
+            if idx == levels.len() {
+                Self::take(node, plain, shared);
+                continue;
             }
-        }
-        if let Some(child) = node.children.get(levels[idx]) {
-            Self::collect(child, levels, idx + 1, dollar, plain, shared);
+            if wild_ok {
+                if let Some(plus) = node.children.get("+") {
+                    stack.push((plus, idx + 1));
+                }
+            }
+            if let Some(child) = node.children.get(levels[idx]) {
+                stack.push((child, idx + 1));
+            }
         }
     }
 
@@ -382,6 +402,66 @@ mod tests {
             .route(&Message::new("a/b", "x", QoS::AtMostOnce, false))
             .is_empty());
         assert!(r.root.is_empty(), "tree pruned after the last unsubscribe");
+    }
+
+    #[test]
+    fn a_very_deep_filter_neither_overflows_the_stack_nor_leaks() {
+        // Guards issue 8: the recursive removal aborted the daemon at ~4,500 levels. Run on a small stack so a
+        // recursive walk (insert, route, remove or drop) fails at once.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let deep = vec!["a"; 200_000].join("/");
+                let mut r = Router::default();
+                let s = Session::new_for_test(1, "deep");
+                r.subscribe(&s, &deep, opts(QoS::AtMostOnce, None));
+                r.subscribe(&s, &format!("{deep}/#"), opts(QoS::AtMostOnce, None));
+                r.subscribe(&s, "a/b", opts(QoS::AtMostOnce, None));
+                assert_eq!(
+                    r.route(&Message::new(deep.as_str(), "x", QoS::AtMostOnce, false))
+                        .len(),
+                    1
+                );
+                assert!(r.unsubscribe(1, &deep));
+                assert!(r.unsubscribe(1, &format!("{deep}/#")));
+                assert_eq!(r.subscription_count(), 1);
+                assert!(r.unsubscribe(1, "a/b"));
+                assert!(r.root.is_empty(), "the whole chain was pruned");
+                // A deep tree dropped as a whole (router shutdown) must not recurse either.
+                r.subscribe(&s, &deep, opts(QoS::AtMostOnce, None));
+                drop(r);
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
+    }
+
+    #[test]
+    fn pruning_keeps_branches_that_are_still_used() {
+        let mut r = Router::default();
+        let a = Session::new_for_test(1, "a");
+        let b = Session::new_for_test(2, "b");
+        r.subscribe(&a, "x/y/z/w", opts(QoS::AtMostOnce, None));
+        r.subscribe(&b, "x/y", opts(QoS::AtMostOnce, None));
+        r.subscribe(&b, "x/q/r", opts(QoS::AtMostOnce, None));
+        assert!(r.unsubscribe(1, "x/y/z/w"));
+        assert!(!r.unsubscribe(1, "x/y/z/w"));
+        assert_eq!(
+            r.route(&Message::new("x/y", "m", QoS::AtMostOnce, false))
+                .len(),
+            1
+        );
+        assert_eq!(
+            r.route(&Message::new("x/q/r", "m", QoS::AtMostOnce, false))
+                .len(),
+            1
+        );
+        let y = &r.root.children["x"].children["y"];
+        assert!(y.children.is_empty(), "z/w below x/y pruned");
+        assert!(r.unsubscribe(2, "x/y"));
+        assert!(!r.root.children["x"].children.contains_key("y"));
+        assert!(r.unsubscribe(2, "x/q/r"));
+        assert!(r.root.is_empty());
     }
 
     #[test]
