@@ -143,9 +143,42 @@ pub(crate) fn render(s: &Snapshot) -> String {
             "CONNECTs refused (credentials, limits).",
             b.connections_refused,
         ),
+        (
+            "fieldbridge_broker_slow_consumers_disconnected_total",
+            "Subscribers disconnected for making no room in their queue within max_publish_wait.",
+            b.slow_consumers_disconnected,
+        ),
+        (
+            "fieldbridge_broker_packet_timeouts_total",
+            "Connections closed because a packet did not complete within packet_timeout.",
+            b.packet_timeouts,
+        ),
     ] {
         p.single(name, "counter", help, v as f64);
     }
+    p.family(
+        "fieldbridge_broker_limit_refusals_total",
+        "counter",
+        "Requests refused by a broker limit, by limit.",
+    );
+    for (limit, v) in [
+        ("topic", b.refused_topic_limits),
+        ("subscriptions", b.refused_subscriptions),
+        ("retained", b.refused_retained),
+        ("offline_sessions", b.refused_sessions),
+    ] {
+        p.sample(
+            "fieldbridge_broker_limit_refusals_total",
+            &[("limit", limit)],
+            v as f64,
+        );
+    }
+    p.single(
+        "fieldbridge_broker_offline_queued_bytes",
+        "gauge",
+        "Bytes queued for offline sessions (charged to max_offline_queued_bytes).",
+        b.offline_queued_bytes as f64,
+    );
     p.family(
         "fieldbridge_broker_messages_dropped_total",
         "counter",

@@ -57,6 +57,10 @@ enum Exit {
     Shutdown,
     /// No packet within 1.5x keepalive.
     KeepaliveTimeout,
+    /// The broker disconnected the client itself (v5 reason code), e.g. a subscriber too slow to make room.
+    Kicked(u8),
+    /// A packet started and did not complete within `packet_timeout`.
+    PacketTimeout,
 }
 
 /// A publish waiting for room in a subscriber's queue.
@@ -65,6 +69,8 @@ struct Blocked {
     session: Arc<Session>,
     out: Outbound,
     space: Pin<Box<OwnedNotified>>,
+    /// When the subscriber is disconnected for making no room (`max_publish_wait`).
+    deadline: tokio::time::Instant,
     rest: std::vec::IntoIter<Target>,
     ack: Option<AckPlan>,
 }
@@ -146,6 +152,7 @@ where
         }
     };
     Metrics::inc(&broker.inner.metrics.clients_connected);
+    let conn_rbuf_empty = rbuf.is_empty();
     let mut conn = Conn {
         broker: broker.clone(),
         stream,
@@ -166,21 +173,44 @@ where
         blocked: None,
         admitting: None,
         last_packet: Instant::now(),
+        partial_since: None,
         pump_more: false,
-        process_more: false,
+        // Packets pipelined behind CONNECT (in the same segment) are handled before the first read.
+        process_more: !conn_rbuf_empty,
+        unacked_qos1: 0,
+        retained_refusal_logged: false,
+        subscription_refusal_logged: false,
         connect_expiry_zero: accepted.connect_expiry_zero,
         max_packet_size: cfg.max_packet_size,
         receive_maximum: cfg.receive_maximum,
         topic_alias_maximum: cfg.topic_alias_maximum,
+        limits: cfg.limits.clone(),
     };
     tracing::debug!(%peer, client_id = %conn.session.client_id, ?protocol, "client connected");
     conn.resend_inflight();
     conn.pump();
     let exit = conn.run(accepted.token).await;
     tracing::debug!(%peer, client_id = %conn.session.client_id, ?exit, "client disconnected");
+    let exit = match exit {
+        Exit::Takeover => {
+            let mut st = conn.session.state.lock();
+            match st.kicked {
+                Some((generation, code)) if generation == conn.generation => {
+                    st.kicked = None;
+                    Exit::Kicked(code)
+                }
+                _ => Exit::Takeover,
+            }
+        }
+        other => other,
+    };
+    if matches!(exit, Exit::PacketTimeout) {
+        Metrics::inc(&broker.inner.metrics.packet_timeouts);
+    }
     let clean = matches!(exit, Exit::Clean);
     let code = match &exit {
         Exit::Protocol(code, _) => Some(*code),
+        Exit::Kicked(code) => Some(*code),
         Exit::Takeover => Some(reason::SESSION_TAKEN_OVER),
         Exit::Shutdown => Some(0x8B),
         Exit::KeepaliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
@@ -294,7 +324,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
         connect.client_id.as_str().into()
     };
     if let Some(will) = &connect.will {
-        if !codec::valid_topic_name(&will.topic) {
+        if !codec::valid_topic_name(&will.topic) || !within_topic_limits(&will.topic, &cfg.limits) {
             return Err(reason::TOPIC_NAME_INVALID);
         }
         if !auth::authorize(
@@ -328,13 +358,18 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
         expiry
     };
 
+    if expiry != 0 && !broker.may_keep_session(&client_id) {
+        tracing::warn!(%client_id, "persistent session refused: max_offline_sessions reached");
+        return Err(reason::QUOTA_EXCEEDED);
+    }
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
     if let Some(max) = cfg.max_keepalive {
         if keep_alive == 0 || keep_alive > max {
             keep_alive = max;
-            server_keep_alive = Some(max);
         }
+        // 5.0 §3.2.2.3.14: with a server-side limit in force, say which keepalive applies.
+        server_keep_alive = Some(keep_alive);
     }
     let (session, present, token, generation) =
         broker.attach(&client_id, connect.clean_start, connect.protocol);
@@ -411,12 +446,19 @@ struct Conn<S> {
     blocked: Option<Blocked>,
     admitting: Option<Admitting>,
     last_packet: Instant,
+    /// When the first byte of a packet not yet complete arrived (`packet_timeout`).
+    partial_since: Option<Instant>,
     pump_more: bool,
     process_more: bool,
+    /// Incoming QoS 1 publishes not yet acknowledged (with `incoming_qos2`: the client's quota in use).
+    unacked_qos1: usize,
+    retained_refusal_logged: bool,
+    subscription_refusal_logged: bool,
     connect_expiry_zero: bool,
     max_packet_size: u32,
     receive_maximum: u16,
     topic_alias_maximum: u16,
+    limits: crate::config::BrokerLimits,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -424,15 +466,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let shutdown = self.broker.inner.shutdown.clone();
         let far = Duration::from_secs(86400 * 365);
         let keepalive = self.keepalive;
-        let ka_sleep = tokio::time::sleep(keepalive.unwrap_or(far));
-        tokio::pin!(ka_sleep);
+        // One timer for the keepalive and for the packet in progress, whichever is due first.
+        let timer = tokio::time::sleep(keepalive.unwrap_or(far));
+        tokio::pin!(timer);
         loop {
             if !self.wbuf.is_empty() {
                 if let Err(exit) = self.flush().await {
                     return exit;
                 }
             }
-            if self.process_more && self.blocked.is_none() && self.admitting.is_none() {
+            if self.process_more && self.may_process() {
                 self.process_more = false;
                 if let Err(exit) = self.process_buffered() {
                     return exit;
@@ -443,9 +486,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.pump();
                 continue;
             }
-            let reading = self.blocked.is_none() && self.admitting.is_none();
+            let reading = self.may_process();
             if reading && self.rbuf.capacity() - self.rbuf.len() < MIN_READ / 2 {
                 self.rbuf.reserve(self.read_size);
+            }
+            if let (true, Some(since)) = (reading, self.partial_since) {
+                let due = tokio::time::Instant::from_std(since + self.limits.packet_timeout);
+                if due < timer.deadline() {
+                    timer.as_mut().reset(due);
+                }
             }
             tokio::select! {
                 biased;
@@ -453,15 +502,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 _ = shutdown.cancelled() => return Exit::Shutdown,
                 Some((pid, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.write_ack(pid, qos, result);
+                    // A 3.1.1 client held at its quota may have more packets buffered.
+                    self.process_more |= !self.rbuf.is_empty();
                 }
-                _ = wait_space(&mut self.blocked), if self.blocked.is_some() => {
-                    self.unblock();
-                    self.process_more = self.blocked.is_none();
+                timed_out = wait_space(&mut self.blocked), if self.blocked.is_some() => {
+                    self.unblock(timed_out);
+                    if self.blocked.is_none() {
+                        self.process_more = true;
+                        self.restart_partial_clock();
+                    }
                 }
                 r = wait_admission(&mut self.admitting), if self.admitting.is_some() => {
                     let a = self.admitting.take().expect("guarded");
                     self.admitted(a.msg, a.pid, a.qos, r.map(Some));
                     self.process_more = self.blocked.is_none();
+                    self.restart_partial_clock();
                 }
                 r = self.stream.read_buf(&mut self.rbuf), if reading => {
                     match r {
@@ -484,15 +539,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     }
                 }
                 _ = self.session.wake.notified() => self.pump(),
-                _ = &mut ka_sleep => {
-                    let ka = keepalive.unwrap_or(far);
-                    let deadline = self.last_packet + ka;
-                    if Instant::now() >= deadline {
-                        return Exit::KeepaliveTimeout;
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    let mut next = now + far;
+                    if let Some(ka) = keepalive {
+                        if now >= self.last_packet + ka {
+                            return Exit::KeepaliveTimeout;
+                        }
+                        next = next.min(self.last_packet + ka);
                     }
-                    ka_sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                    if let (true, Some(since)) = (self.may_process(), self.partial_since) {
+                        if now >= since + self.limits.packet_timeout {
+                            return Exit::PacketTimeout;
+                        }
+                        next = next.min(since + self.limits.packet_timeout);
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::from_std(next));
                 }
             }
+        }
+    }
+
+    /// Whether the next packet may be taken: nothing is waiting for room or for the log, and a 3.1.1 client
+    /// (which has no Receive Maximum to break) is within the broker's window; TCP holds the rest back.
+    fn may_process(&self) -> bool {
+        self.blocked.is_none()
+            && self.admitting.is_none()
+            && (self.v5() || self.pending_acks.len() < usize::from(self.receive_maximum))
+    }
+
+    /// While the connection was not reading, a partly received packet could not progress: its clock restarts.
+    fn restart_partial_clock(&mut self) {
+        if self.partial_since.is_some() {
+            self.partial_since = Some(Instant::now());
         }
     }
 
@@ -532,21 +611,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     /// Decodes and handles every complete packet in the read buffer, stopping early when a publish blocks.
     fn process_buffered(&mut self) -> Result<(), Exit> {
-        while self.blocked.is_none() {
+        let mut decoded = false;
+        while self.may_process() {
             let packet =
                 match codec::decode(&mut self.rbuf, Some(self.protocol), self.max_packet_size) {
                     Ok(Some(p)) => p,
                     Ok(None) => break,
                     Err(e) => return Err(Exit::Protocol(e.reason_code, e.message)),
                 };
+            decoded = true;
             self.handle(packet)?;
             if self.wbuf.len() >= WRITE_HIGH_WATER {
                 // Let the loop flush before decoding on: bounded memory for pipelined clients.
                 self.process_more = true;
-                return Ok(());
+                break;
             }
         }
-        self.pump();
+        if self.rbuf.is_empty() {
+            self.partial_since = None;
+        } else if decoded || self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+        if !self.process_more {
+            self.pump();
+        }
         Ok(())
     }
 
@@ -688,9 +776,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 "subscription identifier in a client PUBLISH".into(),
             ));
         }
+        if !within_topic_limits(&topic, &self.limits) {
+            Metrics::inc(&self.broker.inner.metrics.refused_topic_limits);
+            return Err(Exit::Protocol(
+                reason::TOPIC_NAME_INVALID,
+                format!(
+                    "topic over max_topic_levels ({}) or max_topic_length ({})",
+                    self.limits.max_topic_levels, self.limits.max_topic_length
+                ),
+            ));
+        }
         let cfg = self.broker.config();
         let pid = p.packet_id;
         let qos = p.qos;
+        let qos2_retry =
+            qos == QoS::ExactlyOnce && self.session.state.lock().incoming_qos2.contains(&pid);
+        if qos != QoS::AtMostOnce && !qos2_retry {
+            // 5.0 §3.3.4: the client may have at most Receive Maximum QoS 1/2 publishes unacknowledged (QoS 2
+            // until PUBCOMP). A 3.1.1 client has no such quota: it is held back by not reading (`may_process`).
+            let in_use = self.unacked_qos1 + self.session.state.lock().incoming_qos2.len();
+            if self.v5() && in_use >= usize::from(self.receive_maximum) {
+                return Err(Exit::Protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded".into(),
+                ));
+            }
+            if qos == QoS::AtLeastOnce {
+                self.unacked_qos1 += 1;
+            }
+        }
         if !auth::authorize(
             &cfg.acl,
             self.username.as_deref(),
@@ -708,16 +822,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
             return Ok(());
         }
-        if qos == QoS::ExactlyOnce && self.session.state.lock().incoming_qos2.contains(&pid) {
+        if qos2_retry {
             // A retransmission of a QoS 2 publish we already have: acknowledge, do not deliver twice.
             self.encode(Packet::PubRec(resp(pid, reason::SUCCESS)));
             return Ok(());
-        }
-        if qos != QoS::AtMostOnce && self.pending_acks.len() >= usize::from(self.receive_maximum) {
-            return Err(Exit::Protocol(
-                reason::RECEIVE_MAXIMUM_EXCEEDED,
-                "receive maximum exceeded".into(),
-            ));
         }
         let msg = Arc::new(Message::from_publish(p, topic, Some(self.session.id)));
         if qos == QoS::ExactlyOnce {
@@ -762,7 +870,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Err(refusal) => Some(Box::pin(async move { Err(refusal) })),
             },
         });
-        let targets = self.broker.targets(&msg);
+        let (targets, refused) = self.broker.targets(&msg);
+        if refused && !self.retained_refusal_logged {
+            self.retained_refusal_logged = true;
+            tracing::warn!(client_id = %self.session.client_id, topic = %msg.topic, "retained message not stored: max_retained_messages or max_retained_bytes reached (logged once per client)");
+        }
         self.deliver_all(msg, targets.into_iter(), ack);
     }
 
@@ -788,6 +900,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     session,
                     out,
                     space,
+                    deadline: tokio::time::Instant::now() + self.limits.max_publish_wait,
                     rest,
                     ack,
                 });
@@ -799,13 +912,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    fn unblock(&mut self) {
+    /// Offers the parked delivery again. `timed_out`: the subscriber made no room within `max_publish_wait`,
+    /// so it is disconnected (its session goes offline and takes the message within its offline limits, or
+    /// drops it, counted) — this publisher never waits longer than that on one subscriber.
+    fn unblock(&mut self, timed_out: bool) {
         let Some(b) = self.blocked.take() else {
             return;
         };
+        if timed_out {
+            self.broker.evict_slow(&b.session);
+        }
         let mut space = Box::pin(b.session.space.clone().notified_owned());
         space.as_mut().enable();
         match self.broker.try_deliver(&b.session, b.out) {
+            Some(_) if timed_out => {
+                // An in-process consumer (no connection to close) that is stuck: drop, counted.
+                Metrics::inc(&self.broker.inner.metrics.dropped_queue_full);
+                b.session.state.lock().dropped += 1;
+                self.deliver_all(b.msg, b.rest, b.ack);
+            }
             Some(out) => {
                 self.blocked = Some(Blocked { out, space, ..b });
             }
@@ -827,6 +952,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     fn write_ack(&mut self, pid: u16, qos: QoS, result: Result<(), HookRefusal>) {
+        if qos == QoS::AtLeastOnce {
+            self.unacked_qos1 = self.unacked_qos1.saturating_sub(1);
+        }
         let mut r = resp(pid, reason::SUCCESS);
         if let Err(refusal) = result {
             if self.v5() {
@@ -860,6 +988,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let parsed = parse_filter(&sub.filter);
             if !codec::valid_topic_filter(&sub.filter) {
                 codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !within_topic_limits(&sub.filter, &self.limits) {
+                Metrics::inc(&self.broker.inner.metrics.refused_topic_limits);
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let at_quota = {
+                let st = self.session.state.lock();
+                st.subscriptions.len() >= self.limits.max_subscriptions_per_client
+                    && !st.subscriptions.contains_key(&sub.filter)
+            };
+            if at_quota {
+                Metrics::inc(&self.broker.inner.metrics.refused_subscriptions);
+                if !self.subscription_refusal_logged {
+                    self.subscription_refusal_logged = true;
+                    tracing::warn!(client_id = %self.session.client_id, max = self.limits.max_subscriptions_per_client, "subscription refused: max_subscriptions_per_client reached (logged once per client)");
+                }
+                codes.push(reason::QUOTA_EXCEEDED);
                 continue;
             }
             if parsed.group.is_some() && sub.no_local && self.v5() {
@@ -1082,9 +1229,19 @@ async fn wait_admission(admitting: &mut Option<Admitting>) -> Result<CommitFutur
     }
 }
 
-async fn wait_space(blocked: &mut Option<Blocked>) {
+/// Resolves when the blocking subscriber's queue may have room (false) or its time is up (true).
+async fn wait_space(blocked: &mut Option<Blocked>) -> bool {
     match blocked {
-        Some(b) => b.space.as_mut().await,
+        Some(b) => tokio::select! {
+            _ = b.space.as_mut() => false,
+            _ = tokio::time::sleep_until(b.deadline) => true,
+        },
         None => std::future::pending().await,
     }
+}
+
+/// `max_topic_levels` and `max_topic_length` for a topic name or filter (a `$share/{group}/` prefix counts).
+fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> bool {
+    topic.len() <= limits.max_topic_length
+        && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
 }

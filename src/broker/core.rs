@@ -15,7 +15,7 @@ use crate::config::BrokerConfig;
 use super::codec::{LastWill, Protocol, QoS};
 use super::message::Message;
 use super::router::{Router, Target};
-use super::session::{Offer, Outbound, Session};
+use super::session::{Offer, OfflineBudget, Outbound, Session};
 
 /// Counters of the broker. All monotonic except `clients_connected`.
 #[derive(Debug, Default)]
@@ -42,6 +42,18 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Connections refused at CONNECT (auth, client id, limits).
     pub connections_refused: AtomicU64,
+    /// Subscribers disconnected because they made no room in their queue within `max_publish_wait`.
+    pub slow_consumers_disconnected: AtomicU64,
+    /// Topics and filters refused for `max_topic_levels` / `max_topic_length`.
+    pub refused_topic_limits: AtomicU64,
+    /// Subscriptions refused for `max_subscriptions_per_client`.
+    pub refused_subscriptions: AtomicU64,
+    /// Retained messages not stored for `max_retained_messages` / `max_retained_bytes`.
+    pub refused_retained: AtomicU64,
+    /// Persistent sessions refused for `max_offline_sessions`.
+    pub refused_sessions: AtomicU64,
+    /// Connections closed because a packet did not complete within `packet_timeout`.
+    pub packet_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +95,20 @@ pub struct BrokerStats {
     pub protocol_errors: u64,
     /// See [`Metrics`].
     pub connections_refused: u64,
+    /// See [`Metrics`].
+    pub slow_consumers_disconnected: u64,
+    /// See [`Metrics`].
+    pub refused_topic_limits: u64,
+    /// See [`Metrics`].
+    pub refused_subscriptions: u64,
+    /// See [`Metrics`].
+    pub refused_retained: u64,
+    /// See [`Metrics`].
+    pub refused_sessions: u64,
+    /// See [`Metrics`].
+    pub packet_timeouts: u64,
+    /// Bytes queued for offline sessions, charged to `max_offline_queued_bytes`.
+    pub offline_queued_bytes: u64,
 }
 
 /// Why a publish hook refused a message (the client gets PUBACK/PUBREC with this v5 reason code).
@@ -121,6 +147,11 @@ pub(crate) struct Inner {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub hook: RwLock<Option<Arc<dyn PublishHook>>>,
+    pub offline_budget: OfflineBudget,
+    /// Sessions kept while their client is away (see `SessionState::counted_offline`).
+    pub offline_sessions: AtomicUsize,
+    /// Whether the in-process publishers' retained refusal was logged already (clients log once each).
+    retained_refusal_logged: std::sync::atomic::AtomicBool,
 }
 
 /// The embedded broker. Cheap to clone.
@@ -141,6 +172,7 @@ pub(crate) const EXPIRY_NEVER: u32 = u32::MAX;
 impl Broker {
     /// A broker with no listeners yet (see [`Broker::serve`]).
     pub fn new(cfg: BrokerConfig) -> Broker {
+        let offline_budget = OfflineBudget::new(cfg.limits.max_offline_queued_bytes);
         Broker {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(Arc::new(cfg)),
@@ -153,6 +185,9 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 hook: RwLock::new(None),
+                offline_budget,
+                offline_sessions: AtomicUsize::new(0),
+                retained_refusal_logged: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -165,6 +200,9 @@ impl Broker {
     /// Replaces the settings that can change without a restart (users, ACL, limits). Listeners are not
     /// re-bound: the caller restarts them when they changed. Connected clients stay connected.
     pub fn update_config(&self, cfg: BrokerConfig) {
+        self.inner
+            .offline_budget
+            .set_max(cfg.limits.max_offline_queued_bytes);
         *self.inner.cfg.write() = Arc::new(cfg);
     }
 
@@ -198,6 +236,13 @@ impl Broker {
             denied_publishes: get(&m.denied_publishes),
             protocol_errors: get(&m.protocol_errors),
             connections_refused: get(&m.connections_refused),
+            slow_consumers_disconnected: get(&m.slow_consumers_disconnected),
+            refused_topic_limits: get(&m.refused_topic_limits),
+            refused_subscriptions: get(&m.refused_subscriptions),
+            refused_retained: get(&m.refused_retained),
+            refused_sessions: get(&m.refused_sessions),
+            packet_timeouts: get(&m.packet_timeouts),
+            offline_queued_bytes: self.inner.offline_budget.used(),
         }
     }
 
@@ -208,26 +253,45 @@ impl Broker {
     }
 
     /// Stores/clears the retained message if the message is retained, then delivers it to every matching
-    /// session, waiting for room in queues of connected QoS 1/2 subscribers.
+    /// session, waiting (bounded by `max_publish_wait`) for room in queues of connected subscribers.
     pub(crate) async fn route(&self, msg: Arc<Message>) {
-        for target in self.targets(&msg) {
+        let (targets, refused) = self.targets(&msg);
+        if refused
+            && !self
+                .inner
+                .retained_refusal_logged
+                .swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(topic = %msg.topic, "retained message not stored: max_retained_messages or max_retained_bytes reached (logged once)");
+        }
+        for target in targets {
             let (session, out) = outbound_for(target, &msg);
             self.deliver(session, out).await;
         }
     }
 
-    /// Updates the retained store and returns the sessions the message goes to.
-    pub(crate) fn targets(&self, msg: &Arc<Message>) -> Vec<Target> {
+    /// Updates the retained store and returns the sessions the message goes to, and whether the retained
+    /// store refused the message (over its limits; counted).
+    pub(crate) fn targets(&self, msg: &Arc<Message>) -> (Vec<Target>, bool) {
+        let mut refused = false;
         if msg.retain {
-            self.inner.router.write().retain(msg);
+            let limits = self.config().limits.clone();
+            refused = !self.inner.router.write().retain(
+                msg,
+                limits.max_retained_messages,
+                limits.max_retained_bytes,
+            );
+            if refused {
+                Metrics::inc(&self.inner.metrics.refused_retained);
+            }
         }
-        self.inner.router.read().route(msg)
+        (self.inner.router.read().route(msg), refused)
     }
 
     /// Offers without waiting: `Some(out)` when the session's queue is full and the caller must wait on
     /// `session.space` (enabled *before* this call) and offer again.
     pub(crate) fn try_deliver(&self, session: &Session, out: Outbound) -> Option<Outbound> {
-        match session.offer(out) {
+        match session.offer(out, &self.inner.offline_budget) {
             Offer::Queued => None,
             Offer::Dropped => {
                 Metrics::inc(&self.inner.metrics.dropped_queue_full);
@@ -241,6 +305,7 @@ impl Broker {
         let Some(mut out) = self.try_deliver(&session, out) else {
             return;
         };
+        let deadline = tokio::time::Instant::now() + self.config().limits.max_publish_wait;
         loop {
             let space = session.space.clone().notified_owned();
             tokio::pin!(space);
@@ -251,11 +316,44 @@ impl Broker {
                     out = back;
                     tokio::select! {
                         _ = &mut space => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.evict_slow(&session);
+                            if let Some(back) = self.try_deliver(&session, out) {
+                                // An in-process consumer cannot be disconnected: the message is dropped, counted.
+                                drop(back);
+                                Metrics::inc(&self.inner.metrics.dropped_queue_full);
+                                session.state.lock().dropped += 1;
+                            }
+                            return;
+                        }
                         _ = self.inner.shutdown.cancelled() => return,
                     }
                 }
             }
         }
+    }
+
+    /// Disconnects a subscriber that made no room in its full queue within `max_publish_wait` (v5 reason 0x97
+    /// quota exceeded). Its session goes offline at once, so waiting publishers move on (their messages are
+    /// queued within the offline limits or dropped and counted), and continues as any offline session.
+    pub(crate) fn evict_slow(&self, session: &Session) {
+        {
+            let mut st = session.state.lock();
+            let Some(token) = st.conn_token.take() else {
+                return;
+            };
+            st.kicked = Some((st.generation, super::codec::reason::QUOTA_EXCEEDED));
+            token.cancel();
+            // Only while the connection is attached: a takeover in between attached a new one.
+            session.set_online(false);
+        }
+        Metrics::inc(&self.inner.metrics.slow_consumers_disconnected);
+        tracing::warn!(
+            client_id = %session.client_id,
+            wait = ?self.config().limits.max_publish_wait,
+            "subscriber made no room in its full queue in time: disconnected (quota exceeded); its session continues offline"
+        );
+        session.space.notify_waiters();
     }
 
     /// Queues the retained messages matching `filter` for a session that just subscribed. Called by the
@@ -288,6 +386,26 @@ impl Broker {
         }
         drop(st);
         session.wake.notify_one();
+    }
+
+    fn uncount_offline(&self, st: &mut super::session::SessionState) {
+        if std::mem::take(&mut st.counted_offline) {
+            self.inner.offline_sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a client asking for a persistent session may have one: it resumes its own, or the broker keeps
+    /// fewer than `max_offline_sessions` sessions of absent clients. Refusals are counted.
+    pub(crate) fn may_keep_session(&self, client_id: &str) -> bool {
+        if self.inner.sessions.lock().contains_key(client_id) {
+            return true;
+        }
+        let ok = self.inner.offline_sessions.load(Ordering::Relaxed)
+            < self.config().limits.max_offline_sessions;
+        if !ok {
+            Metrics::inc(&self.inner.metrics.refused_sessions);
+        }
+        ok
     }
 
     pub(crate) fn new_session_id(&self) -> u64 {
@@ -336,6 +454,9 @@ impl Broker {
             generation = st.generation;
             st.protocol = protocol;
             st.max_queue = cfg.max_queued_messages;
+            st.kicked = None;
+            session.release_offline(&mut st, &self.inner.offline_budget);
+            self.uncount_offline(&mut st);
         }
         session.set_online(true);
         (session, present, token, generation)
@@ -359,6 +480,8 @@ impl Broker {
             st.will = None;
             let f = st.subscriptions.keys().cloned().collect();
             st.reset();
+            old.release_offline(&mut st, &self.inner.offline_budget);
+            self.uncount_offline(&mut st);
             f
         };
         {
@@ -406,7 +529,21 @@ impl Broker {
             session.set_online(false);
             let token = CancellationToken::new();
             st.timers = Some(token.clone());
-            (st.expiry_secs, token)
+            let mut expiry = st.expiry_secs;
+            if expiry != 0 && !st.counted_offline {
+                let max = self.config().limits.max_offline_sessions;
+                let n = self.inner.offline_sessions.fetch_add(1, Ordering::Relaxed);
+                if n >= max {
+                    // Over the cap (clients that connected together and left together): not kept.
+                    self.inner.offline_sessions.fetch_sub(1, Ordering::Relaxed);
+                    Metrics::inc(&self.inner.metrics.refused_sessions);
+                    tracing::warn!(client_id = %session.client_id, max, "session not kept: max_offline_sessions reached");
+                    expiry = 0;
+                } else {
+                    st.counted_offline = true;
+                }
+            }
+            (expiry, token)
         };
         session.space.notify_waiters();
         let will = will.filter(|_| !clean);

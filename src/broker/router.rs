@@ -120,7 +120,12 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 pub struct Router {
     root: Node,
     retained: HashMap<Arc<str>, Arc<Message>>,
+    retained_bytes: u64,
     subscription_count: usize,
+}
+
+fn retained_size(msg: &Message) -> u64 {
+    (msg.topic.len() + msg.payload.len()) as u64
 }
 
 impl Router {
@@ -296,13 +301,32 @@ impl Router {
         }
     }
 
-    /// Stores, replaces or (empty payload) clears the retained message of the topic.
-    pub fn retain(&mut self, msg: &Arc<Message>) {
+    /// Stores, replaces or (empty payload) clears the retained message of the topic. Returns false when
+    /// storing it would exceed `max_count` messages or `max_bytes` (topic + payload): the old message of the
+    /// topic, if any, is removed then (a new subscriber must not take a superseded value for the current one).
+    pub fn retain(&mut self, msg: &Arc<Message>, max_count: usize, max_bytes: u64) -> bool {
         if msg.payload.is_empty() {
-            self.retained.remove(&msg.topic);
-        } else {
-            self.retained.insert(msg.topic.clone(), msg.clone());
+            if let Some(old) = self.retained.remove(&msg.topic) {
+                self.retained_bytes -= retained_size(&old);
+            }
+            return true;
         }
+        let old = self.retained.get(&msg.topic).map(|m| retained_size(m));
+        let bytes = self.retained_bytes - old.unwrap_or(0) + retained_size(msg);
+        if (old.is_none() && self.retained.len() >= max_count) || bytes > max_bytes {
+            if let Some(old) = self.retained.remove(&msg.topic) {
+                self.retained_bytes -= retained_size(&old);
+            }
+            return false;
+        }
+        self.retained_bytes = bytes;
+        self.retained.insert(msg.topic.clone(), msg.clone());
+        true
+    }
+
+    /// Bytes of retained messages (topics and payloads).
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained_bytes
     }
 
     /// Retained messages matching `filter` (no `$share` prefix), skipping expired ones.
@@ -485,14 +509,34 @@ mod tests {
     fn retained_set_replace_clear() {
         let mut r = Router::default();
         let now = std::time::Instant::now();
-        r.retain(&Arc::new(Message::new("a/b", "1", QoS::AtMostOnce, true)));
-        r.retain(&Arc::new(Message::new("a/b", "2", QoS::AtMostOnce, true)));
-        r.retain(&Arc::new(Message::new("a/c", "3", QoS::AtMostOnce, true)));
+        let retain = |r: &mut Router, t: &str, p: &str| {
+            r.retain(
+                &Arc::new(Message::new(t, p.to_string(), QoS::AtMostOnce, true)),
+                2,
+                100,
+            )
+        };
+        assert!(retain(&mut r, "a/b", "1"));
+        assert!(retain(&mut r, "a/b", "2"));
+        assert!(retain(&mut r, "a/c", "3"));
         assert_eq!(r.retained_count(), 2);
+        assert_eq!(r.retained_bytes(), 8);
+        assert!(!retain(&mut r, "a/d", "4"), "count cap");
+        assert!(
+            retain(&mut r, "a/c", "33"),
+            "replacing stays within the count"
+        );
+        assert!(!retain(&mut r, "a/c", &"x".repeat(100)), "bytes cap");
+        assert!(
+            r.retained_matching("a/c", now).is_empty(),
+            "a refused replacement removes the superseded message"
+        );
         let m = r.retained_matching("a/b", now);
         assert_eq!(&m[0].payload[..], b"2");
+        assert!(retain(&mut r, "a/c", "3"));
         assert_eq!(r.retained_matching("a/+", now).len(), 2);
-        r.retain(&Arc::new(Message::new("a/b", "", QoS::AtMostOnce, true)));
+        assert!(retain(&mut r, "a/b", ""));
         assert_eq!(r.retained_matching("#", now).len(), 1);
+        assert_eq!(r.retained_bytes(), 4);
     }
 }

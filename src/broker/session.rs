@@ -1,10 +1,12 @@
 //! Session state: what survives a connection (subscriptions, queued and in-flight messages, QoS 2 receive
 //! state). No I/O here: the connection task and publishers change it under its mutex.
 //!
-//! Queue policy: each session holds at most `max_queue` undelivered messages. When the queue is full, a QoS 0
-//! message is dropped and counted; a QoS 1/2 message for a connected session makes the publisher wait for room
-//! (back-pressure, so a fast publisher cannot make the broker lose QoS 1 traffic); for a disconnected session it
-//! is dropped and counted. Nothing is dropped without a counter moving.
+//! Queue policy: each session holds at most `max_queue` undelivered messages. When the queue of a connected
+//! session is full, the publisher waits for room, whatever the QoS (back-pressure, so a subscriber that keeps up
+//! on average receives all of a burst) — but only for a bounded time: the broker disconnects a subscriber that
+//! makes no room within `max_publish_wait` (see `Broker::evict_slow`), and its session goes on offline. For a
+//! disconnected session, QoS 0 is not queued and QoS 1/2 is queued up to the cap and the broker-wide offline
+//! budget. Everything refused is counted.
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -91,6 +93,13 @@ pub struct SessionState {
     pub timers: Option<CancellationToken>,
     /// Will to publish when the connection ends uncleanly.
     pub will: Option<LastWill>,
+    /// Set by the broker when it disconnects this session's connection itself (generation, v5 reason code),
+    /// so the connection can tell the client why.
+    pub kicked: Option<(u64, u8)>,
+    /// Bytes of queued messages charged to the broker-wide offline budget (see [`Session::offer`]).
+    pub offline_bytes: u64,
+    /// Whether this session is counted among the broker's offline sessions (`max_offline_sessions`).
+    pub counted_offline: bool,
 }
 
 /// A session. Shared by the router (subscriptions point at it), the connection task and publishers.
@@ -131,6 +140,9 @@ impl Session {
                 generation: 0,
                 timers: None,
                 will: None,
+                kicked: None,
+                offline_bytes: 0,
+                counted_offline: false,
             }),
             wake: Notify::new(),
             space: Arc::new(Notify::new()),
@@ -152,33 +164,97 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Offers a delivery. See the module doc for the policy.
-    pub fn offer(&self, out: Outbound) -> Offer {
+    /// Offers a delivery. See the module doc for the policy. `offline_budget` is the broker-wide budget of
+    /// bytes queued for offline sessions: a message queued while offline is charged to it (and to
+    /// `offline_bytes`), and refused when the budget is spent.
+    pub fn offer(&self, out: Outbound, offline_budget: &OfflineBudget) -> Offer {
         let mut st = self.state.lock();
-        if out.qos == QoS::AtMostOnce && !self.is_online() {
-            // QoS 0 is not queued for disconnected sessions (as mosquitto's default): counted, not kept.
-            st.dropped += 1;
-            return Offer::Dropped;
-        }
-        if st.queue.len() < st.max_queue {
+        let online = self.is_online();
+        if !online {
+            if out.qos == QoS::AtMostOnce || st.queue.len() >= st.max_queue {
+                // QoS 0 is not queued for disconnected sessions (as mosquitto's default): counted, not kept.
+                st.dropped += 1;
+                return Offer::Dropped;
+            }
+            let cost = out.cost();
+            if !offline_budget.charge(cost) {
+                st.dropped += 1;
+                return Offer::Dropped;
+            }
+            st.offline_bytes += cost;
             st.queue.push_back(out);
-            drop(st);
-            self.wake.notify_one();
             return Offer::Queued;
         }
-        if out.qos == QoS::AtMostOnce || !self.is_online() {
-            st.dropped += 1;
-            return Offer::Dropped;
-        }
-        if out.msg.origin == Some(self.id) {
-            // The publisher is this session's own connection: it cannot wait for itself to drain the queue,
-            // so its own messages may exceed the cap (bounded by its receive window).
+        if st.queue.len() < st.max_queue || out.msg.origin == Some(self.id) {
+            // A session's own publishes may exceed the cap: its connection cannot wait for itself to drain the
+            // queue (bounded by its receive window).
             st.queue.push_back(out);
             drop(st);
             self.wake.notify_one();
             return Offer::Queued;
         }
         Offer::Full(out)
+    }
+
+    /// Gives back what the queue was charged to the offline budget, when the client comes back (its queue is
+    /// then bounded by back-pressure) or the session is discarded.
+    pub fn release_offline(&self, st: &mut SessionState, offline_budget: &OfflineBudget) {
+        if st.offline_bytes > 0 {
+            offline_budget.release(st.offline_bytes);
+            st.offline_bytes = 0;
+        }
+    }
+}
+
+/// The broker-wide budget of bytes queued for offline sessions.
+#[derive(Debug)]
+pub struct OfflineBudget {
+    used: std::sync::atomic::AtomicU64,
+    max: std::sync::atomic::AtomicU64,
+}
+
+impl OfflineBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: u64) -> OfflineBudget {
+        OfflineBudget {
+            used: std::sync::atomic::AtomicU64::new(0),
+            max: std::sync::atomic::AtomicU64::new(max),
+        }
+    }
+
+    /// Changes the cap (reload); what is already charged stays.
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, cost: u64) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + cost <= max).then_some(u + cost)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+}
+
+impl Outbound {
+    /// What queueing this delivery costs: the entry plus the message's topic and payload (charged to every
+    /// session it is queued for, though they share it: a bound, not an exact count).
+    pub fn cost(&self) -> u64 {
+        (std::mem::size_of::<Outbound>() + self.msg.topic.len() + self.msg.payload.len()) as u64
     }
 }
 
@@ -254,19 +330,70 @@ mod tests {
 
     #[test]
     fn queue_policy() {
+        let budget = OfflineBudget::new(u64::MAX);
         let s = Session::new(1, "c".into(), Protocol::V5, 2);
         assert!(
-            matches!(s.offer(out(QoS::AtMostOnce)), Offer::Dropped),
+            matches!(s.offer(out(QoS::AtMostOnce), &budget), Offer::Dropped),
             "QoS 0 not queued offline"
         );
-        assert!(matches!(s.offer(out(QoS::AtLeastOnce)), Offer::Queued));
-        assert!(matches!(s.offer(out(QoS::AtLeastOnce)), Offer::Queued));
+        assert!(matches!(
+            s.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            s.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        ));
         // Offline: dropped and counted.
-        assert!(matches!(s.offer(out(QoS::AtLeastOnce)), Offer::Dropped));
+        assert!(matches!(
+            s.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Dropped
+        ));
         s.set_online(true);
-        assert!(matches!(s.offer(out(QoS::AtMostOnce)), Offer::Dropped));
-        assert!(matches!(s.offer(out(QoS::AtLeastOnce)), Offer::Full(_)));
-        assert_eq!(s.state.lock().dropped, 3);
+        // Online: both QoS wait for room (bounded by the broker's max_publish_wait).
+        assert!(matches!(
+            s.offer(out(QoS::AtMostOnce), &budget),
+            Offer::Full(_)
+        ));
+        assert!(matches!(
+            s.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Full(_)
+        ));
+        assert_eq!(s.state.lock().dropped, 2);
+        assert_eq!(budget.used(), 2 * out(QoS::AtLeastOnce).cost());
+    }
+
+    #[test]
+    fn offline_budget_is_shared_and_released() {
+        let one = out(QoS::AtLeastOnce).cost();
+        let budget = OfflineBudget::new(3 * one);
+        let a = Session::new(1, "a".into(), Protocol::V5, 100);
+        let b = Session::new(2, "b".into(), Protocol::V5, 100);
+        assert!(matches!(
+            a.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            a.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            b.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        ));
+        assert!(
+            matches!(b.offer(out(QoS::AtLeastOnce), &budget), Offer::Dropped),
+            "budget spent across sessions"
+        );
+        let mut st = a.state.lock();
+        st.queue.clear();
+        a.release_offline(&mut st, &budget);
+        drop(st);
+        assert_eq!(budget.used(), one);
+        assert!(matches!(
+            b.offer(out(QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        ));
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub(super) struct RawBroker {
     pub users: Option<Vec<Spanned<RawUser>>>,
     pub acl: Option<Vec<Spanned<RawAcl>>>,
     pub sys_interval: Option<HumanDuration>,
+    pub max_topic_levels: Option<Spanned<usize>>,
+    pub max_topic_length: Option<Spanned<usize>>,
+    pub max_publish_wait: Option<Spanned<HumanDuration>>,
+    pub packet_timeout: Option<Spanned<HumanDuration>>,
+    pub max_subscriptions_per_client: Option<Spanned<usize>>,
+    pub max_retained_messages: Option<Spanned<usize>>,
+    pub max_retained_bytes: Option<Spanned<HumanSize>>,
+    pub max_offline_sessions: Option<Spanned<usize>>,
+    pub max_offline_queued_bytes: Option<Spanned<HumanSize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -69,6 +69,53 @@ pub struct BrokerConfig {
     pub acl: Vec<AclRule>,
     /// How often `$SYS/broker/...` topics are refreshed. Default 10 s; zero disables them.
     pub sys_interval: Duration,
+    /// What one client (and all of them together) can make the broker hold or wait for.
+    pub limits: BrokerLimits,
+}
+
+/// The broker's resource limits, with defaults sized for a Raspberry Pi that real deployments do not hit.
+/// Every refusal is counted in the broker's metrics and logged once per client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerLimits {
+    /// Levels in a topic name or filter; deeper ones are refused (PUBLISH: disconnect 0x90, SUBSCRIBE: 0x8F).
+    /// Default 128.
+    pub max_topic_levels: usize,
+    /// Bytes in a topic name or filter. Default 4096.
+    pub max_topic_length: usize,
+    /// How long a publisher waits for room in a connected subscriber's full queue. A subscriber that makes no
+    /// room within it is disconnected (v5 0x97) and its session continues offline. Default 1 s.
+    pub max_publish_wait: Duration,
+    /// Time allowed from the first byte of a packet to its last, whatever the keepalive. Default 30 s.
+    pub packet_timeout: Duration,
+    /// Subscriptions one session may hold; more are refused with SUBACK 0x97 (v5) / 0x80. Default 1000.
+    pub max_subscriptions_per_client: usize,
+    /// Retained messages held; a new retained topic beyond it is not retained (the message is still
+    /// delivered). Default 10000.
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages (topic + payload) held. Default 64 MiB.
+    pub max_retained_bytes: u64,
+    /// Persistent sessions kept while their clients are away; a new persistent session beyond it is refused
+    /// (CONNACK 0x97 / 3.1.1 code 3). Default 1000.
+    pub max_offline_sessions: usize,
+    /// Bytes queued for all offline sessions together; beyond it deliveries to offline sessions are dropped and
+    /// counted. Default 64 MiB.
+    pub max_offline_queued_bytes: u64,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        BrokerLimits {
+            max_topic_levels: 128,
+            max_topic_length: 4096,
+            max_publish_wait: Duration::from_secs(1),
+            packet_timeout: Duration::from_secs(30),
+            max_subscriptions_per_client: 1000,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 64 << 20,
+            max_offline_sessions: 1000,
+            max_offline_queued_bytes: 64 << 20,
+        }
+    }
 }
 
 /// One listener.

@@ -550,6 +550,7 @@ impl<'a> Cx<'a> {
             }
         });
 
+        let limits = self.broker_limits(&raw);
         let mut users: Vec<UserConfig> = Vec::new();
         let mut user_marks: HashMap<String, Mark> = HashMap::new();
         for u in raw.users.unwrap_or_default() {
@@ -658,6 +659,7 @@ impl<'a> Cx<'a> {
             users,
             acl,
             sys_interval: raw.sys_interval.map_or(Duration::from_secs(10), |d| d.0),
+            limits,
         }
     }
 
@@ -1616,6 +1618,111 @@ struct TopicUse {
     mark: Mark,
     path: String,
     point: String,
+}
+
+impl Cx<'_> {
+    fn broker_limits(&mut self, raw: &RawBroker) -> BrokerLimits {
+        let d = BrokerLimits::default();
+        let mut ranged = |s: Option<&Spanned<usize>>, default: usize, max: usize, key: &str| match s
+        {
+            None => default,
+            Some(s) if s.value == 0 || s.value > max => {
+                self.at(
+                    s,
+                    format!("{key} must be between 1 and {max}, found {}", s.value),
+                );
+                default
+            }
+            Some(s) => s.value,
+        };
+        let max_topic_levels = ranged(
+            raw.max_topic_levels.as_ref(),
+            d.max_topic_levels,
+            1024,
+            "max_topic_levels",
+        );
+        let max_topic_length = ranged(
+            raw.max_topic_length.as_ref(),
+            d.max_topic_length,
+            65_535,
+            "max_topic_length",
+        );
+        let max_subscriptions_per_client = ranged(
+            raw.max_subscriptions_per_client.as_ref(),
+            d.max_subscriptions_per_client,
+            1_000_000,
+            "max_subscriptions_per_client",
+        );
+        let max_retained_messages = ranged(
+            raw.max_retained_messages.as_ref(),
+            d.max_retained_messages,
+            10_000_000,
+            "max_retained_messages",
+        );
+        let max_offline_sessions = ranged(
+            raw.max_offline_sessions.as_ref(),
+            d.max_offline_sessions,
+            1_000_000,
+            "max_offline_sessions",
+        );
+        let mut duration = |s: Option<&Spanned<fieldbridge_sdk::config::HumanDuration>>,
+                            default: Duration,
+                            key: &str| match s {
+            None => default,
+            Some(s) if s.value.0.is_zero() || s.value.0 > Duration::from_secs(3600) => {
+                self.at(
+                    s,
+                    format!(
+                        "{key} must be more than 0s and at most 1h, found {}",
+                        s.value
+                    ),
+                );
+                default
+            }
+            Some(s) => s.value.0,
+        };
+        let max_publish_wait = duration(
+            raw.max_publish_wait.as_ref(),
+            d.max_publish_wait,
+            "max_publish_wait",
+        );
+        let packet_timeout = duration(
+            raw.packet_timeout.as_ref(),
+            d.packet_timeout,
+            "packet_timeout",
+        );
+        let mut size = |s: Option<&Spanned<fieldbridge_sdk::config::HumanSize>>,
+                        default: u64,
+                        key: &str| match s {
+            None => default,
+            Some(s) if s.value.0 == 0 => {
+                self.at(s, format!("{key} must be more than 0B"));
+                default
+            }
+            Some(s) => s.value.0,
+        };
+        let max_retained_bytes = size(
+            raw.max_retained_bytes.as_ref(),
+            d.max_retained_bytes,
+            "max_retained_bytes",
+        );
+        let max_offline_queued_bytes = size(
+            raw.max_offline_queued_bytes.as_ref(),
+            d.max_offline_queued_bytes,
+            "max_offline_queued_bytes",
+        );
+        BrokerLimits {
+            max_topic_levels,
+            max_topic_length,
+            max_publish_wait,
+            packet_timeout,
+            max_subscriptions_per_client,
+            max_retained_messages,
+            max_retained_bytes,
+            max_offline_sessions,
+            max_offline_queued_bytes,
+        }
+    }
 }
 
 fn positive(cx: &mut Cx<'_>, s: Option<&Spanned<usize>>, default: usize, key: &str) -> usize {

@@ -38,6 +38,7 @@ pub fn broker_config() -> BrokerConfig {
         users: vec![],
         acl: vec![],
         sys_interval: Duration::ZERO,
+        limits: Default::default(),
     }
 }
 

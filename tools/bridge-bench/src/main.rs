@@ -655,6 +655,7 @@ fn broker_config() -> BrokerConfig {
         users: vec![],
         acl: vec![],
         sys_interval: Duration::ZERO,
+        limits: Default::default(),
     }
 }
 
