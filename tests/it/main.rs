@@ -4,6 +4,7 @@ mod util;
 mod api;
 mod bridge;
 mod broker_flows;
+mod broker_hardening;
 mod broker_peers;
 mod broker_transports;
 mod daemon;
