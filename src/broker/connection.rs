@@ -93,20 +93,39 @@ struct Admitting {
 type AckFuture = BoxFuture<'static, (u16, QoS, Result<(), HookRefusal>)>;
 
 /// Serves one accepted connection until it ends. `over_limit` makes it refuse the CONNECT with "server busy".
-pub(crate) async fn serve<S>(broker: Broker, mut stream: S, peer: SocketAddr, over_limit: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+///
+/// The handshake and the goodbye run boxed: they hold a decoded CONNECT, timers and buffers only briefly, and
+/// an idle connection's task should not carry room for them (memory per idle connection is what a gateway
+/// with thousands of clients pays).
+pub(crate) async fn serve<S: Io>(broker: Broker, stream: S, peer: SocketAddr, over_limit: bool) {
+    let Some((mut conn, token)) = Box::pin(handshake(broker, stream, peer, over_limit)).await
+    else {
+        return;
+    };
+    tracing::debug!(%peer, client_id = %conn.session.client_id, protocol = ?conn.protocol, "client connected");
+    conn.resend_inflight();
+    conn.pump();
+    let exit = conn.run(token).await;
+    Box::pin(conn.finish(peer, exit)).await;
+}
+
+/// Reads and answers the CONNECT; on success the connection, ready to run, and its takeover token.
+async fn handshake<S: Io>(
+    broker: Broker,
+    mut stream: S,
+    peer: SocketAddr,
+    over_limit: bool,
+) -> Option<(Conn<S>, CancellationToken)> {
     let cfg = broker.config();
     let mut rbuf = BytesMut::with_capacity(MIN_READ);
     let connect = tokio::select! {
         r = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, &mut rbuf, cfg.max_packet_size, &broker)) => r,
-        _ = broker.inner.shutdown.cancelled() => return,
+        _ = broker.inner.shutdown.cancelled() => return None,
     };
     let connect = match connect {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT in time");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             Metrics::inc(&broker.inner.metrics.protocol_errors);
@@ -128,9 +147,9 @@ where
                 refuse(&mut out, proto, code);
                 let _ = stream.write_all(&out).await;
             }
-            return;
+            return None;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Ok(Some(c))) => c,
     };
     let protocol = connect.protocol;
@@ -139,7 +158,7 @@ where
         Metrics::inc(&broker.inner.metrics.connections_refused);
         refuse(&mut out, protocol, reason::SERVER_BUSY);
         let _ = stream.write_all(&out).await;
-        return;
+        return None;
     }
     let accepted = match accept(&broker, connect, &mut out) {
         Ok(a) => a,
@@ -148,12 +167,12 @@ where
             tracing::debug!(%peer, code, "CONNECT refused");
             refuse(&mut out, protocol, code);
             let _ = stream.write_all(&out).await;
-            return;
+            return None;
         }
     };
     Metrics::inc(&broker.inner.metrics.clients_connected);
     let conn_rbuf_empty = rbuf.is_empty();
-    let mut conn = Conn {
+    let conn = Conn {
         broker: broker.clone(),
         stream,
         rbuf,
@@ -167,8 +186,7 @@ where
         client_receive_max: accepted.client_receive_max,
         client_max_packet: accepted.client_max_packet,
         client_alias_max: accepted.client_alias_max,
-        out_aliases: HashMap::new(),
-        in_aliases: HashMap::new(),
+        aliases: None,
         pending_acks: FuturesOrdered::new(),
         blocked: None,
         admitting: None,
@@ -181,66 +199,9 @@ where
         retained_refusal_logged: false,
         subscription_refusal_logged: false,
         connect_expiry_zero: accepted.connect_expiry_zero,
-        max_packet_size: cfg.max_packet_size,
-        receive_maximum: cfg.receive_maximum,
-        topic_alias_maximum: cfg.topic_alias_maximum,
-        limits: cfg.limits.clone(),
+        cfg,
     };
-    tracing::debug!(%peer, client_id = %conn.session.client_id, ?protocol, "client connected");
-    conn.resend_inflight();
-    conn.pump();
-    let exit = conn.run(accepted.token).await;
-    tracing::debug!(%peer, client_id = %conn.session.client_id, ?exit, "client disconnected");
-    let exit = match exit {
-        Exit::Takeover => {
-            let mut st = conn.session.state.lock();
-            match st.kicked {
-                Some((generation, code)) if generation == conn.generation => {
-                    st.kicked = None;
-                    Exit::Kicked(code)
-                }
-                _ => Exit::Takeover,
-            }
-        }
-        other => other,
-    };
-    if matches!(exit, Exit::PacketTimeout) {
-        Metrics::inc(&broker.inner.metrics.packet_timeouts);
-    }
-    let clean = matches!(exit, Exit::Clean);
-    let code = match &exit {
-        Exit::Protocol(code, _) => Some(*code),
-        Exit::Kicked(code) => Some(*code),
-        Exit::Takeover => Some(reason::SESSION_TAKEN_OVER),
-        Exit::Shutdown => Some(0x8B),
-        Exit::KeepaliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
-        _ => None,
-    };
-    if let Exit::Protocol(_, why) = &exit {
-        Metrics::inc(&broker.inner.metrics.protocol_errors);
-        tracing::debug!(client_id = %conn.session.client_id, why, "protocol error");
-    }
-    if let (Some(code), Protocol::V5) = (code, protocol) {
-        conn.wbuf.clear();
-        codec::encode(
-            &Packet::Disconnect(Disconnect {
-                reason_code: code,
-                properties: Properties::default(),
-            }),
-            protocol,
-            &mut conn.wbuf,
-        );
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), conn.stream.write_all(&conn.wbuf)).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
-    broker
-        .inner
-        .metrics
-        .clients_connected
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let will = conn.session.state.lock().will.take();
-    broker.detach(&conn.session, conn.generation, clean, will);
+    Some((conn, accepted.token))
 }
 
 async fn read_connect<S: AsyncRead + Unpin>(
@@ -376,7 +337,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
     {
         let mut st = session.state.lock();
         st.expiry_secs = expiry;
-        st.will = connect.will;
+        st.will = connect.will.map(Box::new);
     }
     let mut props = Properties::default();
     if v5 {
@@ -440,10 +401,10 @@ struct Conn<S> {
     client_receive_max: u16,
     client_max_packet: u32,
     client_alias_max: u16,
-    out_aliases: HashMap<Arc<str>, u16>,
-    in_aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases both ways; most clients use none.
+    aliases: Option<Box<Aliases>>,
     pending_acks: FuturesOrdered<AckFuture>,
-    blocked: Option<Blocked>,
+    blocked: Option<Box<Blocked>>,
     admitting: Option<Admitting>,
     last_packet: Instant,
     /// When the first byte of a packet not yet complete arrived (`packet_timeout`).
@@ -455,18 +416,22 @@ struct Conn<S> {
     retained_refusal_logged: bool,
     subscription_refusal_logged: bool,
     connect_expiry_zero: bool,
-    max_packet_size: u32,
-    receive_maximum: u16,
-    topic_alias_maximum: u16,
-    limits: crate::config::BrokerLimits,
+    /// The broker's configuration as it was at CONNECT (a reload applies to new connections).
+    cfg: Arc<crate::config::BrokerConfig>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+#[derive(Default)]
+struct Aliases {
+    outbound: HashMap<Arc<str>, u16>,
+    inbound: HashMap<u16, Arc<str>>,
+}
+
+impl<S: Io> Conn<S> {
     async fn run(&mut self, takeover: CancellationToken) -> Exit {
-        let shutdown = self.broker.inner.shutdown.clone();
         let far = Duration::from_secs(86400 * 365);
         let keepalive = self.keepalive;
-        // One timer for the keepalive and for the packet in progress, whichever is due first.
+        // One timer for the keepalive, the packet in progress and the publish waiting for room, whichever is
+        // due first: each is a timer entry an idle connection would otherwise carry three times.
         let timer = tokio::time::sleep(keepalive.unwrap_or(far));
         tokio::pin!(timer);
         loop {
@@ -487,30 +452,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 continue;
             }
             let reading = self.may_process();
-            if reading && self.rbuf.capacity() - self.rbuf.len() < MIN_READ / 2 {
-                self.rbuf.reserve(self.read_size);
-            }
+            let mut due = None;
             if let (true, Some(since)) = (reading, self.partial_since) {
-                let due = tokio::time::Instant::from_std(since + self.limits.packet_timeout);
+                due = Some(since + self.cfg.limits.packet_timeout);
+            }
+            if let Some(b) = &self.blocked {
+                due = Some(due.map_or(b.deadline.into_std(), |d: Instant| {
+                    d.min(b.deadline.into_std())
+                }));
+            }
+            if let Some(due) = due.map(tokio::time::Instant::from_std) {
                 if due < timer.deadline() {
                     timer.as_mut().reset(due);
                 }
             }
             tokio::select! {
                 biased;
-                _ = takeover.cancelled() => return Exit::Takeover,
-                _ = shutdown.cancelled() => return Exit::Shutdown,
+                // A child of the broker's shutdown token: one wait for both.
+                _ = takeover.cancelled() => {
+                    return if self.broker.inner.shutdown.is_cancelled() { Exit::Shutdown } else { Exit::Takeover };
+                }
                 Some((pid, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.write_ack(pid, qos, result);
                     // A 3.1.1 client held at its quota may have more packets buffered.
                     self.process_more |= !self.rbuf.is_empty();
                 }
-                timed_out = wait_space(&mut self.blocked), if self.blocked.is_some() => {
-                    self.unblock(timed_out);
-                    if self.blocked.is_none() {
-                        self.process_more = true;
-                        self.restart_partial_clock();
-                    }
+                _ = wait_space(&mut self.blocked), if self.blocked.is_some() => {
+                    self.unblock(false);
+                    self.after_unblock();
                 }
                 r = wait_admission(&mut self.admitting), if self.admitting.is_some() => {
                     let a = self.admitting.take().expect("guarded");
@@ -518,22 +487,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.process_more = self.blocked.is_none();
                     self.restart_partial_clock();
                 }
-                r = self.stream.read_buf(&mut self.rbuf), if reading => {
+                r = read_some(&mut self.stream, &mut self.rbuf, self.read_size), if reading => {
                     match r {
                         Ok(0) | Err(_) => return Exit::Io,
                         Ok(n) => {
                             self.broker.inner.metrics.bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                             self.last_packet = Instant::now();
-                            if self.rbuf.capacity() == self.rbuf.len() {
-                                self.read_size = (self.read_size * 2).min(MAX_READ);
-                            }
+                            self.read_size = if n >= self.read_size {
+                                (self.read_size * 2).min(MAX_READ)
+                            } else if n < self.read_size / 4 {
+                                (self.read_size / 2).max(MIN_READ)
+                            } else {
+                                self.read_size
+                            };
                             if let Err(exit) = self.process_buffered() {
                                 return exit;
                             }
-                            if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * MIN_READ && self.blocked.is_none() {
+                            if self.rbuf.is_empty() && self.blocked.is_none() {
                                 // Give the memory back: idle connections should cost next to nothing.
                                 self.rbuf = BytesMut::new();
-                                self.read_size = MIN_READ;
                             }
                         }
                     }
@@ -541,6 +513,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 _ = self.session.wake.notified() => self.pump(),
                 _ = &mut timer => {
                     let now = Instant::now();
+                    if self.blocked.as_ref().is_some_and(|b| now >= b.deadline.into_std()) {
+                        self.unblock(true);
+                        self.after_unblock();
+                    }
                     let mut next = now + far;
                     if let Some(ka) = keepalive {
                         if now >= self.last_packet + ka {
@@ -549,10 +525,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                         next = next.min(self.last_packet + ka);
                     }
                     if let (true, Some(since)) = (self.may_process(), self.partial_since) {
-                        if now >= since + self.limits.packet_timeout {
+                        if now >= since + self.cfg.limits.packet_timeout {
                             return Exit::PacketTimeout;
                         }
-                        next = next.min(since + self.limits.packet_timeout);
+                        next = next.min(since + self.cfg.limits.packet_timeout);
                     }
                     timer.as_mut().reset(tokio::time::Instant::from_std(next));
                 }
@@ -560,12 +536,75 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
+    fn after_unblock(&mut self) {
+        if self.blocked.is_none() {
+            self.process_more = true;
+            self.restart_partial_clock();
+        }
+    }
+
+    /// After the event loop: tell the client why (v5), close, and hand the session back to the broker.
+    async fn finish(mut self, peer: SocketAddr, exit: Exit) {
+        tracing::debug!(%peer, client_id = %self.session.client_id, ?exit, "client disconnected");
+        let exit = match exit {
+            Exit::Takeover => {
+                let mut st = self.session.state.lock();
+                match st.kicked {
+                    Some((generation, code)) if generation == self.generation => {
+                        st.kicked = None;
+                        Exit::Kicked(code)
+                    }
+                    _ => Exit::Takeover,
+                }
+            }
+            other => other,
+        };
+        if matches!(exit, Exit::PacketTimeout) {
+            Metrics::inc(&self.broker.inner.metrics.packet_timeouts);
+        }
+        let clean = matches!(exit, Exit::Clean);
+        let code = match &exit {
+            Exit::Protocol(code, _) => Some(*code),
+            Exit::Kicked(code) => Some(*code),
+            Exit::Takeover => Some(reason::SESSION_TAKEN_OVER),
+            Exit::Shutdown => Some(0x8B),
+            Exit::KeepaliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
+            _ => None,
+        };
+        if let Exit::Protocol(_, why) = &exit {
+            Metrics::inc(&self.broker.inner.metrics.protocol_errors);
+            tracing::debug!(client_id = %self.session.client_id, why, "protocol error");
+        }
+        if let (Some(code), Protocol::V5) = (code, self.protocol) {
+            self.wbuf.clear();
+            codec::encode(
+                &Packet::Disconnect(Disconnect {
+                    reason_code: code,
+                    properties: Properties::default(),
+                }),
+                self.protocol,
+                &mut self.wbuf,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&self.wbuf))
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        self.broker
+            .inner
+            .metrics
+            .clients_connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let will = self.session.state.lock().will.take().map(|w| *w);
+        self.broker
+            .detach(&self.session, self.generation, clean, will);
+    }
+
     /// Whether the next packet may be taken: nothing is waiting for room or for the log, and a 3.1.1 client
     /// (which has no Receive Maximum to break) is within the broker's window; TCP holds the rest back.
     fn may_process(&self) -> bool {
         self.blocked.is_none()
             && self.admitting.is_none()
-            && (self.v5() || self.pending_acks.len() < usize::from(self.receive_maximum))
+            && (self.v5() || self.pending_acks.len() < usize::from(self.cfg.receive_maximum))
     }
 
     /// While the connection was not reading, a partly received packet could not progress: its clock restarts.
@@ -613,12 +652,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     fn process_buffered(&mut self) -> Result<(), Exit> {
         let mut decoded = false;
         while self.may_process() {
-            let packet =
-                match codec::decode(&mut self.rbuf, Some(self.protocol), self.max_packet_size) {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
-                    Err(e) => return Err(Exit::Protocol(e.reason_code, e.message)),
-                };
+            let packet = match codec::decode(
+                &mut self.rbuf,
+                Some(self.protocol),
+                self.cfg.max_packet_size,
+            ) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return Err(Exit::Protocol(e.reason_code, e.message)),
+            };
             decoded = true;
             self.handle(packet)?;
             if self.wbuf.len() >= WRITE_HIGH_WATER {
@@ -739,14 +781,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Metrics::inc(&self.broker.inner.metrics.messages_received);
         let topic: Arc<str> = match p.properties.topic_alias {
             Some(alias) if self.v5() => {
-                if alias == 0 || alias > self.topic_alias_maximum {
+                if alias == 0 || alias > self.cfg.topic_alias_maximum {
                     return Err(Exit::Protocol(
                         reason::TOPIC_ALIAS_INVALID,
                         format!("topic alias {alias} out of range"),
                     ));
                 }
                 if p.topic.is_empty() {
-                    match self.in_aliases.get(&alias) {
+                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => t.clone(),
                         None => {
                             return Err(Exit::Protocol(
@@ -756,7 +798,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                         }
                     }
                 } else {
-                    self.in_aliases.insert(alias, p.topic.clone());
+                    self.aliases
+                        .get_or_insert_default()
+                        .inbound
+                        .insert(alias, p.topic.clone());
                     p.topic.clone()
                 }
             }
@@ -776,13 +821,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 "subscription identifier in a client PUBLISH".into(),
             ));
         }
-        if !within_topic_limits(&topic, &self.limits) {
+        if !within_topic_limits(&topic, &self.cfg.limits) {
             Metrics::inc(&self.broker.inner.metrics.refused_topic_limits);
             return Err(Exit::Protocol(
                 reason::TOPIC_NAME_INVALID,
                 format!(
                     "topic over max_topic_levels ({}) or max_topic_length ({})",
-                    self.limits.max_topic_levels, self.limits.max_topic_length
+                    self.cfg.limits.max_topic_levels, self.cfg.limits.max_topic_length
                 ),
             ));
         }
@@ -795,7 +840,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // 5.0 §3.3.4: the client may have at most Receive Maximum QoS 1/2 publishes unacknowledged (QoS 2
             // until PUBCOMP). A 3.1.1 client has no such quota: it is held back by not reading (`may_process`).
             let in_use = self.unacked_qos1 + self.session.state.lock().incoming_qos2.len();
-            if self.v5() && in_use >= usize::from(self.receive_maximum) {
+            if self.v5() && in_use >= usize::from(self.cfg.receive_maximum) {
                 return Err(Exit::Protocol(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "receive maximum exceeded".into(),
@@ -895,15 +940,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             space.as_mut().enable();
             // Offer again now that a wake-up cannot be missed.
             if let Some(out) = self.broker.try_deliver(&session, out) {
-                self.blocked = Some(Blocked {
+                self.blocked = Some(Box::new(Blocked {
                     msg,
                     session,
                     out,
                     space,
-                    deadline: tokio::time::Instant::now() + self.limits.max_publish_wait,
+                    deadline: tokio::time::Instant::now() + self.cfg.limits.max_publish_wait,
                     rest,
                     ack,
-                });
+                }));
                 return;
             }
         }
@@ -932,7 +977,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.deliver_all(b.msg, b.rest, b.ack);
             }
             Some(out) => {
-                self.blocked = Some(Blocked { out, space, ..b });
+                self.blocked = Some(Box::new(Blocked { out, space, ..*b }));
             }
             None => self.deliver_all(b.msg, b.rest, b.ack),
         }
@@ -990,21 +1035,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if !within_topic_limits(&sub.filter, &self.limits) {
+            if !within_topic_limits(&sub.filter, &self.cfg.limits) {
                 Metrics::inc(&self.broker.inner.metrics.refused_topic_limits);
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
             let at_quota = {
                 let st = self.session.state.lock();
-                st.subscriptions.len() >= self.limits.max_subscriptions_per_client
+                st.subscriptions.len() >= self.cfg.limits.max_subscriptions_per_client
                     && !st.subscriptions.contains_key(&sub.filter)
             };
             if at_quota {
                 Metrics::inc(&self.broker.inner.metrics.refused_subscriptions);
                 if !self.subscription_refusal_logged {
                     self.subscription_refusal_logged = true;
-                    tracing::warn!(client_id = %self.session.client_id, max = self.limits.max_subscriptions_per_client, "subscription refused: max_subscriptions_per_client reached (logged once per client)");
+                    tracing::warn!(client_id = %self.session.client_id, max = self.cfg.limits.max_subscriptions_per_client, "subscription refused: max_subscriptions_per_client reached (logged once per client)");
                 }
                 codes.push(reason::QUOTA_EXCEEDED);
                 continue;
@@ -1189,12 +1234,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             props.message_expiry_interval = msg.remaining_expiry(now);
             props.subscription_identifiers.clone_from(&out.sub_ids);
             if alias {
-                if let Some(a) = self.out_aliases.get(&msg.topic) {
+                let out = &mut self.aliases.get_or_insert_default().outbound;
+                if let Some(a) = out.get(&msg.topic) {
                     props.topic_alias = Some(*a);
                     topic = Arc::from("");
-                } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
-                    let a = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(msg.topic.clone(), a);
+                } else if out.len() < usize::from(self.client_alias_max) {
+                    let a = out.len() as u16 + 1;
+                    out.insert(msg.topic.clone(), a);
                     props.topic_alias = Some(a);
                 }
             }
@@ -1229,19 +1275,93 @@ async fn wait_admission(admitting: &mut Option<Admitting>) -> Result<CommitFutur
     }
 }
 
-/// Resolves when the blocking subscriber's queue may have room (false) or its time is up (true).
-async fn wait_space(blocked: &mut Option<Blocked>) -> bool {
+/// Resolves when the blocking subscriber's queue may have room (its deadline is on the connection's timer).
+async fn wait_space(blocked: &mut Option<Box<Blocked>>) {
     match blocked {
-        Some(b) => tokio::select! {
-            _ = b.space.as_mut() => false,
-            _ = tokio::time::sleep_until(b.deadline) => true,
-        },
+        Some(b) => b.space.as_mut().await,
         None => std::future::pending().await,
     }
 }
+
+/// Reads what the client sent. On streams that can tell readiness (TCP), the buffer is reserved only once
+/// data is there: an idle connection holds no read buffer at all.
+async fn read_some<S: Io>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    size: usize,
+) -> std::io::Result<usize> {
+    if rbuf.is_empty() {
+        stream.read_ready().await;
+    }
+    if rbuf.capacity() - rbuf.len() < MIN_READ / 2 {
+        rbuf.reserve(size);
+    }
+    stream.read_buf(rbuf).await
+}
+
+/// A client's byte stream: TCP, TLS or WebSocket.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Resolves when a read will likely find data. Streams that cannot tell (TLS, WebSocket: their own
+    /// buffers decide) resolve at once.
+    fn read_ready(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
+}
+
+impl Io for tokio::net::TcpStream {
+    async fn read_ready(&self) {
+        // An error shows up again on the read that follows.
+        let _ = self.readable().await;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for tokio_rustls::server::TlsStream<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for super::transport::WsIo<S> {}
+impl Io for tokio::io::DuplexStream {}
 
 /// `max_topic_levels` and `max_topic_length` for a topic name or filter (a `$share/{group}/` prefix counts).
 fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> bool {
     topic.len() <= limits.max_topic_length
         && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::config::{BrokerConfig, ListenerConfig, ListenerKind};
+
+    pub(crate) fn config() -> BrokerConfig {
+        BrokerConfig {
+            listeners: vec![ListenerConfig {
+                name: "t".into(),
+                bind: "127.0.0.1:0".parse().unwrap(),
+                kind: ListenerKind::Tcp,
+            }],
+            max_connections: 10,
+            max_packet_size: 1 << 20,
+            receive_maximum: 100,
+            max_queued_messages: 100,
+            max_session_expiry: Duration::from_secs(60),
+            topic_alias_maximum: 16,
+            max_keepalive: None,
+            allow_anonymous: true,
+            users: vec![],
+            acl: vec![],
+            sys_interval: Duration::ZERO,
+            limits: Default::default(),
+        }
+    }
+
+    /// What an idle connection costs is mostly its task's future and its session: guard both against silent
+    /// growth (an inline `Properties` or timer adds hundreds of bytes per connection).
+    #[test]
+    fn an_idle_connection_stays_small() {
+        let broker = Broker::new(config());
+        let (a, _b) = tokio::io::duplex(64);
+        let fut = serve(broker, a, "127.0.0.1:1".parse().unwrap(), false);
+        let future = std::mem::size_of_val(&fut);
+        let session = std::mem::size_of::<Session>();
+        assert!(future <= 1024, "serve future: {future} bytes");
+        assert!(session <= 384, "session: {session} bytes");
+    }
 }

@@ -440,7 +440,7 @@ impl Broker {
                 (s, false)
             }
         };
-        let token = CancellationToken::new();
+        let token = self.inner.shutdown.child_token();
         let generation;
         {
             let mut st = session.state.lock();

@@ -92,7 +92,8 @@ pub struct SessionState {
     /// Cancels a pending delayed will or session expiry timer when the client comes back.
     pub timers: Option<CancellationToken>,
     /// Will to publish when the connection ends uncleanly.
-    pub will: Option<LastWill>,
+    /// Boxed: most sessions have none, and an inline one would make every session ~400 bytes larger.
+    pub will: Option<Box<LastWill>>,
     /// Set by the broker when it disconnects this session's connection itself (generation, v5 reason code),
     /// so the connection can tell the client why.
     pub kicked: Option<(u64, u8)>,
