@@ -1299,8 +1299,8 @@ async fn read_some<S: Io>(
     stream.read_buf(rbuf).await
 }
 
-/// A client's byte stream: TCP, TLS or WebSocket.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+/// A client's byte stream: TCP, TLS, WebSocket, or an in-memory pipe.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
     /// Resolves when a read will likely find data. Streams that cannot tell (TLS, WebSocket: their own
     /// buffers decide) resolve at once.
     fn read_ready(&self) -> impl std::future::Future<Output = ()> + Send + '_ {

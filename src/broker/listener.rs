@@ -143,24 +143,40 @@ impl Broker {
         // One task type per transport: a single async block over all of them would size every plain TCP
         // connection's task for the largest arm (TLS + WebSocket handshakes and streams, ~11 KB instead of
         // ~2.6 KB per idle connection).
+        // The slot is given back when the task ends, however it ends (a panicking connection included).
+        let slot = Slot(broker.clone());
         match accept {
             Accept::Tcp => {
                 self.inner.tasks.spawn(async move {
-                    connection::serve(broker.clone(), stream, peer, over_limit).await;
-                    broker.inner.connections.fetch_sub(1, Ordering::Relaxed);
+                    let _slot = slot;
+                    connection::serve(broker, stream, peer, over_limit).await;
                 });
             }
             other => {
                 self.inner.tasks.spawn(Box::pin(async move {
-                    if let Err(e) =
-                        serve_wrapped(broker.clone(), stream, peer, over_limit, other).await
-                    {
+                    let _slot = slot;
+                    if let Err(e) = serve_wrapped(broker, stream, peer, over_limit, other).await {
                         tracing::debug!(%peer, error = %e, "handshake failed");
                     }
-                    broker.inner.connections.fetch_sub(1, Ordering::Relaxed);
                 }));
             }
         }
+    }
+
+    /// Serves one client over any byte stream (an in-process transport, a test or fuzz harness) exactly as a
+    /// TCP connection is served, outside the connection limit.
+    pub async fn serve_stream<S: connection::Io>(&self, stream: S) {
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        connection::serve(self.clone(), stream, peer, false).await;
+    }
+}
+
+/// One of `max_connections`, held by a connection's task.
+struct Slot(Broker);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.inner.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -20,4 +20,5 @@ pub mod transport;
 pub use self::core::{
     AdmissionFuture, Broker, BrokerStats, CommitFuture, HookRefusal, Metrics, PublishHook,
 };
+pub use connection::Io;
 pub use message::Message;

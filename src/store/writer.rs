@@ -180,6 +180,10 @@ pub(crate) struct Writer {
     meta_last_seq: u64,
     txn_open: bool,
     txn_since: Option<Instant>,
+    /// Someone awaits a row of the open transaction (a strict acknowledgment): commit as soon as the inbox is
+    /// drained instead of waiting out `commit_interval`. Rows whose tickets were dropped (readings, relaxed
+    /// publishes) keep the batching.
+    txn_awaited: bool,
     txn_rows: usize,
     txn_bytes: u64,
     txn_bytes_limit: u64,
@@ -273,6 +277,7 @@ impl Writer {
             meta_last_seq: st.meta_last_seq,
             txn_open: false,
             txn_since: None,
+            txn_awaited: false,
             txn_rows: 0,
             txn_bytes: 0,
             txn_bytes_limit,
@@ -365,6 +370,10 @@ impl Writer {
                     self.try_recover();
                 }
                 self.process_inbox();
+                if self.txn_awaited && self.inbox.is_empty() && data_rx.is_empty() {
+                    // Group commit without a wait: the batch is whatever arrived during the last fsync.
+                    self.commit_now();
+                }
                 let commit_at = self.commit_deadline();
                 let retry_at = self.stall.as_ref().map(|s| s.next_retry);
                 let far = now + Duration::from_secs(3600);
@@ -455,7 +464,10 @@ impl Writer {
                 req if self.state == WriterState::Full && self.s.policy == WhenFull::DropNewest => {
                     self.refuse_full(req)
                 }
-                Req::One(rec, tx) => match self.insert(&rec) {
+                Req::One(rec, tx) => match {
+                    self.txn_awaited |= !tx.is_closed();
+                    self.insert(&rec)
+                } {
                     Ok(seq) => self.pending.push(Pending::One(rec, tx, seq)),
                     Err(e) => {
                         self.pending.push(Pending::One(rec, tx, 0));
@@ -464,6 +476,7 @@ impl Writer {
                 },
                 Req::Batch(recs, tx) => {
                     let first = self.next_seq;
+                    self.txn_awaited |= !tx.is_closed();
                     match recs.iter().try_for_each(|r| self.insert(r).map(drop)) {
                         Ok(()) => self.pending.push(Pending::Batch(recs, tx, first)),
                         Err(e) => {
@@ -676,6 +689,7 @@ impl Writer {
     }
 
     fn after_commit(&mut self) {
+        self.txn_awaited = false;
         let rows = std::mem::take(&mut self.txn_rows);
         self.txn_streams.clear();
         self.txn_bytes = 0;

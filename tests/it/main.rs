@@ -8,4 +8,5 @@ mod broker_hardening;
 mod broker_peers;
 mod broker_transports;
 mod daemon;
+mod ingest;
 mod pipeline;
