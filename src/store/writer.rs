@@ -464,16 +464,16 @@ impl Writer {
                 req if self.state == WriterState::Full && self.s.policy == WhenFull::DropNewest => {
                     self.refuse_full(req)
                 }
-                Req::One(rec, tx) => match {
+                Req::One(rec, tx) => {
                     self.txn_awaited |= !tx.is_closed();
-                    self.insert(&rec)
-                } {
-                    Ok(seq) => self.pending.push(Pending::One(rec, tx, seq)),
-                    Err(e) => {
-                        self.pending.push(Pending::One(rec, tx, 0));
-                        self.on_write_error(e);
+                    match self.insert(&rec) {
+                        Ok(seq) => self.pending.push(Pending::One(rec, tx, seq)),
+                        Err(e) => {
+                            self.pending.push(Pending::One(rec, tx, 0));
+                            self.on_write_error(e);
+                        }
                     }
-                },
+                }
                 Req::Batch(recs, tx) => {
                     let first = self.next_seq;
                     self.txn_awaited |= !tx.is_closed();
