@@ -29,12 +29,14 @@ use crate::broker::{Broker, Message};
 use crate::config::{self, AdapterRegistry, Config, ConfigErrors, DeviceSpec};
 use crate::pipeline::{DeviceEntry, DeviceTable, LiveState, Pipeline, PipelineStats, Recorder};
 use crate::recorder::StoreLink;
-use crate::store::Store;
+use crate::store::{StateKind, Store};
 
 /// Capacity of the channel all adapters send readings into. When full, adapters wait (back-pressure).
 const READING_CHANNEL: usize = 4096;
 /// Capacity of each device's command channel. When full, the write request waits.
 const COMMAND_CHANNEL: usize = 32;
+/// Persistent sessions are snapshotted at most this often (and at every commit interval when longer).
+const STATE_SAVE_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The adapters compiled into this build.
 pub struct Registry {
@@ -148,6 +150,24 @@ impl App {
         let store_link = Arc::new(StoreLink::new(store.clone(), &cfg));
         let broker = Broker::new(cfg.broker.clone());
         broker.set_publish_hook(store_link.clone());
+        // Retained messages and persistent sessions from the last run, before any client can connect.
+        let restored = broker.restore(
+            store.load_state(StateKind::Retained)?,
+            store.load_state(StateKind::Session)?,
+        );
+        if restored != Default::default() {
+            tracing::info!(
+                retained = restored.retained,
+                sessions = restored.sessions,
+                messages = restored.messages,
+                skipped = restored.skipped,
+                "broker state restored"
+            );
+        }
+        broker.persist_to(
+            store_link.clone(),
+            cfg.storage.commit_interval.max(STATE_SAVE_MIN_INTERVAL),
+        );
         let listener_stop = CancellationToken::new();
         let mut bound = Vec::new();
         for l in &cfg.broker.listeners {
@@ -436,6 +456,11 @@ impl App {
         self.bridges.shutdown(left).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.broker.shutdown(left).await;
+        // The broker's state as the clients left it (persistent sessions are offline now).
+        let changes = self.broker.state_changes();
+        if !changes.is_empty() {
+            crate::broker::persist::StateSink::save(&*self.store_link, changes).await;
+        }
         // Last: everything the pipeline and the broker handed to the store is committed before we exit.
         if let Err(e) = self.store.shutdown().await {
             tracing::error!(error = %e, "closing the store");

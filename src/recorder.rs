@@ -14,10 +14,13 @@ use futures::future::BoxFuture;
 use parking_lot::RwLock;
 
 use crate::broker::codec::reason;
+use crate::broker::persist::{Saved, StateSink};
 use crate::broker::{AdmissionFuture, CommitFuture, HookRefusal, Message, PublishHook};
 use crate::config::{Config, Durability};
 use crate::pipeline::Recorder;
-use crate::store::{now_ms, topic_matches, LogRecord, MsgProps, Store, StoreError};
+use crate::store::{
+    now_ms, topic_matches, LogRecord, MsgProps, StateKind, StateOp, Store, StoreError,
+};
 
 /// Logs messages into the store; shared by the broker (hook) and the pipeline (recorder).
 pub struct StoreLink {
@@ -102,6 +105,31 @@ impl PublishHook for StoreLink {
             };
             Ok(commit)
         }))
+    }
+}
+
+/// The broker's retained messages and persistent sessions go into the same file, in the log's transactions.
+impl StateSink for StoreLink {
+    fn save(&self, changes: Vec<Saved>) -> BoxFuture<'static, ()> {
+        let ops = changes
+            .into_iter()
+            .map(|c| {
+                let (kind, key, value) = match c {
+                    Saved::Retained { topic, value } => (StateKind::Retained, topic, value),
+                    Saved::Session { client_id, value } => (StateKind::Session, client_id, value),
+                };
+                match value {
+                    Some(value) => StateOp::Put { kind, key, value },
+                    None => StateOp::Delete { kind, key },
+                }
+            })
+            .collect();
+        let store = self.store.clone();
+        Box::pin(async move {
+            if let Err(e) = store.save_state(ops).await {
+                tracing::warn!(error = %e, "broker state not saved");
+            }
+        })
     }
 }
 

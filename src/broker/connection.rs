@@ -337,6 +337,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
     {
         let mut st = session.state.lock();
         st.expiry_secs = expiry;
+        st.version += 1;
         st.will = connect.will.map(Box::new);
     }
     let mut props = Properties::default();
@@ -768,7 +769,9 @@ impl<S: Io> Conn<S> {
                     "session expiry set on DISCONNECT after 0 on CONNECT".into(),
                 ));
             }
-            self.session.state.lock().expiry_secs = expiry;
+            let mut st = self.session.state.lock();
+            st.expiry_secs = expiry;
+            st.version += 1;
         }
         if d.reason_code == reason::DISCONNECT_WITH_WILL {
             Err(Exit::WithWill)
@@ -1082,11 +1085,11 @@ impl<S: Io> Conn<S> {
                 &sub.filter,
                 opts.clone(),
             );
-            self.session
-                .state
-                .lock()
-                .subscriptions
-                .insert(sub.filter.clone(), opts);
+            {
+                let mut st = self.session.state.lock();
+                st.subscriptions.insert(sub.filter.clone(), opts);
+                st.version += 1;
+            }
             codes.push(sub.qos as u8);
             let send = match sub.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -1113,13 +1116,11 @@ impl<S: Io> Conn<S> {
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
-            let removed = self
-                .session
-                .state
-                .lock()
-                .subscriptions
-                .remove(filter)
-                .is_some();
+            let removed = {
+                let mut st = self.session.state.lock();
+                st.version += 1;
+                st.subscriptions.remove(filter).is_some()
+            };
             self.broker
                 .inner
                 .router
@@ -1200,6 +1201,7 @@ impl<S: Io> Conn<S> {
                     Stage::AwaitRec
                 };
                 st.inflight.push_back(Inflight { pid, out, stage });
+                st.version += 1;
             }
             if self.wbuf.len() >= WRITE_HIGH_WATER {
                 self.pump_more = !st.queue.is_empty();

@@ -148,6 +148,8 @@ pub(crate) struct Inner {
     pub tasks: TaskTracker,
     pub hook: RwLock<Option<Arc<dyn PublishHook>>>,
     pub offline_budget: OfflineBudget,
+    /// The state saver's bookkeeping, once [`Broker::persist_to`] was called.
+    pub persist: Mutex<Option<super::persist::PersistState>>,
     /// Sessions kept while their client is away (see `SessionState::counted_offline`).
     pub offline_sessions: AtomicUsize,
     /// Whether the in-process publishers' retained refusal was logged already (clients log once each).
@@ -187,6 +189,7 @@ impl Broker {
                 hook: RwLock::new(None),
                 offline_budget,
                 offline_sessions: AtomicUsize::new(0),
+                persist: Mutex::new(None),
                 retained_refusal_logged: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -284,6 +287,7 @@ impl Broker {
             if refused {
                 Metrics::inc(&self.inner.metrics.refused_retained);
             }
+            self.mark_retained(&msg.topic);
         }
         (self.inner.router.read().route(msg), refused)
     }
@@ -375,6 +379,7 @@ impl Broker {
             return;
         }
         let mut st = session.state.lock();
+        st.version += 1;
         for msg in msgs {
             st.queue.push_back(Outbound {
                 qos: msg.qos.min(qos),
@@ -455,6 +460,7 @@ impl Broker {
             st.protocol = protocol;
             st.max_queue = cfg.max_queued_messages;
             st.kicked = None;
+            st.version += 1;
             session.release_offline(&mut st, &self.inner.offline_budget);
             self.uncount_offline(&mut st);
         }
@@ -562,20 +568,49 @@ impl Broker {
             self.spawn_will(w, delay, Some(timers.clone()));
         }
         if let Some(after) = expiry_after {
-            let broker = self.clone();
-            let session = session.clone();
-            self.inner.tasks.spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(after) => {
-                        let still_offline = session.state.lock().generation == generation;
-                        if still_offline {
-                            broker.remove_session(&session);
-                        }
+            self.spawn_expiry(session, generation, after, timers);
+        }
+    }
+
+    /// Removes `session` after `after` unless a client resumed it (its generation moved) or `timers` fired.
+    fn spawn_expiry(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        after: Duration,
+        timers: CancellationToken,
+    ) {
+        let broker = self.clone();
+        let session = session.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {
+                    let still_offline = session.state.lock().generation == generation;
+                    if still_offline {
+                        broker.remove_session(&session);
                     }
-                    _ = timers.cancelled() => {}
-                    _ = broker.inner.shutdown.cancelled() => {}
                 }
-            });
+                _ = timers.cancelled() => {}
+                _ = broker.inner.shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// Expiry for a session restored from saved state (offline, never attached in this run).
+    pub(crate) fn schedule_expiry(&self, session: &Arc<Session>, expiry_secs: u32) {
+        let token = CancellationToken::new();
+        let generation = {
+            let mut st = session.state.lock();
+            st.timers = Some(token.clone());
+            st.generation
+        };
+        if expiry_secs != EXPIRY_NEVER {
+            self.spawn_expiry(
+                session,
+                generation,
+                Duration::from_secs(u64::from(expiry_secs)),
+                token,
+            );
         }
     }
 

@@ -12,6 +12,7 @@ mod core;
 pub mod link;
 pub mod listener;
 pub mod message;
+pub mod persist;
 pub mod router;
 pub mod session;
 mod sys;

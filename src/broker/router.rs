@@ -345,6 +345,11 @@ impl Router {
         true
     }
 
+    /// The retained message of a topic.
+    pub fn retained_get(&self, topic: &str) -> Option<&Arc<Message>> {
+        self.retained.get(topic)
+    }
+
     /// Bytes of retained messages (topics and payloads).
     pub fn retained_bytes(&self) -> u64 {
         self.retained_bytes

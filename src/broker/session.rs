@@ -101,6 +101,9 @@ pub struct SessionState {
     pub offline_bytes: u64,
     /// Whether this session is counted among the broker's offline sessions (`max_offline_sessions`).
     pub counted_offline: bool,
+    /// Bumped by every change worth saving (subscriptions, queue, in-flight, expiry): the broker's state
+    /// saver writes a session again only when this moved.
+    pub version: u64,
 }
 
 /// A session. Shared by the router (subscriptions point at it), the connection task and publishers.
@@ -144,6 +147,7 @@ impl Session {
                 kicked: None,
                 offline_bytes: 0,
                 counted_offline: false,
+                version: 0,
             }),
             wake: Notify::new(),
             space: Arc::new(Notify::new()),
@@ -184,11 +188,15 @@ impl Session {
             }
             st.offline_bytes += cost;
             st.queue.push_back(out);
+            st.version += 1;
             return Offer::Queued;
         }
         if st.queue.len() < st.max_queue || out.msg.origin == Some(self.id) {
             // A session's own publishes may exceed the cap: its connection cannot wait for itself to drain the
             // queue (bounded by its receive window).
+            if out.qos != QoS::AtMostOnce {
+                st.version += 1;
+            }
             st.queue.push_back(out);
             drop(st);
             self.wake.notify_one();
@@ -283,6 +291,7 @@ impl SessionState {
         {
             Some(idx) => {
                 self.inflight.remove(idx);
+                self.version += 1;
                 true
             }
             None => false,
@@ -298,6 +307,7 @@ impl SessionState {
         {
             Some(i) => {
                 i.stage = Stage::AwaitComp;
+                self.version += 1;
                 true
             }
             None => self
@@ -309,6 +319,7 @@ impl SessionState {
 
     /// Forgets everything a clean start discards.
     pub fn reset(&mut self) {
+        self.version += 1;
         self.queue.clear();
         self.inflight.clear();
         self.incoming_qos2.clear();

@@ -169,6 +169,37 @@ use writer::{Ctl, Req, Settings, Writer};
 /// Smallest usable cap: the empty schema plus a WAL budget need about 100 KiB.
 pub const MIN_MAX_BYTES: u64 = 256 * 1024;
 
+/// What kind of broker state a row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StateKind {
+    /// A retained message, keyed by topic.
+    Retained = 1,
+    /// A persistent session, keyed by client id.
+    Session = 2,
+}
+
+/// One change of the broker's saved state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateOp {
+    /// Insert or replace.
+    Put {
+        /// Kind of row.
+        kind: StateKind,
+        /// Topic or client id.
+        key: String,
+        /// The encoded state.
+        value: Vec<u8>,
+    },
+    /// Remove.
+    Delete {
+        /// Kind of row.
+        kind: StateKind,
+        /// Topic or client id.
+        key: String,
+    },
+}
+
 /// Resolves with the seq (or seq range, for a batch) once the transaction holding the row(s) has committed —
 /// or with the reason it never will (refused under `drop_newest`, unwritable, store closed). Dropping the
 /// ticket does not cancel the append (that is how `durability: relaxed` uses it).
@@ -382,6 +413,22 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.send(Req::Flush(tx), 0).await?;
         rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Queues broker state changes; they commit with the log's next transaction (within one commit interval).
+    pub async fn save_state(&self, ops: Vec<StateOp>) -> Result<(), StoreError> {
+        self.check_open()?;
+        self.send(Req::State(ops), 0).await
+    }
+
+    /// The broker state saved so far, by kind: (key, value) pairs. Read from the committed database.
+    pub fn load_state(&self, kind: StateKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.readers.with(|c| {
+            let mut st =
+                c.prepare("SELECT key, value FROM broker_state WHERE kind = ?1 ORDER BY key")?;
+            let rows = st.query_map([kind as u8], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     /// Runs retention now (age, cap, checkpoint, vacuum) instead of at the next timer tick; also retries a

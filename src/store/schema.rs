@@ -8,7 +8,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use super::error::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One step of the schema history: brings a database from version `to - 1` to `to`. Steps run in order, each
 /// in its own `BEGIN IMMEDIATE` transaction together with the `schema_version` update, so a failed step leaves
@@ -21,10 +21,29 @@ pub(crate) struct Migration {
 }
 
 /// The real history. v0 is "no `meta` table" (a new, empty file).
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    to: 1,
-    apply: v0_to_v1,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 1,
+        apply: v0_to_v1,
+    },
+    Migration {
+        to: 2,
+        apply: v1_to_v2,
+    },
+];
+
+/// v2: the embedded broker's state (retained messages, persistent sessions), next to the log so that it
+/// commits in the same transactions and is backed up, checked and salvaged with it.
+fn v1_to_v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE broker_state (
+             kind  INTEGER NOT NULL,
+             key   TEXT    NOT NULL,
+             value BLOB    NOT NULL,
+             PRIMARY KEY (kind, key)
+         ) WITHOUT ROWID;",
+    )
+}
 
 fn v0_to_v1(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(

@@ -31,6 +31,8 @@ pub(crate) enum Req {
     One(LogRecord, OneTx),
     Batch(Vec<LogRecord>, BatchTx),
     Flush(OneTx),
+    /// Broker state changes, written in the open transaction (no ticket: they commit with it).
+    State(Vec<super::StateOp>),
 }
 
 impl Req {
@@ -38,7 +40,7 @@ impl Req {
         match self {
             Req::One(..) => 1,
             Req::Batch(v, _) => v.len() as u64,
-            Req::Flush(_) => 0,
+            Req::Flush(_) | Req::State(_) => 0,
         }
     }
 }
@@ -461,6 +463,11 @@ impl Writer {
                         let _ = tx.send(Ok(self.head));
                     }
                 }
+                Req::State(ops) => {
+                    if let Err(e) = self.write_state(&ops) {
+                        self.on_write_error(e);
+                    }
+                }
                 req if self.state == WriterState::Full && self.s.policy == WhenFull::DropNewest => {
                     self.refuse_full(req)
                 }
@@ -500,8 +507,39 @@ impl Writer {
             Req::One(_, tx) => drop(tx.send(Err(StoreError::Full))),
             Req::Batch(_, tx) => drop(tx.send(Err(StoreError::Full))),
             Req::Flush(tx) => drop(tx.send(Ok(self.head))),
+            Req::State(_) => {}
         }
         self.note_drops();
+    }
+
+    /// Broker state rows, in the open transaction: they commit (and are lost) together with the log rows of
+    /// the same interval.
+    fn write_state(&mut self, ops: &[super::StateOp]) -> rusqlite::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if !self.txn_open {
+            self.conn.execute_batch("BEGIN")?;
+            self.txn_open = true;
+            self.txn_since = Some(Instant::now());
+        }
+        for op in ops {
+            match op {
+                super::StateOp::Put { kind, key, value } => {
+                    let mut st = self.conn.prepare_cached(
+                        "INSERT OR REPLACE INTO broker_state(kind, key, value) VALUES (?1, ?2, ?3)",
+                    )?;
+                    st.execute(rusqlite::params![*kind as u8, key, value])?;
+                }
+                super::StateOp::Delete { kind, key } => {
+                    let mut st = self
+                        .conn
+                        .prepare_cached("DELETE FROM broker_state WHERE kind = ?1 AND key = ?2")?;
+                    st.execute(rusqlite::params![*kind as u8, key])?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn insert(&mut self, rec: &LogRecord) -> rusqlite::Result<u64> {
@@ -1547,6 +1585,7 @@ impl Writer {
                         drop(tx.send(Err(StoreError::WriteFailed(msg.clone()))))
                     }
                     Req::Batch(_, tx) => drop(tx.send(Err(StoreError::WriteFailed(msg.clone())))),
+                    Req::State(_) => {}
                 }
             }
             self.shared

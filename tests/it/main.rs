@@ -6,6 +6,7 @@ mod bridge;
 mod broker_flows;
 mod broker_hardening;
 mod broker_peers;
+mod broker_state;
 mod broker_transports;
 mod daemon;
 mod ingest;
