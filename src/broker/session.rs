@@ -191,9 +191,16 @@ impl Session {
             st.version += 1;
             return Offer::Queued;
         }
-        if st.queue.len() < st.max_queue || out.msg.origin == Some(self.id) {
-            // A session's own publishes may exceed the cap: its connection cannot wait for itself to drain the
-            // queue (bounded by its receive window).
+        let own = out.msg.origin == Some(self.id);
+        if own && st.queue.len() >= 2 * st.max_queue {
+            // Its own connection cannot wait for itself, and a client that never acknowledges could grow the
+            // queue without end: past twice the cap its own messages are dropped, counted.
+            st.dropped += 1;
+            return Offer::Dropped;
+        }
+        if st.queue.len() < st.max_queue || own {
+            // A session's own publishes may exceed the cap (up to twice it): its connection cannot wait for
+            // itself to drain the queue.
             if out.qos != QoS::AtMostOnce {
                 st.version += 1;
             }
@@ -373,6 +380,38 @@ mod tests {
         ));
         assert_eq!(s.state.lock().dropped, 2);
         assert_eq!(budget.used(), 2 * out(QoS::AtLeastOnce).cost());
+    }
+
+    #[test]
+    fn own_messages_may_exceed_the_cap_but_not_without_end() {
+        let budget = OfflineBudget::new(u64::MAX);
+        let s = Session::new(7, "self".into(), Protocol::V5, 2);
+        s.set_online(true);
+        let own = |qos| {
+            let mut m = Message::new("t", "p", qos, false);
+            m.origin = Some(7);
+            Outbound {
+                msg: Arc::new(m),
+                qos,
+                retain: false,
+                sub_ids: vec![],
+            }
+        };
+        for _ in 0..4 {
+            assert!(matches!(
+                s.offer(own(QoS::AtLeastOnce), &budget),
+                Offer::Queued
+            ));
+        }
+        assert!(matches!(
+            s.offer(own(QoS::AtLeastOnce), &budget),
+            Offer::Dropped
+        ));
+        assert!(matches!(
+            s.offer(own(QoS::AtMostOnce), &budget),
+            Offer::Dropped
+        ));
+        assert_eq!(s.state.lock().queue.len(), 4);
     }
 
     #[test]
