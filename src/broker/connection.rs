@@ -187,7 +187,7 @@ async fn handshake<S: Io>(
         client_max_packet: accepted.client_max_packet,
         client_alias_max: accepted.client_alias_max,
         aliases: None,
-        pending_acks: FuturesOrdered::new(),
+        pending_acks: None,
         blocked: None,
         admitting: None,
         last_packet: Instant::now(),
@@ -404,7 +404,9 @@ struct Conn<S> {
     client_alias_max: u16,
     /// Topic aliases both ways; most clients use none.
     aliases: Option<Box<Aliases>>,
-    pending_acks: FuturesOrdered<AckFuture>,
+    /// Acknowledgements waiting for their commit, in order; created on first use (an empty `FuturesOrdered`
+    /// still allocates) and dropped when drained.
+    pending_acks: Option<FuturesOrdered<AckFuture>>,
     blocked: Option<Box<Blocked>>,
     admitting: Option<Admitting>,
     last_packet: Instant,
@@ -473,8 +475,11 @@ impl<S: Io> Conn<S> {
                 _ = takeover.cancelled() => {
                     return if self.broker.inner.shutdown.is_cancelled() { Exit::Shutdown } else { Exit::Takeover };
                 }
-                Some((pid, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
+                Some((pid, qos, result)) = next_ack(&mut self.pending_acks), if self.acks_pending() > 0 => {
                     self.write_ack(pid, qos, result);
+                    if self.acks_pending() == 0 {
+                        self.pending_acks = None;
+                    }
                     // A 3.1.1 client held at its quota may have more packets buffered.
                     self.process_more |= !self.rbuf.is_empty();
                 }
@@ -605,7 +610,7 @@ impl<S: Io> Conn<S> {
     fn may_process(&self) -> bool {
         self.blocked.is_none()
             && self.admitting.is_none()
-            && (self.v5() || self.pending_acks.len() < usize::from(self.cfg.receive_maximum))
+            && (self.v5() || self.acks_pending() < usize::from(self.cfg.receive_maximum))
     }
 
     /// While the connection was not reading, a partly received packet could not progress: its clock restarts.
@@ -989,14 +994,20 @@ impl<S: Io> Conn<S> {
     fn queue_ack(&mut self, ack: AckPlan) {
         let AckPlan { pid, qos, hook } = ack;
         match hook {
-            None if self.pending_acks.is_empty() => self.write_ack(pid, qos, Ok(())),
+            None if self.acks_pending() == 0 => self.write_ack(pid, qos, Ok(())),
             None => self
                 .pending_acks
+                .get_or_insert_with(FuturesOrdered::new)
                 .push_back(Box::pin(async move { (pid, qos, Ok(())) })),
             Some(fut) => self
                 .pending_acks
+                .get_or_insert_with(FuturesOrdered::new)
                 .push_back(Box::pin(async move { (pid, qos, fut.await) })),
         }
+    }
+
+    fn acks_pending(&self) -> usize {
+        self.pending_acks.as_ref().map_or(0, FuturesOrdered::len)
     }
 
     fn write_ack(&mut self, pid: u16, qos: QoS, result: Result<(), HookRefusal>) {
@@ -1273,6 +1284,15 @@ fn resp(packet_id: u16, reason_code: u8) -> PubResp {
 async fn wait_admission(admitting: &mut Option<Admitting>) -> Result<CommitFuture, HookRefusal> {
     match admitting {
         Some(a) => a.admission.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_ack(
+    acks: &mut Option<FuturesOrdered<AckFuture>>,
+) -> Option<(u16, QoS, Result<(), HookRefusal>)> {
+    match acks {
+        Some(a) => a.next().await,
         None => std::future::pending().await,
     }
 }
