@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, Action};
+use super::auth::{self, Action, ClientAcl};
 use super::codec::{
     self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, PubResp,
     Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -86,9 +86,15 @@ struct Admitting {
 
 type AckFuture = BoxFuture<'static, (u16, QoS, Result<(), HookRefusal>)>;
 
-/// Serves one accepted connection until it ends. `over_limit` makes it refuse the CONNECT with "server busy".
-pub(crate) async fn serve<S>(broker: Broker, mut stream: S, peer: SocketAddr, over_limit: bool)
-where
+/// Serves one accepted connection until it ends. `over_limit` makes it refuse the CONNECT with "server busy";
+/// `allow_anonymous` is the listener's own setting (`None`: the broker's).
+pub(crate) async fn serve<S>(
+    broker: Broker,
+    mut stream: S,
+    peer: SocketAddr,
+    over_limit: bool,
+    allow_anonymous: Option<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let cfg = broker.config();
@@ -135,7 +141,7 @@ where
         let _ = stream.write_all(&out).await;
         return;
     }
-    let accepted = match accept(&broker, connect, &mut out) {
+    let accepted = match accept(&broker, connect, allow_anonymous, &mut out) {
         Ok(a) => a,
         Err(code) => {
             Metrics::inc(&broker.inner.metrics.connections_refused);
@@ -146,7 +152,13 @@ where
         }
     };
     Metrics::inc(&broker.inner.metrics.clients_connected);
+    let acl = ClientAcl::new(
+        cfg.clone(),
+        accepted.username.as_deref(),
+        accepted.session.client_id.clone(),
+    );
     let mut conn = Conn {
+        acl,
         broker: broker.clone(),
         stream,
         rbuf,
@@ -155,7 +167,6 @@ where
         protocol,
         session: accepted.session,
         generation: accepted.generation,
-        username: accepted.username,
         keepalive: accepted.keepalive,
         client_receive_max: accepted.client_receive_max,
         client_max_packet: accepted.client_max_packet,
@@ -269,7 +280,12 @@ struct Accepted {
 }
 
 /// Validates the CONNECT, attaches the session and writes the CONNACK into `out`.
-fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accepted, u8> {
+fn accept(
+    broker: &Broker,
+    connect: Connect,
+    allow_anonymous: Option<bool>,
+    out: &mut BytesMut,
+) -> Result<Accepted, u8> {
     let cfg = broker.config();
     let v5 = connect.protocol == Protocol::V5;
     if connect.properties.authentication_method.is_some() {
@@ -277,7 +293,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
     }
     auth::authenticate(
         &cfg.users,
-        cfg.allow_anonymous,
+        allow_anonymous.unwrap_or(cfg.allow_anonymous),
         connect.username.as_deref(),
         connect.password.as_deref(),
     )?;
@@ -336,8 +352,12 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
             server_keep_alive = Some(max);
         }
     }
-    let (session, present, token, generation) =
-        broker.attach(&client_id, connect.clean_start, connect.protocol);
+    let (session, present, token, generation) = broker.attach(
+        &client_id,
+        connect.clean_start,
+        connect.protocol,
+        connect.username.as_deref(),
+    )?;
     {
         let mut st = session.state.lock();
         st.expiry_secs = expiry;
@@ -392,6 +412,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
 }
 
 struct Conn<S> {
+    acl: ClientAcl,
     broker: Broker,
     stream: S,
     rbuf: BytesMut,
@@ -400,7 +421,6 @@ struct Conn<S> {
     protocol: Protocol,
     session: Arc<Session>,
     generation: u64,
-    username: Option<String>,
     keepalive: Option<Duration>,
     client_receive_max: u16,
     client_max_packet: u32,
@@ -691,13 +711,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let cfg = self.broker.config();
         let pid = p.packet_id;
         let qos = p.qos;
-        if !auth::authorize(
-            &cfg.acl,
-            self.username.as_deref(),
-            &self.session.client_id,
-            Action::Publish,
-            &topic,
-        ) {
+        self.acl.refresh(&cfg);
+        if !self.acl.may_publish(&topic) {
             Metrics::inc(&self.broker.inner.metrics.denied_publishes);
             let refusal = HookRefusal {
                 reason_code: reason::NOT_AUTHORIZED,
@@ -854,6 +869,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             ));
         }
         let cfg = self.broker.config();
+        self.acl.refresh(&cfg);
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
         for sub in s.subscriptions {
@@ -868,13 +884,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     "no-local on a shared subscription".into(),
                 ));
             }
-            if !auth::authorize(
-                &cfg.acl,
-                self.username.as_deref(),
-                &self.session.client_id,
-                Action::Subscribe,
-                parsed.filter,
-            ) {
+            // The whole filter must be readable; `$share/<group>/` is judged on the filter behind it.
+            if !self.acl.may_subscribe(parsed.filter) {
                 codes.push(reason::NOT_AUTHORIZED);
                 continue;
             }
@@ -951,6 +962,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let now = Instant::now();
         let inflight: VecDeque<Inflight> = self.session.state.lock().inflight.clone();
         for i in inflight {
+            // Sent under another user's rights (a takeover with `client_id_binding: off`) or an older ACL:
+            // checked again, and dropped (counted) if this client may not read it.
+            if i.stage != Stage::AwaitComp && !self.acl.may_read(&i.out.msg.topic) {
+                self.session.state.lock().complete(i.pid, i.stage);
+                Metrics::inc(&self.broker.inner.metrics.denied_deliveries);
+                continue;
+            }
             match i.stage {
                 Stage::AwaitComp => self.encode(Packet::PubRel(resp(i.pid, reason::SUCCESS))),
                 Stage::AwaitAck | Stage::AwaitRec => {
@@ -969,6 +987,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let mut sent = 0u64;
         let mut freed = false;
         let session = self.session.clone();
+        self.acl.refresh_from(&self.broker.inner.cfg);
         let mut st = session.state.lock();
         if st.generation != self.generation {
             return;
@@ -981,6 +1000,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             freed = true;
             if out.msg.expired(now) {
                 Metrics::inc(&self.broker.inner.metrics.dropped_expired);
+                continue;
+            }
+            // Every delivery (live, retained, shared, queued offline) is checked against the receiver's read
+            // rights on the concrete topic, whatever filter brought it here.
+            if !self.acl.may_read(&out.msg.topic) {
+                Metrics::inc(&self.broker.inner.metrics.denied_deliveries);
                 continue;
             }
             let pid = if out.qos == QoS::AtMostOnce {

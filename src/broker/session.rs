@@ -91,6 +91,8 @@ pub struct SessionState {
     pub timers: Option<CancellationToken>,
     /// Will to publish when the connection ends uncleanly.
     pub will: Option<LastWill>,
+    /// The user of the connection that last attached (`None`: anonymous); the client id stays bound to it.
+    pub owner: Option<Arc<str>>,
 }
 
 /// A session. Shared by the router (subscriptions point at it), the connection task and publishers.
@@ -131,6 +133,7 @@ impl Session {
                 generation: 0,
                 timers: None,
                 will: None,
+                owner: None,
             }),
             wake: Notify::new(),
             space: Arc::new(Notify::new()),
