@@ -80,7 +80,14 @@ pub fn authenticate(
         Some(name) => {
             let Some(user) = users.iter().find(|u| u.username == name) else {
                 // An unknown user with anonymous access allowed is still a failed login: a typo in a user
-                // name must not silently fall back to anonymous rights.
+                // name must not silently fall back to anonymous rights. The same hashing work as for a
+                // known user (mosquitto_passwd's default) keeps user names from being probed by timing.
+                let decoy = Password::Pbkdf2Sha512 {
+                    iterations: 101,
+                    salt: vec![0; 12],
+                    hash: vec![0; 64],
+                };
+                let _ = verify(&decoy, password.unwrap_or_default());
                 return Err(reason::BAD_USER_NAME_OR_PASSWORD);
             };
             match password {
@@ -357,6 +364,8 @@ const READ_CACHE_MAX: usize = 1024;
 #[derive(Debug)]
 pub struct ClientAcl {
     cfg: Arc<BrokerConfig>,
+    /// The broker's configuration generation last seen by [`ClientAcl::refresh_from`].
+    generation: u64,
     user: Option<Arc<str>>,
     client_id: Arc<str>,
     /// No ACL configured: everything is allowed and nothing is looked up.
@@ -369,6 +378,7 @@ impl ClientAcl {
     /// The ACL of a client that authenticated as `user` (`None`: anonymous) with `client_id`.
     pub fn new(cfg: Arc<BrokerConfig>, user: Option<&str>, client_id: Arc<str>) -> ClientAcl {
         let mut acl = ClientAcl {
+            generation: 0,
             open: true,
             rules: Vec::new(),
             read_cache: HashMap::default(),
@@ -394,13 +404,19 @@ impl ClientAcl {
         }
     }
 
-    /// Like [`ClientAcl::refresh`] from the broker's current configuration, without cloning it when unchanged.
-    pub(crate) fn refresh_from(&mut self, current: &parking_lot::RwLock<Arc<BrokerConfig>>) {
-        let cur = current.read();
-        if !Arc::ptr_eq(&cur, &self.cfg) {
-            let cfg = cur.clone();
-            drop(cur);
-            self.rebuild(cfg);
+    /// Like [`ClientAcl::refresh`] from the broker's current configuration. `generation` (bumped after each
+    /// configuration change) makes the common case one atomic load: no lock, no reference count.
+    #[inline]
+    pub(crate) fn refresh_from(
+        &mut self,
+        generation: &std::sync::atomic::AtomicU64,
+        current: &parking_lot::RwLock<Arc<BrokerConfig>>,
+    ) {
+        let g = generation.load(std::sync::atomic::Ordering::Acquire);
+        if g != self.generation {
+            self.generation = g;
+            let cfg = current.read().clone();
+            self.refresh(&cfg);
         }
     }
 

@@ -987,7 +987,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let mut sent = 0u64;
         let mut freed = false;
         let session = self.session.clone();
-        self.acl.refresh_from(&self.broker.inner.cfg);
+        self.acl
+            .refresh_from(&self.broker.inner.cfg_generation, &self.broker.inner.cfg);
         let mut st = session.state.lock();
         if st.generation != self.generation {
             return;

@@ -116,6 +116,8 @@ pub trait PublishHook: Send + Sync + 'static {
 
 pub(crate) struct Inner {
     pub cfg: RwLock<Arc<BrokerConfig>>,
+    /// Bumped after every `update_config`: connections compare it (one relaxed load) before re-reading `cfg`.
+    pub cfg_generation: AtomicU64,
     pub router: RwLock<Router>,
     pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     next_session_id: AtomicU64,
@@ -148,6 +150,7 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(Arc::new(cfg)),
+                cfg_generation: AtomicU64::new(0),
                 router: RwLock::new(Router::default()),
                 sessions: Mutex::new(HashMap::new()),
                 next_session_id: AtomicU64::new(1),
@@ -170,6 +173,7 @@ impl Broker {
     /// re-bound: the caller restarts them when they changed. Connected clients stay connected.
     pub fn update_config(&self, cfg: BrokerConfig) {
         *self.inner.cfg.write() = Arc::new(cfg);
+        self.inner.cfg_generation.fetch_add(1, Ordering::Release);
     }
 
     /// Installs the publish hook (the store).
