@@ -535,6 +535,8 @@ async fn mosquitto_passwd_and_acl_files_with_mosquitto_clients() {
     let _ = mpub(port, None, "public/x", "anon").await;
     assert_eq!(tb.broker.stats().denied_publishes, denied + 2);
     assert_refused(port, None, "plant/+").await;
+    // The section before any `user` line is for anonymous clients only, not for every user.
+    assert_refused(port, Some(("alice", "s3cret")), "public/#").await;
     let (code, out) = mpub(port, Some(("alice", "s3cret")), "public/news", "hello").await;
     assert_eq!(code, 0, "alice has no right on public/: {out}");
     assert_eq!(tb.broker.stats().denied_publishes, denied + 3);
@@ -606,7 +608,7 @@ storage: {{path: {}}}
     let warn = dir.path().join("warn.yaml");
     std::fs::write(
         &warn,
-        "broker:\n  allow_anonymous: true\n  listeners:\n    - bind: 127.0.0.1:1883\n    - bind: 0.0.0.0:1883\n      name: plant\n    - bind: \"[::]:1884\"\n      allow_anonymous: false\n",
+        "broker:\n  allow_anonymous: true\n  listeners:\n    - bind: 127.0.0.1:1883\n    - bind: 0.0.0.0:1883\n      name: plant\n    - bind: \"[::]:1884\"\n      allow_anonymous: false\n    - bind: 10.1.2.3:1885\n",
     )
     .unwrap();
     let (code, out, err) = run(Command::new(binary())
@@ -616,10 +618,14 @@ storage: {{path: {}}}
     .await;
     assert_eq!(code, 0, "{out}{err}");
     let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
-    assert_eq!(warnings.len(), 1, "{out}");
+    assert_eq!(warnings.len(), 2, "{out}");
     assert!(warnings[0].contains("warn.yaml:5:7"), "{out}");
     assert!(
         warnings[0].contains("`plant`") && warnings[0].contains("anonymous"),
+        "{out}"
+    );
+    assert!(
+        warnings[1].contains("warn.yaml:9:7") && warnings[1].contains("10.1.2.3:1885"),
         "{out}"
     );
     std::fs::write(
