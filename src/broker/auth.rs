@@ -768,8 +768,10 @@ mod tests {
 
     #[test]
     fn read_checks_are_cached_and_follow_reloads() {
-        let mut cfg = BrokerConfig::default();
-        cfg.acl = vec![rule(AclWho::Everyone, "gw/+", AclAccess::Subscribe, true)];
+        let cfg = BrokerConfig {
+            acl: vec![rule(AclWho::Everyone, "gw/+", AclAccess::Subscribe, true)],
+            ..Default::default()
+        };
         let cfg = Arc::new(cfg);
         let mut acl = ClientAcl::new(cfg.clone(), None, "c".into());
         let t: Arc<str> = "gw/secret".into();
