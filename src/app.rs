@@ -146,6 +146,9 @@ pub enum StartError {
 impl App {
     /// Starts everything described by `cfg`.
     pub async fn start(cfg: Config, registry: Registry) -> Result<Arc<App>, StartError> {
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
         let store = Store::open(&cfg.storage)?;
         let store_link = Arc::new(StoreLink::new(store.clone(), &cfg));
         let broker = Broker::new(cfg.broker.clone());

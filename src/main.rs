@@ -119,6 +119,9 @@ fn check(config: &std::path::Path) -> ExitCode {
     let registry = Registry::default();
     match app::load_config(config, &registry) {
         Ok(cfg) => {
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} device(s), {} bridge(s), {} listener(s))",
                 config.display(),

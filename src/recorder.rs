@@ -95,12 +95,12 @@ impl PublishHook for StoreLink {
         let store = self.store.clone();
         let strict = *self.strict.read();
         Some(Box::pin(async move {
-            let ticket = store.append(rec).await.map_err(refusal)?;
             let commit: CommitFuture = if strict {
+                let ticket = store.append(rec).await.map_err(refusal)?;
                 Box::pin(async move { ticket.await.map(|_| ()).map_err(refusal) })
             } else {
                 // Relaxed: acknowledged once queued; the row still commits within the commit interval.
-                drop(ticket);
+                store.append_relaxed(rec).await.map_err(refusal)?;
                 Box::pin(async { Ok(()) })
             };
             Ok(commit)
@@ -154,9 +154,7 @@ impl Recorder for StoreLink {
         Box::pin(async move {
             // Refusals (drop_newest, unwritable disk) are counted and logged by the store itself; the reading
             // is still published locally.
-            if let Ok(ticket) = store.append(rec).await {
-                drop(ticket);
-            }
+            let _ = store.append_relaxed(rec).await;
         })
     }
 

@@ -9,27 +9,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use fieldbridge::broker::codec::{self, Connect, Packet, Properties, Protocol, QoS};
 use fieldbridge::broker::Broker;
-use fieldbridge::config::{BrokerConfig, BrokerLimits, ListenerConfig, ListenerKind};
+use fieldbridge::config::{BrokerConfig, BrokerLimits};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config() -> BrokerConfig {
     BrokerConfig {
-        listeners: vec![ListenerConfig {
-            name: "fuzz".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            kind: ListenerKind::Tcp,
-        }],
         max_connections: 16,
         max_packet_size: 64 * 1024,
         receive_maximum: 8,
         max_queued_messages: 16,
         max_session_expiry: Duration::from_secs(600),
         topic_alias_maximum: 4,
-        max_keepalive: None,
-        allow_anonymous: true,
-        users: vec![],
-        acl: vec![],
         sys_interval: Duration::ZERO,
         limits: BrokerLimits {
             max_subscriptions_per_client: 8,
@@ -37,6 +28,7 @@ fn config() -> BrokerConfig {
             max_offline_sessions: 2,
             ..BrokerLimits::default()
         },
+        ..BrokerConfig::default()
     }
 }
 

@@ -134,6 +134,11 @@ pub(crate) fn render(s: &Snapshot) -> String {
             b.denied_publishes,
         ),
         (
+            "fieldbridge_broker_deliveries_denied_total",
+            "Deliveries withheld because the receiver may not read the topic (ACL).",
+            b.denied_deliveries,
+        ),
+        (
             "fieldbridge_broker_protocol_errors_total",
             "Connections closed for a protocol violation.",
             b.protocol_errors,

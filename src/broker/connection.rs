@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, Action};
+use super::auth::{self, Action, ClientAcl};
 use super::codec::{
     self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, PubResp,
     Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -92,13 +92,21 @@ struct Admitting {
 
 type AckFuture = BoxFuture<'static, (u16, QoS, Result<(), HookRefusal>)>;
 
-/// Serves one accepted connection until it ends. `over_limit` makes it refuse the CONNECT with "server busy".
+/// Serves one accepted connection until it ends. `over_limit` makes it refuse the CONNECT with "server busy";
+/// `allow_anonymous` is the listener's own setting (`None`: the broker's).
 ///
 /// The handshake and the goodbye run boxed: they hold a decoded CONNECT, timers and buffers only briefly, and
 /// an idle connection's task should not carry room for them (memory per idle connection is what a gateway
 /// with thousands of clients pays).
-pub(crate) async fn serve<S: Io>(broker: Broker, stream: S, peer: SocketAddr, over_limit: bool) {
-    let Some((mut conn, token)) = Box::pin(handshake(broker, stream, peer, over_limit)).await
+pub(crate) async fn serve<S: Io>(
+    broker: Broker,
+    stream: S,
+    peer: SocketAddr,
+    over_limit: bool,
+    allow_anonymous: Option<bool>,
+) {
+    let Some((mut conn, token)) =
+        Box::pin(handshake(broker, stream, peer, over_limit, allow_anonymous)).await
     else {
         return;
     };
@@ -115,6 +123,7 @@ async fn handshake<S: Io>(
     mut stream: S,
     peer: SocketAddr,
     over_limit: bool,
+    allow_anonymous: Option<bool>,
 ) -> Option<(Conn<S>, CancellationToken)> {
     let cfg = broker.config();
     let mut rbuf = BytesMut::with_capacity(MIN_READ);
@@ -160,7 +169,7 @@ async fn handshake<S: Io>(
         let _ = stream.write_all(&out).await;
         return None;
     }
-    let accepted = match accept(&broker, connect, &mut out) {
+    let accepted = match accept(&broker, connect, allow_anonymous, &mut out) {
         Ok(a) => a,
         Err(code) => {
             Metrics::inc(&broker.inner.metrics.connections_refused);
@@ -172,7 +181,13 @@ async fn handshake<S: Io>(
     };
     Metrics::inc(&broker.inner.metrics.clients_connected);
     let conn_rbuf_empty = rbuf.is_empty();
+    let acl = ClientAcl::new(
+        cfg.clone(),
+        accepted.username.as_deref(),
+        accepted.session.client_id.clone(),
+    );
     let conn = Conn {
+        acl,
         broker: broker.clone(),
         stream,
         rbuf,
@@ -181,7 +196,6 @@ async fn handshake<S: Io>(
         protocol,
         session: accepted.session,
         generation: accepted.generation,
-        username: accepted.username,
         keepalive: accepted.keepalive,
         client_receive_max: accepted.client_receive_max,
         client_max_packet: accepted.client_max_packet,
@@ -260,7 +274,12 @@ struct Accepted {
 }
 
 /// Validates the CONNECT, attaches the session and writes the CONNACK into `out`.
-fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accepted, u8> {
+fn accept(
+    broker: &Broker,
+    connect: Connect,
+    allow_anonymous: Option<bool>,
+    out: &mut BytesMut,
+) -> Result<Accepted, u8> {
     let cfg = broker.config();
     let v5 = connect.protocol == Protocol::V5;
     if connect.properties.authentication_method.is_some() {
@@ -268,7 +287,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
     }
     auth::authenticate(
         &cfg.users,
-        cfg.allow_anonymous,
+        allow_anonymous.unwrap_or(cfg.allow_anonymous),
         connect.username.as_deref(),
         connect.password.as_deref(),
     )?;
@@ -332,8 +351,12 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
         // 5.0 §3.2.2.3.14: with a server-side limit in force, say which keepalive applies.
         server_keep_alive = Some(keep_alive);
     }
-    let (session, present, token, generation) =
-        broker.attach(&client_id, connect.clean_start, connect.protocol);
+    let (session, present, token, generation) = broker.attach(
+        &client_id,
+        connect.clean_start,
+        connect.protocol,
+        connect.username.as_deref(),
+    )?;
     {
         let mut st = session.state.lock();
         st.expiry_secs = expiry;
@@ -389,6 +412,7 @@ fn accept(broker: &Broker, connect: Connect, out: &mut BytesMut) -> Result<Accep
 }
 
 struct Conn<S> {
+    acl: ClientAcl,
     broker: Broker,
     stream: S,
     rbuf: BytesMut,
@@ -397,7 +421,6 @@ struct Conn<S> {
     protocol: Protocol,
     session: Arc<Session>,
     generation: u64,
-    username: Option<String>,
     keepalive: Option<Duration>,
     client_receive_max: u16,
     client_max_packet: u32,
@@ -858,13 +881,8 @@ impl<S: Io> Conn<S> {
                 self.unacked_qos1 += 1;
             }
         }
-        if !auth::authorize(
-            &cfg.acl,
-            self.username.as_deref(),
-            &self.session.client_id,
-            Action::Publish,
-            &topic,
-        ) {
+        self.acl.refresh(&cfg);
+        if !self.acl.may_publish(&topic) {
             Metrics::inc(&self.broker.inner.metrics.denied_publishes);
             let refusal = HookRefusal {
                 reason_code: reason::NOT_AUTHORIZED,
@@ -1041,6 +1059,7 @@ impl<S: Io> Conn<S> {
             ));
         }
         let cfg = self.broker.config();
+        self.acl.refresh(&cfg);
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
         for sub in s.subscriptions {
@@ -1074,13 +1093,8 @@ impl<S: Io> Conn<S> {
                     "no-local on a shared subscription".into(),
                 ));
             }
-            if !auth::authorize(
-                &cfg.acl,
-                self.username.as_deref(),
-                &self.session.client_id,
-                Action::Subscribe,
-                parsed.filter,
-            ) {
+            // The whole filter must be readable; `$share/<group>/` is judged on the filter behind it.
+            if !self.acl.may_subscribe(parsed.filter) {
                 codes.push(reason::NOT_AUTHORIZED);
                 continue;
             }
@@ -1155,6 +1169,13 @@ impl<S: Io> Conn<S> {
         let now = Instant::now();
         let inflight: VecDeque<Inflight> = self.session.state.lock().inflight.clone();
         for i in inflight {
+            // Sent under another user's rights (a takeover with `client_id_binding: off`) or an older ACL:
+            // checked again, and dropped (counted) if this client may not read it.
+            if i.stage != Stage::AwaitComp && !self.acl.may_read(&i.out.msg.topic) {
+                self.session.state.lock().complete(i.pid, i.stage);
+                Metrics::inc(&self.broker.inner.metrics.denied_deliveries);
+                continue;
+            }
             match i.stage {
                 Stage::AwaitComp => self.encode(Packet::PubRel(resp(i.pid, reason::SUCCESS))),
                 Stage::AwaitAck | Stage::AwaitRec => {
@@ -1173,6 +1194,8 @@ impl<S: Io> Conn<S> {
         let mut sent = 0u64;
         let mut freed = false;
         let session = self.session.clone();
+        self.acl
+            .refresh_from(&self.broker.inner.cfg_generation, &self.broker.inner.cfg);
         let mut st = session.state.lock();
         if st.generation != self.generation {
             return;
@@ -1185,6 +1208,12 @@ impl<S: Io> Conn<S> {
             freed = true;
             if out.msg.expired(now) {
                 Metrics::inc(&self.broker.inner.metrics.dropped_expired);
+                continue;
+            }
+            // Every delivery (live, retained, shared, queued offline) is checked against the receiver's read
+            // rights on the concrete topic, whatever filter brought it here.
+            if !self.acl.may_read(&out.msg.topic) {
+                Metrics::inc(&self.broker.inner.metrics.denied_deliveries);
                 continue;
             }
             let pid = if out.qos == QoS::AtMostOnce {
@@ -1350,28 +1379,10 @@ fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> boo
 #[cfg(test)]
 mod size_tests {
     use super::*;
-    use crate::config::{BrokerConfig, ListenerConfig, ListenerKind};
+    use crate::config::BrokerConfig;
 
     pub(crate) fn config() -> BrokerConfig {
-        BrokerConfig {
-            listeners: vec![ListenerConfig {
-                name: "t".into(),
-                bind: "127.0.0.1:0".parse().unwrap(),
-                kind: ListenerKind::Tcp,
-            }],
-            max_connections: 10,
-            max_packet_size: 1 << 20,
-            receive_maximum: 100,
-            max_queued_messages: 100,
-            max_session_expiry: Duration::from_secs(60),
-            topic_alias_maximum: 16,
-            max_keepalive: None,
-            allow_anonymous: true,
-            users: vec![],
-            acl: vec![],
-            sys_interval: Duration::ZERO,
-            limits: Default::default(),
-        }
+        BrokerConfig::default()
     }
 
     /// What an idle connection costs is mostly its task's future and its session: guard both against silent
@@ -1380,10 +1391,10 @@ mod size_tests {
     fn an_idle_connection_stays_small() {
         let broker = Broker::new(config());
         let (a, _b) = tokio::io::duplex(64);
-        let fut = serve(broker, a, "127.0.0.1:1".parse().unwrap(), false);
+        let fut = serve(broker, a, "127.0.0.1:1".parse().unwrap(), false, None);
         let future = std::mem::size_of_val(&fut);
         let session = std::mem::size_of::<Session>();
-        assert!(future <= 1024, "serve future: {future} bytes");
+        assert!(future <= 1152, "serve future: {future} bytes");
         assert!(session <= 384, "session: {session} bytes");
     }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub dropped_too_large: AtomicU64,
     /// Publishes refused by the ACL.
     pub denied_publishes: AtomicU64,
+    /// Deliveries withheld because the receiver may not read the topic (see `broker::auth`).
+    pub denied_deliveries: AtomicU64,
     /// Connections closed for protocol violations or malformed packets.
     pub protocol_errors: AtomicU64,
     /// Connections refused at CONNECT (auth, client id, limits).
@@ -92,6 +94,8 @@ pub struct BrokerStats {
     /// See [`Metrics`].
     pub denied_publishes: u64,
     /// See [`Metrics`].
+    pub denied_deliveries: u64,
+    /// See [`Metrics`].
     pub protocol_errors: u64,
     /// See [`Metrics`].
     pub connections_refused: u64,
@@ -138,6 +142,8 @@ pub trait PublishHook: Send + Sync + 'static {
 
 pub(crate) struct Inner {
     pub cfg: RwLock<Arc<BrokerConfig>>,
+    /// Bumped after every `update_config`: connections compare it (one relaxed load) before re-reading `cfg`.
+    pub cfg_generation: AtomicU64,
     pub router: RwLock<Router>,
     pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     next_session_id: AtomicU64,
@@ -178,6 +184,7 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(Arc::new(cfg)),
+                cfg_generation: AtomicU64::new(0),
                 router: RwLock::new(Router::default()),
                 sessions: Mutex::new(HashMap::new()),
                 next_session_id: AtomicU64::new(1),
@@ -207,6 +214,7 @@ impl Broker {
             .offline_budget
             .set_max(cfg.limits.max_offline_queued_bytes);
         *self.inner.cfg.write() = Arc::new(cfg);
+        self.inner.cfg_generation.fetch_add(1, Ordering::Release);
     }
 
     /// Installs the publish hook (the store).
@@ -237,6 +245,7 @@ impl Broker {
             dropped_expired: get(&m.dropped_expired),
             dropped_too_large: get(&m.dropped_too_large),
             denied_publishes: get(&m.denied_publishes),
+            denied_deliveries: get(&m.denied_deliveries),
             protocol_errors: get(&m.protocol_errors),
             connections_refused: get(&m.connections_refused),
             slow_consumers_disconnected: get(&m.slow_consumers_disconnected),
@@ -419,16 +428,21 @@ impl Broker {
 
     /// Finds or creates the session for `client_id`. With `clean_start` an existing session is discarded.
     /// Returns the session and whether an existing one was resumed. Takes over (cancels) any attached
-    /// connection.
+    /// connection. A session of another user is refused (a v5 CONNACK code) unless `client_id_binding` is off.
     pub(crate) fn attach(
         &self,
         client_id: &Arc<str>,
         clean_start: bool,
         protocol: Protocol,
-    ) -> (Arc<Session>, bool, CancellationToken, u64) {
+        user: Option<&str>,
+    ) -> Result<(Arc<Session>, bool, CancellationToken, u64), u8> {
         let cfg = self.config();
         let mut sessions = self.inner.sessions.lock();
         let existing = sessions.get(client_id).cloned();
+        if let Some(s) = &existing {
+            let owner = s.state.lock().owner.clone();
+            super::auth::check_binding(&cfg, owner.as_deref(), user)?;
+        }
         let (session, present) = match existing {
             Some(s) if !clean_start => (s, true),
             other => {
@@ -461,11 +475,12 @@ impl Broker {
             st.max_queue = cfg.max_queued_messages;
             st.kicked = None;
             st.version += 1;
+            st.owner = user.map(Into::into);
             session.release_offline(&mut st, &self.inner.offline_budget);
             self.uncount_offline(&mut st);
         }
         session.set_online(true);
-        (session, present, token, generation)
+        Ok((session, present, token, generation))
     }
 
     /// Cancels a session's connection and timers and removes its subscriptions; the caller holds the sessions

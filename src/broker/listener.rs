@@ -54,6 +54,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Bound {
     name: String,
+    /// The listener's own `allow_anonymous` (`None`: the broker's, read at each CONNECT).
+    anonymous: Option<bool>,
     listener: TcpListener,
     accept: Accept,
 }
@@ -102,6 +104,7 @@ impl Broker {
             })?;
         Ok(Bound {
             name: cfg.name.clone(),
+            anonymous: cfg.allow_anonymous,
             listener,
             accept,
         })
@@ -121,7 +124,7 @@ impl Broker {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        broker.spawn_connection(stream, peer, bound.accept.clone())
+                        broker.spawn_connection(stream, peer, bound.accept.clone(), bound.anonymous)
                     }
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
@@ -134,7 +137,13 @@ impl Broker {
         });
     }
 
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, accept: Accept) {
+    fn spawn_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        accept: Accept,
+        anonymous: Option<bool>,
+    ) {
         let _ = stream.set_nodelay(true);
         let max = self.config().max_connections;
         let open = self.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -149,13 +158,15 @@ impl Broker {
             Accept::Tcp => {
                 self.inner.tasks.spawn(async move {
                     let _slot = slot;
-                    connection::serve(broker, stream, peer, over_limit).await;
+                    connection::serve(broker, stream, peer, over_limit, anonymous).await;
                 });
             }
             other => {
                 self.inner.tasks.spawn(Box::pin(async move {
                     let _slot = slot;
-                    if let Err(e) = serve_wrapped(broker, stream, peer, over_limit, other).await {
+                    if let Err(e) =
+                        serve_wrapped(broker, stream, peer, over_limit, other, anonymous).await
+                    {
                         tracing::debug!(%peer, error = %e, "handshake failed");
                     }
                 }));
@@ -167,7 +178,7 @@ impl Broker {
     /// TCP connection is served, outside the connection limit.
     pub async fn serve_stream<S: connection::Io>(&self, stream: S) {
         let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        connection::serve(self.clone(), stream, peer, false).await;
+        connection::serve(self.clone(), stream, peer, false, None).await;
     }
 }
 
@@ -187,22 +198,23 @@ async fn serve_wrapped(
     peer: SocketAddr,
     over_limit: bool,
     accept: Accept,
+    anonymous: Option<bool>,
 ) -> Result<(), String> {
     match accept {
-        Accept::Tcp => connection::serve(b, stream, peer, over_limit).await,
+        Accept::Tcp => connection::serve(b, stream, peer, over_limit, anonymous).await,
         Accept::Tls(tls) => {
             let s = timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
                 .await
                 .map_err(|_| "TLS handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            connection::serve(b, s, peer, over_limit).await;
+            connection::serve(b, s, peer, over_limit, anonymous).await;
         }
         Accept::Ws(path) => {
             let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(stream, &path))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            connection::serve(b, s, peer, over_limit).await;
+            connection::serve(b, s, peer, over_limit, anonymous).await;
         }
         Accept::Wss(path, tls) => {
             let s = timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
@@ -213,7 +225,7 @@ async fn serve_wrapped(
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            connection::serve(b, s, peer, over_limit).await;
+            connection::serve(b, s, peer, over_limit, anonymous).await;
         }
     }
     Ok(())

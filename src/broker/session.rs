@@ -104,6 +104,8 @@ pub struct SessionState {
     /// Bumped by every change worth saving (subscriptions, queue, in-flight, expiry): the broker's state
     /// saver writes a session again only when this moved.
     pub version: u64,
+    /// The user of the connection that last attached (`None`: anonymous); the client id stays bound to it.
+    pub owner: Option<Arc<str>>,
 }
 
 /// A session. Shared by the router (subscriptions point at it), the connection task and publishers.
@@ -148,6 +150,7 @@ impl Session {
                 offline_bytes: 0,
                 counted_offline: false,
                 version: 0,
+                owner: None,
             }),
             wake: Notify::new(),
             space: Arc::new(Notify::new()),

@@ -38,7 +38,14 @@
 //!   otherwise); `forward: []` forwards nothing. A rule may be a bare filter string. `{gateway}` is expanded in
 //!   bridge filters and templates, ACL filters, storage `record` filters and status topics at load time.
 //! - ACL rules: `{allow|deny: publish|subscribe|all, topic: <filter>, user: <name>?}`; first match decides;
-//!   with rules and no match, access is denied (see `broker::auth`). A rule's `user` must be a defined user.
+//!   with rules and no match, access is denied (see `broker::auth`). A rule's `user` must be a defined user
+//!   (in `users` or the `password_file`).
+//! - Mosquitto files: `broker.password_file` (mosquitto_passwd `$6$`/`$7$` hashes) adds users (a name in both it
+//!   and `users` is an error); `broker.acl_file` (mosquitto ACL syntax) adds rules after `acl:`, in mosquitto's
+//!   order. Both are bounded in size and line length, and their problems are reported as `file:line:col` of
+//!   the file itself. A reload re-reads them like the rest of the configuration.
+//! - Warnings (`Config::warnings`) never fail a load: a listener on a non-loopback address that accepts
+//!   anonymous clients is one; `fieldbridge check` prints them.
 //! - Listener and API `bind` take `IP:port`, or an IP alone with the protocol's default port (tcp 1883,
 //!   tls 8883, ws 8083, wss 8084, api 8080); `localhost` means 127.0.0.1.
 use std::path::Path;

@@ -40,6 +40,11 @@ pub(super) struct RawBroker {
     pub allow_anonymous: Option<bool>,
     pub users: Option<Vec<Spanned<RawUser>>>,
     pub acl: Option<Vec<Spanned<RawAcl>>>,
+    /// mosquitto_passwd file (hashed passwords), beside `users`.
+    pub password_file: Option<Spanned<String>>,
+    /// mosquitto ACL file, after `acl`.
+    pub acl_file: Option<Spanned<String>>,
+    pub client_id_binding: Option<ClientIdBindingRaw>,
     pub sys_interval: Option<HumanDuration>,
     pub max_topic_levels: Option<Spanned<usize>>,
     pub max_topic_length: Option<Spanned<usize>>,
@@ -60,6 +65,14 @@ pub(super) struct RawListener {
     pub protocol: Option<ListenerProtocol>,
     pub tls: Option<Spanned<RawTls>>,
     pub path: Option<Spanned<String>>,
+    pub allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ClientIdBindingRaw {
+    Strict,
+    Off,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -317,7 +317,7 @@ fn full_config_arrives_typed() {
     assert_eq!(
         b.acl[0],
         AclRule {
-            user: Some("dashboard".into()),
+            who: AclWho::User("dashboard".into()),
             filter: "site1/gw/#".into(),
             access: AclAccess::Subscribe,
             allow: true
@@ -326,7 +326,7 @@ fn full_config_arrives_typed() {
     assert_eq!(
         b.acl[2],
         AclRule {
-            user: None,
+            who: AclWho::Everyone,
             filter: "#".into(),
             access: AclAccess::All,
             allow: false

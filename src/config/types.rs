@@ -27,6 +27,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// `logging:`
     pub logging: LoggingConfig,
+    /// Things that are allowed but probably not meant (a listener open to the network that accepts anonymous
+    /// clients): `fieldbridge check` prints them, the daemon logs them; they never fail a load.
+    pub warnings: Vec<fieldbridge_sdk::ConfigError>,
     /// Inline `devices:` of the main file, then those of every file matched by `device_maps:`, in that order.
     pub devices: Vec<DeviceSpec>,
 }
@@ -61,12 +64,16 @@ pub struct BrokerConfig {
     pub topic_alias_maximum: u16,
     /// Largest keepalive accepted; a larger one is lowered via Server Keep Alive (v5). `None`: any.
     pub max_keepalive: Option<u16>,
-    /// Whether clients without credentials may connect. Default true.
+    /// Whether clients without credentials may connect (listeners may say otherwise). Default true.
     pub allow_anonymous: bool,
-    /// `users:` name -> password (plain text or from env/file, resolved at load).
+    /// `users:` (plain text or from env/file, resolved at load), then the users of `password_file`
+    /// (mosquitto_passwd hashes).
     pub users: Vec<UserConfig>,
-    /// `acl:` rules, checked in order; the first match decides. Empty: everything allowed.
+    /// `acl:` rules, then those of `acl_file` (in mosquitto's order), checked in order; the first match
+    /// decides. Empty: everything allowed.
     pub acl: Vec<AclRule>,
+    /// Whether a client id in use by another user's session may be taken over. Default strict (refused).
+    pub client_id_binding: ClientIdBinding,
     /// How often `$SYS/broker/...` topics are refreshed. Default 10 s; zero disables them.
     pub sys_interval: Duration,
     /// What one client (and all of them together) can make the broker hold or wait for.
@@ -118,6 +125,33 @@ impl Default for BrokerLimits {
     }
 }
 
+/// The documented defaults: one TCP listener on 127.0.0.1:1883, no users, no ACL.
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listeners: vec![ListenerConfig {
+                name: "127.0.0.1:1883".into(),
+                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+                kind: ListenerKind::Tcp,
+                allow_anonymous: None,
+            }],
+            max_connections: 10_000,
+            max_packet_size: 1 << 20,
+            receive_maximum: 100,
+            max_queued_messages: 10_000,
+            max_session_expiry: Duration::from_secs(7 * 86_400),
+            topic_alias_maximum: 64,
+            max_keepalive: None,
+            allow_anonymous: true,
+            users: Vec::new(),
+            acl: Vec::new(),
+            client_id_binding: ClientIdBinding::Strict,
+            sys_interval: Duration::from_secs(10),
+            limits: BrokerLimits::default(),
+        }
+    }
+}
+
 /// One listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -127,6 +161,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Transport.
     pub kind: ListenerKind,
+    /// Overrides the broker's `allow_anonymous` for this listener.
+    pub allow_anonymous: Option<bool>,
 }
 
 /// A listener's transport.
@@ -169,15 +205,84 @@ pub struct TlsServerConfig {
 pub struct UserConfig {
     /// User name.
     pub username: String,
-    /// Password, resolved from `password`, `password_file` or `${ENV}`.
-    pub password: String,
+    /// Password: plain text resolved from `password`, `password_file` or `${ENV}`, or a hash from the broker's
+    /// mosquitto-format `password_file`.
+    pub password: Password,
+}
+
+/// A user's secret as the broker checks it (see `broker::auth::verify`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// The password itself.
+    Plain(String),
+    /// mosquitto_passwd `$6$`: SHA-512 of the password followed by the salt.
+    Sha512 {
+        /// Salt.
+        salt: Vec<u8>,
+        /// Digest (64 bytes).
+        hash: Vec<u8>,
+    },
+    /// mosquitto_passwd `$7$`: PBKDF2-HMAC-SHA512.
+    Pbkdf2Sha512 {
+        /// Iteration count.
+        iterations: u32,
+        /// Salt.
+        salt: Vec<u8>,
+        /// Derived key (64 bytes).
+        hash: Vec<u8>,
+    },
+}
+
+/// Secrets stay out of logs and error messages.
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Password::Plain(_) => "Plain(..)",
+            Password::Sha512 { .. } => "Sha512(..)",
+            Password::Pbkdf2Sha512 { .. } => "Pbkdf2Sha512(..)",
+        })
+    }
+}
+
+impl From<&str> for Password {
+    fn from(s: &str) -> Password {
+        Password::Plain(s.to_string())
+    }
+}
+
+impl From<String> for Password {
+    fn from(s: String) -> Password {
+        Password::Plain(s)
+    }
+}
+
+/// Whether a client id stays with the user whose session holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIdBinding {
+    /// A client id in use by a session (connected or persisted) of another user is refused (CONNACK 0x85 /
+    /// 3.1.1 return code 2). The same user takes over as usual.
+    #[default]
+    Strict,
+    /// Anyone may take over any client id (mosquitto's behaviour).
+    Off,
+}
+
+/// Who an ACL rule is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclWho {
+    /// Every client, anonymous ones included (YAML rules without `user`, `pattern` lines).
+    Everyone,
+    /// Clients without a user name (`topic` lines before any `user` line in an `acl_file`).
+    Anonymous,
+    /// One user.
+    User(String),
 }
 
 /// One ACL rule. `%u` and `%c` in the filter stand for the user name and client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AclRule {
-    /// Who the rule is for: a user name, or `None` for everyone (anonymous included).
-    pub user: Option<String>,
+    /// Who the rule is for.
+    pub who: AclWho,
     /// Topic filter the rule covers (`{gateway}` expanded at load; `%u`/`%c` left for the broker).
     pub filter: String,
     /// What it allows or denies.

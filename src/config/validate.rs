@@ -59,6 +59,8 @@ pub(super) struct Cx<'a> {
     noted: HashSet<Mark>,
     base: PathBuf,
     env: EnvLookup<'a>,
+    /// Warnings (never a reason to refuse the load).
+    warnings: Vec<ConfigError>,
     /// False once the gateway id was rejected: topics built from it are not checked again (one error, not one
     /// per point).
     gateway_ok: bool,
@@ -72,6 +74,7 @@ impl<'a> Cx<'a> {
             base,
             env,
             gateway_ok: true,
+            warnings: Vec::new(),
         }
     }
 
@@ -310,6 +313,11 @@ impl<'a> Cx<'a> {
                 bridges,
                 api,
                 logging,
+                warnings: {
+                    let mut w = std::mem::take(&mut self.warnings);
+                    w.sort();
+                    w
+                },
                 devices: devices.into_iter().map(|d| d.spec).collect(),
             },
             adapters,
@@ -442,6 +450,7 @@ impl<'a> Cx<'a> {
                 name: "127.0.0.1:1883".into(),
                 bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
                 kind: ListenerKind::Tcp,
+                allow_anonymous: None,
             }),
             Some(list) if list.value.is_empty() => self.at(
                 list,
@@ -585,8 +594,11 @@ impl<'a> Cx<'a> {
             }
             users.push(UserConfig {
                 username: u.username.value,
-                password: password.unwrap_or_default(),
+                password: Password::Plain(password.unwrap_or_default()),
             });
+        }
+        if let Some(f) = &raw.password_file {
+            self.password_file(f, &mut users, &user_marks);
         }
 
         let mut acl = Vec::new();
@@ -617,7 +629,7 @@ impl<'a> Cx<'a> {
                 }
             };
             if let Some(user) = &r.user {
-                if !user_marks.contains_key(&user.value) {
+                if !users.iter().any(|u| u.username == user.value) {
                     let names: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
                     let msg = if names.is_empty() {
                         format!(
@@ -635,7 +647,7 @@ impl<'a> Cx<'a> {
                 self.at(&r.topic, m);
             }
             acl.push(AclRule {
-                user: r.user.map(|u| u.value),
+                who: r.user.map_or(AclWho::Everyone, |u| AclWho::User(u.value)),
                 filter,
                 access: match access {
                     AclAccessRaw::Publish => AclAccess::Publish,
@@ -646,7 +658,13 @@ impl<'a> Cx<'a> {
             });
         }
 
-        BrokerConfig {
+        if let Some(f) = &raw.acl_file {
+            if let Some(rules) = self.acl_file(f) {
+                acl.extend(rules);
+            }
+        }
+
+        let cfg = BrokerConfig {
             listeners,
             max_connections,
             max_packet_size,
@@ -658,8 +676,145 @@ impl<'a> Cx<'a> {
             allow_anonymous: raw.allow_anonymous.unwrap_or(true),
             users,
             acl,
+            client_id_binding: match raw.client_id_binding {
+                None | Some(ClientIdBindingRaw::Strict) => ClientIdBinding::Strict,
+                Some(ClientIdBindingRaw::Off) => ClientIdBinding::Off,
+            },
             sys_interval: raw.sys_interval.map_or(Duration::from_secs(10), |d| d.0),
             limits,
+        };
+        self.anonymous_warnings(&cfg, raw.listeners.as_ref(), node);
+        cfg
+    }
+
+    /// Reads a file named by `s` whole, refusing one larger than `max` bytes or not UTF-8.
+    fn read_bounded(
+        &mut self,
+        s: &Spanned<String>,
+        what: &str,
+        max: u64,
+    ) -> Option<(String, String)> {
+        use std::io::Read;
+        let p = self.resolve(&s.value);
+        let shown = p.display().to_string();
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(&p).and_then(|f| f.take(max + 1).read_to_end(&mut bytes));
+        if let Err(e) = read {
+            self.at(s, format!("cannot read {what} `{shown}`: {}", io_msg(&e)));
+            return None;
+        }
+        if bytes.len() as u64 > max {
+            self.at(s, format!("{what} `{shown}` is larger than {max} bytes"));
+            return None;
+        }
+        match String::from_utf8(bytes) {
+            Ok(t) => Some((shown, t)),
+            Err(_) => {
+                self.at(s, format!("{what} `{shown}` is not valid UTF-8"));
+                None
+            }
+        }
+    }
+
+    fn file_errors(&mut self, file: &str, errors: Vec<crate::broker::auth::FileError>) {
+        for e in errors {
+            self.push(ConfigError {
+                mark: Mark {
+                    file: file.into(),
+                    line: e.line,
+                    col: e.col,
+                },
+                path: String::new(),
+                message: e.message,
+            });
+        }
+    }
+
+    /// `broker.password_file`: mosquitto_passwd users, appended to `users` (a name in both is an error).
+    fn password_file(
+        &mut self,
+        f: &Spanned<String>,
+        users: &mut Vec<UserConfig>,
+        yaml_users: &HashMap<String, Mark>,
+    ) {
+        use crate::broker::auth::passwd;
+        let Some((file, text)) = self.read_bounded(f, "password file", passwd::MAX_FILE_BYTES)
+        else {
+            return;
+        };
+        match passwd::parse(&text) {
+            Err(errors) => self.file_errors(&file, errors),
+            Ok(entries) => {
+                for e in entries {
+                    if let Some(first) = yaml_users.get(&e.username) {
+                        let mark = Mark {
+                            file: file.as_str().into(),
+                            line: e.line,
+                            col: 1,
+                        };
+                        let message = format!(
+                            "user `{}` is also defined in `broker.users` (at {})",
+                            e.username,
+                            place(first, &mark)
+                        );
+                        self.push(ConfigError {
+                            mark,
+                            path: String::new(),
+                            message,
+                        });
+                        continue;
+                    }
+                    users.push(UserConfig {
+                        username: e.username,
+                        password: e.password,
+                    });
+                }
+            }
+        }
+    }
+
+    /// `broker.acl_file`: mosquitto ACL rules, in mosquitto's evaluation order.
+    fn acl_file(&mut self, f: &Spanned<String>) -> Option<Vec<AclRule>> {
+        use crate::broker::auth::aclfile;
+        let (file, text) = self.read_bounded(f, "ACL file", aclfile::MAX_FILE_BYTES)?;
+        match aclfile::parse(&text) {
+            Ok(rules) => Some(rules),
+            Err(errors) => {
+                self.file_errors(&file, errors);
+                None
+            }
+        }
+    }
+
+    /// A listener on a non-loopback address that lets anonymous clients in is allowed, but worth a warning.
+    fn anonymous_warnings(
+        &mut self,
+        cfg: &BrokerConfig,
+        raw: Option<&Spanned<Vec<Spanned<RawListener>>>>,
+        node: Option<&ConfigNode>,
+    ) {
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if !crate::broker::auth::exposed_to_anonymous(cfg, l) {
+                continue;
+            }
+            let (name, addr) = (&l.name, l.bind);
+            // Listeners are validated in order, one each, when the load has no errors (the only case where
+            // warnings are shown).
+            let at = raw
+                .and_then(|list| list.value.get(i))
+                .map(|l| (l.mark.clone(), l.path.clone()));
+            let (mark, path) = match (at, node) {
+                (Some(at), _) => at,
+                (None, Some(n)) => (n.mark.clone(), n.path.clone()),
+                (None, None) => (Mark::file(""), "broker".to_string()),
+            };
+            self.warnings.push(ConfigError {
+                mark,
+                path,
+                message: format!(
+                    "listener `{name}` on {addr} is reachable from the network and accepts anonymous clients; set `allow_anonymous: false` on it (or on the broker) and define users"
+                ),
+            });
         }
     }
 
@@ -715,6 +870,7 @@ impl<'a> Cx<'a> {
                 .map_or_else(|| bind.to_string(), |n| n.value.clone()),
             bind,
             kind,
+            allow_anonymous: raw.allow_anonymous,
         })
     }
 

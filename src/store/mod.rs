@@ -372,6 +372,16 @@ impl Store {
         Ok(CommitTicket { rx })
     }
 
+    /// [`Store::append`] for a row nobody will wait for (a reading, a relaxed publish): it commits with the
+    /// next group commit, never earlier (an awaited row makes the writer commit as soon as its inbox drains).
+    pub async fn append_relaxed(&self, rec: LogRecord) -> Result<(), StoreError> {
+        check_record(&rec)?;
+        self.admit(1)?;
+        let (tx, rx) = oneshot::channel();
+        drop(rx);
+        self.send(Req::One(rec, tx), 1).await
+    }
+
     /// Appends several messages as one unit: they get consecutive seqs and commit in the same transaction (or
     /// are refused together). For adapters producing many readings per poll.
     pub async fn append_batch(

@@ -205,46 +205,44 @@ async fn ticket_resolves_only_after_commit() {
             .unwrap()
     };
 
-    let mut t1 = store.append(rec(1)).await.unwrap();
-    // The writer has the row (queue empty) but has not committed it: nobody can see it, the ticket waits.
+    // A row nobody waits for (a reading, a relaxed publish) waits for the group commit: the writer has it
+    // (queue empty) but nobody can see it yet.
+    store.append_relaxed(rec(1)).await.unwrap();
     wait_until("row taken by the writer", || store.stats().queue_depth == 0).await;
-    assert!((&mut t1).now_or_never().is_none());
     assert_eq!(count(&other), 0);
     assert!(store.read_from(0, 10).unwrap().is_empty());
     assert_eq!(*store.subscribe_appends().borrow(), 0);
 
-    // A flush commits it: the ticket resolves, and then a second connection sees the row.
+    // A flush commits it, and then a second connection sees the row.
     let mut rx = store.subscribe_appends();
     assert_eq!(store.flush().await.unwrap(), 1);
-    assert_eq!(t1.await.unwrap(), 1);
     assert_eq!(count(&other), 1);
     rx.changed().await.unwrap();
     assert_eq!(*rx.borrow(), 1);
 
     // `commit_rows` triggers a commit by itself: 10 rows commit, the 11th waits.
-    let mut tickets = Vec::new();
     for i in 0..11 {
-        tickets.push(store.append(rec(i)).await.unwrap());
+        store.append_relaxed(rec(i)).await.unwrap();
     }
-    let mut eleventh = tickets.pop().unwrap();
-    for t in tickets {
-        let seq = t.await.unwrap();
-        let seen: i64 = other
-            .query_row(
-                "SELECT count(*) FROM messages WHERE seq = ?1",
-                [seq as i64],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(seen, 1, "seq {seq} resolved but not visible");
-    }
-    wait_until("11th row taken", || store.stats().queue_depth == 0).await;
-    assert!((&mut eleventh).now_or_never().is_none());
-    assert_eq!(count(&other), 11);
+    wait_until("11 rows taken and 10 committed", || {
+        store.stats().queue_depth == 0 && count(&other) == 11
+    })
+    .await;
+    assert!(
+        store.read_from(11, 10).unwrap().is_empty(),
+        "the 11th is not committed"
+    );
+
+    // A row someone awaits (a strict acknowledgment) does not wait out the hour: the writer commits as soon as
+    // its inbox is drained, and the ticket resolves only once the row (and the 11th before it) is visible.
+    let t = store.append(rec(99)).await.unwrap();
+    let seq = tokio::time::timeout(Duration::from_secs(10), t)
+        .await
+        .expect("an awaited row commits without waiting for commit_interval")
+        .unwrap();
+    assert_eq!(seq, 13);
+    assert_eq!(count(&other), 13);
     store.close().unwrap();
-    // A clean close committed the 11th row.
-    assert_eq!(eleventh.await.unwrap(), 12);
-    assert_eq!(count(&other), 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1238,28 +1236,30 @@ fn migrations_run_in_order_and_atomically() {
     .unwrap();
     store.close().unwrap();
     let mut conn = raw(&c.path);
-    assert_eq!(schema_version(&conn, &c.path).unwrap(), 1);
+    assert_eq!(schema_version(&conn, &c.path).unwrap(), SCHEMA_VERSION);
 
-    // A failing step changes nothing (its DDL is rolled back with it).
+    // A failing step changes nothing (its DDL is rolled back with it). The real steps first, then fakes.
     fn broken(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         tx.execute_batch("CREATE TABLE half_done (x); SELECT * FROM no_such_table;")
     }
-    let steps = [
-        Migration {
-            to: 1,
-            apply: |_| Ok(()),
-        },
-        Migration {
-            to: 2,
-            apply: broken,
-        },
-    ];
+    let next = SCHEMA_VERSION + 1;
+    let mut steps: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|m| Migration {
+            to: m.to,
+            apply: m.apply,
+        })
+        .collect();
+    steps.push(Migration {
+        to: next,
+        apply: broken,
+    });
     let err = migrate(&mut conn, &c.path, &steps).unwrap_err();
     assert!(
-        matches!(err, StoreError::Migration { from: 1, to: 2, .. }),
+        matches!(err, StoreError::Migration { from, to, .. } if from == SCHEMA_VERSION && to == next),
         "{err}"
     );
-    assert_eq!(schema_version(&conn, &c.path).unwrap(), 1);
+    assert_eq!(schema_version(&conn, &c.path).unwrap(), SCHEMA_VERSION);
     let half: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE name = 'half_done'",
@@ -1269,37 +1269,31 @@ fn migrations_run_in_order_and_atomically() {
         .unwrap();
     assert_eq!(half, 0);
 
-    // A fake v2 step: applied once, data kept, version recorded; running again is a no-op.
-    fn v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    // A fake next step: applied once, data kept, version recorded; running again is a no-op.
+    fn extra(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         tx.execute_batch(
             "ALTER TABLE messages ADD COLUMN extra TEXT; UPDATE messages SET extra = 'x' || seq;",
         )
     }
-    let steps = [
-        Migration {
-            to: 1,
-            apply: |_| Ok(()),
-        },
-        Migration { to: 2, apply: v2 },
-    ];
-    assert_eq!(migrate(&mut conn, &c.path, &steps).unwrap(), 2);
-    assert_eq!(migrate(&mut conn, &c.path, &steps).unwrap(), 2);
-    let extra: String = conn
+    steps.pop();
+    steps.push(Migration {
+        to: next,
+        apply: extra,
+    });
+    assert_eq!(migrate(&mut conn, &c.path, &steps).unwrap(), next);
+    assert_eq!(migrate(&mut conn, &c.path, &steps).unwrap(), next);
+    let x: String = conn
         .query_row("SELECT extra FROM messages WHERE seq = 5", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(extra, "x5");
+    assert_eq!(x, "x5");
     drop(conn);
 
-    // This build only knows v1: a v2 database is refused, not guessed at.
+    // This build knows only up to SCHEMA_VERSION: a newer database is refused, not guessed at.
     let err = Store::open(&c).unwrap_err();
     assert!(
         matches!(
             err,
-            StoreError::SchemaTooNew {
-                found: 2,
-                supported: 1,
-                ..
-            }
+            StoreError::SchemaTooNew { found, supported, .. } if found == next && supported == SCHEMA_VERSION
         ),
         "{err}"
     );

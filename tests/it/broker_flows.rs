@@ -581,7 +581,7 @@ async fn malformed_input_closes_one_connection_only() {
 
 #[tokio::test]
 async fn authentication_acl_and_connection_limit() {
-    use fieldbridge::config::{AclAccess, AclRule, UserConfig};
+    use fieldbridge::config::{AclAccess, AclRule, AclWho, UserConfig};
     let tb = TestBroker::start_with(|c| {
         c.allow_anonymous = false;
         c.users = vec![UserConfig {
@@ -590,13 +590,13 @@ async fn authentication_acl_and_connection_limit() {
         }];
         c.acl = vec![
             AclRule {
-                user: Some("op".into()),
+                who: AclWho::User("op".into()),
                 filter: "plant/#".into(),
                 access: AclAccess::All,
                 allow: true,
             },
             AclRule {
-                user: None,
+                who: AclWho::Everyone,
                 filter: "#".into(),
                 access: AclAccess::All,
                 allow: false,

@@ -13,6 +13,7 @@ fn listener(name: &str, kind: ListenerKind) -> ListenerConfig {
         name: name.into(),
         bind: "127.0.0.1:0".parse().unwrap(),
         kind,
+        allow_anonymous: None,
     }
 }
 

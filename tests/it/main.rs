@@ -3,6 +3,7 @@ mod util;
 
 mod api;
 mod bridge;
+mod broker_auth;
 mod broker_flows;
 mod broker_hardening;
 mod broker_peers;

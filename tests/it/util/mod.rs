@@ -26,6 +26,7 @@ pub fn broker_config() -> BrokerConfig {
             name: "test".into(),
             bind: "127.0.0.1:0".parse().unwrap(),
             kind: ListenerKind::Tcp,
+            allow_anonymous: None,
         }],
         max_connections: 10_000,
         max_packet_size: 1024 * 1024,
@@ -37,6 +38,7 @@ pub fn broker_config() -> BrokerConfig {
         allow_anonymous: true,
         users: vec![],
         acl: vec![],
+        client_id_binding: Default::default(),
         sys_interval: Duration::ZERO,
         limits: Default::default(),
     }

@@ -654,6 +654,7 @@ fn broker_config() -> BrokerConfig {
         allow_anonymous: true,
         users: vec![],
         acl: vec![],
+        client_id_binding: Default::default(),
         sys_interval: Duration::ZERO,
         limits: Default::default(),
     }
