@@ -288,6 +288,7 @@ impl Broker {
                 .filter(|o| !o.msg.expired(now))
                 .collect::<VecDeque<_>>();
             st.expiry_secs = remaining_expiry;
+            st.owner = snap.owner;
             st.counted_offline = true;
         }
         self.inner
@@ -357,6 +358,14 @@ fn encode_session(st: &super::session::SessionState, now: Instant) -> Vec<u8> {
         Protocol::V311 => 4,
         Protocol::V5 => 5,
     });
+    // The user the client id is bound to (`client_id_binding`), so a restart does not unbind it.
+    match &st.owner {
+        Some(user) => {
+            out.push(1);
+            put_str(&mut out, user);
+        }
+        None => out.push(0),
+    }
     put_u32(&mut out, st.subscriptions.len() as u32);
     for (filter, o) in &st.subscriptions {
         put_str(&mut out, filter);
@@ -495,6 +504,7 @@ struct Snapshot {
     saved_at_ms: u64,
     expiry_secs: u32,
     protocol: Protocol,
+    owner: Option<Arc<str>>,
     subscriptions: Vec<(String, SubOptions)>,
     inflight: Vec<(u16, Stage, Outbound)>,
     queue: Vec<Outbound>,
@@ -512,6 +522,11 @@ fn decode_session(b: &[u8]) -> Result<Snapshot, Damaged> {
     let protocol = match r.u8()? {
         4 => Protocol::V311,
         5 => Protocol::V5,
+        _ => return Err(Damaged),
+    };
+    let owner = match r.u8()? {
+        0 => None,
+        1 => Some(Arc::from(r.str()?)),
         _ => return Err(Damaged),
     };
     let mut subscriptions = Vec::new();
@@ -569,6 +584,7 @@ fn decode_session(b: &[u8]) -> Result<Snapshot, Damaged> {
         saved_at_ms,
         expiry_secs,
         protocol,
+        owner,
         subscriptions,
         inflight,
         queue,
@@ -608,6 +624,7 @@ mod tests {
         huge.extend_from_slice(&0u64.to_be_bytes());
         huge.extend_from_slice(&0u32.to_be_bytes());
         huge.push(5);
+        huge.push(0);
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode_session(&huge).is_err());
     }
