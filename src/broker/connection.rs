@@ -168,6 +168,7 @@ where
         last_packet: Instant::now(),
         pump_more: false,
         process_more: false,
+        refused_v311: None,
         connect_expiry_zero: accepted.connect_expiry_zero,
         max_packet_size: cfg.max_packet_size,
         receive_maximum: cfg.receive_maximum,
@@ -413,6 +414,9 @@ struct Conn<S> {
     last_packet: Instant,
     pump_more: bool,
     process_more: bool,
+    /// MQTT 3.1.1 has no negative PUBACK: a publish the log refused closes the connection instead of being
+    /// acknowledged (the client then resends it on its next connection).
+    refused_v311: Option<String>,
     connect_expiry_zero: bool,
     max_packet_size: u32,
     receive_maximum: u16,
@@ -431,6 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 if let Err(exit) = self.flush().await {
                     return exit;
                 }
+            }
+            if let Some(why) = self.refused_v311.take() {
+                return Exit::Protocol(reason::UNSPECIFIED_ERROR, why);
             }
             if self.process_more && self.blocked.is_none() && self.admitting.is_none() {
                 self.process_more = false;
@@ -829,6 +836,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     fn write_ack(&mut self, pid: u16, qos: QoS, result: Result<(), HookRefusal>) {
         let mut r = resp(pid, reason::SUCCESS);
         if let Err(refusal) = result {
+            if !self.v5() && refusal.reason_code != reason::NOT_AUTHORIZED {
+                // The log refused it (store degraded, full, failing) and 3.1.1 has no way to say "not
+                // stored": never acknowledge it; close instead. (A publish the ACL denies is acknowledged
+                // positively, as 3.1.1 allows and other brokers do.)
+                self.refused_v311.get_or_insert(refusal.reason);
+                return;
+            }
             if self.v5() {
                 r.reason_code = refusal.reason_code;
                 r.properties.reason_string = Some(refusal.reason);

@@ -7,6 +7,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 
 use super::error::StoreError;
 
+/// How [`StoreError::Corrupt`] starts for a sound SQLite file of another application.
+pub(crate) const NOT_OURS: &str = "not a fieldbridge store";
+
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -85,6 +88,9 @@ pub struct StoreOptions {
     pub index_interval: Duration,
     /// ... or as soon as this many rows are not yet indexed. Default 100 000.
     pub index_rows: u64,
+    /// A database that fails the integrity check at open is moved aside and salvaged (default true); if
+    /// false, the open fails with [`StoreError::Corrupt`].
+    pub salvage_at_open: bool,
 }
 
 impl Default for StoreOptions {
@@ -98,6 +104,7 @@ impl Default for StoreOptions {
             check_at_open: true,
             index_interval: Duration::from_secs(30),
             index_rows: 100_000,
+            salvage_at_open: true,
         }
     }
 }
@@ -295,7 +302,7 @@ pub(crate) fn schema_version(conn: &Connection, path: &Path) -> Result<u32, Stor
         if objects > 0 {
             return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
-                detail: "not a fieldbridge store (it has tables but no `meta` table)".into(),
+                detail: format!("{NOT_OURS} (it has tables but no `meta` table)"),
             });
         }
         return Ok(0);
