@@ -66,9 +66,10 @@ impl StoreLink {
 }
 
 fn refusal(e: StoreError) -> HookRefusal {
+    // Not stored: MQTT 5 says so with a failure reason (3.1.1 clients are disconnected instead).
     let reason_code = match e {
         StoreError::Full => reason::QUOTA_EXCEEDED,
-        _ => reason::IMPLEMENTATION_SPECIFIC_ERROR,
+        _ => reason::UNSPECIFIED_ERROR,
     };
     HookRefusal {
         reason_code,

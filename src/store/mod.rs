@@ -182,7 +182,9 @@ use crate::config::{StorageConfig, Synchronous, WhenFull};
 pub use error::StoreError;
 pub use reader::{topic_matches, valid_filter, HistoryQuery, Order};
 pub use record::{now_ms, LogRecord, LogRow, MsgProps};
-pub use salvage::{check, move_aside_and_salvage, CheckReport, SalvageReport};
+pub use salvage::{
+    check, check_file, move_aside_and_salvage, salvage_file, CheckReport, SalvageReport,
+};
 pub use schema::{StoreOptions, SCHEMA_VERSION};
 pub use stats::{CursorStats, DropCounters, StoreStats, WriterState};
 
@@ -268,7 +270,17 @@ impl Store {
         };
         let lock = schema::lock(&path)?;
         let sync_full = cfg.synchronous == Synchronous::Full;
-        let (conn, state) = match schema::open_writer(&path, sync_full, max_bytes, &opts) {
+        let marker = schema::damaged_marker(&path);
+        let opened = match std::fs::read_to_string(&marker) {
+            // Damage was found while the last run was writing: salvage whatever the file looks like now.
+            Ok(why) if path.exists() && opts.salvage_at_open => Err(StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("damaged during the last run: {why}"),
+            }),
+            _ => schema::open_writer(&path, sync_full, max_bytes, &opts),
+        };
+        let _ = std::fs::remove_file(&marker);
+        let (conn, state) = match opened {
             // (Not a file of another application: that one is refused, never moved.)
             Err(StoreError::Corrupt { detail, .. })
                 if opts.salvage_at_open && !detail.starts_with(schema::NOT_OURS) =>

@@ -471,3 +471,27 @@ pub(crate) fn after_salvage(opts: &StoreOptions) -> StoreOptions {
         ..opts.clone()
     }
 }
+
+/// [`check`] for the command line: takes the store's lock first, so a running daemon's log is not checked
+/// under its feet ([`StoreError::Locked`]).
+pub fn check_file(path: &Path) -> Result<CheckReport, StoreError> {
+    if !path.exists() {
+        return check(path);
+    }
+    let _lock = schema::lock(path)?;
+    check(path)
+}
+
+/// `fieldbridge store salvage`: with the lock held, checks the file and, if it is damaged (or `force`),
+/// moves it aside and salvages it. `Ok(Err(report))`: the file is sound, nothing was done.
+pub fn salvage_file(
+    path: &Path,
+    force: bool,
+) -> Result<Result<SalvageReport, CheckReport>, StoreError> {
+    let report = check(path)?;
+    let _lock = schema::lock(path)?;
+    if report.problem.is_none() && !force {
+        return Ok(Err(report));
+    }
+    move_aside_and_salvage(path).map(Ok)
+}

@@ -163,6 +163,13 @@ pub(crate) fn wal_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Written when the store finds damage while running; the next start salvages the file (and removes it).
+pub(crate) fn damaged_marker(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".damaged");
+    PathBuf::from(s)
+}
+
 /// The reserve (ballast) file next to the database, released when the disk is full.
 pub(crate) fn reserve_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

@@ -894,6 +894,9 @@ impl Writer {
             // The WAL is still open here: copy what it holds into the database file while we can.
             self.checkpoint_wait("TRUNCATE", Duration::from_secs(1));
         }
+        // Remembered for the next start, which then moves the file aside and salvages it even if it
+        // passes the integrity check (a file truncated to nothing is a valid empty database).
+        let _ = std::fs::write(super::schema::damaged_marker(&self.s.path), why.as_bytes());
         let path = self.s.path.display().to_string();
         tracing::error!(
             path,
