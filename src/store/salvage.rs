@@ -27,6 +27,11 @@ use super::schema::{self, StoreOptions};
 const CHUNK: u64 = 4096;
 /// Rows per write transaction in the new log (a few MiB).
 const TXN_ROWS: u64 = 200_000;
+/// When the bounds of the log cannot be read: seqs scanned past the last row found before giving up.
+const GIVE_UP: u64 = 1 << 20;
+const READ_SQL: &str =
+    "SELECT seq, ts, topic, payload, qos, retain, props, device, point, num FROM messages \
+                        WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq";
 
 /// What [`check`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,10 +251,30 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
                 // cheap to read).
                 _ => (1, meta_last.map_or(1 << 32, |m| m.max(0) as u64)),
             };
+            // Without the schema (its page damaged) there is no table to read rows from.
+            let readable = conn
+                .prepare_cached(READ_SQL)
+                .map_err(|e| {
+                    tracing::warn!(
+                        "store salvage: no readable `messages` table in {} ({e})",
+                        src.display()
+                    )
+                })
+                .is_ok();
+            // With unknown bounds, stop after a long stretch in which nothing at all could be read.
+            let guessed = !bounds.is_some_and(|b| b.1.is_some()) && meta_last.is_none();
             let mut a = lo;
-            while a <= hi {
+            let mut last_found = lo;
+            while readable && a <= hi {
                 let b = hi.min(a.saturating_add(CHUNK - 1));
+                let before = report.rows_salvaged;
                 copier.range(&conn, a, b, &mut report).map_err(oe)?;
+                if report.rows_salvaged > before {
+                    last_found = b;
+                }
+                if guessed && b - last_found > GIVE_UP {
+                    break;
+                }
                 a = b + 1;
             }
             max_seen = copier.max_seq.max(meta_last.unwrap_or(0).max(0) as u64);
@@ -443,10 +468,7 @@ impl<'c> Copier<'c> {
 }
 
 fn read_range(src: &Connection, a: u64, b: u64) -> rusqlite::Result<Vec<RawRow>> {
-    let mut st = src.prepare_cached(
-        "SELECT seq, ts, topic, payload, qos, retain, props, device, point, num FROM messages \
-         WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-    )?;
+    let mut st = src.prepare_cached(READ_SQL)?;
     let rows = st.query_map(params![a as i64, b as i64], |r| {
         Ok((
             r.get(0)?,
