@@ -262,7 +262,7 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
                 })
                 .is_ok();
             // With unknown bounds, stop after a long stretch in which nothing at all could be read.
-            let guessed = !bounds.is_some_and(|b| b.1.is_some()) && meta_last.is_none();
+            let guessed = bounds.is_none_or(|b| b.1.is_none()) && meta_last.is_none();
             let mut a = lo;
             let mut last_found = lo;
             while readable && a <= hi {

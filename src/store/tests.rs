@@ -1786,9 +1786,9 @@ fn fill_disk(path: &Path) {
             break;
         }
     }
-    let mut small = [0u8; 1];
+    let small = [0u8; 1];
     for _ in 0..4096 {
-        if f.write_all(&mut small).is_err() {
+        if f.write_all(&small).is_err() {
             break;
         }
     }
