@@ -631,3 +631,112 @@ async fn a_full_disk_is_reported_and_recovers_by_itself() {
     }
     assert!(topics.contains("keep/after"));
 }
+
+/// The daemon as an unprivileged user (for whom `chmod` means something), killed when dropped.
+async fn start_as_nobody(config: &Path, mqtt: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(crate::util::peers::require("setpriv", "util-linux"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("FIELDBRIDGE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fieldbridge as nobody");
+    let addr = format!("127.0.0.1:{mqtt}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fieldbridge did not listen on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+async fn stop(mut child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let (code, _, err) = run(tokio::process::Command::new("kill").args(["-TERM", &pid])).await;
+    assert_eq!(code, 0, "{err}");
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The log file turned read-only (its owner's permission removed) and the daemon restarted: it runs, refuses
+/// QoS 1 publishes (never a false acknowledgment), `/health` says why; when the permission returns it writes
+/// again without a restart, and every acknowledged message is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_log_is_reported_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let db = dir.path().join("fb.db");
+    let (mqtt, api_port) = (free_port(), free_port());
+    let path = store_config(dir.path(), &db, mqtt, api_port, "");
+    let api = ApiClient::new(
+        format!("127.0.0.1:{api_port}").parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
+    let daemon = start_as_nobody(&path, mqtt).await;
+    let mut acked = Vec::new();
+    let mut c = Client::connect(addr, Protocol::V5, "p5", true).await;
+    for i in 0..10 {
+        assert_eq!(
+            c.publish(publish(&format!("keep/{i}"), "a", QoS::AtLeastOnce, 0))
+                .await,
+            0
+        );
+        acked.push(format!("keep/{i}"));
+    }
+    drop(c);
+    stop(daemon).await;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let daemon = start_as_nobody(&path, mqtt).await;
+    let mut c = Client::connect(addr, Protocol::V5, "p5", true).await;
+    for i in 10..15 {
+        let code = c
+            .publish(publish(&format!("keep/{i}"), "b", QoS::AtLeastOnce, 0))
+            .await;
+        assert_ne!(code, 0, "keep/{i} acknowledged by a read-only log");
+    }
+    let (code, h) = health(&api).await;
+    assert_eq!(code, 503, "{h}");
+    assert!(
+        h["reason"].as_str().unwrap_or("").contains("cannot write"),
+        "{h}"
+    );
+    // Permission returns: no restart.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut i = 100;
+    loop {
+        let topic = format!("keep/{i}");
+        i += 1;
+        if c.publish(publish(&topic, "c", QoS::AtLeastOnce, 0)).await == 0 {
+            acked.push(topic);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health(&api).await.0, 200);
+    drop(c);
+    stop(daemon).await;
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut st = conn.prepare("SELECT topic FROM messages").unwrap();
+    let topics: BTreeSet<String> = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in &acked {
+        assert!(topics.contains(t), "acknowledged {t} is missing");
+    }
+}
