@@ -1515,23 +1515,32 @@ impl Writer {
             Err(e) => {
                 self.rollback();
                 *self.shared.last_error.lock() = Some(e.to_string());
+                // Stalled before any ticket says so: a publisher told "not stored" that publishes again at
+                // once must be refused at the door, not queued behind the stall.
+                if self.state != WriterState::Stalled {
+                    self.stall_count += 1;
+                    self.set_state(WriterState::Stalled);
+                }
                 if !self.pending.is_empty() && self.s.policy != WhenFull::Block {
                     // Only `block` holds admitted messages back; the others give up on them, counted.
                     let msg = e.to_string();
-                    let n = self.fail_pending(|| StoreError::Unwritable(msg.clone()));
+                    let n: u64 = self
+                        .pending
+                        .iter()
+                        .map(|p| match p {
+                            Pending::One(..) => 1,
+                            Pending::Batch(v, ..) => v.len() as u64,
+                        })
+                        .sum();
                     let ctr = if self.s.policy == WhenFull::DropNewest {
                         &self.shared.dropped_newest
                     } else {
                         &self.shared.dropped_write_failed
                     };
                     ctr.fetch_add(n, Ordering::Relaxed);
-                    self.note_drops();
+                    self.fail_pending(|| StoreError::Unwritable(msg.clone()));
                 }
-                if self.state != WriterState::Stalled {
-                    self.stall_count += 1;
-                    self.set_state(WriterState::Stalled);
-                    self.note_drops();
-                }
+                self.note_drops();
                 if let Some(s) = self.stall.as_mut() {
                     s.attempts += 1;
                     s.disk_full = is_disk_full(&e);
