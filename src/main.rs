@@ -45,6 +45,9 @@ enum Cmd {
     #[cfg(feature = "modbus")]
     #[command(subcommand)]
     Modbus(fieldbridge::cli::modbus::ModbusCmd),
+    /// Check or salvage a log file offline (`store check --db PATH`, `store salvage --db PATH`).
+    #[command(subcommand)]
+    Store(fieldbridge::cli::StoreCmd),
     /// Validate a configuration (and every device map it names) without starting anything.
     Check {
         /// The main configuration file.
@@ -60,6 +63,11 @@ fn main() -> ExitCode {
         Cmd::Status(args) => ExitCode::from(fieldbridge::cli::status_main(&args)),
         Cmd::Query(args) => ExitCode::from(fieldbridge::cli::query_main(&args)),
         Cmd::Reload(args) => ExitCode::from(fieldbridge::cli::reload_main(&args)),
+        Cmd::Store(cmd) => ExitCode::from(fieldbridge::cli::store_main(
+            &cmd,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
         #[cfg(feature = "modbus")]
         Cmd::Modbus(cmd) => {
             let rt = match tokio::runtime::Builder::new_current_thread()

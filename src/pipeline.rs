@@ -31,6 +31,10 @@ pub trait Recorder: Send + Sync + 'static {
     fn record(&self, msg: &Message, reading: &Reading, num: Option<f64>) -> BoxFuture<'static, ()>;
     /// Whether a message on `topic` must be logged even if its point is not recorded (a bridge forwards it).
     fn must_log(&self, topic: &str) -> bool;
+    /// Logs a message the gateway itself publishes that is not a reading: the answer to a write request
+    /// (`…/set/result`, the MQTT 5 response topic), so a bridge whose forward rule matches sends it upstream.
+    /// Called only when [`Recorder::must_log`] says so.
+    fn record_message(&self, msg: &Message) -> BoxFuture<'static, ()>;
 }
 
 /// A device as the pipeline sees it: its rules, rendered topics and the adapter's command input.
@@ -482,6 +486,19 @@ impl Pipeline {
         }
     }
 
+    /// In-process publishes bypass the broker's publish hook (that is what keeps a bridge's inbound traffic
+    /// from being logged and sent back up). An answer to a command is the gateway's own message, not inbound
+    /// traffic: it is logged like a reading when a forward (or record) filter matches, so a command that came
+    /// through a bridge is answered upstream. No loop: only this answer is logged, never the request, and what
+    /// comes back down through a subscribe rule is again in-process, so never logged.
+    async fn log_reply(&self, msg: &Message) {
+        if let Some(rec) = &self.recorder {
+            if rec.must_log(&msg.topic) {
+                rec.record_message(msg).await;
+            }
+        }
+    }
+
     async fn reply(&self, link: &Link, request: &Message, result: Result<(), CommandError>) {
         let body = match &result {
             Ok(()) => format!(
@@ -502,10 +519,12 @@ impl Pipeline {
             false,
         );
         msg.properties.correlation_data = request.properties.correlation_data.clone();
+        self.log_reply(&msg).await;
         link.publish(msg).await;
         if let Some(rt) = &request.properties.response_topic {
             let mut resp = Message::new(rt.as_str(), body, QoS::AtLeastOnce, false);
             resp.properties.correlation_data = request.properties.correlation_data.clone();
+            self.log_reply(&resp).await;
             link.publish(resp).await;
         }
     }

@@ -7,6 +7,9 @@
 //!   commit, so an acknowledged message is never lost.
 //! - In-process publishes (device status, bridge inbound messages, `$SYS`) are not logged: they are state, and
 //!   logging a bridge's inbound traffic would send it straight back up (loop prevention).
+//! - Answers to write requests (`…/set/result`, the MQTT 5 response topic) are the gateway's own messages: the
+//!   pipeline logs them through [`Recorder::record_message`] when a filter matches, so a command that came
+//!   through a bridge is answered upstream.
 use std::sync::Arc;
 
 use fieldbridge_sdk::Reading;
@@ -66,9 +69,10 @@ impl StoreLink {
 }
 
 fn refusal(e: StoreError) -> HookRefusal {
+    // Not stored: MQTT 5 says so with a failure reason (3.1.1 clients are disconnected instead).
     let reason_code = match e {
         StoreError::Full => reason::QUOTA_EXCEEDED,
-        _ => reason::IMPLEMENTATION_SPECIFIC_ERROR,
+        _ => reason::UNSPECIFIED_ERROR,
     };
     HookRefusal {
         reason_code,
@@ -160,5 +164,25 @@ impl Recorder for StoreLink {
 
     fn must_log(&self, topic: &str) -> bool {
         self.matches(topic)
+    }
+
+    fn record_message(&self, msg: &Message) -> BoxFuture<'static, ()> {
+        let rec = LogRecord {
+            ts_ms: now_ms(),
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            qos: msg.qos as u8,
+            retain: msg.retain,
+            props: MsgProps::from_properties(&msg.properties).map(Box::new),
+            device: None,
+            point: None,
+            num: None,
+        };
+        let store = self.store.clone();
+        Box::pin(async move {
+            if let Ok(ticket) = store.append(rec).await {
+                drop(ticket);
+            }
+        })
     }
 }

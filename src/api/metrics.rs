@@ -294,13 +294,31 @@ pub(crate) fn render(s: &Snapshot) -> String {
     p.family(
         "fieldbridge_store_writer_state",
         "gauge",
-        "1 for the writer's current state (normal, full, stalled), 0 for the others.",
+        "1 for the writer's current state (normal, full, stalled, degraded), 0 for the others.",
     );
-    for state in ["normal", "full", "stalled"] {
+    for state in ["normal", "full", "stalled", "degraded"] {
         p.sample(
             "fieldbridge_store_writer_state",
             &[("state", state)],
             if st.state == state { 1.0 } else { 0.0 },
+        );
+    }
+    p.family(
+        "fieldbridge_store_degraded_info",
+        "gauge",
+        "1 while the store is degraded (damaged: appends refused until a restart salvages it) or stalled \
+         (a write failed; retrying), with the reason.",
+    );
+    let reason = match st.state.as_str() {
+        "degraded" => st.damage.as_deref(),
+        "stalled" => st.last_error.as_deref(),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        p.sample(
+            "fieldbridge_store_degraded_info",
+            &[("state", &st.state), ("reason", reason)],
+            1.0,
         );
     }
 

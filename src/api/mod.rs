@@ -3,7 +3,7 @@
 //! | endpoint | answer |
 //! | --- | --- |
 //! | `GET /` | a self-contained dashboard page (no external assets) polling the two endpoints below |
-//! | `GET /health` | `200 {"status":"ok","uptime_secs":…,"version":…}` while the daemon answers |
+//! | `GET /health` | `200 {"status":"ok","store":"normal",…}`; `503 {"status":"degraded","reason":…}` while the store is damaged or stalled |
 //! | `GET /api/status` | one [`StatusDoc`]: gateway, broker, store, bridges, devices, pipeline |
 //! | `GET /api/devices` | [`DevicesDoc`]: configured devices with status and reason |
 //! | `GET /api/points[?device=]` | [`PointsDoc`]: latest value of every point |
@@ -40,6 +40,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::store::WriterState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -323,12 +324,32 @@ async fn dashboard() -> Response {
 }
 
 async fn health(State(ctx): State<Ctx>) -> Response {
-    Json(HealthDoc {
-        status: "ok".into(),
+    let (state, reason) = ctx.state.store_health();
+    let reason = match state {
+        WriterState::Degraded => Some(format!(
+            "store damaged: {}; new messages are refused — restart fieldbridge to move the file aside and \
+             salvage it",
+            reason.unwrap_or_default()
+        )),
+        WriterState::Stalled => Some(format!(
+            "store cannot write: {}; retrying (free space or fix permissions; it recovers by itself)",
+            reason.unwrap_or_default()
+        )),
+        WriterState::Normal | WriterState::Full => None,
+    };
+    let code = if reason.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let doc = HealthDoc {
+        status: if reason.is_some() { "degraded" } else { "ok" }.into(),
+        reason,
+        store: snapshot::writer_state(state).into(),
         uptime_secs: ctx.state.uptime().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
-    })
-    .into_response()
+    };
+    (code, Json(doc)).into_response()
 }
 
 async fn status(State(ctx): State<Ctx>) -> Result<Response, Reject> {

@@ -8,9 +8,17 @@ use serde::{Deserialize, Serialize};
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthDoc {
-    /// Always `ok`: the daemon answers. Details (a stalled store, offline devices) are in `/api/status`, so a
-    /// monitoring probe does not restart a gateway whose uplink is merely down.
+    /// `ok` (HTTP 200), or `degraded` (HTTP 503) while the store cannot keep its promise: damaged (it refuses
+    /// new messages until a restart salvages it) or stalled (a write failed: full disk, read-only file; it
+    /// retries by itself). An uplink that is down or offline devices do not make the gateway unhealthy:
+    /// those are in `/api/status`.
     pub status: String,
+    /// Why the status is `degraded` (what failed, and what to do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The store writer's state: `normal`, `full`, `stalled` or `degraded`.
+    #[serde(default)]
+    pub store: String,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
     /// The daemon's version.
@@ -47,7 +55,8 @@ pub struct StatusDoc {
 pub struct StoreView {
     /// Database file.
     pub path: String,
-    /// `normal`, `full` (at the cap with nothing it may delete) or `stalled` (a write failed; retrying).
+    /// `normal`, `full` (at the cap with nothing it may delete), `stalled` (a write failed; retrying) or
+    /// `degraded` (damage found: appends refused until a restart salvages the file).
     pub state: String,
     /// Bytes on disk (database + WAL), measured.
     pub bytes_on_disk: u64,
@@ -83,6 +92,8 @@ pub struct StoreView {
     pub cursors: Vec<CursorView>,
     /// The writer's last error.
     pub last_error: Option<String>,
+    /// What damage was found, when `state` is `degraded`.
+    pub damage: Option<String>,
 }
 
 /// Drops by reason (since the store was opened).

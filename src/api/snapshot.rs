@@ -64,6 +64,7 @@ pub(crate) fn writer_state(s: WriterState) -> &'static str {
         WriterState::Normal => "normal",
         WriterState::Full => "full",
         WriterState::Stalled => "stalled",
+        WriterState::Degraded => "degraded",
     }
 }
 
@@ -102,6 +103,7 @@ fn store_view(s: &StoreStats) -> StoreView {
             })
             .collect(),
         last_error: s.last_error.clone(),
+        damage: s.damage.clone(),
     }
 }
 
@@ -153,12 +155,7 @@ fn bridge_views(cfg: &Config, store: &StoreView, mut reported: Vec<BridgeView>) 
         if v.state.is_empty() {
             v.state = "unknown".into();
         }
-        if v.eta_seconds.is_none() {
-            v.eta_seconds = match v.drain_rate {
-                Some(rate) if v.lag_rows > 0 && rate > 0.0 => Some(v.lag_rows as f64 / rate),
-                _ => None,
-            };
-        }
+        // The ETA is the bridge's own (set only while it drains): never derived here from a stale rate.
     }
     out
 }

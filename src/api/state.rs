@@ -10,7 +10,7 @@ use crate::bridge::BridgeStatus;
 use crate::broker::BrokerStats;
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{LiveState, PipelineStats};
-use crate::store::{HistoryQuery, LogRow, StoreError, StoreStats};
+use crate::store::{HistoryQuery, LogRow, StoreError, StoreStats, WriterState};
 
 use super::model::BridgeView;
 use super::params::ms_to_rfc3339;
@@ -28,6 +28,11 @@ pub trait ApiState: Send + Sync + 'static {
     fn broker_stats(&self) -> BrokerStats;
     /// A snapshot of the durable log (blocking).
     fn store_stats(&self) -> StoreStats;
+    /// The store writer's state and, when stalled or degraded, why (cheap: no SQLite query).
+    fn store_health(&self) -> (WriterState, Option<String>) {
+        let s = self.store_stats();
+        (s.state, s.damage.or(s.last_error))
+    }
     /// A history query (blocking).
     fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError>;
     /// Latest values and device statuses.
@@ -57,6 +62,10 @@ impl ApiState for App {
 
     fn store_stats(&self) -> StoreStats {
         self.store.stats()
+    }
+
+    fn store_health(&self) -> (WriterState, Option<String>) {
+        self.store.health()
     }
 
     fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {

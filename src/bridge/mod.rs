@@ -26,8 +26,10 @@
 //! # Delivery
 //!
 //! - Rows are read from the cursor in log order; rows no forward rule matches are passed (the cursor moves
-//!   over them). The first matching rule maps the topic (`{topic}`, `{1}`… captures), sets QoS (override or
-//!   the row's) and retain (passed through unless the rule says not to). MQTT 5 properties of the row go up;
+//!   over them). The first matching rule maps the topic (`{topic}`, `{1}`… captures), sets QoS (the rule's, else
+//!   1 — 2 for a QoS 2 row — whatever QoS the row was published with: readings are QoS 0 locally yet must
+//!   survive a link that dies slowly; only an explicit `qos: 0` sends at 0, and such rows may be lost on a
+//!   cut) and retain (passed through unless the rule says not to). MQTT 5 properties of the row go up;
 //!   message expiry is reduced by the time spent in the log, and rows that expired are not sent (counted
 //!   in `skipped`).
 //! - The in-flight window (see `window.rs`) holds at most min(`inflight`, the upstream's CONNACK Receive
@@ -308,7 +310,8 @@ impl Bridges {
                     st.head = head;
                     st.lag_rows = head.saturating_sub(st.cursor);
                     if let Some(eta) = st.eta_seconds.as_mut() {
-                        *eta = st.lag_rows as f64 / st.drain_rate.max(1.0);
+                        // Only set while draining, with a measured rate (> 0).
+                        *eta = st.lag_rows as f64 / st.drain_rate;
                     }
                 }
                 st

@@ -24,7 +24,6 @@ const AHEAD: usize = 4;
 #[derive(Debug)]
 pub(crate) struct Item {
     pub seq: u64,
-    pub ts_ms: i64,
     pub publish: Publish,
 }
 
@@ -125,12 +124,15 @@ pub(crate) fn map_rows(rules: &Rules, rows: Vec<LogRow>, upto: u64, now: i64) ->
             }
             properties.message_expiry_interval = Some(expiry - waited as u32);
         }
-        let qos = rule
-            .qos
-            .unwrap_or_else(|| QoS::from_u8(row.qos).unwrap_or(QoS::AtLeastOnce));
+        // QoS 1 unless the rule says otherwise (QoS 2 rows keep 2): a row sent at QoS 0 is "delivered" once
+        // its bytes are written, which a link that dies slowly (accepting bytes, delivering none) loses.
+        let qos = rule.qos.unwrap_or(if row.qos >= 2 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        });
         batch.items.push_back(Item {
             seq: row.seq,
-            ts_ms: row.ts_ms,
             publish: Publish {
                 dup: false,
                 qos,
@@ -143,4 +145,67 @@ pub(crate) fn map_rows(rules: &Rules, rows: Vec<LogRow>, upto: u64, now: i64) ->
         });
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ForwardRule;
+
+    fn row(seq: u64, topic: &str, qos: u8) -> LogRow {
+        LogRow {
+            seq,
+            ts_ms: 0,
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"1"),
+            qos,
+            retain: false,
+            props: None,
+            device: None,
+            point: None,
+            num: None,
+        }
+    }
+
+    fn rule(filter: &str, qos: Option<QoS>) -> ForwardRule {
+        ForwardRule {
+            filter: filter.into(),
+            topic: "{topic}".into(),
+            qos,
+            retain: true,
+        }
+    }
+
+    /// Issue 9: readings are QoS 0 at the source, yet go upstream at QoS 1 (acknowledged, so the cursor only
+    /// moves on PUBACK) unless a rule explicitly says `qos: 0`.
+    #[test]
+    fn forwards_at_qos_1_unless_a_rule_says_0() {
+        let rules = Rules::compile(
+            &[
+                rule("fire/#", Some(QoS::AtMostOnce)),
+                rule("pin/#", Some(QoS::ExactlyOnce)),
+                rule("#", None),
+            ],
+            &[],
+        );
+        let rows = vec![
+            row(1, "gw/d/p", 0),
+            row(2, "gw/d/q", 1),
+            row(3, "gw/d/r", 2),
+            row(4, "fire/x", 1),
+            row(5, "pin/x", 0),
+        ];
+        let b = map_rows(&rules, rows, 5, 0);
+        let qos: Vec<QoS> = b.items.iter().map(|i| i.publish.qos).collect();
+        assert_eq!(
+            qos,
+            [
+                QoS::AtLeastOnce,
+                QoS::AtLeastOnce,
+                QoS::ExactlyOnce,
+                QoS::AtMostOnce,
+                QoS::ExactlyOnce
+            ]
+        );
+    }
 }

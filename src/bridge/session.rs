@@ -33,6 +33,12 @@ const TICK: Duration = Duration::from_millis(100);
 const PERSIST_EVERY: Duration = Duration::from_millis(200);
 /// The retained state message is refreshed at most this often while lag changes (draining, offline).
 const STATE_EVERY: Duration = Duration::from_secs(1);
+/// The drain rate is measured over this much time (sliding) ...
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// ... from samples this far apart ...
+const RATE_SAMPLE: Duration = Duration::from_millis(250);
+/// ... once the samples span at least this much.
+const RATE_MIN_SPAN: Duration = Duration::from_secs(1);
 /// Inbound messages queued for local publishing.
 const INBOUND_QUEUE: usize = 1024;
 /// Receive Maximum we announce (v5): inbound messages in flight from the upstream.
@@ -133,7 +139,10 @@ struct Bridge {
     last_persist: Instant,
     last_state_pub: Instant,
     published: Option<(BridgeState, Option<String>, u64)>,
-    rate_at: (Instant, u64),
+    /// `(when, delivered, lag_rows)` samples of the last [`RATE_WINDOW`], while connected.
+    rate_samples: std::collections::VecDeque<(Instant, u64, u64)>,
+    /// The cursor and the time of the first row after it, as last read from the log.
+    oldest_at: Option<(u64, Option<i64>)>,
     skipped: u64,
     logged_error: Option<String>,
     backlog_started: Option<(Instant, u64)>,
@@ -190,7 +199,8 @@ pub(crate) async fn run(ctx: Ctx) {
         last_persist: now,
         last_state_pub: now,
         published: None,
-        rate_at: (now, 0),
+        rate_samples: std::collections::VecDeque::new(),
+        oldest_at: None,
         skipped: 0,
         logged_error: None,
         backlog_started: None,
@@ -348,29 +358,53 @@ impl Bridge {
         st.cursor = cursor;
         st.head = head;
         st.lag_rows = head.saturating_sub(cursor);
-        let oldest = self.window.oldest_ts().or_else(|| {
-            self.current
-                .as_ref()
-                .and_then(|b| b.items.front())
-                .map(|i| i.ts_ms)
-        });
-        st.lag_seconds = match oldest {
-            Some(ts) if st.lag_rows > 0 => (now_ms().saturating_sub(ts)).max(0) as f64 / 1000.0,
-            _ => 0.0,
+        // The age of the oldest row not delivered: the first row after the cursor, read from the log (the
+        // window and the read-ahead are empty during an outage). Looked up again only when the cursor moves.
+        let oldest = if st.lag_rows == 0 {
+            None
+        } else {
+            match self.oldest_at {
+                Some((c, ts)) if c == cursor => ts,
+                _ => {
+                    let ts = self.ctx.store.oldest_ts_after(cursor);
+                    self.oldest_at = Some((cursor, ts));
+                    ts
+                }
+            }
         };
-        let (t0, d0) = self.rate_at;
-        let dt = now.saturating_duration_since(t0).as_secs_f64();
-        if dt >= 1.0 {
-            let rate = (self.window.delivered - d0) as f64 / dt;
-            st.drain_rate = if st.drain_rate == 0.0 {
-                rate
-            } else {
-                0.5 * st.drain_rate + 0.5 * rate
-            };
-            self.rate_at = (now, self.window.delivered);
+        st.lag_seconds =
+            oldest.map_or(0.0, |ts| now_ms().saturating_sub(ts).max(0) as f64 / 1000.0);
+        // Drain rate over a sliding window of samples, only while connected: a link that is down drains
+        // nothing, and says so (0, no ETA) rather than decaying towards zero.
+        if st.state.connected() {
+            if self
+                .rate_samples
+                .back()
+                .is_none_or(|s| now.saturating_duration_since(s.0) >= RATE_SAMPLE)
+            {
+                self.rate_samples
+                    .push_back((now, self.window.delivered, st.lag_rows));
+            }
+            while self.rate_samples.len() > 2
+                && now.saturating_duration_since(self.rate_samples[1].0) >= RATE_WINDOW
+            {
+                self.rate_samples.pop_front();
+            }
+        } else {
+            self.rate_samples.clear();
         }
-        st.eta_seconds = (st.state == BridgeState::Backlog && st.drain_rate > 1.0)
-            .then(|| st.lag_rows as f64 / st.drain_rate);
+        let (rate, shrinking) = match self.rate_samples.front() {
+            Some(&(t0, d0, l0)) if now.saturating_duration_since(t0) >= RATE_MIN_SPAN => (
+                (self.window.delivered - d0) as f64
+                    / now.saturating_duration_since(t0).as_secs_f64(),
+                st.lag_rows < l0,
+            ),
+            _ => (0.0, false),
+        };
+        st.drain_rate = rate;
+        // An ETA only while draining: connected, delivering, and the backlog getting smaller.
+        st.eta_seconds = (st.state.connected() && rate > 0.0 && st.lag_rows > 0 && shrinking)
+            .then(|| st.lag_rows as f64 / rate);
         st.inflight = self.window.len();
         st.window = self.window.limit();
         st.delivered = self.window.delivered;
@@ -491,8 +525,7 @@ impl Bridge {
                 self.window.consumed(item.seq);
                 continue;
             }
-            self.window
-                .push(item.seq, item.ts_ms, item.publish, protocol, out);
+            self.window.push(item.seq, item.publish, protocol, out);
         }
     }
 

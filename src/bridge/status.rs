@@ -60,11 +60,12 @@ pub struct BridgeStatus {
     pub head: u64,
     /// Rows behind the head (forwarded or not).
     pub lag_rows: u64,
-    /// Age of the oldest row not yet delivered, in seconds (0 when caught up).
+    /// Age of the oldest row not yet delivered (the first row after the cursor), in seconds; 0 when caught up.
+    /// It keeps growing during an outage.
     pub lag_seconds: f64,
-    /// Rows delivered per second, smoothed over the last seconds.
+    /// Rows delivered per second over the last 10 s while connected (sliding window); 0 while disconnected.
     pub drain_rate: f64,
-    /// `lag_rows / drain_rate` while draining, else `None`.
+    /// `lag_rows / drain_rate` while draining (connected, delivering, the backlog shrinking), else `None`.
     pub eta_seconds: Option<f64>,
     /// Rows in the in-flight window now.
     pub inflight: usize,

@@ -40,7 +40,6 @@ pub(crate) enum State {
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub seq: u64,
-    pub ts_ms: i64,
     pub publish: Publish,
     pub state: State,
     /// Written on the current connection and counted in `outstanding`.
@@ -169,11 +168,6 @@ impl Window {
         self.limit
     }
 
-    /// Timestamp of the oldest incomplete row.
-    pub(crate) fn oldest_ts(&self) -> Option<i64> {
-        self.q.front().map(|e| e.ts_ms)
-    }
-
     /// Whether a new row may be taken: the resends of this connection are done and the window has room.
     pub(crate) fn room(&self) -> bool {
         self.next == self.q.len() && self.q.len() < self.limit
@@ -192,7 +186,6 @@ impl Window {
     pub(crate) fn push(
         &mut self,
         seq: u64,
-        ts_ms: i64,
         mut publish: Publish,
         protocol: Protocol,
         out: &mut BytesMut,
@@ -214,7 +207,6 @@ impl Window {
         codec::encode_publish(&publish, protocol, out);
         self.q.push_back(Entry {
             seq,
-            ts_ms,
             publish,
             state,
             on_wire,
@@ -469,10 +461,10 @@ mod tests {
         let mut w = Window::new(10);
         w.reconnect(3, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
-        w.push(11, 0, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
+        w.push(11, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
         w.consumed(12); // a row no rule matched
-        w.push(13, 0, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
-        w.push(14, 0, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
+        w.push(13, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
+        w.push(14, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
         assert!(!w.room());
         let pids: Vec<u16> = packets(&mut out).iter().map(pid_of).collect();
         assert_eq!(w.cursor(), 10);
@@ -498,7 +490,7 @@ mod tests {
         w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
         for s in 1..=5 {
-            w.push(s, 0, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
+            w.push(s, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
         }
         let first: Vec<u16> = packets(&mut out).iter().map(pid_of).collect();
         w.puback(first[1], 0);
@@ -535,11 +527,11 @@ mod tests {
         let mut w = Window::new(0);
         w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
-        w.push(1, 0, p(QoS::AtMostOnce), Protocol::V5, &mut out);
+        w.push(1, p(QoS::AtMostOnce), Protocol::V5, &mut out);
         assert_eq!(w.cursor(), 0, "not on the socket yet");
         w.flushed();
         assert_eq!(w.cursor(), 1);
-        w.push(2, 0, p(QoS::AtMostOnce), Protocol::V5, &mut out);
+        w.push(2, p(QoS::AtMostOnce), Protocol::V5, &mut out);
         out.clear(); // the connection died before the buffer was written
         w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
         assert_eq!(w.resend(Protocol::V5, &mut out, usize::MAX), 1);
@@ -552,8 +544,8 @@ mod tests {
         let mut w = Window::new(0);
         w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
-        w.push(1, 0, p(QoS::ExactlyOnce), Protocol::V5, &mut out);
-        w.push(2, 0, p(QoS::ExactlyOnce), Protocol::V5, &mut out);
+        w.push(1, p(QoS::ExactlyOnce), Protocol::V5, &mut out);
+        w.push(2, p(QoS::ExactlyOnce), Protocol::V5, &mut out);
         let pids: Vec<u16> = packets(&mut out).iter().map(pid_of).collect();
         assert_eq!(
             w.pubrec(pids[0], 0, Protocol::V5, &mut out),
@@ -592,7 +584,7 @@ mod tests {
         let c = w.control_pid();
         let mut out = BytesMut::new();
         for s in 1..=5 {
-            w.push(s, 0, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
+            w.push(s, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
         }
         let pids: Vec<u16> = packets(&mut out).iter().map(pid_of).collect();
         assert!(!pids.contains(&c));

@@ -212,6 +212,7 @@ async fn handshake<S: Io>(
         unacked_qos1: 0,
         retained_refusal_logged: false,
         subscription_refusal_logged: false,
+        refused_v311: None,
         connect_expiry_zero: accepted.connect_expiry_zero,
         cfg,
     };
@@ -441,6 +442,9 @@ struct Conn<S> {
     unacked_qos1: usize,
     retained_refusal_logged: bool,
     subscription_refusal_logged: bool,
+    /// MQTT 3.1.1 has no negative PUBACK: a publish the log refused closes the connection instead of being
+    /// acknowledged (the client then resends it on its next connection).
+    refused_v311: Option<String>,
     connect_expiry_zero: bool,
     /// The broker's configuration as it was at CONNECT (a reload applies to new connections).
     cfg: Arc<crate::config::BrokerConfig>,
@@ -465,6 +469,9 @@ impl<S: Io> Conn<S> {
                 if let Err(exit) = self.flush().await {
                     return exit;
                 }
+            }
+            if let Some(why) = self.refused_v311.take() {
+                return Exit::Protocol(reason::UNSPECIFIED_ERROR, why);
             }
             if self.process_more && self.may_process() {
                 self.process_more = false;
@@ -1034,6 +1041,13 @@ impl<S: Io> Conn<S> {
         }
         let mut r = resp(pid, reason::SUCCESS);
         if let Err(refusal) = result {
+            if !self.v5() && refusal.reason_code != reason::NOT_AUTHORIZED {
+                // The log refused it (store degraded, full, failing) and 3.1.1 has no way to say "not
+                // stored": never acknowledge it; close instead. (A publish the ACL denies is acknowledged
+                // positively, as 3.1.1 allows and other brokers do.)
+                self.refused_v311.get_or_insert(refusal.reason);
+                return;
+            }
             if self.v5() {
                 r.reason_code = refusal.reason_code;
                 r.properties.reason_string = Some(refusal.reason);

@@ -13,6 +13,7 @@ mod client;
 pub mod modbus;
 mod query;
 mod status;
+mod store;
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
@@ -25,6 +26,7 @@ use fieldbridge_sdk::NodeKind;
 pub use client::{encode_query_value, ApiClient, ClientError};
 pub use query::{query, Format, OrderArg, QueryArgs};
 pub use status::{status, StatusArgs};
+pub use store::{store_main, StoreCmd};
 
 use crate::api::ReloadDoc;
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api::{BridgeView, StatusDoc};
 
@@ -139,11 +139,6 @@ struct Watch {
     active: bool,
     /// Per bridge: cursor and lost rows at the first refresh (progress is measured from there).
     start: HashMap<String, (u64, u64)>,
-    /// Per bridge: cursor at the previous refresh, and when — to measure a drain rate when the bridge does not
-    /// report one.
-    last: HashMap<String, (u64, Instant)>,
-    /// Per bridge: measured rate (messages/s), smoothed.
-    rate: HashMap<String, f64>,
 }
 
 impl Watch {
@@ -159,22 +154,6 @@ impl Watch {
             seq.saturating_sub(s0)
                 .saturating_sub(b.lost_rows.saturating_sub(l0)),
         )
-    }
-
-    /// The bridge's drain rate: reported, else measured from cursor moves between refreshes.
-    fn rate(&mut self, b: &BridgeView) -> Option<f64> {
-        let now = Instant::now();
-        if let Some(seq) = b.cursor_seq {
-            if let Some((prev, at)) = self.last.insert(b.name.clone(), (seq, now)) {
-                let dt = now.duration_since(at).as_secs_f64();
-                if dt > 0.2 {
-                    let r = seq.saturating_sub(prev) as f64 / dt;
-                    let e = self.rate.entry(b.name.clone()).or_insert(r);
-                    *e = 0.7 * *e + 0.3 * r;
-                }
-            }
-        }
-        b.drain_rate.or_else(|| self.rate.get(&b.name).copied())
     }
 }
 
@@ -254,7 +233,8 @@ fn render(doc: &StatusDoc, client: &ApiClient, w: &mut Watch, style: Style) -> S
     }
     let name_w = doc.bridges.iter().map(|b| b.name.len()).max().unwrap_or(0);
     for b in &doc.bridges {
-        let rate = w.rate(b);
+        // The daemon's own numbers, as `/api/status` and `/metrics` give them: no second estimate here.
+        let rate = b.drain_rate;
         let drained = w.drained(b);
         let lag = match b.lag_seconds {
             Some(s) => format!("{} rows ({})", count(b.lag_rows), duration(s)),
@@ -263,13 +243,10 @@ fn render(doc: &StatusDoc, client: &ApiClient, w: &mut Watch, style: Style) -> S
         let rate_text = rate.map_or("—".to_string(), |r| {
             format!("{}/s", count(r.round() as u64))
         });
-        let eta = b
-            .eta_seconds
-            .or_else(|| rate.filter(|r| *r > 0.0).map(|r| b.lag_rows as f64 / r));
-        let eta_text = if b.lag_rows == 0 {
-            "—".to_string()
-        } else {
-            eta.map_or("unknown".to_string(), duration)
+        // Shown only while the bridge drains (connected, lag decreasing).
+        let eta_text = match b.eta_seconds {
+            Some(eta) if b.lag_rows > 0 => duration(eta),
+            _ => "—".to_string(),
         };
         let _ = writeln!(
             o,

@@ -431,7 +431,9 @@ pub struct ForwardRule {
     /// Default `{topic}`. `{gateway}` is already expanded; `{1}`.. never exceed the filter's wildcards
     /// (checked at load).
     pub topic: String,
-    /// QoS upstream; `None`: the message's own QoS. Forwards are logged whatever the QoS.
+    /// QoS upstream; `None`: QoS 1, or 2 for a QoS 2 message (the cursor moves only on PUBACK/PUBCOMP). An
+    /// explicit `qos: 0` sends at QoS 0: the cursor then moves once the bytes are written, so such rows may be
+    /// lost on a cut. Forwards are logged whatever the QoS.
     pub qos: Option<QoS>,
     /// Pass the retain flag through. Default true.
     pub retain: bool,

@@ -91,6 +91,9 @@ pub enum StoreError {
     /// failing). Counted as `write_failed`.
     #[error("message not committed: {0}")]
     WriteFailed(String),
+    /// The database is damaged (see [`crate::store::WriterState::Degraded`]): the message was refused.
+    #[error("store damaged ({0}): message refused; restart fieldbridge to move the damaged file aside and salvage it")]
+    Damaged(String),
     /// The store has been closed (or its writer thread stopped): nothing more can be appended.
     #[error("store closed")]
     Closed,

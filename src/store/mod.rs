@@ -79,8 +79,8 @@
 //!   queued, writes the cursors and checkpoints the WAL into the database: nothing is left uncommitted.
 //!
 //! At open, `PRAGMA quick_check` runs (every page readable, b-trees sound); a database that fails it, or is
-//! not a SQLite file, is refused with [`StoreError::Corrupt`] naming the file. It is never recreated: the
-//! operator moves it aside. Schema migrations run at open, each step in its own transaction with the version
+//! not a SQLite file, is moved aside and salvaged (see *Damage* below): it is never overwritten or deleted.
+//! Schema migrations run at open, each step in its own transaction with the version
 //! update; a database newer than this build is refused ([`StoreError::SchemaTooNew`]).
 //!
 //! # Cursors
@@ -119,11 +119,32 @@
 //! rows first, then the policy), and the rows are written again. Deleting needs a little space too (WAL
 //! frames, b-tree rebalancing), which a completely full disk does not have: the store keeps a reserve file
 //! `<db>.reserve` (WAL budget + one commit + 256 KiB, so 1.25 MiB for a 16 MiB cap and 8.25 MiB for the
-//! default 1 GiB) that it deletes at that moment, and takes back when space allows. If no room can be made, the writer is
-//! *stalled*: it retries with backoff (100 ms .. 5 s, at once when a cursor moves); `block` holds the rows
-//! and makes appenders wait; `drop_newest` refuses the rows and new appends (counted as `newest`);
-//! `drop_oldest`, with nothing left to evict, refuses them (counted as `write_failed`). When space returns the
-//! next retry succeeds and the writer resumes. Other write errors (I/O) stall the same way, without deleting.
+//! default 1 GiB — but never more than `max_bytes / 10`, nor more than 1/4 of the volume's free space when
+//! the store opens) that it deletes at that moment, and takes back when space allows. If no room can be made,
+//! the writer is *stalled*: it retries with backoff (100 ms .. 5 s, at once when a cursor moves); `block`
+//! holds the rows and makes appenders wait; `drop_newest` refuses the rows and new appends (counted as
+//! `newest`); `drop_oldest`, with nothing left to evict, refuses them (counted as `write_failed`). When space
+//! returns the next retry succeeds and the writer resumes. Other write errors (I/O, a read-only file or file
+//! system) stall the same way, without deleting, and each retry opens the database again (SQLite keeps a
+//! file it could not write open read-only): when permission returns, the writer resumes without a restart.
+//! A start on a completely full disk (SQLite cannot even map its `-shm`) releases the reserve and opens again.
+//!
+//! # Damage
+//!
+//! After every commit, before any ticket resolves, and every second, the writer checks the files under it
+//! (cheap: two `stat`s and the 100-byte header): the database and its WAL still the same files (device,
+//! inode), not deleted, the header still SQLite's with our page size, the file not shorter than the size its
+//! header records. Any failure there, and any `SQLITE_CORRUPT`/`SQLITE_NOTADB` from a write, a maintenance
+//! step or a read, puts the store in [`WriterState::Degraded`]: the commit that noticed it fails its
+//! tickets, every append from then on is refused ([`StoreError::Damaged`], counted as `write_failed`), so a
+//! strict publisher is never told a message is stored when it may not be; `/health` answers 503 with the
+//! reason; one `error!` line says what happened and what to do. It lasts until a restart.
+//!
+//! At open, a database that fails the integrity check or is not a SQLite file is moved aside to
+//! `<db>.corrupt-<UTC time>` (with its `-wal`/`-shm`), a new log is created and what can be read from the old
+//! one is salvaged into it (see `salvage.rs`: rows by seq ranges, skipping damaged ones, and the cursors),
+//! with the counts logged; then the store runs. `fieldbridge store check|salvage --db PATH` does the same by
+//! hand.
 //!
 //! # Blocking
 //!
@@ -136,6 +157,7 @@ mod error;
 mod history;
 mod reader;
 mod record;
+mod salvage;
 mod schema;
 mod stats;
 mod writer;
@@ -160,6 +182,9 @@ use crate::config::{StorageConfig, Synchronous, WhenFull};
 pub use error::StoreError;
 pub use reader::{topic_matches, valid_filter, HistoryQuery, Order};
 pub use record::{now_ms, LogRecord, LogRow, MsgProps};
+pub use salvage::{
+    check, check_file, move_aside_and_salvage, salvage_file, CheckReport, SalvageReport,
+};
 pub use schema::{StoreOptions, SCHEMA_VERSION};
 pub use stats::{CursorStats, DropCounters, StoreStats, WriterState};
 
@@ -275,12 +300,42 @@ impl Store {
             cfg.max_bytes
         };
         let lock = schema::lock(&path)?;
-        let (conn, state) = schema::open_writer(
-            &path,
-            cfg.synchronous == Synchronous::Full,
-            max_bytes,
-            &opts,
-        )?;
+        let sync_full = cfg.synchronous == Synchronous::Full;
+        let marker = schema::damaged_marker(&path);
+        let opened = match std::fs::read_to_string(&marker) {
+            // Damage was found while the last run was writing: salvage whatever the file looks like now.
+            Ok(why) if path.exists() && opts.salvage_at_open => Err(StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("damaged during the last run: {why}"),
+            }),
+            _ => schema::open_writer(&path, sync_full, max_bytes, &opts),
+        };
+        let _ = std::fs::remove_file(&marker);
+        let (conn, state) = match opened {
+            // (Not a file of another application: that one is refused, never moved.)
+            Err(StoreError::Corrupt { detail, .. })
+                if opts.salvage_at_open && !detail.starts_with(schema::NOT_OURS) =>
+            {
+                // An unattended gateway must keep collecting: move the damaged file aside, salvage what it
+                // holds into a new log, and run.
+                tracing::error!(path = %path.display(), "store: the log is damaged ({detail})");
+                let report = salvage::move_aside_and_salvage(&path)?;
+                tracing::error!(path = %path.display(), "store: salvage done: {report}");
+                schema::open_writer(&path, sync_full, max_bytes, &salvage::after_salvage(&opts))?
+            }
+            Err(
+                e
+                @ (StoreError::Open { .. } | StoreError::Io { .. } | StoreError::Migration { .. }),
+            ) if release_reserve_file(&path) => {
+                // A completely full disk: SQLite cannot even map its -shm. The reserve is there for this.
+                tracing::warn!(
+                    path = %path.display(),
+                    "store: opening failed ({e}); released the reserve file and trying again"
+                );
+                schema::open_writer(&path, sync_full, max_bytes, &opts)?
+            }
+            r => r?,
+        };
         let readers = reader::Readers::new(path.clone());
         readers.with(|_| Ok(())).map_err(|e| match e {
             StoreError::Sqlite(source) => StoreError::Open {
@@ -455,15 +510,30 @@ impl Store {
         if limit == 0 || after_seq >= self.inner.shared.head.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
-        self.inner
+        let r = self
+            .inner
             .readers
-            .with(|c| reader::read_from(c, after_seq, limit))
+            .with(|c| reader::read_from(c, after_seq, limit));
+        self.seen(r)
     }
 
     /// The last committed seq, updated after every commit: a bridge waits on `changed()` instead of polling.
     /// The sender goes away when the store shuts down.
     pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
         self.inner.appends.clone()
+    }
+
+    /// The time (unix ms) of the oldest committed row after `seq`: for a bridge at cursor `seq`, the age of
+    /// its backlog. `None` when there is none (or it cannot be read). A point lookup by rowid.
+    pub fn oldest_ts_after(&self, seq: u64) -> Option<i64> {
+        if seq >= self.inner.shared.head.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner
+            .readers
+            .with(|c| reader::first_ts_after(c, seq))
+            .ok()
+            .flatten()
     }
 
     /// The last committed seq.
@@ -542,7 +612,30 @@ impl Store {
 
     /// History query (CLI, HTTP API).
     pub fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
-        self.inner.readers.with(|c| reader::query(c, q))
+        let r = self.inner.readers.with(|c| reader::query(c, q));
+        self.seen(r)
+    }
+
+    /// A read that found the database corrupt puts the store in the degraded state (the writer is told).
+    fn seen<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Sqlite(e)) = &r {
+            if writer::is_corrupt(e) {
+                let _ = self.ctl(Ctl::Damaged(format!("a read failed: {e}")));
+            }
+        }
+        r
+    }
+
+    /// The writer's state and, when it is stalled or degraded, why. Cheap (no SQLite query): for `/health`.
+    pub fn health(&self) -> (WriterState, Option<String>) {
+        let sh = &self.inner.shared;
+        let st = sh.state();
+        let why = match st {
+            WriterState::Degraded => sh.damage.lock().clone(),
+            WriterState::Stalled => sh.last_error.lock().clone(),
+            WriterState::Normal | WriterState::Full => None,
+        };
+        (st, why)
     }
 
     /// A snapshot of sizes, positions, lags and counters.
@@ -593,6 +686,7 @@ impl Store {
             rows_committed: sh.rows_committed.load(Ordering::Relaxed),
             state: sh.state(),
             last_error: sh.last_error.lock().clone(),
+            damage: sh.damage.lock().clone(),
         }
     }
 
@@ -634,6 +728,12 @@ impl Store {
                 .unwrap_or_else(|| "write failed".into())
         };
         match (sh.state(), self.inner.policy) {
+            (WriterState::Degraded, _) => {
+                sh.dropped_write_failed.fetch_add(n, Ordering::Relaxed);
+                Err(StoreError::Damaged(
+                    sh.damage.lock().clone().unwrap_or_else(|| "damaged".into()),
+                ))
+            }
             (WriterState::Normal, _)
             | (_, WhenFull::Block)
             | (WriterState::Full, WhenFull::DropOldest) => Ok(()),
@@ -717,6 +817,12 @@ impl Drop for Inner {
         self.data_tx = None;
         self.join();
     }
+}
+
+/// Deletes a non-empty reserve file; whether there was one.
+fn release_reserve_file(path: &Path) -> bool {
+    let reserve = schema::reserve_path(path);
+    std::fs::metadata(&reserve).is_ok_and(|m| m.len() > 0) && std::fs::remove_file(&reserve).is_ok()
 }
 
 fn check_record(rec: &LogRecord) -> Result<(), StoreError> {

@@ -342,6 +342,13 @@ impl TopN {
 }
 
 /// The timestamp of row `seq`, if present.
+/// The timestamp of the first row after `seq` (the oldest row a bridge at cursor `seq` has not delivered).
+pub(crate) fn first_ts_after(conn: &Connection, seq: u64) -> Result<Option<i64>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT ts FROM messages WHERE seq > ?1 ORDER BY seq LIMIT 1")?;
+    Ok(stmt.query_row([clamp_i64(seq)], |r| r.get(0)).optional()?)
+}
+
 pub(crate) fn ts_of(conn: &Connection, seq: u64) -> Result<Option<i64>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT ts FROM messages WHERE seq = ?1")?;
     Ok(stmt.query_row([clamp_i64(seq)], |r| r.get(0)).optional()?)

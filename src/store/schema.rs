@@ -7,6 +7,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 
 use super::error::StoreError;
 
+/// How [`StoreError::Corrupt`] starts for a sound SQLite file of another application.
+pub(crate) const NOT_OURS: &str = "not a fieldbridge store";
+
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -104,6 +107,9 @@ pub struct StoreOptions {
     pub index_interval: Duration,
     /// ... or as soon as this many rows are not yet indexed. Default 100 000.
     pub index_rows: u64,
+    /// A database that fails the integrity check at open is moved aside and salvaged (default true); if
+    /// false, the open fails with [`StoreError::Corrupt`].
+    pub salvage_at_open: bool,
 }
 
 impl Default for StoreOptions {
@@ -117,6 +123,7 @@ impl Default for StoreOptions {
             check_at_open: true,
             index_interval: Duration::from_secs(30),
             index_rows: 100_000,
+            salvage_at_open: true,
         }
     }
 }
@@ -172,6 +179,13 @@ pub(crate) fn lock_path(path: &Path) -> PathBuf {
 pub(crate) fn wal_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Written when the store finds damage while running; the next start salvages the file (and removes it).
+pub(crate) fn damaged_marker(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".damaged");
     PathBuf::from(s)
 }
 
@@ -314,7 +328,7 @@ pub(crate) fn schema_version(conn: &Connection, path: &Path) -> Result<u32, Stor
         if objects > 0 {
             return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
-                detail: "not a fieldbridge store (it has tables but no `meta` table)".into(),
+                detail: format!("{NOT_OURS} (it has tables but no `meta` table)"),
             });
         }
         return Ok(0);

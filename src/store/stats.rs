@@ -13,9 +13,14 @@ pub enum WriterState {
     /// At `max_bytes` with nothing more it may delete: `drop_newest` refuses appends, `block` makes them wait.
     /// (`drop_oldest` never stays here: it evicts.)
     Full,
-    /// A write failed (disk full, I/O error): the writer holds what it could not commit and retries with
-    /// backoff; `block` makes appends wait, the other policies refuse them (counted).
+    /// A write failed (disk full, I/O error, read-only file): the writer holds what it could not commit and
+    /// retries with backoff (reopening the database for errors other than a full disk); `block` makes appends
+    /// wait, the other policies refuse them (counted). It recovers by itself when space or permission returns.
     Stalled,
+    /// The database is damaged (SQLITE_CORRUPT/NOTADB, the file truncated, overwritten, replaced or deleted,
+    /// its WAL deleted): every append is refused (counted as `write_failed`), so nothing is acknowledged as
+    /// durable that may not be. Lasts until a restart, which moves the file aside and salvages it.
+    Degraded,
 }
 
 impl WriterState {
@@ -23,6 +28,7 @@ impl WriterState {
         match v {
             1 => WriterState::Full,
             2 => WriterState::Stalled,
+            3 => WriterState::Degraded,
             _ => WriterState::Normal,
         }
     }
@@ -103,6 +109,8 @@ pub struct StoreStats {
     pub state: WriterState,
     /// The last write error, if the writer is stalled (or was, most recently).
     pub last_error: Option<String>,
+    /// Why the store is degraded (damage found), if it is.
+    pub damage: Option<String>,
 }
 
 /// One cursor as the handles and the writer share it.
@@ -141,6 +149,8 @@ pub(crate) struct Shared {
     pub bytes_used: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// What damage was found (set once; the state is then `Degraded`).
+    pub damage: Mutex<Option<String>>,
     pub cursors: Mutex<CursorTable>,
     /// Set when the writer has shut down (appends fail with `Closed`).
     pub closed: AtomicBool,

@@ -50,6 +50,8 @@ pub(crate) enum Ctl {
     Maintain(oneshot::Sender<Result<(), StoreError>>),
     CursorsMoved,
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
+    /// A reader found the database corrupt.
+    Damaged(String),
 }
 
 /// A row (or batch) inserted in the open transaction, kept until it commits so it can be replayed after a
@@ -114,6 +116,8 @@ enum Reserve {
 struct Checkpointer {
     tx: std::sync::mpsc::SyncSender<()>,
     handle: std::thread::JoinHandle<()>,
+    /// Held while a checkpoint runs (the database file may be shorter than its header says meanwhile).
+    busy: Arc<parking_lot::Mutex<()>>,
 }
 
 impl Checkpointer {
@@ -128,15 +132,18 @@ impl Checkpointer {
             }
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let busy = Arc::new(parking_lot::Mutex::new(()));
+        let held = busy.clone();
         let handle = std::thread::Builder::new()
             .name("store-ckpt".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
+                    let _g = held.lock();
                     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 }
             })
             .ok()?;
-        Some(Checkpointer { tx, handle })
+        Some(Checkpointer { tx, handle, busy })
     }
 
     fn stop(self) {
@@ -168,8 +175,23 @@ struct Episode {
     last_event: Instant,
 }
 
+/// The identity of the files the writer has open, to notice them being replaced or deleted under it (their
+/// open descriptors would keep "working" while nothing reaches the path a restart reads).
+#[derive(Default)]
+struct Files {
+    db: Option<(u64, u64)>,
+    wal: Option<(u64, u64)>,
+    /// A full header was seen once: a file shorter than that later was truncated.
+    header_seen: bool,
+    /// The longest the database file was seen since the writer last gave space back (vacuum): the file
+    /// never shrinks otherwise. (A file shorter than its header says is not enough: a checkpoint on a full
+    /// disk writes page 1 before it fails to extend the file.)
+    len_floor: u64,
+}
+
 pub(crate) struct Writer {
     conn: Connection,
+    files: Files,
     s: Settings,
     shared: Arc<Shared>,
     watch: watch::Sender<u64>,
@@ -224,6 +246,70 @@ fn txn_bytes_limit(max_bytes: u64) -> u64 {
     (max_bytes / 32).clamp(64 << 10, 4 << 20)
 }
 
+/// Sorts `(stream, ts, seq)` keys and stores them as history blocks (see `history.rs`), in the caller's
+/// transaction.
+pub(crate) fn insert_history(
+    conn: &Connection,
+    keys: &mut [(i64, i64, i64)],
+) -> rusqlite::Result<()> {
+    keys.sort_unstable();
+    let mut st = conn.prepare_cached(
+        "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut pairs = Vec::with_capacity(super::history::BLOCK);
+    let mut blob = Vec::new();
+    for group in keys.chunk_by(|a, b| a.0 == b.0) {
+        for block in group.chunks(super::history::BLOCK) {
+            pairs.clear();
+            pairs.extend(block.iter().map(|k| (k.1, k.2)));
+            super::history::encode(&pairs, &mut blob);
+            let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
+            st.execute(params![
+                block[0].0,
+                pairs[0].0,
+                pairs[pairs.len() - 1].0,
+                min_seq,
+                max_seq,
+                pairs.len() as i64,
+                &blob
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// SQLITE_CORRUPT or SQLITE_NOTADB: the file is damaged, retrying will not help.
+pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        super::schema::sqlite_code(e),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+fn ident(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| (m.dev(), m.ino()))
+}
+
+/// The share of its volume's free space the reserve may take: 1/4 of what is free (counting the reserve
+/// itself), at most `want`. On a disk that is already full this is (nearly) nothing.
+pub(crate) fn reserve_share(path: &std::path::Path, have: u64, want: u64) -> u64 {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    match rustix::fs::statvfs(dir) {
+        Ok(v) => {
+            let free = v.f_bavail.saturating_mul(v.f_frsize) + have;
+            want.min(free / 4)
+        }
+        Err(_) => want,
+    }
+}
+
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     match e {
         // SQLITE_FULL, and SQLITE_IOERR_SHMSIZE (the -shm file could not grow).
@@ -246,16 +332,21 @@ impl Writer {
         let now = Instant::now();
         let wal_budget = super::schema::wal_pages(s.max_bytes, st.page_size) * st.page_size;
         let txn_bytes_limit = txn_bytes_limit(s.max_bytes);
-        let reserve_bytes = wal_budget + txn_bytes_limit + (256 << 10);
+        // What deleting rows on a full disk needs; but never more than a tenth of the cap (a small cap on
+        // a small volume would otherwise be mostly reserve) — and, see `restore_reserve`, never more than
+        // a small share of the free space.
+        let reserve_bytes = (wal_budget + txn_bytes_limit + (256 << 10)).min(s.max_bytes / 10);
         let reserve = match s.opts.max_page_count {
             Some(limit) => Reserve::Pages {
                 limit,
                 reserve: (reserve_bytes / st.page_size).min(limit / 4),
             },
-            None => Reserve::File {
-                path: super::schema::reserve_path(&s.path),
-                want: reserve_bytes,
-            },
+            None => {
+                let path = super::schema::reserve_path(&s.path);
+                let have = std::fs::metadata(&path).map_or(0, |m| m.len());
+                let want = reserve_share(&path, have, reserve_bytes);
+                Reserve::File { path, want }
+            }
         };
         shared.head.store(st.head, Ordering::Release);
         shared.oldest.store(st.oldest, Ordering::Release);
@@ -268,6 +359,7 @@ impl Writer {
         ];
         let mut w = Writer {
             conn,
+            files: Files::default(),
             shared,
             watch,
             _lock: lock,
@@ -334,6 +426,9 @@ impl Writer {
         if w.checkpointer.is_some() {
             let _ = w.conn.pragma_update(None, "wal_autocheckpoint", 0);
         }
+        if let Err(why) = w.check_files() {
+            w.on_damage(why);
+        }
         w.restore_reserve();
         // Cap and age as configured now (the cap may have been lowered since the last run).
         w.check_cap();
@@ -392,6 +487,7 @@ impl Writer {
                             let _ = reply.send(r);
                         }
                         Some(Ctl::CursorsMoved) => self.on_cursors_moved(),
+                        Some(Ctl::Damaged(why)) => self.on_damage(why),
                         // Every handle is gone without a shutdown message: stop as if asked.
                         None => break,
                     },
@@ -430,14 +526,15 @@ impl Writer {
 
     fn accepting(&self) -> bool {
         match self.state {
-            WriterState::Normal => true,
+            // Degraded: requests are taken only to be refused at once (appenders never wait on it).
+            WriterState::Normal | WriterState::Degraded => true,
             WriterState::Full => self.s.policy != WhenFull::Block || self.closing,
             WriterState::Stalled => false,
         }
     }
 
     fn commit_deadline(&self) -> Option<Instant> {
-        if self.stall.is_some() {
+        if self.stall.is_some() || self.state == WriterState::Degraded {
             return None;
         }
         let txn = self.txn_since.map(|t| t + self.s.commit_interval);
@@ -454,6 +551,10 @@ impl Writer {
             let Some(req) = self.inbox.pop_front() else {
                 return;
             };
+            if self.state == WriterState::Degraded {
+                self.refuse_damaged(req);
+                continue;
+            }
             match req {
                 Req::Flush(tx) => {
                     self.commit_now();
@@ -497,6 +598,29 @@ impl Writer {
                 self.commit_now();
             }
         }
+    }
+
+    /// Degraded: nothing is written any more; the request is refused, counted as `write_failed`.
+    fn refuse_damaged(&mut self, req: Req) {
+        let why = self.damage_text();
+        self.shared
+            .dropped_write_failed
+            .fetch_add(req.rows(), Ordering::Relaxed);
+        match req {
+            Req::One(_, tx) => drop(tx.send(Err(StoreError::Damaged(why)))),
+            Req::Batch(_, tx) => drop(tx.send(Err(StoreError::Damaged(why)))),
+            Req::State(_) => {}
+            Req::Flush(tx) => drop(tx.send(Ok(self.head))),
+        }
+        self.note_drops();
+    }
+
+    fn damage_text(&self) -> String {
+        self.shared
+            .damage
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "damaged".into())
     }
 
     /// `drop_newest` at the cap: the row is refused, counted, and its ticket says so.
@@ -628,35 +752,8 @@ impl Writer {
                     keys.push((r.get(0)?, r.get(1)?, r.get(2)?));
                 }
             }
-            keys.sort_unstable();
             self.conn.execute_batch("BEGIN")?;
-            let mut st = self.conn.prepare_cached(
-                "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut pairs = Vec::with_capacity(super::history::BLOCK);
-            let mut blob = Vec::new();
-            for group in keys.chunk_by(|a, b| a.0 == b.0) {
-                for block in group.chunks(super::history::BLOCK) {
-                    pairs.clear();
-                    pairs.extend(block.iter().map(|k| (k.1, k.2)));
-                    super::history::encode(&pairs, &mut blob);
-                    let (min_seq, max_seq) =
-                        pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
-                            (lo.min(p.1), hi.max(p.1))
-                        });
-                    st.execute(params![
-                        block[0].0,
-                        pairs[0].0,
-                        pairs[pairs.len() - 1].0,
-                        min_seq,
-                        max_seq,
-                        pairs.len() as i64,
-                        &blob
-                    ])?;
-                }
-            }
-            drop(st);
+            insert_history(&self.conn, &mut keys)?;
             self.set_indexed_in_txn(last)?;
             self.conn.execute_batch("COMMIT")
         })();
@@ -691,11 +788,11 @@ impl Writer {
     // ---- commits -------------------------------------------------------------------------------------------
 
     fn commit_now(&mut self) {
-        if self.stall.is_some() {
+        if self.stall.is_some() || self.state == WriterState::Degraded {
             return;
         }
         match self.commit_txn() {
-            Ok(true) => self.after_commit(),
+            Ok(true) => self.finish_commit(),
             Ok(false) => self.cursor_deadline = None,
             Err(e) => self.on_write_error(e),
         }
@@ -726,7 +823,144 @@ impl Writer {
         Ok(true)
     }
 
-    fn after_commit(&mut self) {
+    /// After a COMMIT, before any ticket resolves: are the files still the ones written to? A commit into a
+    /// deleted WAL or a truncated/overwritten/replaced database is not durable, so its tickets fail.
+    fn finish_commit(&mut self) {
+        let damage = self.check_files().err();
+        self.after_commit(damage);
+    }
+
+    /// The cheap check of the files under the writer, run after every commit and every second: identity
+    /// (device, inode) of the database and its WAL, the database header (magic, page size) and its length
+    /// against the size the header records. Never reads more than 100 bytes.
+    fn check_files(&mut self) -> Result<(), String> {
+        match ident(&self.s.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err("the database file was deleted".into())
+            }
+            Err(_) => {}
+            Ok(id) => match self.files.db {
+                None => self.files.db = Some(id),
+                Some(known) if known != id => {
+                    return Err("the database file was replaced by another file".into())
+                }
+                Some(_) => {}
+            },
+        }
+        match ident(&self.s.wal_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.files.wal.is_some() {
+                    return Err("the WAL file (-wal) was deleted".into());
+                }
+            }
+            Err(_) => {}
+            Ok(id) => match self.files.wal {
+                None => self.files.wal = Some(id),
+                Some(known) if known != id => {
+                    return Err("the WAL file (-wal) was replaced by another file".into())
+                }
+                Some(_) => {}
+            },
+        }
+        let header = |path: &std::path::Path| -> std::io::Result<(u64, Option<[u8; 100]>)> {
+            use std::io::Read;
+            let mut f = File::open(path)?;
+            let len = f.metadata()?.len();
+            if len < 100 {
+                return Ok((len, None));
+            }
+            let mut h = [0u8; 100];
+            f.read_exact(&mut h)?;
+            Ok((len, Some(h)))
+        };
+        let Ok((len, h)) = header(&self.s.path) else {
+            return Ok(());
+        };
+        let shrunk = len < self.files.len_floor;
+        self.files.len_floor = self.files.len_floor.max(len);
+        let Some(h) = h else {
+            if self.files.header_seen && shrunk {
+                return Err(format!("the database file was truncated to {len} bytes"));
+            }
+            return Ok(());
+        };
+        if &h[..16] != b"SQLite format 3\0" {
+            return Err("the database file was overwritten (its header is not SQLite's)".into());
+        }
+        let ps = match u16::from_be_bytes([h[16], h[17]]) {
+            1 => 65536,
+            n => u64::from(n),
+        };
+        if ps != self.page_size {
+            return Err(format!(
+                "the database file was overwritten (page size {ps} in its header, {} in use)",
+                self.page_size
+            ));
+        }
+        self.files.header_seen = true;
+        let be = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        // The header's page count is valid when "version-valid-for" matches the change counter.
+        let pages = u64::from(be(28));
+        if shrunk && be(24) == be(92) && pages > 0 && len < pages * ps {
+            // A checkpoint may be growing the file right now: trust a short file only while none runs.
+            let idle = self.checkpointer.as_ref().map(|c| c.busy.try_lock());
+            if !matches!(idle, Some(None)) {
+                let len = std::fs::metadata(&self.s.path).map_or(u64::MAX, |m| m.len());
+                if len < pages * ps {
+                    return Err(format!(
+                        "the database file was truncated ({len} bytes, its header says {})",
+                        pages * ps
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Damage found: refuse everything from now on (no false acknowledgment), say what to do, once.
+    fn on_damage(&mut self, why: String) {
+        if self.state == WriterState::Degraded {
+            return;
+        }
+        *self.shared.damage.lock() = Some(why.clone());
+        *self.shared.last_error.lock() = Some(why.clone());
+        if self.txn_open {
+            self.rollback();
+        }
+        self.stall = None;
+        self.set_state(WriterState::Degraded);
+        // Counted before the tickets say so.
+        let n: u64 = self
+            .pending
+            .iter()
+            .map(|p| match p {
+                Pending::One(..) => 1,
+                Pending::Batch(v, ..) => v.len() as u64,
+            })
+            .sum();
+        self.shared
+            .dropped_write_failed
+            .fetch_add(n, Ordering::Relaxed);
+        self.fail_pending(|| StoreError::Damaged(why.clone()));
+        if why.contains("WAL") {
+            // The WAL is still open here: copy what it holds into the database file while we can.
+            self.checkpoint_wait("TRUNCATE", Duration::from_secs(1));
+        }
+        // Remembered for the next start, which then moves the file aside and salvages it even if it
+        // passes the integrity check (a file truncated to nothing is a valid empty database).
+        let _ = std::fs::write(super::schema::damaged_marker(&self.s.path), why.as_bytes());
+        let path = self.s.path.display().to_string();
+        tracing::error!(
+            path,
+            "store damaged: {why}. New messages are refused and QoS 1/2 publishers get an error (nothing is \
+             acknowledged as stored); /health reports degraded. Restart fieldbridge (systemctl restart \
+             fieldbridge): it moves the damaged file aside to {path}.corrupt-<time> and salvages what it can \
+             into a new log (or run `fieldbridge store check --db {path}` / `store salvage` by hand)"
+        );
+        self.note_drops();
+    }
+
+    fn after_commit(&mut self, damage: Option<String>) {
         self.txn_awaited = false;
         let rows = std::mem::take(&mut self.txn_rows);
         self.txn_streams.clear();
@@ -740,6 +974,13 @@ impl Writer {
             self.shared
                 .rows_committed
                 .fetch_add(rows as u64, Ordering::Relaxed);
+        }
+        if let Some(why) = damage {
+            let head = self.head;
+            self.watch
+                .send_if_modified(|v| std::mem::replace(v, head) != head);
+            self.on_damage(why);
+            return;
         }
         for p in self.pending.drain(..) {
             match p {
@@ -867,7 +1108,7 @@ impl Writer {
                     s.next_retry = Instant::now();
                 }
             }
-            WriterState::Normal => {}
+            WriterState::Normal | WriterState::Degraded => {}
         }
     }
 
@@ -1129,6 +1370,15 @@ impl Writer {
 
     fn on_tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        if self.state != WriterState::Degraded {
+            if let Err(why) = self.check_files() {
+                self.on_damage(why);
+            }
+        }
+        if self.state == WriterState::Degraded {
+            self.note_drops();
+            return;
+        }
         if self.state == WriterState::Full {
             self.check_cap();
         }
@@ -1177,12 +1427,17 @@ impl Writer {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
             self.checkpoint(true);
+            // The file may shrink now (or at a later checkpoint): start measuring again.
+            self.files.len_floor = 0;
             let _ = self.measure();
         }
     }
 
     /// `maintain()`: commit, age retention, cap, checkpoint — now.
     fn maintain(&mut self) -> Result<(), StoreError> {
+        if self.state == WriterState::Degraded {
+            return Err(StoreError::Damaged(self.damage_text()));
+        }
         self.commit_now();
         if self.stall.is_some() {
             self.try_recover();
@@ -1200,6 +1455,10 @@ impl Writer {
     }
 
     fn on_maintenance_error(&mut self, e: rusqlite::Error) {
+        if is_corrupt(&e) {
+            self.on_damage(format!("maintenance failed: {e}"));
+            return;
+        }
         if is_disk_full(&e) {
             self.disk_full_at = Some(Instant::now());
         }
@@ -1210,6 +1469,10 @@ impl Writer {
 
     fn on_write_error(&mut self, e: rusqlite::Error) {
         self.rollback();
+        if is_corrupt(&e) {
+            self.on_damage(format!("a write failed: {e}"));
+            return;
+        }
         let disk_full = is_disk_full(&e);
         *self.shared.last_error.lock() = Some(e.to_string());
         if disk_full {
@@ -1244,10 +1507,20 @@ impl Writer {
 
     /// After a failed write: make room if the disk is full, then replay what was pending.
     fn try_recover(&mut self) {
+        if self.state == WriterState::Degraded {
+            self.stall = None;
+            return;
+        }
         let Some(disk_full) = self.stall.as_ref().map(|s| s.disk_full) else {
             return;
         };
+        if !disk_full && self.stall.as_ref().is_some_and(|s| s.attempts > 0) {
+            // Not a full disk (read-only file or file system, I/O error): the connection may hold on to
+            // the condition (SQLite opens a file it cannot write read-only). A fresh one sees it gone.
+            self.reopen();
+        }
         let mut want = (self.pending_bytes() * 2).max(16 * self.page_size) + self.wal_budget / 4;
+
         let mut result = self.replay();
         for _ in 0..8 {
             let Err(e) = &result else { break };
@@ -1271,6 +1544,13 @@ impl Writer {
             want *= 2;
             result = self.replay();
         }
+        if let Err(e) = &result {
+            if is_corrupt(e) {
+                self.rollback();
+                self.on_damage(format!("a write failed: {e}"));
+                return;
+            }
+        }
         match result {
             Ok(()) => {
                 let since = self.stall.take().map(|s| s.since);
@@ -1278,30 +1558,42 @@ impl Writer {
                 if let Some(since) = since {
                     tracing::debug!("store: write recovered after {:?}", since.elapsed());
                 }
-                self.after_commit();
+                self.finish_commit();
+                if self.state == WriterState::Degraded {
+                    return;
+                }
                 self.restore_reserve();
                 self.check_cap();
             }
             Err(e) => {
                 self.rollback();
                 *self.shared.last_error.lock() = Some(e.to_string());
+                // Stalled before any ticket says so: a publisher told "not stored" that publishes again at
+                // once must be refused at the door, not queued behind the stall.
+                if self.state != WriterState::Stalled {
+                    self.stall_count += 1;
+                    self.set_state(WriterState::Stalled);
+                }
                 if !self.pending.is_empty() && self.s.policy != WhenFull::Block {
                     // Only `block` holds admitted messages back; the others give up on them, counted.
                     let msg = e.to_string();
-                    let n = self.fail_pending(|| StoreError::Unwritable(msg.clone()));
+                    let n: u64 = self
+                        .pending
+                        .iter()
+                        .map(|p| match p {
+                            Pending::One(..) => 1,
+                            Pending::Batch(v, ..) => v.len() as u64,
+                        })
+                        .sum();
                     let ctr = if self.s.policy == WhenFull::DropNewest {
                         &self.shared.dropped_newest
                     } else {
                         &self.shared.dropped_write_failed
                     };
                     ctr.fetch_add(n, Ordering::Relaxed);
-                    self.note_drops();
+                    self.fail_pending(|| StoreError::Unwritable(msg.clone()));
                 }
-                if self.state != WriterState::Stalled {
-                    self.stall_count += 1;
-                    self.set_state(WriterState::Stalled);
-                    self.note_drops();
-                }
+                self.note_drops();
                 if let Some(s) = self.stall.as_mut() {
                     s.attempts += 1;
                     s.disk_full = is_disk_full(&e);
@@ -1312,6 +1604,32 @@ impl Writer {
                         .saturating_mul(1 << s.attempts.min(16));
                     s.next_retry = Instant::now() + backoff.min(self.s.opts.retry_max);
                 }
+            }
+        }
+    }
+
+    /// Opens the write connection again (same settings; no integrity check: the file is the one we had).
+    fn reopen(&mut self) {
+        let opts = StoreOptions {
+            check_at_open: false,
+            ..self.s.opts.clone()
+        };
+        match super::schema::open_writer(
+            &self.s.path,
+            self.s.synchronous_full,
+            self.s.max_bytes,
+            &opts,
+        ) {
+            Ok((conn, _)) => {
+                if self.checkpointer.is_some() {
+                    let _ = conn.pragma_update(None, "wal_autocheckpoint", 0);
+                }
+                self.conn = conn;
+                self.txn_open = false;
+                tracing::debug!(path = %self.s.path.display(), "store: write connection reopened");
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.s.path.display(), "store: reopening failed: {e}");
             }
         }
     }
@@ -1336,7 +1654,8 @@ impl Writer {
             Reserve::File { path, want } => {
                 use std::io::Write;
                 let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                if have >= *want {
+                let want = *want;
+                if have >= want {
                     return;
                 }
                 let Ok(mut f) = std::fs::OpenOptions::new()
@@ -1348,8 +1667,8 @@ impl Writer {
                 };
                 let chunk = vec![0u8; 64 << 10];
                 let mut len = have;
-                while len < *want {
-                    let n = chunk.len().min((*want - len) as usize);
+                while len < want {
+                    let n = chunk.len().min((want - len) as usize);
                     if f.write_all(&chunk[..n]).is_err() {
                         // Keep whole chunks only; a full disk leaves a smaller reserve, grown later.
                         let _ = f.set_len(len);
@@ -1560,6 +1879,16 @@ impl Writer {
         }
         self.closing = true;
         self.shared.closed.store(true, Ordering::Release);
+        if self.state == WriterState::Degraded {
+            // Nothing more is written to a damaged file (a checkpoint could mask the damage from the
+            // integrity check at the next start).
+            self.process_inbox();
+            if let Some(c) = self.checkpointer.take() {
+                c.stop();
+            }
+            self.note_drops_at(Instant::now(), true);
+            return Err(StoreError::Damaged(self.damage_text()));
+        }
         if self.stall.is_some() {
             self.try_recover();
         }

@@ -12,3 +12,4 @@ mod broker_transports;
 mod daemon;
 mod ingest;
 mod pipeline;
+mod snf;
