@@ -8,3 +8,4 @@ mod broker_peers;
 mod broker_transports;
 mod daemon;
 mod pipeline;
+mod systemd_notify;
