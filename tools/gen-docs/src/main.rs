@@ -46,7 +46,7 @@ fn generate(out: &Path) -> std::io::Result<Vec<PathBuf>> {
 
     let man = out.join("man1");
     std::fs::create_dir_all(&man)?;
-    write_pages(&cmd, "fieldbridge", &man, &mut written)?;
+    write_pages(&cmd, &man, &mut written)?;
 
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)?;
@@ -57,24 +57,19 @@ fn generate(out: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// One page for `cmd` (named `name`, e.g. `fieldbridge-modbus-read`), then one per visible subcommand.
-fn write_pages(
-    cmd: &clap::Command,
-    name: &str,
-    dir: &Path,
-    written: &mut Vec<PathBuf>,
-) -> std::io::Result<()> {
-    let page = cmd.clone().name(name.to_string());
+/// One page for `cmd`, then one per visible subcommand. After `Command::build`, a subcommand's display name is
+/// its full name (`fieldbridge-modbus-read`), which is also what the parent's page cross-references.
+fn write_pages(cmd: &clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
     let mut buf = Vec::new();
-    clap_mangen::Man::new(page).render(&mut buf)?;
+    clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
     let path = dir.join(format!("{name}.1"));
     std::fs::write(&path, buf)?;
     written.push(path);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        if sub.get_name() == "help" {
-            continue;
+        if sub.get_name() != "help" {
+            write_pages(sub, dir, written)?;
         }
-        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
     }
     Ok(())
 }
