@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod notify;
 pub mod pipeline;
 pub mod recorder;
 pub mod store;

@@ -22,7 +22,8 @@ const EXIT_CONFIG: u8 = 64;
     version,
     about = "Edge gateway: field devices -> MQTT, with a durable store-and-forward log"
 )]
-struct Cli {
+// `pub(crate)`: tools/gen-docs compiles this file as a module to write the man pages and completions.
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
@@ -163,6 +164,8 @@ fn init_tracing(level: &str) {
 async fn run(cfg: fieldbridge::config::Config, registry: Registry) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let app = App::start(cfg, registry).await.context("starting")?;
+    // Listeners bound, API up: tell systemd (Type=notify), and ping its watchdog if WatchdogSec= is set.
+    let mut systemd = fieldbridge::notify::Systemd::ready();
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -177,6 +180,7 @@ async fn run(cfg: fieldbridge::config::Config, registry: Registry) -> anyhow::Re
         }
     }
     tracing::info!("stopping");
+    systemd.stopping();
     app.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -13,3 +13,4 @@ mod daemon;
 mod ingest;
 mod pipeline;
 mod snf;
+mod systemd_notify;
