@@ -282,7 +282,8 @@ struct RawPoint {
     field: Option<Spanned<FieldName>>,
     #[serde(rename = "type")]
     ty: Option<Spanned<String>>,
-    offset: Option<Spanned<i64>>,
+    /// Byte position of a binary field (`offset` is the core's value offset).
+    at: Option<Spanned<i64>>,
     order: Option<Spanned<String>>,
     length: Option<Spanned<u64>>,
     request: Option<Spanned<String>>,
@@ -754,16 +755,15 @@ fn binary_parser(p: &Parser) -> bool {
 
 /// Validates a device's serial configuration. No I/O: `fieldbridge check` runs exactly this.
 pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>> {
-    let mut errors = Vec::new();
     let node = &device.connection;
     if node.is_null() {
         return Err(vec![node.error(
             "a serial device needs a `connection:` with at least `port: /dev/ttyUSB0` (see plugins/serial/README.md)",
         )]);
     }
-    let raw: RawConnection = match node.deserialize_all() {
-        Ok(r) => r,
-        Err(e) => return Err(e),
+    let (raw, mut errors) = node.deserialize_partial::<RawConnection>();
+    let Some(raw) = raw else {
+        return Err(errors);
     };
     let mut port = PortSettings {
         path: raw.port.value.trim().to_owned(),
@@ -965,7 +965,7 @@ fn validate_point(
     };
     let parser = request.map_or(default_parser, |i| &requests[i].0.parser);
     let is_binary = binary_parser(parser);
-    let reads = raw.field.is_some() || raw.offset.is_some() || (matches!(parser, Parser::Text) && raw.write.is_none() && raw.write_hex.is_none());
+    let reads = raw.field.is_some() || raw.at.is_some() || (matches!(parser, Parser::Text) && raw.write.is_none() && raw.write_hex.is_none());
     if reads && request.is_none() && requests.len() > 1 {
         errors.push(p.spec.error(format!(
             "point `{}` must say which request it reads from (`request:`), the device has {}",
@@ -977,9 +977,9 @@ fn validate_point(
     let mut source = None;
     if is_binary {
         if let Some(f) = &raw.field {
-            errors.push(f.error("binary frames have no named fields: give `offset:` and `type:`"));
+            errors.push(f.error("binary frames have no named fields: give `at:` (byte position) and `type:`"));
         }
-        if let Some(off) = &raw.offset {
+        if let Some(off) = &raw.at {
             let bt = match &raw.ty {
                 Some(t) => match t.value.parse::<BinType>() {
                     Ok(b) => Some(b),
@@ -1014,7 +1014,7 @@ fn validate_point(
                     }
                 };
                 if off.value.unsigned_abs() > MAX_MAX_FRAME as u64 {
-                    errors.push(off.error("offset is out of range"));
+                    errors.push(off.error("`at` is out of range"));
                 } else if off.value >= 0 {
                     let need = off.value as usize + length;
                     let slot = request.unwrap_or(0);
@@ -1022,7 +1022,7 @@ fn validate_point(
                         *m = (*m).max(need);
                     }
                 } else if (off.value.unsigned_abs() as usize) < length {
-                    errors.push(off.error(format!("offset {} from the end leaves room for fewer than the {length} bytes of `{bt}`", off.value)));
+                    errors.push(off.error(format!("`at: {}` from the end leaves room for fewer than the {length} bytes of `{bt}`", off.value)));
                 }
                 source = Some(Source::Binary(binary::Field {
                     ty: bt,
@@ -1032,11 +1032,11 @@ fn validate_point(
                 }));
             }
         } else if let Some(t) = &raw.ty {
-            errors.push(t.error("a binary point needs `offset:` to go with its `type:`"));
+            errors.push(t.error("a binary point needs `at:` (its byte position) to go with its `type:`"));
         }
     } else {
         for (key, present) in [
-            ("offset", raw.offset.as_ref().map(|s| s.error(""))),
+            ("at", raw.at.as_ref().map(|s| s.error(""))),
             ("order", raw.order.as_ref().map(|s| s.error(""))),
             ("length", raw.length.as_ref().map(|s| s.error(""))),
         ] {
@@ -1116,7 +1116,7 @@ fn validate_point(
     }
     if source.is_none() && !has_template && errors.len() == before {
         errors.push(p.spec.error(format!(
-            "point `{}` neither reads (`field:`, or `offset:` for binary frames) nor writes (`write:`)",
+            "point `{}` neither reads (`field:`, or `at:` for binary frames) nor writes (`write:`)",
             p.name
         )));
     }
@@ -1140,7 +1140,7 @@ fn validate_point(
         name: p.name.clone(),
         source,
         ty,
-        request: if raw.field.is_some() || raw.offset.is_some() || reads { request } else { None },
+        request: if raw.field.is_some() || raw.at.is_some() || reads { request } else { None },
         writable: p.writable,
         write,
     })
