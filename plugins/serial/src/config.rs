@@ -415,6 +415,38 @@ fn bytes_of(
     }
 }
 
+/// A request's bytes: a text or hex template without `{value}` (so `{crc16_modbus}` and friends work).
+fn request_bytes(r: &RawRequest, item: &ConfigNode, errors: &mut Vec<ConfigError>) -> Option<Vec<u8>> {
+    let (template, at) = match (&r.send, &r.send_hex) {
+        (Some(_), Some(h)) => {
+            errors.push(h.error("give `send` or `send_hex`, not both"));
+            return None;
+        }
+        (Some(t), None) => (Template::text(&t.value), t),
+        (None, Some(h)) => (Template::bytes(&h.value), h),
+        (None, None) => {
+            errors.push(item.error("a request needs `send:` (text with escapes) or `send_hex:`"));
+            return None;
+        }
+    };
+    let template = template.map_err(|e| errors.push(at.error(e))).ok()?;
+    if template.uses_value() {
+        errors.push(at.error("a request has no value to put in `{value}`"));
+        return None;
+    }
+    match template.render(&fieldbridge_sdk::Value::Int(0)) {
+        Ok(b) if b.is_empty() => {
+            errors.push(at.error("the request is empty"));
+            None
+        }
+        Ok(b) => Some(b),
+        Err(e) => {
+            errors.push(at.error(e));
+            None
+        }
+    }
+}
+
 fn usize_in(v: &Spanned<u64>, min: u64, max: u64, key: &str, errors: &mut Vec<ConfigError>) -> usize {
     if !(min..=max).contains(&v.value) {
         errors.push(v.error(format!("{key} must be {min} to {max}, not {}", v.value)));
@@ -833,10 +865,7 @@ pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>>
                     if !names.insert(r.name.value.clone()) {
                         errors.push(r.name.error(format!("request `{}` is defined twice", r.name.value)));
                     }
-                    let send = bytes_of(r.send.as_ref(), r.send_hex.as_ref(), item, "send", &mut errors);
-                    if r.send.is_none() && r.send_hex.is_none() {
-                        errors.push(item.error("a request needs `send:` (text with escapes) or `send_hex:`"));
-                    }
+                    let send = request_bytes(&r, item, &mut errors);
                     let parser = match item.get("parser") {
                         Some(p) if !p.is_null() => validate_parser(Some(p), &mut errors),
                         _ => default_parser.clone(),
