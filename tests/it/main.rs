@@ -8,3 +8,5 @@ mod broker_peers;
 mod broker_transports;
 mod daemon;
 mod pipeline;
+#[cfg(feature = "serial")]
+mod serial_cli;

@@ -3,6 +3,7 @@
 //! what to install.
 mod config;
 mod framing;
+mod monitor;
 mod parsers;
 mod polled;
 mod reconnect;
