@@ -103,8 +103,13 @@ fn main() -> ExitCode {
                         on_ctrl_c.cancel();
                     }
                 });
-                fieldbridge::cli::serial::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr(), cancel)
-                    .await
+                fieldbridge::cli::serial::run(
+                    &cmd,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                    cancel,
+                )
+                .await
             });
             ExitCode::from(code)
         }

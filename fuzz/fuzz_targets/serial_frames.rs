@@ -14,13 +14,38 @@ const MAX: usize = 64;
 
 fn framings() -> Vec<FramingSpec> {
     vec![
-        FramingSpec::Line { terminator: Terminator::Any, max_frame: MAX },
-        FramingSpec::Line { terminator: Terminator::CrLf, max_frame: MAX },
-        FramingSpec::Line { terminator: Terminator::Custom(b"<E>".to_vec()), max_frame: MAX },
-        FramingSpec::Fixed { length: 7, start: Some(vec![0xAA]) },
-        FramingSpec::Fixed { length: 3, start: None },
-        FramingSpec::Delimited { start: vec![0x02], end: vec![0x03], max_frame: MAX, keep_delimiters: false },
-        FramingSpec::Delimited { start: b"<<".to_vec(), end: b">>".to_vec(), max_frame: MAX, keep_delimiters: true },
+        FramingSpec::Line {
+            terminator: Terminator::Any,
+            max_frame: MAX,
+        },
+        FramingSpec::Line {
+            terminator: Terminator::CrLf,
+            max_frame: MAX,
+        },
+        FramingSpec::Line {
+            terminator: Terminator::Custom(b"<E>".to_vec()),
+            max_frame: MAX,
+        },
+        FramingSpec::Fixed {
+            length: 7,
+            start: Some(vec![0xAA]),
+        },
+        FramingSpec::Fixed {
+            length: 3,
+            start: None,
+        },
+        FramingSpec::Delimited {
+            start: vec![0x02],
+            end: vec![0x03],
+            max_frame: MAX,
+            keep_delimiters: false,
+        },
+        FramingSpec::Delimited {
+            start: b"<<".to_vec(),
+            end: b">>".to_vec(),
+            max_frame: MAX,
+            keep_delimiters: true,
+        },
         FramingSpec::LengthPrefixed {
             start: Some(vec![0xAA, 0x55]),
             length_offset: 2,
@@ -44,15 +69,28 @@ fn parsers() -> Vec<Parser> {
     let mut p = vec![
         Parser::Text,
         Parser::Regex(regex::Regex::new(r"^(?P<a>[-+]?\d+(\.\d+)?)\s*(?P<u>\w+)?$").unwrap()),
-        Parser::Csv { delimiter: ',', columns: vec!["a".into(), "b".into()] },
+        Parser::Csv {
+            delimiter: ',',
+            columns: vec!["a".into(), "b".into()],
+        },
         Parser::Json,
-        Parser::KeyValue { separator: None, assign: "=".into() },
-        Parser::Nmea { require_checksum: true },
-        Parser::Nmea { require_checksum: false },
+        Parser::KeyValue {
+            separator: None,
+            assign: "=".into(),
+        },
+        Parser::Nmea {
+            require_checksum: true,
+        },
+        Parser::Nmea {
+            require_checksum: false,
+        },
     ];
     for (alg, _) in Algorithm::ALL {
         p.push(Parser::Binary {
-            checksum: Some(ChecksumSpec { from: 1, ..ChecksumSpec::new(alg) }),
+            checksum: Some(ChecksumSpec {
+                from: 1,
+                ..ChecksumSpec::new(alg)
+            }),
             min_length: 2,
         });
     }
@@ -80,14 +118,21 @@ fn sources() -> Vec<Source> {
     ];
     for (ty, _) in BinType::ALL {
         for offset in [0, 1, -1, -8] {
-            s.push(Source::Binary(Field { ty, offset, order: Order::Cdab, length: ty.size().unwrap_or(5) }));
+            s.push(Source::Binary(Field {
+                ty,
+                offset,
+                order: Order::Cdab,
+                length: ty.size().unwrap_or(5),
+            }));
         }
     }
     s
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let step = usize::from(split % 16) + 1;
     let parsers = parsers();
     let sources = sources();
@@ -97,11 +142,19 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Vec::new();
         for chunk in rest.chunks(step) {
             f.push(chunk, &mut out);
-            assert!(f.buffered() <= max + 3, "framer holds {} bytes (max {max})", f.buffered());
+            assert!(
+                f.buffered() <= max + 3,
+                "framer holds {} bytes (max {max})",
+                f.buffered()
+            );
         }
         for e in out {
             let Event::Frame(frame) = e else { continue };
-            assert!(frame.len() <= max + 4, "frame of {} bytes (max {max})", frame.len());
+            assert!(
+                frame.len() <= max + 4,
+                "frame of {} bytes (max {max})",
+                frame.len()
+            );
             for p in &parsers {
                 if let Ok(parsed) = p.parse(&frame) {
                     for s in &sources {

@@ -89,7 +89,11 @@ pub async fn run(
                     for e in &errors {
                         let _ = writeln!(err, "{e}");
                     }
-                    let _ = writeln!(err, "fieldbridge serial monitor: {} problem(s) in {name}", errors.len());
+                    let _ = writeln!(
+                        err,
+                        "fieldbridge serial monitor: {} problem(s) in {name}",
+                        errors.len()
+                    );
                     return super::EXIT_CONFIG;
                 }
             }
@@ -112,7 +116,10 @@ pub async fn run(
     }
     let p = &device.port;
     if p.baud == 0 || !(5..=8).contains(&p.data_bits) || !(1..=2).contains(&p.stop_bits) {
-        let _ = writeln!(err, "fieldbridge serial monitor: baud must be above 0, data bits 5 to 8, stop bits 1 or 2");
+        let _ = writeln!(
+            err,
+            "fieldbridge serial monitor: baud must be above 0, data bits 5 to 8, stop bits 1 or 2"
+        );
         return super::EXIT_USAGE;
     }
     let opts = MonitorOptions {

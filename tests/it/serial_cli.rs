@@ -30,7 +30,10 @@ async fn serial_monitor_prints_parsed_frames_and_stops_after_count() {
         .expect("socat (apt-get install socat)");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !(a.exists() && b.exists()) {
-        assert!(tokio::time::Instant::now() < deadline, "socat links did not appear");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socat links did not appear"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let map = dir.path().join("draft.yaml");
@@ -42,7 +45,11 @@ async fn serial_monitor_prints_parsed_frames_and_stops_after_count() {
     // The device keeps talking until the monitor has seen its two frames and exited.
     let dev_path = a.clone();
     let writer = tokio::spawn(async move {
-        let mut dev = tokio::fs::OpenOptions::new().write(true).open(&dev_path).await.expect("open pty");
+        let mut dev = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&dev_path)
+            .await
+            .expect("open pty");
         for _ in 0..400 {
             let line = b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n";
             if dev.write_all(line).await.is_err() {
@@ -71,14 +78,32 @@ async fn serial_monitor_prints_parsed_frames_and_stops_after_count() {
     assert!(out.contains("4800 baud"), "{out}");
 
     // A map with an error exits 64 with the position.
-    std::fs::write(&map, "name: gps\nprotocol: serial\nconnection:\n  parser: {type: nmeaa}\n").unwrap();
+    std::fs::write(
+        &map,
+        "name: gps\nprotocol: serial\nconnection:\n  parser: {type: nmeaa}\n",
+    )
+    .unwrap();
     let (code, _, err) = run(Command::new(binary()).args([
-        "serial", "monitor", "/dev/null", "--map", &map.display().to_string(),
+        "serial",
+        "monitor",
+        "/dev/null",
+        "--map",
+        &map.display().to_string(),
     ]))
     .await;
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("draft.yaml:4:18: connection.parser.type: unknown parser `nmeaa`"), "{err}");
+    assert!(
+        err.contains("draft.yaml:4:18: connection.parser.type: unknown parser `nmeaa`"),
+        "{err}"
+    );
     // A port that does not exist: exit 1.
-    let (code, _, err) = run(Command::new(binary()).args(["serial", "monitor", "/dev/fieldbridge-no-such-port", "--count", "1"])).await;
+    let (code, _, err) = run(Command::new(binary()).args([
+        "serial",
+        "monitor",
+        "/dev/fieldbridge-no-such-port",
+        "--count",
+        "1",
+    ]))
+    .await;
     assert_eq!(code, 1, "{err}");
 }

@@ -186,7 +186,10 @@ impl FromStr for BinType {
             .map(|(t, _)| *t)
             .ok_or_else(|| {
                 let names: Vec<&str> = BinType::ALL.iter().map(|(_, n)| *n).collect();
-                format!("unknown binary type `{s}`; expected one of {}", names.join(", "))
+                format!(
+                    "unknown binary type `{s}`; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -288,14 +291,38 @@ pub fn encode(ty: BinType, order: Order, value: &Value) -> Result<Vec<u8>, Encod
         }
     };
     let mut bytes = match ty {
-        BinType::U8 => u8::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::I8 => i8::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::U16 => u16::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::I16 => i16::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::U32 => u32::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::I32 => i32::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::U64 => u64::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
-        BinType::I64 => i64::try_from(int().ok_or_else(err)?).map_err(|_| err())?.to_be_bytes().to_vec(),
+        BinType::U8 => u8::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::I8 => i8::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::U16 => u16::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::I16 => i16::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::U32 => u32::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::I32 => i32::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::U64 => u64::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
+        BinType::I64 => i64::try_from(int().ok_or_else(err)?)
+            .map_err(|_| err())?
+            .to_be_bytes()
+            .to_vec(),
         BinType::F32 | BinType::F64 => {
             let f = match value {
                 Value::String(s) => s.trim().parse::<f64>().map_err(|_| err())?,
@@ -360,28 +387,69 @@ mod tests {
     #[test]
     fn every_type() {
         let frame = [0xFF, 0x80, 0x00, 0x01, 0x3F, 0xF8, 0, 0, 0, 0, 0, 0];
-        assert_eq!(field(BinType::U8, 0, Order::Abcd).decode(&frame), Ok(Value::UInt(255)));
-        assert_eq!(field(BinType::I8, 0, Order::Abcd).decode(&frame), Ok(Value::Int(-1)));
-        assert_eq!(field(BinType::U16, 0, Order::Abcd).decode(&frame), Ok(Value::UInt(0xFF80)));
-        assert_eq!(field(BinType::I16, 1, Order::Abcd).decode(&frame), Ok(Value::Int(-32768)));
-        assert_eq!(field(BinType::U32, 0, Order::Abcd).decode(&frame), Ok(Value::UInt(0xFF80_0001)));
-        assert_eq!(field(BinType::I32, 0, Order::Abcd).decode(&frame), Ok(Value::Int(-8_388_607)));
-        assert_eq!(field(BinType::F64, 4, Order::Abcd).decode(&frame), Ok(Value::Float(1.5)));
-        assert_eq!(field(BinType::I64, 4, Order::Abcd).decode(&frame), Ok(Value::Int(0x3FF8_0000_0000_0000)));
-        assert_eq!(field(BinType::U8, -1, Order::Abcd).decode(&frame), Ok(Value::UInt(0)));
+        assert_eq!(
+            field(BinType::U8, 0, Order::Abcd).decode(&frame),
+            Ok(Value::UInt(255))
+        );
+        assert_eq!(
+            field(BinType::I8, 0, Order::Abcd).decode(&frame),
+            Ok(Value::Int(-1))
+        );
+        assert_eq!(
+            field(BinType::U16, 0, Order::Abcd).decode(&frame),
+            Ok(Value::UInt(0xFF80))
+        );
+        assert_eq!(
+            field(BinType::I16, 1, Order::Abcd).decode(&frame),
+            Ok(Value::Int(-32768))
+        );
+        assert_eq!(
+            field(BinType::U32, 0, Order::Abcd).decode(&frame),
+            Ok(Value::UInt(0xFF80_0001))
+        );
+        assert_eq!(
+            field(BinType::I32, 0, Order::Abcd).decode(&frame),
+            Ok(Value::Int(-8_388_607))
+        );
+        assert_eq!(
+            field(BinType::F64, 4, Order::Abcd).decode(&frame),
+            Ok(Value::Float(1.5))
+        );
+        assert_eq!(
+            field(BinType::I64, 4, Order::Abcd).decode(&frame),
+            Ok(Value::Int(0x3FF8_0000_0000_0000))
+        );
+        assert_eq!(
+            field(BinType::U8, -1, Order::Abcd).decode(&frame),
+            Ok(Value::UInt(0))
+        );
         assert!(field(BinType::U64, 8, Order::Abcd).decode(&frame).is_err());
         assert!(field(BinType::U8, -13, Order::Abcd).decode(&frame).is_err());
-        let s = Field { ty: BinType::String, offset: 0, order: Order::Abcd, length: 4 };
+        let s = Field {
+            ty: BinType::String,
+            offset: 0,
+            order: Order::Abcd,
+            length: 4,
+        };
         assert_eq!(s.decode(b"AB\0\0xx"), Ok(Value::String("AB".into())));
     }
 
     #[test]
     fn encode_checks_range() {
-        assert_eq!(encode(BinType::U16, Order::Abcd, &Value::Int(258)).unwrap(), vec![1, 2]);
-        assert_eq!(encode(BinType::U16, Order::Badc, &Value::Float(258.0)).unwrap(), vec![2, 1]);
+        assert_eq!(
+            encode(BinType::U16, Order::Abcd, &Value::Int(258)).unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            encode(BinType::U16, Order::Badc, &Value::Float(258.0)).unwrap(),
+            vec![2, 1]
+        );
         assert!(encode(BinType::U8, Order::Abcd, &Value::Int(256)).is_err());
         assert!(encode(BinType::U16, Order::Abcd, &Value::Int(-1)).is_err());
         assert!(encode(BinType::I16, Order::Abcd, &Value::Float(1.5)).is_err());
-        assert_eq!(encode(BinType::I16, Order::Abcd, &Value::String("-2".into())).unwrap(), vec![0xFF, 0xFE]);
+        assert_eq!(
+            encode(BinType::I16, Order::Abcd, &Value::String("-2".into())).unwrap(),
+            vec![0xFF, 0xFE]
+        );
     }
 }

@@ -65,9 +65,11 @@ impl Algorithm {
     pub fn compute(self, data: &[u8]) -> u16 {
         match self {
             Algorithm::Sum8 => u16::from(data.iter().fold(0u8, |a, b| a.wrapping_add(*b))),
-            Algorithm::Lrc => {
-                u16::from(data.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg())
-            }
+            Algorithm::Lrc => u16::from(
+                data.iter()
+                    .fold(0u8, |a, b| a.wrapping_add(*b))
+                    .wrapping_neg(),
+            ),
             Algorithm::Xor8 => u16::from(data.iter().fold(0u8, |a, b| a ^ b)),
             Algorithm::Crc16Modbus => crc16_reflected(data, 0xA001, 0xFFFF),
             Algorithm::Crc16CcittFalse => crc16_normal(data, 0x1021, 0xFFFF),
@@ -108,7 +110,10 @@ impl FromStr for Algorithm {
             .map(|(a, _)| *a)
             .ok_or_else(|| {
                 let names: Vec<&str> = Algorithm::ALL.iter().map(|(_, n)| *n).collect();
-                format!("unknown checksum `{s}`; expected one of {}", names.join(", "))
+                format!(
+                    "unknown checksum `{s}`; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -226,7 +231,11 @@ pub enum ChecksumError {
 
 fn resolve(pos: i64, len: usize) -> Option<usize> {
     let len_i = i64::try_from(len).ok()?;
-    let p = if pos < 0 { len_i.checked_add(pos)? } else { pos };
+    let p = if pos < 0 {
+        len_i.checked_add(pos)?
+    } else {
+        pos
+    };
     if (0..=len_i).contains(&p) {
         usize::try_from(p).ok()
     } else {
@@ -365,10 +374,7 @@ mod tests {
             ..ChecksumSpec::new(Algorithm::Xor8)
         };
         assert_eq!(spec.verify(&f), Ok(()));
-        assert_eq!(
-            spec.verify(&[1]),
-            Err(ChecksumError::OutOfRange { len: 1 })
-        );
+        assert_eq!(spec.verify(&[1]), Err(ChecksumError::OutOfRange { len: 1 }));
         assert_eq!(
             ChecksumSpec::new(Algorithm::Crc16Modbus).verify(&[]),
             Err(ChecksumError::OutOfRange { len: 0 })
@@ -391,10 +397,16 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!("CRC-16/MODBUS".parse::<Algorithm>(), Ok(Algorithm::Crc16Modbus));
+        assert_eq!(
+            "CRC-16/MODBUS".parse::<Algorithm>(),
+            Ok(Algorithm::Crc16Modbus)
+        );
         assert_eq!("crc8_dallas".parse::<Algorithm>(), Ok(Algorithm::Crc8Maxim));
         assert_eq!("xor".parse::<Algorithm>(), Ok(Algorithm::Xor8));
-        assert!("md5".parse::<Algorithm>().unwrap_err().contains("crc16_modbus"));
+        assert!("md5"
+            .parse::<Algorithm>()
+            .unwrap_err()
+            .contains("crc16_modbus"));
         for (a, n) in Algorithm::ALL {
             assert_eq!(n.parse::<Algorithm>(), Ok(a));
         }

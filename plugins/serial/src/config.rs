@@ -416,7 +416,11 @@ fn bytes_of(
 }
 
 /// A request's bytes: a text or hex template without `{value}` (so `{crc16_modbus}` and friends work).
-fn request_bytes(r: &RawRequest, item: &ConfigNode, errors: &mut Vec<ConfigError>) -> Option<Vec<u8>> {
+fn request_bytes(
+    r: &RawRequest,
+    item: &ConfigNode,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<u8>> {
     let (template, at) = match (&r.send, &r.send_hex) {
         (Some(_), Some(h)) => {
             errors.push(h.error("give `send` or `send_hex`, not both"));
@@ -447,14 +451,23 @@ fn request_bytes(r: &RawRequest, item: &ConfigNode, errors: &mut Vec<ConfigError
     }
 }
 
-fn usize_in(v: &Spanned<u64>, min: u64, max: u64, key: &str, errors: &mut Vec<ConfigError>) -> usize {
+fn usize_in(
+    v: &Spanned<u64>,
+    min: u64,
+    max: u64,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> usize {
     if !(min..=max).contains(&v.value) {
         errors.push(v.error(format!("{key} must be {min} to {max}, not {}", v.value)));
     }
     v.value.clamp(min, max) as usize
 }
 
-fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) -> (FramingSpec, Option<Duration>) {
+fn validate_framing(
+    node: Option<&ConfigNode>,
+    errors: &mut Vec<ConfigError>,
+) -> (FramingSpec, Option<Duration>) {
     let default = FramingSpec::Line {
         terminator: Terminator::Any,
         max_frame: DEFAULT_MAX_FRAME,
@@ -470,29 +483,63 @@ fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) ->
         }
     };
     let kind = raw.kind.as_ref().map_or("line", |k| k.value.as_str());
-    let max_frame = raw
-        .max_frame
-        .as_ref()
-        .map_or(DEFAULT_MAX_FRAME, |m| usize_in(m, 1, MAX_MAX_FRAME as u64, "max_frame", errors));
-    let start = bytes_of(raw.start.as_ref(), raw.start_hex.as_ref(), node, "start", errors);
+    let max_frame = raw.max_frame.as_ref().map_or(DEFAULT_MAX_FRAME, |m| {
+        usize_in(m, 1, MAX_MAX_FRAME as u64, "max_frame", errors)
+    });
+    let start = bytes_of(
+        raw.start.as_ref(),
+        raw.start_hex.as_ref(),
+        node,
+        "start",
+        errors,
+    );
     let end = bytes_of(raw.end.as_ref(), raw.end_hex.as_ref(), node, "end", errors);
     // Keys that belong to other framing types.
     let mut only = |present: bool, key: &str, types: &str| {
         if present {
             let at = node
                 .as_map()
-                .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k))
+                .and_then(|m| {
+                    m.iter()
+                        .find(|(k, _)| k.as_str() == Some(key))
+                        .map(|(k, _)| k)
+                })
                 .unwrap_or(node);
-            errors.push(at.error(format!("`{key}` only applies to framing type {types}, not `{kind}`")));
+            errors.push(at.error(format!(
+                "`{key}` only applies to framing type {types}, not `{kind}`"
+            )));
         }
     };
     let spec = match kind {
         "line" => {
             only(raw.length.is_some(), "length", "fixed");
-            only(raw.start.is_some() || raw.start_hex.is_some(), if raw.start.is_some() { "start" } else { "start_hex" }, "fixed, delimited or length_prefixed");
-            only(raw.end.is_some() || raw.end_hex.is_some(), if raw.end.is_some() { "end" } else { "end_hex" }, "delimited");
-            only(raw.keep_delimiters.is_some(), "keep_delimiters", "delimited");
-            only(raw.length_offset.is_some() || raw.length_size.is_some() || raw.length_order.is_some() || raw.length_adjust.is_some(), "length_offset", "length_prefixed");
+            only(
+                raw.start.is_some() || raw.start_hex.is_some(),
+                if raw.start.is_some() {
+                    "start"
+                } else {
+                    "start_hex"
+                },
+                "fixed, delimited or length_prefixed",
+            );
+            only(
+                raw.end.is_some() || raw.end_hex.is_some(),
+                if raw.end.is_some() { "end" } else { "end_hex" },
+                "delimited",
+            );
+            only(
+                raw.keep_delimiters.is_some(),
+                "keep_delimiters",
+                "delimited",
+            );
+            only(
+                raw.length_offset.is_some()
+                    || raw.length_size.is_some()
+                    || raw.length_order.is_some()
+                    || raw.length_adjust.is_some(),
+                "length_offset",
+                "length_prefixed",
+            );
             let terminator = match &raw.terminator {
                 None => Terminator::Any,
                 Some(t) => match t.value.to_ascii_lowercase().as_str() {
@@ -517,14 +564,36 @@ fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) ->
                     },
                 },
             };
-            FramingSpec::Line { terminator, max_frame }
+            FramingSpec::Line {
+                terminator,
+                max_frame,
+            }
         }
         "fixed" => {
             only(raw.terminator.is_some(), "terminator", "line");
-            only(raw.max_frame.is_some(), "max_frame", "line, delimited or length_prefixed (a fixed frame's size is its `length`)");
-            only(raw.end.is_some() || raw.end_hex.is_some(), "end", "delimited");
-            only(raw.keep_delimiters.is_some(), "keep_delimiters", "delimited");
-            only(raw.length_offset.is_some() || raw.length_size.is_some() || raw.length_order.is_some() || raw.length_adjust.is_some(), "length_offset", "length_prefixed");
+            only(
+                raw.max_frame.is_some(),
+                "max_frame",
+                "line, delimited or length_prefixed (a fixed frame's size is its `length`)",
+            );
+            only(
+                raw.end.is_some() || raw.end_hex.is_some(),
+                "end",
+                "delimited",
+            );
+            only(
+                raw.keep_delimiters.is_some(),
+                "keep_delimiters",
+                "delimited",
+            );
+            only(
+                raw.length_offset.is_some()
+                    || raw.length_size.is_some()
+                    || raw.length_order.is_some()
+                    || raw.length_adjust.is_some(),
+                "length_offset",
+                "length_prefixed",
+            );
             let length = match &raw.length {
                 Some(l) => usize_in(l, 1, MAX_MAX_FRAME as u64, "length", errors),
                 None => {
@@ -542,7 +611,14 @@ fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) ->
         "delimited" => {
             only(raw.terminator.is_some(), "terminator", "line");
             only(raw.length.is_some(), "length", "fixed");
-            only(raw.length_offset.is_some() || raw.length_size.is_some() || raw.length_order.is_some() || raw.length_adjust.is_some(), "length_offset", "length_prefixed");
+            only(
+                raw.length_offset.is_some()
+                    || raw.length_size.is_some()
+                    || raw.length_order.is_some()
+                    || raw.length_adjust.is_some(),
+                "length_offset",
+                "length_prefixed",
+            );
             if start.is_none() && raw.start.is_none() && raw.start_hex.is_none() {
                 errors.push(node.error("`type: delimited` needs `start:` (or `start_hex:`)"));
             }
@@ -559,11 +635,22 @@ fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) ->
         "length_prefixed" => {
             only(raw.terminator.is_some(), "terminator", "line");
             only(raw.length.is_some(), "length", "fixed");
-            only(raw.end.is_some() || raw.end_hex.is_some(), "end", "delimited");
-            only(raw.keep_delimiters.is_some(), "keep_delimiters", "delimited");
+            only(
+                raw.end.is_some() || raw.end_hex.is_some(),
+                "end",
+                "delimited",
+            );
+            only(
+                raw.keep_delimiters.is_some(),
+                "keep_delimiters",
+                "delimited",
+            );
             let length_size = match &raw.length_size {
                 Some(s) if ![1, 2, 4].contains(&s.value) => {
-                    errors.push(s.error(format!("length_size must be 1, 2 or 4 (bytes), not {}", s.value)));
+                    errors.push(s.error(format!(
+                        "length_size must be 1, 2 or 4 (bytes), not {}",
+                        s.value
+                    )));
                     1
                 }
                 Some(s) => s.value as usize,
@@ -584,7 +671,10 @@ fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) ->
                     "big" | "abcd" | "ab" => false,
                     "little" | "dcba" | "ba" => true,
                     _ => {
-                        errors.push(o.error(format!("unknown length_order `{}`; expected big or little", o.value)));
+                        errors.push(o.error(format!(
+                            "unknown length_order `{}`; expected big or little",
+                            o.value
+                        )));
                         false
                     }
                 },
@@ -618,7 +708,10 @@ fn validate_framing(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) ->
     (spec, raw.gap.map(Duration::from))
 }
 
-fn validate_checksum(raw: &Spanned<RawChecksum>, errors: &mut Vec<ConfigError>) -> Option<ChecksumSpec> {
+fn validate_checksum(
+    raw: &Spanned<RawChecksum>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ChecksumSpec> {
     let r = &raw.value;
     let algorithm = match r.kind.value.parse::<Algorithm>() {
         Ok(a) => a,
@@ -635,14 +728,20 @@ fn validate_checksum(raw: &Spanned<RawChecksum>, errors: &mut Vec<ConfigError>) 
         match o.value.to_ascii_lowercase().as_str() {
             "big" | "ab" | "abcd" => spec.little_endian = false,
             "little" | "ba" | "dcba" => spec.little_endian = true,
-            _ => errors.push(o.error(format!("unknown order `{}`; expected big or little", o.value))),
+            _ => errors.push(o.error(format!(
+                "unknown order `{}`; expected big or little",
+                o.value
+            ))),
         }
     }
     if let Some(e) = &r.encoding {
         match e.value.to_ascii_lowercase().as_str() {
             "binary" => spec.encoding = Encoding::Binary,
             "ascii_hex" | "hex" => spec.encoding = Encoding::AsciiHex,
-            _ => errors.push(e.error(format!("unknown encoding `{}`; expected binary or ascii_hex", e.value))),
+            _ => errors.push(e.error(format!(
+                "unknown encoding `{}`; expected binary or ascii_hex",
+                e.value
+            ))),
         }
     }
     Some(spec)
@@ -698,7 +797,9 @@ fn validate_parser(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) -> 
         "json" => Parser::Json,
         "regex" => {
             let Some(p) = &raw.pattern else {
-                errors.push(node.error("the regex parser needs `pattern:` (with named groups like `(?P<weight>…)`)"));
+                errors.push(node.error(
+                    "the regex parser needs `pattern:` (with named groups like `(?P<weight>…)`)",
+                ));
                 return Parser::Text;
             };
             match regex::RegexBuilder::new(&p.value)
@@ -719,15 +820,23 @@ fn validate_parser(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) -> 
         "csv" => {
             let delimiter = match &raw.delimiter {
                 None => ',',
-                Some(d) => match unescape(&d.value).ok().and_then(|b| String::from_utf8(b).ok()) {
+                Some(d) => match unescape(&d.value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                {
                     Some(s) if s.chars().count() == 1 => s.chars().next().unwrap_or(','),
                     _ => {
-                        errors.push(d.error("the delimiter must be one character (`,`, `;`, `\\t`, …)"));
+                        errors.push(
+                            d.error("the delimiter must be one character (`,`, `;`, `\\t`, …)"),
+                        );
                         ','
                     }
                 },
             };
-            let columns = raw.columns.as_ref().map_or_else(Vec::new, |c| c.value.clone());
+            let columns = raw
+                .columns
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.value.clone());
             if let Some(c) = &raw.columns {
                 let mut seen = HashSet::new();
                 for name in &c.value {
@@ -739,16 +848,17 @@ fn validate_parser(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) -> 
             Parser::Csv { delimiter, columns }
         }
         "key_value" => {
-            let unesc = |s: &Spanned<String>, errors: &mut Vec<ConfigError>| match unescape(&s.value)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-            {
-                Some(v) if !v.is_empty() => Some(v),
-                _ => {
-                    errors.push(s.error("must be non-empty text"));
-                    None
-                }
-            };
+            let unesc =
+                |s: &Spanned<String>, errors: &mut Vec<ConfigError>| match unescape(&s.value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                {
+                    Some(v) if !v.is_empty() => Some(v),
+                    _ => {
+                        errors.push(s.error("must be non-empty text"));
+                        None
+                    }
+                };
             let separator = raw.separator.as_ref().and_then(|s| unesc(s, errors));
             let assign = raw
                 .assign
@@ -761,7 +871,10 @@ fn validate_parser(node: Option<&ConfigNode>, errors: &mut Vec<ConfigError>) -> 
             require_checksum: raw.require_checksum.as_ref().is_none_or(|r| r.value),
         },
         "binary" => Parser::Binary {
-            checksum: raw.checksum.as_ref().and_then(|c| validate_checksum(c, errors)),
+            checksum: raw
+                .checksum
+                .as_ref()
+                .and_then(|c| validate_checksum(c, errors)),
             min_length: 0,
         },
         _ => Parser::Text,
@@ -824,8 +937,14 @@ pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>>
     }
     port.parity = raw.parity.unwrap_or_default();
     port.flow_control = raw.flow_control.unwrap_or_default();
-    let reopen_min = raw.reopen_min.as_ref().map_or(Duration::from_secs(1), |d| d.value.0);
-    let reopen_max = raw.reopen_max.as_ref().map_or(Duration::from_secs(30), |d| d.value.0);
+    let reopen_min = raw
+        .reopen_min
+        .as_ref()
+        .map_or(Duration::from_secs(1), |d| d.value.0);
+    let reopen_max = raw
+        .reopen_max
+        .as_ref()
+        .map_or(Duration::from_secs(30), |d| d.value.0);
     if let Some(d) = &raw.reopen_min {
         if d.value.0.is_zero() {
             errors.push(d.error("reopen_min must be above 0"));
@@ -850,8 +969,13 @@ pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>>
     let mut requests: Vec<(Request, ConfigNode)> = Vec::new();
     if let Some(rn) = node.get("requests").filter(|n| !n.is_null()) {
         match rn.as_seq() {
-            None => errors.push(rn.error(format!("`requests` must be a list, found {}", rn.type_name()))),
-            Some([]) => errors.push(rn.error("`requests` is empty: leave it out for a device that talks by itself")),
+            None => errors.push(rn.error(format!(
+                "`requests` must be a list, found {}",
+                rn.type_name()
+            ))),
+            Some([]) => errors.push(
+                rn.error("`requests` is empty: leave it out for a device that talks by itself"),
+            ),
             Some(items) => {
                 let mut names = HashSet::new();
                 for item in items {
@@ -863,14 +987,20 @@ pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>>
                         }
                     };
                     if !names.insert(r.name.value.clone()) {
-                        errors.push(r.name.error(format!("request `{}` is defined twice", r.name.value)));
+                        errors.push(
+                            r.name
+                                .error(format!("request `{}` is defined twice", r.name.value)),
+                        );
                     }
                     let send = request_bytes(&r, item, &mut errors);
                     let parser = match item.get("parser") {
                         Some(p) if !p.is_null() => validate_parser(Some(p), &mut errors),
                         _ => default_parser.clone(),
                     };
-                    let interval = r.interval.as_ref().map_or(device.poll_interval, |i| i.value.0);
+                    let interval = r
+                        .interval
+                        .as_ref()
+                        .map_or(device.poll_interval, |i| i.value.0);
                     if let Some(i) = &r.interval {
                         if i.value.0.is_zero() {
                             errors.push(i.error("interval must be above 0"));
@@ -898,14 +1028,25 @@ pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>>
     let mut points = Vec::with_capacity(device.points.len());
     let mut min_len: Vec<usize> = vec![0; requests.len().max(1)];
     for p in &device.points {
-        if let Some(point) = validate_point(device, p, &requests, &default_parser, &mut min_len, &mut errors) {
+        if let Some(point) = validate_point(
+            device,
+            p,
+            &requests,
+            &default_parser,
+            &mut min_len,
+            &mut errors,
+        ) {
             points.push(point);
         }
     }
     if errors.is_empty() {
         for (i, (r, item)) in requests.iter().enumerate() {
-            if !points.iter().any(|p| p.request == Some(i) && p.source.is_some()) {
-                errors.push(item.error(format!("request `{}` has no point reading from it", r.name)));
+            if !points
+                .iter()
+                .any(|p| p.request == Some(i) && p.source.is_some())
+            {
+                errors
+                    .push(item.error(format!("request `{}` has no point reading from it", r.name)));
             }
         }
     }
@@ -977,14 +1118,19 @@ fn validate_point(
     // Which request (and so which parser) the point belongs to.
     let request = match (&raw.request, requests.len()) {
         (Some(r), 0) => {
-            errors.push(r.error("`request` applies to polled devices (with `connection.requests`)"));
+            errors
+                .push(r.error("`request` applies to polled devices (with `connection.requests`)"));
             None
         }
         (Some(r), _) => match requests.iter().position(|(q, _)| *q.name == *r.value) {
             Some(i) => Some(i),
             None => {
                 let names: Vec<&str> = requests.iter().map(|(q, _)| &*q.name).collect();
-                errors.push(r.error(format!("no request named `{}`; requests: {}", r.value, names.join(", "))));
+                errors.push(r.error(format!(
+                    "no request named `{}`; requests: {}",
+                    r.value,
+                    names.join(", ")
+                )));
                 return None;
             }
         },
@@ -994,7 +1140,9 @@ fn validate_point(
     };
     let parser = request.map_or(default_parser, |i| &requests[i].0.parser);
     let is_binary = binary_parser(parser);
-    let reads = raw.field.is_some() || raw.at.is_some() || (matches!(parser, Parser::Text) && raw.write.is_none() && raw.write_hex.is_none());
+    let reads = raw.field.is_some()
+        || raw.at.is_some()
+        || (matches!(parser, Parser::Text) && raw.write.is_none() && raw.write_hex.is_none());
     if reads && request.is_none() && requests.len() > 1 {
         errors.push(p.spec.error(format!(
             "point `{}` must say which request it reads from (`request:`), the device has {}",
@@ -1006,7 +1154,9 @@ fn validate_point(
     let mut source = None;
     if is_binary {
         if let Some(f) = &raw.field {
-            errors.push(f.error("binary frames have no named fields: give `at:` (byte position) and `type:`"));
+            errors.push(f.error(
+                "binary frames have no named fields: give `at:` (byte position) and `type:`",
+            ));
         }
         if let Some(off) = &raw.at {
             let bt = match &raw.ty {
@@ -1018,7 +1168,10 @@ fn validate_point(
                     }
                 },
                 None => {
-                    errors.push(p.spec.error("a binary point needs `type:` (u8, i16, u32, f32, …)"));
+                    errors.push(
+                        p.spec
+                            .error("a binary point needs `type:` (u8, i16, u32, f32, …)"),
+                    );
                     None
                 }
             };
@@ -1038,7 +1191,10 @@ fn validate_point(
                     }
                     (None, Some(l)) => usize_in(l, 1, MAX_MAX_FRAME as u64, "length", errors),
                     (None, None) => {
-                        errors.push(p.spec.error(format!("`type: {bt}` needs `length:` (bytes)")));
+                        errors.push(
+                            p.spec
+                                .error(format!("`type: {bt}` needs `length:` (bytes)")),
+                        );
                         1
                     }
                 };
@@ -1061,7 +1217,9 @@ fn validate_point(
                 }));
             }
         } else if let Some(t) = &raw.ty {
-            errors.push(t.error("a binary point needs `at:` (its byte position) to go with its `type:`"));
+            errors.push(
+                t.error("a binary point needs `at:` (its byte position) to go with its `type:`"),
+            );
         }
     } else {
         for (key, present) in [
@@ -1075,30 +1233,46 @@ fn validate_point(
             }
         }
         if let Some(t) = &raw.ty {
-            match ValueType::ALL.iter().find(|(_, n)| *n == t.value.to_ascii_lowercase()) {
+            match ValueType::ALL
+                .iter()
+                .find(|(_, n)| *n == t.value.to_ascii_lowercase())
+            {
                 Some((v, _)) => ty = *v,
                 None => {
                     let names: Vec<&str> = ValueType::ALL.iter().map(|(_, n)| *n).collect();
-                    errors.push(t.error(format!("unknown type `{}`; for text fields: {}", t.value, names.join(", "))));
+                    errors.push(t.error(format!(
+                        "unknown type `{}`; for text fields: {}",
+                        t.value,
+                        names.join(", ")
+                    )));
                 }
             }
         }
         source = match (&raw.field, parser) {
-            (Some(f), Parser::Json) => Some(Source::Pointer(if f.value.0.starts_with('/') || f.value.0.is_empty() {
-                f.value.0.clone()
-            } else {
-                format!("/{}", f.value.0)
-            })),
+            (Some(f), Parser::Json) => Some(Source::Pointer(
+                if f.value.0.starts_with('/') || f.value.0.is_empty() {
+                    f.value.0.clone()
+                } else {
+                    format!("/{}", f.value.0)
+                },
+            )),
             (Some(f), Parser::Regex(re)) => {
                 if !re.capture_names().flatten().any(|n| n == f.value.0) {
                     let names: Vec<&str> = re.capture_names().flatten().collect();
-                    errors.push(f.error(format!("the pattern has no group named `{}`; its groups: {}", f.value.0, names.join(", "))));
+                    errors.push(f.error(format!(
+                        "the pattern has no group named `{}`; its groups: {}",
+                        f.value.0,
+                        names.join(", ")
+                    )));
                 }
                 Some(Source::Field(f.value.0.clone()))
             }
             (Some(f), Parser::Csv { columns, .. }) => {
                 if f.value.0.parse::<usize>().is_err() && !columns.contains(&f.value.0) {
-                    errors.push(f.error(format!("`{}` is neither a column number nor one of `columns`", f.value.0)));
+                    errors.push(f.error(format!(
+                        "`{}` is neither a column number nor one of `columns`",
+                        f.value.0
+                    )));
                 }
                 Some(Source::Field(f.value.0.clone()))
             }
@@ -1117,8 +1291,12 @@ fn validate_point(
             errors.push(h.error("give `write` or `write_hex`, not both"));
             None
         }
-        (Some(t), None) => Template::text(&t.value).map_err(|e| errors.push(t.error(e))).ok(),
-        (None, Some(h)) => Template::bytes(&h.value).map_err(|e| errors.push(h.error(e))).ok(),
+        (Some(t), None) => Template::text(&t.value)
+            .map_err(|e| errors.push(t.error(e)))
+            .ok(),
+        (None, Some(h)) => Template::bytes(&h.value)
+            .map_err(|e| errors.push(h.error(e)))
+            .ok(),
         (None, None) => None,
     };
     let has_template = raw.write.is_some() || raw.write_hex.is_some();
@@ -1136,11 +1314,15 @@ fn validate_point(
             ("reply_error", &raw.reply_error),
         ] {
             if let Some(s) = s {
-                errors.push(s.error(format!("`{key}` applies to writes, but the point is not `writable: true`")));
+                errors.push(s.error(format!(
+                    "`{key}` applies to writes, but the point is not `writable: true`"
+                )));
             }
         }
         if let Some(s) = &raw.reply_timeout {
-            errors.push(s.error("`reply_timeout` applies to writes, but the point is not `writable: true`"));
+            errors.push(
+                s.error("`reply_timeout` applies to writes, but the point is not `writable: true`"),
+            );
         }
     }
     if source.is_none() && !has_template && errors.len() == before {
@@ -1150,7 +1332,10 @@ fn validate_point(
         )));
     }
     let reply = raw.reply.as_ref().and_then(|r| regex_bytes(r, errors));
-    let reply_error = raw.reply_error.as_ref().and_then(|r| regex_bytes(r, errors));
+    let reply_error = raw
+        .reply_error
+        .as_ref()
+        .and_then(|r| regex_bytes(r, errors));
     if raw.reply.is_none() && raw.reply_error.is_none() {
         if let Some(s) = &raw.reply_timeout {
             errors.push(s.error("`reply_timeout` needs `reply:` or `reply_error:`"));
@@ -1169,7 +1354,11 @@ fn validate_point(
         name: p.name.clone(),
         source,
         ty,
-        request: if raw.field.is_some() || raw.at.is_some() || reads { request } else { None },
+        request: if raw.field.is_some() || raw.at.is_some() || reads {
+            request
+        } else {
+            None
+        },
         writable: p.writable,
         write,
     })

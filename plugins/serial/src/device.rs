@@ -24,7 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_serial::SerialStream;
 
-use crate::config::{FlowControl, Mode, OnError, Parity, PortSettings, SerialDevice, SerialPoint, WriteSpec};
+use crate::config::{
+    FlowControl, Mode, OnError, Parity, PortSettings, SerialDevice, SerialPoint, WriteSpec,
+};
 use crate::escape::escape;
 use crate::framing::{Event, Framer};
 use crate::parse::{extract, ParseError, Parser};
@@ -80,6 +82,9 @@ pub(crate) fn count_event(stats: &SerialStats, e: Event) -> Option<Vec<u8>> {
     }
 }
 
+/// Per point (by index): its value, or why its field did not convert.
+pub(crate) type FrameValues = Vec<(usize, Result<Value, String>)>;
+
 /// The values of the selected points in one frame: `Err` when the frame does not parse; per point, `Err` when
 /// its field does not convert. Points whose field the frame lacks are left out.
 pub(crate) fn decode_frame(
@@ -87,7 +92,7 @@ pub(crate) fn decode_frame(
     points: &[SerialPoint],
     selected: impl Fn(&SerialPoint) -> bool,
     frame: &[u8],
-) -> Result<Vec<(usize, Result<Value, String>)>, ParseError> {
+) -> Result<FrameValues, ParseError> {
     let parsed = parser.parse(frame)?;
     Ok(points
         .iter()
@@ -110,7 +115,10 @@ impl ErrorLog {
     fn failed(&mut self, device: &str, what: &str, err: &dyn std::fmt::Display) {
         if !self.failing {
             self.failing = true;
-            tracing::warn!(device, "{what}: {err} (counted; further failures are not logged until a good frame)");
+            tracing::warn!(
+                device,
+                "{what}: {err} (counted; further failures are not logged until a good frame)"
+            );
         }
     }
     fn ok(&mut self, device: &str) {
@@ -176,7 +184,8 @@ impl Adapter for SerialAdapter {
                         .max()
                         .unwrap_or_default();
                     let settings = PollerSettings {
-                        timeout: self.device.timeout.max(longest_reply) * 2 + Duration::from_secs(1),
+                        timeout: self.device.timeout.max(longest_reply) * 2
+                            + Duration::from_secs(1),
                         retries: self.device.retries,
                         backoff_min: self.device.reopen_min,
                         backoff_max: self.device.reopen_max,
@@ -225,7 +234,10 @@ fn render(device: &SerialDevice, cmd: &Command) -> Result<(Vec<u8>, WriteSpec), 
     let Some(w) = p.write.as_ref().filter(|_| p.writable) else {
         return Err(CommandError::ReadOnly(cmd.point.to_string()));
     };
-    let bytes = w.template.render(&cmd.value).map_err(CommandError::InvalidValue)?;
+    let bytes = w
+        .template
+        .render(&cmd.value)
+        .map_err(CommandError::InvalidValue)?;
     Ok((bytes, w.clone()))
 }
 
@@ -319,7 +331,9 @@ impl Stream {
         let mut last_frame = Instant::now();
         let far = Duration::from_secs(86400 * 365);
         let reason = loop {
-            let reply_deadline = pending.as_ref().map_or(Instant::now() + far, |p| p.deadline);
+            let reply_deadline = pending
+                .as_ref()
+                .map_or(Instant::now() + far, |p| p.deadline);
             let silence_deadline = self
                 .device
                 .silence_timeout
@@ -433,11 +447,21 @@ impl Stream {
                 v
             }
             Err(e) => {
-                SerialStats::bump(if e.is_checksum() { &self.stats.checksum_errors } else { &self.stats.parse_errors });
+                SerialStats::bump(if e.is_checksum() {
+                    &self.stats.checksum_errors
+                } else {
+                    &self.stats.parse_errors
+                });
                 self.log.failed(&device.name, "frame rejected", &e);
                 if on_error == OnError::Bad {
                     for p in device.points.iter().filter(|p| p.source.is_some()) {
-                        self.send(p, fieldbridge_sdk::poller::NO_VALUE, Quality::Bad(e.to_string()), ts).await?;
+                        self.send(
+                            p,
+                            fieldbridge_sdk::poller::NO_VALUE,
+                            Quality::Bad(e.to_string()),
+                            ts,
+                        )
+                        .await?;
                     }
                 }
                 return Ok(false);
@@ -449,9 +473,11 @@ impl Stream {
                 Ok(v) => self.send(p, v, Quality::Good, ts).await?,
                 Err(msg) => {
                     SerialStats::bump(&self.stats.conversion_errors);
-                    self.log.failed(&device.name, &format!("point `{}`", p.name), &msg);
+                    self.log
+                        .failed(&device.name, &format!("point `{}`", p.name), &msg);
                     if on_error == OnError::Bad {
-                        self.send(p, fieldbridge_sdk::poller::NO_VALUE, Quality::Bad(msg), ts).await?;
+                        self.send(p, fieldbridge_sdk::poller::NO_VALUE, Quality::Bad(msg), ts)
+                            .await?;
                     }
                 }
             }
@@ -459,7 +485,13 @@ impl Stream {
         Ok(true)
     }
 
-    async fn send(&self, p: &SerialPoint, value: Value, quality: Quality, ts: SystemTime) -> Result<(), AdapterError> {
+    async fn send(
+        &self,
+        p: &SerialPoint,
+        value: Value,
+        quality: Quality,
+        ts: SystemTime,
+    ) -> Result<(), AdapterError> {
         SerialStats::bump(&self.stats.readings);
         self.ctx
             .output
@@ -507,7 +539,10 @@ impl PolledPort {
     fn broken<T>(&mut self, reason: String) -> Result<T, TransportError> {
         self.port = None;
         SerialStats::bump(&self.stats.port_errors);
-        Err(TransportError::Connection(format!("{}: {reason}", self.device.port.path)))
+        Err(TransportError::Connection(format!(
+            "{}: {reason}",
+            self.device.port.path
+        )))
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
@@ -527,7 +562,11 @@ impl PolledPort {
     }
 
     /// The next frame before `deadline`: `Ok(None)` on timeout.
-    async fn next_frame(&mut self, deadline: Instant, queue: &mut Vec<Vec<u8>>) -> Result<Option<Vec<u8>>, TransportError> {
+    async fn next_frame(
+        &mut self,
+        deadline: Instant,
+        queue: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
         let mut buf = [0u8; READ_CHUNK];
         loop {
             if !queue.is_empty() {
@@ -544,7 +583,11 @@ impl PolledPort {
                     SerialStats::add(&self.stats.bytes, n as u64);
                     let mut events = Vec::new();
                     self.framer.push(&buf[..n], &mut events);
-                    queue.extend(events.into_iter().filter_map(|e| count_event(&self.stats, e)));
+                    queue.extend(
+                        events
+                            .into_iter()
+                            .filter_map(|e| count_event(&self.stats, e)),
+                    );
                 }
             }
         }
@@ -564,7 +607,12 @@ impl PolledPort {
         let mut last_error: Option<ParseError> = None;
         let device = self.device.clone();
         while let Some(frame) = self.next_frame(deadline, &mut queue).await? {
-            match decode_frame(&req.parser, &device.points, |p| p.request == Some(group), &frame) {
+            match decode_frame(
+                &req.parser,
+                &device.points,
+                |p| p.request == Some(group),
+                &frame,
+            ) {
                 Ok(values) => {
                     self.log.ok(&device.name);
                     let mut out = GroupReading::new();
@@ -573,7 +621,11 @@ impl PolledPort {
                             Ok(v) => out.push((i, Ok(v))),
                             Err(msg) => {
                                 SerialStats::bump(&self.stats.conversion_errors);
-                                self.log.failed(&device.name, &format!("point `{}`", device.points[i].name), &msg);
+                                self.log.failed(
+                                    &device.name,
+                                    &format!("point `{}`", device.points[i].name),
+                                    &msg,
+                                );
                                 if req.on_error == OnError::Bad {
                                     out.push((i, Err(DeviceException::new(msg))));
                                 }
@@ -584,8 +636,16 @@ impl PolledPort {
                 }
                 Err(e) => {
                     // An echo, a prompt, line noise: keep waiting for the answer until the timeout.
-                    SerialStats::bump(if e.is_checksum() { &self.stats.checksum_errors } else { &self.stats.parse_errors });
-                    self.log.failed(&device.name, &format!("answer to `{}` rejected", req.name), &e);
+                    SerialStats::bump(if e.is_checksum() {
+                        &self.stats.checksum_errors
+                    } else {
+                        &self.stats.parse_errors
+                    });
+                    self.log.failed(
+                        &device.name,
+                        &format!("answer to `{}` rejected", req.name),
+                        &e,
+                    );
                     last_error = Some(e);
                 }
             }
@@ -616,7 +676,10 @@ impl PolledPort {
             return Err(CommandError::ReadOnly(p.name.to_string()));
         };
         let result = async {
-            let bytes = w.template.render(&value).map_err(CommandError::InvalidValue)?;
+            let bytes = w
+                .template
+                .render(&value)
+                .map_err(CommandError::InvalidValue)?;
             self.send(&bytes)
                 .await
                 .map_err(|e| CommandError::Transport(e.to_string()))?;
@@ -637,7 +700,11 @@ impl PolledPort {
             Err(CommandError::Timeout)
         }
         .await;
-        SerialStats::bump(if result.is_ok() { &self.stats.writes_ok } else { &self.stats.writes_failed });
+        SerialStats::bump(if result.is_ok() {
+            &self.stats.writes_ok
+        } else {
+            &self.stats.writes_failed
+        });
         result
     }
 }
@@ -659,7 +726,10 @@ impl PollDevice for PolledPort {
                 }
                 Err(e) => {
                     SerialStats::bump(&self.stats.port_errors);
-                    Err(TransportError::Connection(format!("cannot open {}: {e}", self.device.port.path)))
+                    Err(TransportError::Connection(format!(
+                        "cannot open {}: {e}",
+                        self.device.port.path
+                    )))
                 }
             }
         })

@@ -232,7 +232,9 @@ impl Framer {
                         Some(dropped) => out.push(Event::Oversized {
                             bytes: dropped + line.len(),
                         }),
-                        None if line.len() > max => out.push(Event::Oversized { bytes: line.len() }),
+                        None if line.len() > max => {
+                            out.push(Event::Oversized { bytes: line.len() })
+                        }
                         None if line.is_empty() => {}
                         None => out.push(Event::Frame(line)),
                     }
@@ -463,9 +465,7 @@ mod tests {
             out,
             vec![
                 frame(b"ok"),
-                Event::Oversized {
-                    bytes: 28_000 + 2
-                },
+                Event::Oversized { bytes: 28_000 + 2 },
                 frame(b"next")
             ]
         );
@@ -573,7 +573,10 @@ mod tests {
         };
         let (ev, _) = run(
             spec.clone(),
-            &[&[0x00, 0x7E, 0x02, 0xA, 0xB, 0xC], &[0xD, 0x7E, 0xFF, 0x7E, 0x00, 1, 2]],
+            &[
+                &[0x00, 0x7E, 0x02, 0xA, 0xB, 0xC],
+                &[0xD, 0x7E, 0xFF, 0x7E, 0x00, 1, 2],
+            ],
         );
         assert_eq!(
             ev,

@@ -90,7 +90,9 @@ fn duration_of(node: &ConfigNode, errors: &mut Vec<ConfigError>) -> Option<Durat
             return None;
         }
     };
-    parse_duration(&text).map_err(|e| errors.push(node.error(e))).ok()
+    parse_duration(&text)
+        .map_err(|e| errors.push(node.error(e)))
+        .ok()
 }
 
 /// The device named `name` (or the first serial device) of a draft map, as the core would hand it to the
@@ -103,7 +105,10 @@ pub fn device_from_yaml(
 ) -> Result<DeviceConfig, Vec<ConfigError>> {
     let root = parse_yaml(file, text)?;
     let candidates: Vec<&ConfigNode> = match root.get("devices") {
-        Some(list) => list.as_seq().map(|s| s.iter().collect()).unwrap_or_default(),
+        Some(list) => list
+            .as_seq()
+            .map(|s| s.iter().collect())
+            .unwrap_or_default(),
         None => vec![&root],
     };
     let is_serial = |d: &&ConfigNode| {
@@ -160,7 +165,10 @@ pub fn device_from_yaml(
             }
         }
         Some(c) if !c.is_null() => {
-            errors.push(c.error(format!("`connection` must be a mapping, found {}", c.type_name())));
+            errors.push(c.error(format!(
+                "`connection` must be a mapping, found {}",
+                c.type_name()
+            )));
             c.clone()
         }
         _ => ConfigNode {
@@ -178,7 +186,11 @@ pub fn device_from_yaml(
         .and_then(|n| duration_of(n, &mut errors))
         .unwrap_or(Duration::from_secs(1));
     let mut points = Vec::new();
-    for p in dev.get("points").and_then(ConfigNode::as_seq).unwrap_or_default() {
+    for p in dev
+        .get("points")
+        .and_then(ConfigNode::as_seq)
+        .unwrap_or_default()
+    {
         let Some(entries) = p.as_map() else {
             errors.push(p.error("a point must be a mapping"));
             continue;
@@ -189,8 +201,13 @@ pub fn device_from_yaml(
         };
         points.push(PointConfig {
             name: Arc::from(pname),
-            writable: matches!(p.get("writable").map(|n| &n.kind), Some(NodeKind::Bool(true))),
-            poll_interval: p.get("poll_interval").and_then(|n| duration_of(n, &mut errors)),
+            writable: matches!(
+                p.get("writable").map(|n| &n.kind),
+                Some(NodeKind::Bool(true))
+            ),
+            poll_interval: p
+                .get("poll_interval")
+                .and_then(|n| duration_of(n, &mut errors)),
             spec: ConfigNode {
                 kind: NodeKind::Map(
                     entries
@@ -345,10 +362,17 @@ fn show(bytes: &[u8], as_hex: bool) -> String {
 
 fn describe(d: &SerialDevice) -> String {
     let framing = match &d.framing {
-        FramingSpec::Line { terminator, max_frame } => format!("lines ({terminator:?}, max {max_frame} bytes)"),
+        FramingSpec::Line {
+            terminator,
+            max_frame,
+        } => format!("lines ({terminator:?}, max {max_frame} bytes)"),
         FramingSpec::Fixed { length, .. } => format!("fixed frames of {length} bytes"),
-        FramingSpec::Delimited { max_frame, .. } => format!("delimited frames (max {max_frame} bytes)"),
-        FramingSpec::LengthPrefixed { max_frame, .. } => format!("length-prefixed frames (max {max_frame} bytes)"),
+        FramingSpec::Delimited { max_frame, .. } => {
+            format!("delimited frames (max {max_frame} bytes)")
+        }
+        FramingSpec::LengthPrefixed { max_frame, .. } => {
+            format!("length-prefixed frames (max {max_frame} bytes)")
+        }
     };
     let mode = match &d.mode {
         Mode::Stream { parser, .. } => format!("parser {}", parser_name(parser)),

@@ -189,11 +189,17 @@ mod tests {
             })
         );
         let flipped = GGA.replace("545.4", "545.5");
-        assert!(matches!(parse(&flipped, true), Err(NmeaError::Checksum { .. })));
+        assert!(matches!(
+            parse(&flipped, true),
+            Err(NmeaError::Checksum { .. })
+        ));
         assert_eq!(parse("GPGGA,1*00", true), Err(NmeaError::NoStart));
         assert_eq!(parse("$GPGGA,1", true), Err(NmeaError::NoChecksum));
         assert!(parse("$GPGGA,1", false).is_ok());
-        assert!(matches!(parse("$GPGGA,1*4", true), Err(NmeaError::BadChecksumField(_))));
+        assert!(matches!(
+            parse("$GPGGA,1*4", true),
+            Err(NmeaError::BadChecksumField(_))
+        ));
         assert_eq!(parse("$*00", true), Err(NmeaError::NoType));
         // Empty fields are absent, not zero.
         let m = parse("$GPGGA,,,,,,0,,,,,,,,*66", true).unwrap();

@@ -168,7 +168,7 @@ impl Parser {
                 let pairs: Vec<&str> = match separator {
                     Some(sep) => t.split(sep.as_str()).collect(),
                     None => t
-                        .split(|c: char| c == ' ' || c == '\t' || c == ',' || c == ';')
+                        .split([' ', '\t', ',', ';'])
                         .collect(),
                 };
                 let mut m = HashMap::new();
@@ -185,9 +185,10 @@ impl Parser {
                 }
                 Ok(Parsed::Fields(m))
             }
-            Parser::Nmea { require_checksum } => {
-                Ok(Parsed::Fields(nmea::parse(&text(frame), *require_checksum)?))
-            }
+            Parser::Nmea { require_checksum } => Ok(Parsed::Fields(nmea::parse(
+                &text(frame),
+                *require_checksum,
+            )?)),
             Parser::Binary {
                 checksum,
                 min_length,
@@ -321,7 +322,9 @@ pub fn extract(parsed: &Parsed, source: &Source, ty: ValueType) -> Option<Result
     match (parsed, source) {
         (Parsed::Fields(m), Source::Field(name)) => m.get(name).map(|s| ty.convert(s)),
         (Parsed::Json(doc), Source::Pointer(p)) => doc.pointer(p).and_then(|v| ty.convert_json(v)),
-        (Parsed::Frame(f), Source::Binary(field)) => Some(field.decode(f).map_err(|e| e.to_string())),
+        (Parsed::Frame(f), Source::Binary(field)) => {
+            Some(field.decode(f).map_err(|e| e.to_string()))
+        }
         _ => None,
     }
 }
@@ -341,11 +344,19 @@ mod tests {
 
     #[test]
     fn regex_named_captures() {
-        let p = Parser::Regex(regex::Regex::new(r"^(?P<mode>ST|US),GS,\s*(?P<weight>[-+]?\d+\.\d+)\s*(?P<unit>\w+)?$").unwrap());
+        let p = Parser::Regex(
+            regex::Regex::new(
+                r"^(?P<mode>ST|US),GS,\s*(?P<weight>[-+]?\d+\.\d+)\s*(?P<unit>\w+)?$",
+            )
+            .unwrap(),
+        );
         let m = fields(&p, b"ST,GS,  +012.50 kg\r\n");
         assert_eq!(m["weight"], "+012.50");
         assert_eq!(m["unit"], "kg");
-        assert_eq!(ValueType::Float.convert(&m["weight"]), Ok(Value::Float(12.5)));
+        assert_eq!(
+            ValueType::Float.convert(&m["weight"]),
+            Ok(Value::Float(12.5))
+        );
         assert_eq!(p.parse(b"garbage"), Err(ParseError::NoMatch));
     }
 
@@ -367,7 +378,9 @@ mod tests {
     #[test]
     fn json_pointers() {
         let p = Parser::Json;
-        let parsed = p.parse(br#"{"t":21.5,"n":3,"ok":true,"s":"7","a":[1,{"b":-2}],"z":null}"#).unwrap();
+        let parsed = p
+            .parse(br#"{"t":21.5,"n":3,"ok":true,"s":"7","a":[1,{"b":-2}],"z":null}"#)
+            .unwrap();
         let get = |ptr: &str, ty| extract(&parsed, &Source::Pointer(ptr.into()), ty);
         assert_eq!(get("/t", ValueType::Auto), Some(Ok(Value::Float(21.5))));
         assert_eq!(get("/n", ValueType::Auto), Some(Ok(Value::Int(3))));
@@ -397,7 +410,10 @@ mod tests {
         };
         let m = fields(&p, b"a: 1|b :two");
         assert_eq!(m["b"], "two");
-        assert!(matches!(p.parse(b"nothing here"), Err(ParseError::NoPairs(_))));
+        assert!(matches!(
+            p.parse(b"nothing here"),
+            Err(ParseError::NoPairs(_))
+        ));
     }
 
     #[test]
@@ -410,29 +426,49 @@ mod tests {
             min_length: 9,
         };
         let parsed = p.parse(&frame).unwrap();
-        let f = |ty: BinType, offset| Source::Binary(Field {
-            ty,
-            offset,
-            order: Order::Abcd,
-            length: ty.size().unwrap(),
-        });
-        assert_eq!(extract(&parsed, &f(BinType::U16, 1), ValueType::Auto), Some(Ok(Value::UInt(215))));
-        assert_eq!(extract(&parsed, &f(BinType::F32, 3), ValueType::Auto), Some(Ok(Value::Float(25.0))));
+        let f = |ty: BinType, offset| {
+            Source::Binary(Field {
+                ty,
+                offset,
+                order: Order::Abcd,
+                length: ty.size().unwrap(),
+            })
+        };
+        assert_eq!(
+            extract(&parsed, &f(BinType::U16, 1), ValueType::Auto),
+            Some(Ok(Value::UInt(215)))
+        );
+        assert_eq!(
+            extract(&parsed, &f(BinType::F32, 3), ValueType::Auto),
+            Some(Ok(Value::Float(25.0)))
+        );
         frame[1] ^= 0xFF;
         let e = p.parse(&frame).unwrap_err();
         assert!(e.is_checksum(), "{e}");
-        assert!(matches!(p.parse(&frame[..4]), Err(ParseError::TooShort { len: 4, min: 9 })));
+        assert!(matches!(
+            p.parse(&frame[..4]),
+            Err(ParseError::TooShort { len: 4, min: 9 })
+        ));
     }
 
     #[test]
     fn conversions() {
         assert_eq!(ValueType::Auto.convert(" 42 "), Ok(Value::Int(42)));
         assert_eq!(ValueType::Auto.convert("-1.5e3"), Ok(Value::Float(-1500.0)));
-        assert_eq!(ValueType::Auto.convert("inf"), Ok(Value::String("inf".into())));
-        assert_eq!(ValueType::Auto.convert("OK"), Ok(Value::String("OK".into())));
+        assert_eq!(
+            ValueType::Auto.convert("inf"),
+            Ok(Value::String("inf".into()))
+        );
+        assert_eq!(
+            ValueType::Auto.convert("OK"),
+            Ok(Value::String("OK".into()))
+        );
         assert!(ValueType::Float.convert("NaN").is_err());
         assert!(ValueType::Int.convert("1.5").is_err());
         assert!(ValueType::UInt.convert("-1").is_err());
-        assert_eq!(ValueType::UInt.convert("18446744073709551615"), Ok(Value::UInt(u64::MAX)));
+        assert_eq!(
+            ValueType::UInt.convert("18446744073709551615"),
+            Ok(Value::UInt(u64::MAX))
+        );
     }
 }

@@ -27,10 +27,18 @@ pub struct NumFormat {
 
 impl NumFormat {
     fn parse(spec: &str) -> Result<NumFormat, String> {
-        let bad = || format!("bad format `{spec}`: expected [0][width][.precision][d|f|x|X], e.g. `.2` or `04X`");
+        let bad = || {
+            format!(
+                "bad format `{spec}`: expected [0][width][.precision][d|f|x|X], e.g. `.2` or `04X`"
+            )
+        };
         let mut f = NumFormat::default();
         let mut rest = spec;
-        if let Some(k) = rest.chars().last().filter(|c| matches!(c, 'd' | 'f' | 'x' | 'X')) {
+        if let Some(k) = rest
+            .chars()
+            .last()
+            .filter(|c| matches!(c, 'd' | 'f' | 'x' | 'X'))
+        {
             f.kind = Some(k);
             rest = &rest[..rest.len() - 1];
         }
@@ -156,7 +164,11 @@ fn split_placeholders(s: &str) -> Result<Vec<(bool, String)>, String> {
                     match chars.next() {
                         Some('}') => break,
                         Some(c) => inner.push(c),
-                        None => return Err("`{` without its closing `}` (write `{{` for a brace)".into()),
+                        None => {
+                            return Err(
+                                "`{` without its closing `}` (write `{{` for a brace)".into()
+                            )
+                        }
                     }
                 }
                 if !lit.is_empty() {
@@ -202,7 +214,9 @@ impl Template {
         let mut segments = Vec::new();
         for (placeholder, part) in split_placeholders(s)? {
             if !placeholder {
-                segments.push(Segment::Bytes(parse_hex(part.trim()).map_err(|e| e.to_string())?));
+                segments.push(Segment::Bytes(
+                    parse_hex(part.trim()).map_err(|e| e.to_string())?,
+                ));
                 continue;
             }
             let mut it = part.split(':');
@@ -213,7 +227,9 @@ impl Template {
                     .ok_or("`{value}` in a hex template needs a type, e.g. `{value:u16}`")?
                     .parse()?;
                 if ty.size().is_none() {
-                    return Err(format!("`{ty}` has no fixed size; use u8 … f64 in a hex template"));
+                    return Err(format!(
+                        "`{ty}` has no fixed size; use u8 … f64 in a hex template"
+                    ));
                 }
                 let order: Order = it.next().map_or(Ok(Order::Abcd), str::parse)?;
                 segments.push(Segment::Binary(ty, order));
@@ -222,9 +238,9 @@ impl Template {
                     format!("unknown placeholder `{{{part}}}`: expected {{value:TYPE}} or a checksum; {e}")
                 })?;
                 let from = match it.next() {
-                    Some(n) => n
-                        .parse::<usize>()
-                        .map_err(|_| format!("`{{{part}}}`: the checksum's start must be a byte offset"))?,
+                    Some(n) => n.parse::<usize>().map_err(|_| {
+                        format!("`{{{part}}}`: the checksum's start must be a byte offset")
+                    })?,
                     None => 0,
                 };
                 segments.push(Segment::Checksum(ChecksumSpec::new(alg), from));
@@ -255,7 +271,10 @@ impl Template {
                 }
                 Segment::Checksum(spec, from) => {
                     let covered = out.get(*from..).ok_or_else(|| {
-                        format!("checksum from byte {from}, but only {} bytes precede it", out.len())
+                        format!(
+                            "checksum from byte {from}, but only {} bytes precede it",
+                            out.len()
+                        )
                     })?;
                     let sum = spec.encode(covered);
                     out.extend(sum);
@@ -273,7 +292,10 @@ mod tests {
     #[test]
     fn text_formats() {
         let t = |s: &str, v: Value| Template::text(s).unwrap().render(&v).unwrap();
-        assert_eq!(t(r"SP {value:.2}\r\n", Value::Float(21.456)), b"SP 21.46\r\n");
+        assert_eq!(
+            t(r"SP {value:.2}\r\n", Value::Float(21.456)),
+            b"SP 21.46\r\n"
+        );
         assert_eq!(t("{value}", Value::Int(-3)), b"-3");
         assert_eq!(t("{value:05d}", Value::Int(-42)), b"-0042");
         assert_eq!(t("{value:04X}", Value::UInt(255)), b"00FF");
@@ -282,9 +304,18 @@ mod tests {
         assert_eq!(t("{{{value}}}", Value::Bool(true)), b"{true}");
         assert_eq!(t("P\\x02{value}", Value::String("on".into())), b"P\x02on");
         assert_eq!(t("RESET\r", Value::Int(1)), b"RESET\r");
-        assert!(Template::text("{value:x}").unwrap().render(&Value::Float(1.5)).is_err());
-        assert!(Template::text("{value:x}").unwrap().render(&Value::Int(-1)).is_err());
-        assert!(Template::text("{value:.2}").unwrap().render(&Value::String("x".into())).is_err());
+        assert!(Template::text("{value:x}")
+            .unwrap()
+            .render(&Value::Float(1.5))
+            .is_err());
+        assert!(Template::text("{value:x}")
+            .unwrap()
+            .render(&Value::Int(-1))
+            .is_err());
+        assert!(Template::text("{value:.2}")
+            .unwrap()
+            .render(&Value::String("x".into()))
+            .is_err());
         assert!(Template::text("{other}").is_err());
         assert!(Template::text("{value:.2x}").is_err());
         assert!(Template::text("{value").is_err());
@@ -298,7 +329,9 @@ mod tests {
         let t = Template::bytes("01 06 00 10 {value:u16} {crc16_modbus}").unwrap();
         let out = t.render(&Value::Int(300)).unwrap();
         assert_eq!(&out[..6], &[0x01, 0x06, 0x00, 0x10, 0x01, 0x2C]);
-        assert!(ChecksumSpec::new(Algorithm::Crc16Modbus).verify(&out).is_ok());
+        assert!(ChecksumSpec::new(Algorithm::Crc16Modbus)
+            .verify(&out)
+            .is_ok());
         let t = Template::bytes("02 {value:f32:DCBA} 03 {xor8:1}").unwrap();
         let out = t.render(&Value::Float(1.0)).unwrap();
         assert_eq!(out, vec![0x02, 0, 0, 0x80, 0x3F, 0x03, 0x80 ^ 0x3F ^ 0x03]);
@@ -307,6 +340,9 @@ mod tests {
         assert!(Template::bytes("01 {value:string}").is_err());
         assert!(Template::bytes("01 {md5}").is_err());
         assert!(Template::bytes("zz").is_err());
-        assert!(Template::bytes("01 {sum8:5}").unwrap().render(&Value::Int(0)).is_err());
+        assert!(Template::bytes("01 {sum8:5}")
+            .unwrap()
+            .render(&Value::Int(0))
+            .is_err());
     }
 }

@@ -28,7 +28,10 @@ points:
 "#,
     );
     has(&e, "6:9: connection.baud: baud must be above 0");
-    has(&e, "7:14: connection.data_bits: data_bits must be 5, 6, 7 or 8, not 9");
+    has(
+        &e,
+        "7:14: connection.data_bits: data_bits must be 5, 6, 7 or 8, not 9",
+    );
     has(&e, "8:11: connection.parity: unknown parity `mark`");
     has(&e, "connection.framing: `type: fixed` needs `length:`");
     has(&e, "10:34: connection.parser.pattern: invalid regex");

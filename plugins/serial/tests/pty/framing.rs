@@ -84,7 +84,10 @@ points:
     // Wait past the gap on a condition (the adapter's own clock), not a fixed sleep: the next bytes arrive
     // after it has certainly passed, because the adapter only resets on the next read.
     let t0 = tokio::time::Instant::now();
-    crate::util::wait_until("the gap to pass", || t0.elapsed() > std::time::Duration::from_millis(150)).await;
+    crate::util::wait_until("the gap to pass", || {
+        t0.elapsed() > std::time::Duration::from_millis(150)
+    })
+    .await;
     dev.send([0x01, 0x02]).await;
     assert_eq!(r.value("v").await, Value::UInt(0x0102));
     assert_eq!(r.stats().discarded_bytes, 1);

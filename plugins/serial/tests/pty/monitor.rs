@@ -9,7 +9,11 @@ use crate::util::{DeviceEnd, Pty, WAIT};
 
 /// Sends `bytes` every 50 ms until `stop` is cancelled (the monitor opens the port at a moment the test does
 /// not see, so the device keeps talking, as a real one does). Bounded by [`WAIT`].
-fn keep_sending(mut dev: DeviceEnd, bytes: Vec<u8>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn keep_sending(
+    mut dev: DeviceEnd,
+    bytes: Vec<u8>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !stop.is_cancelled() && tokio::time::Instant::now() < deadline {
@@ -42,23 +46,33 @@ devices:
     let device = validate(&cfg).expect("valid draft");
     assert_eq!(device.port.path, pty.port());
     let stop = CancellationToken::new();
-    let writer = keep_sending(DeviceEnd::open(&pty.a), b"12.5 kg\r\nnoise\r\n".to_vec(), stop.clone());
+    let writer = keep_sending(
+        DeviceEnd::open(&pty.a),
+        b"12.5 kg\r\nnoise\r\n".to_vec(),
+        stop.clone(),
+    );
     let mut out = Vec::new();
     let opts = MonitorOptions {
         count: Some(4),
         ..MonitorOptions::default()
     };
-    let stats = tokio::time::timeout(WAIT, monitor(&device, &opts, &mut out, CancellationToken::new()))
-        .await
-        .expect("monitor stops after --count frames")
-        .expect("monitor");
+    let stats = tokio::time::timeout(
+        WAIT,
+        monitor(&device, &opts, &mut out, CancellationToken::new()),
+    )
+    .await
+    .expect("monitor stops after --count frames")
+    .expect("monitor");
     stop.cancel();
     let _ = writer.await;
     let text = String::from_utf8(out).unwrap();
     assert_eq!(stats.frames, 4, "{text}");
     assert!(text.contains("< \"12.5 kg\" (7 bytes)"), "{text}");
     assert!(text.contains("weight = 12.5"), "{text}");
-    assert!(text.contains("! the line does not match the pattern"), "{text}");
+    assert!(
+        text.contains("! the line does not match the pattern"),
+        "{text}"
+    );
     assert!(text.contains("# 4 frames"), "{text}");
 }
 
@@ -93,7 +107,10 @@ async fn monitor_without_a_map_prints_lines_and_stops_on_cancel() {
     r.expect("monitor");
     let text = out.text();
     assert!(text.contains("< 68 65 6c 6c 6f (5 bytes)"), "{text}");
-    assert!(text.contains("# "), "the summary is printed after a cancel: {text}");
+    assert!(
+        text.contains("# "),
+        "the summary is printed after a cancel: {text}"
+    );
 }
 
 /// Output the test can read while the monitor writes it.
@@ -118,9 +135,18 @@ impl std::io::Write for Shared {
 
 #[test]
 fn draft_map_errors_are_positioned() {
-    let e = device_from_yaml("draft.yaml", "devices:\n  - name: x\n    protocol: serial\n    poll_interval: soon\n", None, "/dev/x")
-        .unwrap_err();
-    assert!(e[0].to_string().starts_with("draft.yaml:4:20: devices[0].poll_interval:"), "{e:?}");
+    let e = device_from_yaml(
+        "draft.yaml",
+        "devices:\n  - name: x\n    protocol: serial\n    poll_interval: soon\n",
+        None,
+        "/dev/x",
+    )
+    .unwrap_err();
+    assert!(
+        e[0].to_string()
+            .starts_with("draft.yaml:4:20: devices[0].poll_interval:"),
+        "{e:?}"
+    );
     let e = device_from_yaml("draft.yaml", "devices: []\n", Some("nope"), "/dev/x").unwrap_err();
     assert!(e[0].message.contains("no device named `nope`"), "{e:?}");
 }

@@ -35,7 +35,9 @@ points:
     assert_eq!(r.value("unit").await, Value::String("kg".into()));
     dev.send(b"US,GS,  -00001.25 kg\r\n").await;
     assert_eq!(r.value("weight").await, Value::Float(-1.25));
-    let s = r.wait_stats("the garbage line counted", |s| s.parse_errors >= 1).await;
+    let s = r
+        .wait_stats("the garbage line counted", |s| s.parse_errors >= 1)
+        .await;
     assert_eq!(s.parse_errors, 1, "{s:?}");
     assert_eq!(s.frames, 3, "{s:?}");
 }
@@ -89,13 +91,17 @@ points:
     ));
     r.online().await;
     let mut dev = DeviceEnd::open(&pty.a);
-    dev.send(b"boot noise\x02{\"gas\":{\"co2\":412.5},\"status_ok\":true}\x03").await;
+    dev.send(b"boot noise\x02{\"gas\":{\"co2\":412.5},\"status_ok\":true}\x03")
+        .await;
     assert_eq!(r.value("co2").await, Value::Float(412.5));
     assert_eq!(r.value("ok").await, Value::Bool(true));
     // A broken document: with `on_error: bad`, every point reads bad.
     dev.send(b"\x02{\"gas\":\x03").await;
     let bad = r.reading("co2").await;
-    assert!(matches!(bad.quality, Quality::Bad(ref m) if m.contains("JSON")), "{bad:?}");
+    assert!(
+        matches!(bad.quality, Quality::Bad(ref m) if m.contains("JSON")),
+        "{bad:?}"
+    );
     let s = r.stats();
     assert_eq!(s.parse_errors, 1, "{s:?}");
     assert_eq!(s.discarded_bytes, 10, "{s:?}");
@@ -160,18 +166,27 @@ points:
     ));
     r.online().await;
     let mut dev = DeviceEnd::open(&pty.a);
-    dev.send("$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n").await;
-    let Value::Float(lat) = r.value("lat").await else { panic!("lat not a float") };
+    dev.send("$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n")
+        .await;
+    let Value::Float(lat) = r.value("lat").await else {
+        panic!("lat not a float")
+    };
     assert!((lat - 48.1173).abs() < 1e-9, "{lat}");
     assert_eq!(r.value("sats").await, Value::Int(8));
-    dev.send("$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A\r\n").await;
+    dev.send("$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A\r\n")
+        .await;
     assert_eq!(r.value("speed").await, Value::Float(22.4));
-    dev.send(nmea("GNVTG,054.7,T,034.4,M,005.5,N,010.2,K")).await;
+    dev.send(nmea("GNVTG,054.7,T,034.4,M,005.5,N,010.2,K"))
+        .await;
     assert_eq!(r.value("kmh").await, Value::Float(10.2));
     // One character changed in transit: the checksum no longer matches.
-    dev.send("$GPGGA,123519,4807.038,N,01131.000,E,1,09,0.9,545.4,M,46.9,M,,*47\r\n").await;
+    dev.send("$GPGGA,123519,4807.038,N,01131.000,E,1,09,0.9,545.4,M,46.9,M,,*47\r\n")
+        .await;
     let bad = r.reading("sats").await;
-    assert!(matches!(bad.quality, Quality::Bad(ref m) if m.contains("checksum")), "{bad:?}");
+    assert!(
+        matches!(bad.quality, Quality::Bad(ref m) if m.contains("checksum")),
+        "{bad:?}"
+    );
     let s = r.stats();
     assert_eq!(s.checksum_errors, 1, "{s:?}");
 }

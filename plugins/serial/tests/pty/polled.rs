@@ -58,7 +58,10 @@ async fn requests_are_answered_and_parsed_each_with_its_parser() {
     assert_eq!(r.value("serial").await, Value::String("A17".into()));
     assert_eq!(r.value("temp").await, Value::Float(31.5));
     r.online().await;
-    let mut dev = tokio::time::timeout(WAIT, device).await.expect("device task").expect("device");
+    let mut dev = tokio::time::timeout(WAIT, device)
+        .await
+        .expect("device task")
+        .expect("device");
     // An echo-like garbage answer to the info request: with on_error bad, its points read bad.
     let st = r.stats();
     assert!(st.requests >= 8, "{st:?}");
@@ -67,10 +70,9 @@ async fn requests_are_answered_and_parsed_each_with_its_parser() {
             answer(&mut dev, "13.0 kg", "garbage").await;
         }
     });
-    let bad = r
-        .h
-        .wait_for(|x| &*x.point == "temp" && x.quality != Quality::Good, WAIT)
-        .await;
+    let bad =
+        r.h.wait_for(|x| &*x.point == "temp" && x.quality != Quality::Good, WAIT)
+            .await;
     assert!(matches!(bad.quality, Quality::Bad(_)), "{bad:?}");
     assert_eq!(r.value("weight").await, Value::Float(13.0));
     let _ = tokio::time::timeout(WAIT, device).await;
@@ -86,10 +88,9 @@ async fn a_device_that_stops_answering_goes_offline_and_back() {
     }
     r.online().await;
     // Silence: requests time out, the device is offline (the port itself is fine).
-    let st = r
-        .h
-        .wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
-        .await;
+    let st =
+        r.h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
+            .await;
     assert!(st.reason().unwrap_or("").contains("no answer"), "{st:?}");
     assert!(r.stats().timeouts >= 1);
     // Answering again brings it back.
@@ -99,7 +100,10 @@ async fn a_device_that_stops_answering_goes_offline_and_back() {
         }
     });
     r.online().await;
-    r.h.wait_for(|x| &*x.point == "weight" && x.value == Value::Float(2.0), WAIT)
-        .await;
+    r.h.wait_for(
+        |x| &*x.point == "weight" && x.value == Value::Float(2.0),
+        WAIT,
+    )
+    .await;
     let _ = tokio::time::timeout(WAIT, device).await;
 }

@@ -28,13 +28,13 @@ points:
     drop(dev);
 
     pty.kill().await;
-    let st = r
-        .h
-        .wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
-        .await;
+    let st =
+        r.h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
+            .await;
     assert!(st.reason().is_some_and(|m| !m.is_empty()), "{st:?}");
     // While it is gone, a reopen keeps failing (the link does not exist) and the status stays offline.
-    r.wait_stats("a failed reopen", |s| s.port_errors >= 2).await;
+    r.wait_stats("a failed reopen", |s| s.port_errors >= 2)
+        .await;
     assert!(matches!(r.h.status(), DeviceStatus::Offline(_)));
 
     pty.start().await;
@@ -62,10 +62,9 @@ points:
 "#,
         pty.port()
     ));
-    let st = r
-        .h
-        .wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
-        .await;
+    let st =
+        r.h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
+            .await;
     assert!(st.reason().unwrap_or("").contains("cannot open"), "{st:?}");
     pty.start().await;
     r.online().await;
@@ -96,11 +95,13 @@ points:
     assert!(!matches!(r.h.status(), DeviceStatus::Online));
     dev.send(b"v=1\n").await;
     r.online().await;
-    let st = r
-        .h
-        .wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
-        .await;
-    assert!(st.reason().unwrap_or("").contains("no valid frame"), "{st:?}");
+    let st =
+        r.h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
+            .await;
+    assert!(
+        st.reason().unwrap_or("").contains("no valid frame"),
+        "{st:?}"
+    );
     dev.send(b"v=2\n").await;
     r.online().await;
 }

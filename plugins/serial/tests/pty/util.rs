@@ -65,7 +65,9 @@ impl Pty {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat (the serial tests need it: apt-get install socat): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start socat (the serial tests need it: apt-get install socat): {e}")
+            });
         self.child = Some(child);
         let (a, b) = (self.a.clone(), self.b.clone());
         wait_until("both pty links", || a.exists() && b.exists()).await;
@@ -119,7 +121,10 @@ impl DeviceEnd {
 
     /// Sends bytes, as the device would.
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        self.port.write_all(bytes.as_ref()).await.expect("device write");
+        self.port
+            .write_all(bytes.as_ref())
+            .await
+            .expect("device write");
         self.port.flush().await.expect("device flush");
     }
 
@@ -152,7 +157,10 @@ impl DeviceEnd {
             match tokio::time::timeout_at(deadline, self.port.read(&mut chunk)).await {
                 Ok(Ok(k)) if k > 0 => self.buf.extend_from_slice(&chunk[..k]),
                 Ok(r) => panic!("device end read failed: {r:?}"),
-                Err(_) => panic!("fewer than {n} bytes within {WAIT:?} (got {:02x?})", self.buf),
+                Err(_) => panic!(
+                    "fewer than {n} bytes within {WAIT:?} (got {:02x?})",
+                    self.buf
+                ),
             }
         }
         let rest = self.buf.split_off(n);
@@ -177,7 +185,11 @@ impl Running {
     }
 
     /// Waits until the counters satisfy `pred`.
-    pub async fn wait_stats(&self, what: &str, pred: impl Fn(&StatsSnapshot) -> bool) -> StatsSnapshot {
+    pub async fn wait_stats(
+        &self,
+        what: &str,
+        pred: impl Fn(&StatsSnapshot) -> bool,
+    ) -> StatsSnapshot {
         let stats = self.factory.stats(&self.name).expect("stats");
         let s2 = stats.clone();
         wait_until(what, move || pred(&s2.snapshot())).await;

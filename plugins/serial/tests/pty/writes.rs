@@ -43,7 +43,10 @@ points:
         assert_eq!(dev.read_until(b"\r\n").await, b"SP 99.0\r\n");
         dev.send(b"ERR range\r\n").await;
     });
-    assert!(matches!(res, Err(CommandError::Device(ref m)) if m.contains("ERR range")), "{res:?}");
+    assert!(
+        matches!(res, Err(CommandError::Device(ref m)) if m.contains("ERR range")),
+        "{res:?}"
+    );
     // timeout: no answer.
     let (res, _) = tokio::join!(h.write("setpoint", Value::Float(1.0)), async {
         assert_eq!(dev.read_until(b"\r\n").await, b"SP 1.0\r\n");
