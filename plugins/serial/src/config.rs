@@ -433,7 +433,9 @@ fn request_bytes(
             return None;
         }
     };
-    let template = template.map_err(|e| errors.push(at.error(e))).ok()?;
+    let template = template
+        .map_err(|e| errors.push(at.error(e.to_string())))
+        .ok()?;
     if template.uses_value() {
         errors.push(at.error("a request has no value to put in `{value}`"));
         return None;
@@ -445,7 +447,7 @@ fn request_bytes(
         }
         Ok(b) => Some(b),
         Err(e) => {
-            errors.push(at.error(e));
+            errors.push(at.error(e.to_string()));
             None
         }
     }
@@ -1292,10 +1294,10 @@ fn validate_point(
             None
         }
         (Some(t), None) => Template::text(&t.value)
-            .map_err(|e| errors.push(t.error(e)))
+            .map_err(|e| errors.push(t.error(e.to_string())))
             .ok(),
         (None, Some(h)) => Template::bytes(&h.value)
-            .map_err(|e| errors.push(h.error(e)))
+            .map_err(|e| errors.push(h.error(e.to_string())))
             .ok(),
         (None, None) => None,
     };

@@ -237,7 +237,7 @@ fn render(device: &SerialDevice, cmd: &Command) -> Result<(Vec<u8>, WriteSpec), 
     let bytes = w
         .template
         .render(&cmd.value)
-        .map_err(CommandError::InvalidValue)?;
+        .map_err(|e| CommandError::InvalidValue(e.to_string()))?;
     Ok((bytes, w.clone()))
 }
 
@@ -679,7 +679,7 @@ impl PolledPort {
             let bytes = w
                 .template
                 .render(&value)
-                .map_err(CommandError::InvalidValue)?;
+                .map_err(|e| CommandError::InvalidValue(e.to_string()))?;
             self.send(&bytes)
                 .await
                 .map_err(|e| CommandError::Transport(e.to_string()))?;

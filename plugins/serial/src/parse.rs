@@ -167,9 +167,7 @@ impl Parser {
                 let t = text(frame);
                 let pairs: Vec<&str> = match separator {
                     Some(sep) => t.split(sep.as_str()).collect(),
-                    None => t
-                        .split([' ', '\t', ',', ';'])
-                        .collect(),
+                    None => t.split([' ', '\t', ',', ';']).collect(),
                 };
                 let mut m = HashMap::new();
                 for p in pairs {

@@ -12,6 +12,23 @@
 
 use fieldbridge_sdk::Value;
 
+/// A template that cannot be parsed, or a value that cannot be rendered with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+impl From<String> for TemplateError {
+    fn from(s: String) -> Self {
+        TemplateError(s)
+    }
+}
+
+impl From<&str> for TemplateError {
+    fn from(s: &str) -> Self {
+        TemplateError(s.to_owned())
+    }
+}
+
 use crate::binary::{self, BinType, Order};
 use crate::checksum::{Algorithm, ChecksumSpec};
 use crate::escape::{parse_hex, unescape};
@@ -188,7 +205,7 @@ fn split_placeholders(s: &str) -> Result<Vec<(bool, String)>, String> {
 
 impl Template {
     /// A text template.
-    pub fn text(s: &str) -> Result<Template, String> {
+    pub fn text(s: &str) -> Result<Template, TemplateError> {
         let mut segments = Vec::new();
         for (placeholder, part) in split_placeholders(s)? {
             if !placeholder {
@@ -199,9 +216,9 @@ impl Template {
                 Some(("value", spec)) => spec,
                 None if part == "value" => "",
                 _ => {
-                    return Err(format!(
+                    return Err(TemplateError(format!(
                         "unknown placeholder `{{{part}}}`: text templates take `{{value}}` or `{{value:FORMAT}}`"
-                    ))
+                    )))
                 }
             };
             segments.push(Segment::Text(NumFormat::parse(spec)?));
@@ -210,7 +227,7 @@ impl Template {
     }
 
     /// A bytes template.
-    pub fn bytes(s: &str) -> Result<Template, String> {
+    pub fn bytes(s: &str) -> Result<Template, TemplateError> {
         let mut segments = Vec::new();
         for (placeholder, part) in split_placeholders(s)? {
             if !placeholder {
@@ -227,9 +244,9 @@ impl Template {
                     .ok_or("`{value}` in a hex template needs a type, e.g. `{value:u16}`")?
                     .parse()?;
                 if ty.size().is_none() {
-                    return Err(format!(
+                    return Err(TemplateError(format!(
                         "`{ty}` has no fixed size; use u8 … f64 in a hex template"
-                    ));
+                    )));
                 }
                 let order: Order = it.next().map_or(Ok(Order::Abcd), str::parse)?;
                 segments.push(Segment::Binary(ty, order));
@@ -246,7 +263,9 @@ impl Template {
                 segments.push(Segment::Checksum(ChecksumSpec::new(alg), from));
             }
             if let Some(extra) = it.next() {
-                return Err(format!("`{{{part}}}`: unexpected `:{extra}`"));
+                return Err(TemplateError(format!(
+                    "`{{{part}}}`: unexpected `:{extra}`"
+                )));
             }
         }
         Ok(Template { segments })
@@ -260,7 +279,7 @@ impl Template {
     }
 
     /// The bytes to send for `value`.
-    pub fn render(&self, value: &Value) -> Result<Vec<u8>, String> {
+    pub fn render(&self, value: &Value) -> Result<Vec<u8>, TemplateError> {
         let mut out = Vec::new();
         for s in &self.segments {
             match s {

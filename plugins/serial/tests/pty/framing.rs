@@ -55,7 +55,8 @@ points:
     let mut dev = DeviceEnd::open(&pty.a);
     // A frame that is already too long before its end arrives: dropped without waiting for the end.
     dev.send(b"<v=1234567890123456").await;
-    r.wait_stats("the unfinished frame dropped", |s| s.oversized == 1).await;
+    r.wait_stats("the unfinished frame dropped", |s| s.oversized == 1)
+        .await;
     // Its end, then a complete frame that is too long, then a good one.
     dev.send(b">").await;
     dev.send(b"<v=123456789012>").await;
