@@ -150,3 +150,26 @@ fn draft_map_errors_are_positioned() {
     let e = device_from_yaml("draft.yaml", "devices: []\n", Some("nope"), "/dev/x").unwrap_err();
     assert!(e[0].message.contains("no device named `nope`"), "{e:?}");
 }
+
+#[tokio::test]
+async fn monitor_stops_after_its_duration_on_a_silent_port() {
+    let pty = Pty::new().await;
+    let device = bare_device(fieldbridge_serial::config::PortSettings {
+        path: pty.port(),
+        ..Default::default()
+    });
+    let opts = MonitorOptions {
+        duration: Some(Duration::from_millis(200)),
+        ..MonitorOptions::default()
+    };
+    let mut out = Vec::new();
+    let stats = tokio::time::timeout(
+        WAIT,
+        monitor(&device, &opts, &mut out, CancellationToken::new()),
+    )
+    .await
+    .expect("monitor stops after --duration")
+    .expect("monitor");
+    assert_eq!(stats.frames, 0);
+    assert!(String::from_utf8(out).unwrap().contains("# 0 frames"));
+}
