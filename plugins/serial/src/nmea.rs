@@ -77,7 +77,8 @@ pub fn parse(text: &str, require_checksum: bool) -> Result<HashMap<String, Strin
     let kind = if address.starts_with('P') {
         address
     } else if address.len() >= 5 {
-        &address[address.len() - 3..]
+        // `get`: the address may hold non-ASCII bytes from line noise (found by the fuzz target).
+        address.get(address.len() - 3..).ok_or(NmeaError::NoType)?
     } else {
         return Err(NmeaError::NoType);
     };
@@ -201,6 +202,12 @@ mod tests {
             Err(NmeaError::BadChecksumField(_))
         ));
         assert_eq!(parse("$*00", true), Err(NmeaError::NoType));
+        // Line noise in the address (multi-byte characters) is rejected, not a panic (fuzz regression).
+        assert_eq!(
+            parse("$\u{fffd}\u{fffd}\u{fffd},1", false),
+            Err(NmeaError::NoType)
+        );
+        assert_eq!(parse("$GP\u{fffd}x,1", false), Err(NmeaError::NoType));
         // Empty fields are absent, not zero.
         let m = parse("$GPGGA,,,,,,0,,,,,,,,*66", true).unwrap();
         assert!(!m.contains_key("GGA.latitude"));
