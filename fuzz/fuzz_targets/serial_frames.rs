@@ -9,6 +9,7 @@ use fieldbridge_serial::checksum::{Algorithm, ChecksumSpec, Encoding};
 use fieldbridge_serial::framing::{Event, Framer, FramingSpec, Terminator};
 use fieldbridge_serial::parse::{extract, Parser, Source, ValueType};
 use libfuzzer_sys::fuzz_target;
+use std::sync::LazyLock;
 
 const MAX: usize = 64;
 
@@ -134,8 +135,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let step = usize::from(split % 16) + 1;
-    let parsers = parsers();
-    let sources = sources();
+    // Built once: compiling the regex per input would dominate the run.
+    static PARSERS: LazyLock<Vec<Parser>> = LazyLock::new(parsers);
+    static SOURCES: LazyLock<Vec<Source>> = LazyLock::new(sources);
+    let (parsers, sources) = (&*PARSERS, &*SOURCES);
     for spec in framings() {
         let max = spec.max_frame();
         let mut f = Framer::new(spec);
@@ -155,9 +158,9 @@ fuzz_target!(|data: &[u8]| {
                 "frame of {} bytes (max {max})",
                 frame.len()
             );
-            for p in &parsers {
+            for p in parsers {
                 if let Ok(parsed) = p.parse(&frame) {
-                    for s in &sources {
+                    for s in sources {
                         for ty in [ValueType::Auto, ValueType::Float, ValueType::Bool] {
                             let _ = extract(&parsed, s, ty);
                         }
