@@ -50,6 +50,8 @@ impl Default for Registry {
             Arc::new(fieldbridge_sim::SimFactory),
             #[cfg(feature = "modbus")]
             Arc::new(fieldbridge_modbus::ModbusFactory::default()),
+            #[cfg(feature = "serial")]
+            Arc::new(fieldbridge_serial::SerialFactory::new()),
         ];
         Registry { factories }
     }

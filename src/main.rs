@@ -49,6 +49,10 @@ enum Cmd {
     /// Check or salvage a log file offline (`store check --db PATH`, `store salvage --db PATH`).
     #[command(subcommand)]
     Store(fieldbridge::cli::StoreCmd),
+    /// Watch a serial port (commissioning): frames and points as the daemon would parse them.
+    #[cfg(feature = "serial")]
+    #[command(subcommand)]
+    Serial(fieldbridge::cli::serial::SerialCmd),
     /// Validate a configuration (and every device map it names) without starting anything.
     Check {
         /// The main configuration file.
@@ -86,6 +90,36 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             ));
+            ExitCode::from(code)
+        }
+        #[cfg(feature = "serial")]
+        Cmd::Serial(cmd) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fieldbridge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = rt.block_on(async {
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let on_ctrl_c = cancel.clone();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        on_ctrl_c.cancel();
+                    }
+                });
+                fieldbridge::cli::serial::run(
+                    &cmd,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                    cancel,
+                )
+                .await
+            });
             ExitCode::from(code)
         }
         Cmd::Run { config } => {

@@ -12,6 +12,8 @@ mod client;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 mod query;
+#[cfg(feature = "serial")]
+pub mod serial;
 mod status;
 mod store;
 

@@ -12,5 +12,7 @@ mod broker_transports;
 mod daemon;
 mod ingest;
 mod pipeline;
+#[cfg(feature = "serial")]
+mod serial_cli;
 mod snf;
 mod systemd_notify;
