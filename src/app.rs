@@ -48,6 +48,8 @@ impl Default for Registry {
             Arc::new(fieldbridge_sim::SimFactory),
             #[cfg(feature = "modbus")]
             Arc::new(fieldbridge_modbus::ModbusFactory::default()),
+            #[cfg(feature = "coap")]
+            Arc::new(fieldbridge_coap::CoapFactory::new()),
         ];
         Registry { factories }
     }

@@ -45,6 +45,10 @@ enum Cmd {
     #[cfg(feature = "modbus")]
     #[command(subcommand)]
     Modbus(fieldbridge::cli::modbus::ModbusCmd),
+    /// Commission a CoAP device (discover, get, put), with the adapter's own client and decoder.
+    #[cfg(feature = "coap")]
+    #[command(subcommand)]
+    Coap(fieldbridge::cli::coap::CoapCmd),
     /// Validate a configuration (and every device map it names) without starting anything.
     Check {
         /// The main configuration file.
@@ -79,6 +83,8 @@ fn main() -> ExitCode {
             ));
             ExitCode::from(code)
         }
+        #[cfg(feature = "coap")]
+        Cmd::Coap(cmd) => ExitCode::from(fieldbridge::cli::coap::main(&cmd)),
         Cmd::Run { config } => {
             let registry = Registry::default();
             let cfg = match app::load_config(&config, &registry) {

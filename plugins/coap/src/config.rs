@@ -222,7 +222,7 @@ pub fn validate(device: &DeviceConfig) -> Result<CoapDevice, Vec<ConfigError>> {
             ..at("ingest")
         });
     }
-    if !needs_ingest {
+    if !needs_ingest && points.len() == device.points.len() {
         if let Some(a) = raw.as_ref().and_then(|r| r.ingest.as_ref()) {
             errors.push(a.error("`ingest` is set but no point has `mode: ingest`"));
         }

@@ -1,7 +1,12 @@
 //! One-shot requests for `fieldbridge coap discover|get|put` (commissioning), on the adapter's own client,
 //! decoder and link-format parser.
 use coap_lite::link_format::LinkFormatParser;
-use coap_lite::RequestType;
+pub use coap_lite::RequestType;
+
+/// PUT, for [`put`].
+pub const PUT: RequestType = RequestType::Put;
+/// POST, for [`put`].
+pub const POST: RequestType = RequestType::Post;
 
 use crate::client::{Client, ClientError, Response, Transmission};
 use crate::content::{cf, encode_write, parse_text, Format};
