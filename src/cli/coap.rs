@@ -171,3 +171,121 @@ pub fn main(cmd: &CoapCmd) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// libcoap's server on a free port, killed on drop.
+    struct Server(std::process::Child, u16);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Server {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("coap-server-notls")
+            .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coap-server-notls (install libcoap3-bin)");
+        Server(child, port)
+    }
+
+    fn tx() -> CoapTransmission {
+        CoapTransmission {
+            ack_timeout: Duration::from_millis(200),
+            max_retransmit: 4,
+            max_body: 1 << 20,
+        }
+    }
+
+    async fn cli(cmd: CoapCmd) -> (u8, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(&cmd, &mut out, &mut err).await;
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn discover_put_get_against_libcoap() {
+        let s = server();
+        let base = format!("coap://127.0.0.1:{}", s.1);
+        // Retransmission covers the server's start-up (max_retransmit 4 at 200 ms: several seconds).
+        let (code, out, err) = cli(CoapCmd::Discover {
+            uri: base.clone(),
+            tx: tx(),
+        })
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.lines().any(|l| l.starts_with("/time\t") && l.contains("obs") && l.contains("rt=ticks")),
+            "{out}"
+        );
+        let (code, out, err) = cli(CoapCmd::Put {
+            uri: format!("{base}/x"),
+            payload: "21.5".into(),
+            post: false,
+            format: Format::Text,
+            tx: tx(),
+        })
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("2.01"), "{out}");
+        let (code, out, err) = cli(CoapCmd::Get {
+            uri: format!("{base}/x"),
+            pointer: None,
+            tx: tx(),
+        })
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("2.05 Content"), "{out}");
+        assert!(out.lines().nth(1) == Some("21.5"), "{out}");
+        let (code, _, err) = cli(CoapCmd::Get {
+            uri: format!("{base}/missing"),
+            pointer: None,
+            tx: tx(),
+        })
+        .await;
+        assert_eq!(code, 1);
+        assert!(err.contains("4.04"), "{err}");
+        let (code, _, err) = cli(CoapCmd::Get {
+            uri: "http://x".into(),
+            pointer: None,
+            tx: tx(),
+        })
+        .await;
+        assert_eq!(code, 64, "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_exits_69() {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port")
+            .port();
+        let (code, _, err) = cli(CoapCmd::Get {
+            uri: format!("coap://127.0.0.1:{port}/x"),
+            pointer: None,
+            tx: CoapTransmission {
+                ack_timeout: Duration::from_millis(50),
+                max_retransmit: 1,
+                max_body: 1024,
+            },
+        })
+        .await;
+        assert_eq!(code, 69, "{err}");
+        assert!(err.contains("no answer after 2 transmissions"), "{err}");
+    }
+}

@@ -6,5 +6,7 @@ mod bridge;
 mod broker_flows;
 mod broker_peers;
 mod broker_transports;
+#[cfg(feature = "coap")]
+mod coap;
 mod daemon;
 mod pipeline;

@@ -3,6 +3,7 @@
 //! on loopback and free UDP ports. A missing peer fails the test with a message naming the package.
 mod util;
 
+mod client;
 mod config;
 mod ingest;
 mod observe;
