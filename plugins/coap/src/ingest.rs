@@ -262,7 +262,7 @@ async fn serve(socket: UdpSocket, routes: Routes, stats: Arc<IngestStats>, stop:
             (MessageType::Confirmable, MessageClass::Empty) => {
                 wire::empty(MessageType::Reset, p.header.message_id)
             }
-            (MessageType::Confirmable | MessageType::NonConfirmable, MessageClass::Request(m)) => {
+            (MessageType::Confirmable | MessageType::NonConfirmable, MessageClass::Request(_)) => {
                 let key = (peer, p.header.message_id);
                 let now = Instant::now();
                 if let Some(bytes) = cache.get(&key, now) {
@@ -270,7 +270,7 @@ async fn serve(socket: UdpSocket, routes: Routes, stats: Arc<IngestStats>, stop:
                     let _ = socket.send_to(bytes, peer).await;
                     continue;
                 }
-                let (code, diag) = handle(&p, m, &routes, &stats).await;
+                let (code, diag) = handle(&p, &routes, &stats).await;
                 if wire::is_success(MessageClass::Response(code)) {
                     IngestStats::bump(&stats.accepted);
                 } else {
@@ -325,33 +325,40 @@ fn short(mut s: String) -> String {
     s
 }
 
-async fn handle(
-    p: &Packet,
-    method: RequestType,
-    routes: &Routes,
-    stats: &IngestStats,
-) -> (ResponseType, String) {
+/// The checks a request passes before its path is looked up: method, Block1, critical options. Returns the
+/// path, or the answer. Pure (fuzzed with the datagram decoder).
+pub fn check_request(p: &Packet) -> Result<String, (ResponseType, String)> {
+    let MessageClass::Request(method) = p.header.code else {
+        return Err((ResponseType::BadRequest, "not a request".into()));
+    };
     if !matches!(method, RequestType::Post | RequestType::Put) {
-        return (
+        return Err((
             ResponseType::MethodNotAllowed,
             format!("{method:?} not allowed: devices POST or PUT readings here"),
-        );
+        ));
     }
     if p.get_first_option(coap_lite::CoapOption::Block1).is_some() {
-        return (
+        return Err((
             ResponseType::RequestEntityTooLarge,
             "block-wise uploads are not accepted: send the reading in one datagram".into(),
-        );
+        ));
     }
     for (&number, _) in p.options() {
         if wire::is_critical(number) && !UNDERSTOOD.contains(&number) {
-            return (
+            return Err((
                 ResponseType::BadOption,
                 format!("critical option {number} not understood"),
-            );
+            ));
         }
     }
-    let path = wire::uri_path(p);
+    Ok(wire::uri_path(p))
+}
+
+async fn handle(p: &Packet, routes: &Routes, stats: &IngestStats) -> (ResponseType, String) {
+    let path = match check_request(p) {
+        Ok(path) => path,
+        Err(answer) => return answer,
+    };
     let Some(route) = lock(routes).get(&path).cloned() else {
         return (
             ResponseType::NotFound,
