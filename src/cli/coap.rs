@@ -94,7 +94,13 @@ pub async fn run(cmd: &CoapCmd, out: &mut impl Write, err: &mut impl Write) -> u
                     let attrs: Vec<String> = l
                         .attrs
                         .iter()
-                        .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
+                        .map(|(k, v)| {
+                            if v.is_empty() {
+                                k.clone()
+                            } else {
+                                format!("{k}={v}")
+                            }
+                        })
                         .collect();
                     let _ = writeln!(out, "{}\t{}", l.target, attrs.join(" "));
                 }
@@ -163,7 +169,10 @@ mod coap_lite_method {
 
 /// Runs a `coap` subcommand on its own runtime (called from `main`).
 pub fn main(cmd: &CoapCmd) -> u8 {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(run(cmd, &mut std::io::stdout(), &mut std::io::stderr())),
         Err(e) => {
             eprintln!("fieldbridge: cannot start the runtime: {e}");
@@ -230,7 +239,8 @@ mod tests {
         .await;
         assert_eq!(code, 0, "{err}");
         assert!(
-            out.lines().any(|l| l.starts_with("/time\t") && l.contains("obs") && l.contains("rt=ticks")),
+            out.lines()
+                .any(|l| l.starts_with("/time\t") && l.contains("obs") && l.contains("rt=ticks")),
             "{out}"
         );
         let (code, out, err) = cli(CoapCmd::Put {

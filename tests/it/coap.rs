@@ -39,14 +39,28 @@ async fn coap_readings_reach_mqtt_and_writes_reach_the_device() {
     let (mqtt, ingest, server_port) = (free_port(), free_udp_port(), free_udp_port());
     let _server = Peer::spawn(
         Command::new("coap-server-notls")
-            .args(["-A", "127.0.0.1", "-p", &server_port.to_string(), "-d", "10"])
+            .args([
+                "-A",
+                "127.0.0.1",
+                "-p",
+                &server_port.to_string(),
+                "-d",
+                "10",
+            ])
             .stdout(Stdio::piped()),
     );
     let level = format!("coap://127.0.0.1:{server_port}/level");
     // The server may need a moment to bind: retry the PUT that creates the resource (bounded).
     let deadline = tokio::time::Instant::now() + WAIT;
-    while coap_client(&["-m", "put", "-B", "1", "-e", "3", &level]).await.0 != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "coap-server-notls did not start");
+    while coap_client(&["-m", "put", "-B", "1", "-e", "3", &level])
+        .await
+        .0
+        != 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "coap-server-notls did not start"
+        );
     }
     let cfg = format!(
         "gateway: {{id: gw}}
@@ -74,7 +88,8 @@ devices:
     std::fs::write(&path, cfg).unwrap();
     let _daemon = Daemon::start(&path, mqtt).await;
     let p = mqtt.to_string();
-    let mut sub = Peer::spawn(mosquitto_sub().args(["-h", "127.0.0.1", "-p", &p, "-t", "gw/#", "-v"]));
+    let mut sub =
+        Peer::spawn(mosquitto_sub().args(["-h", "127.0.0.1", "-p", &p, "-t", "gw/#", "-v"]));
     // Polled from libcoap's server.
     sub.line_where(|l| l.starts_with("gw/sensor/level ") && l.contains("\"value\":3"))
         .await;
@@ -86,14 +101,28 @@ devices:
         if code == 0 && !out.contains("4.") && !out.contains("5.") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "ingest never accepted: {out}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest never accepted: {out}"
+        );
     }
-    let line = sub
-        .line_where(|l| l.starts_with("gw/meter/power "))
-        .await;
-    assert!(line.contains("\"value\":1500") && line.contains("\"unit\":\"W\""), "{line}");
+    let line = sub.line_where(|l| l.starts_with("gw/meter/power ")).await;
+    assert!(
+        line.contains("\"value\":1500") && line.contains("\"unit\":\"W\""),
+        "{line}"
+    );
     // MQTT write -> PUT on the server, read back with libcoap's client.
-    let (code, _, err) = run(mosquitto_pub().args(["-h", "127.0.0.1", "-p", &p, "-t", "gw/sensor/level/set", "-m", "9"])).await;
+    let (code, _, err) = run(mosquitto_pub().args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "gw/sensor/level/set",
+        "-m",
+        "9",
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     sub.line_where(|l| l.starts_with("gw/sensor/level/set/result ") && l.contains("\"ok\":true"))
         .await;

@@ -108,7 +108,10 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the server did not answer at all (counts towards `offline`).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, ClientError::Timeout(_) | ClientError::SeparateTimeout(_))
+        matches!(
+            self,
+            ClientError::Timeout(_) | ClientError::SeparateTimeout(_)
+        )
     }
 }
 
@@ -250,7 +253,9 @@ impl Client {
             .next()
             .ok_or_else(|| ClientError::Resolve(authority.to_owned(), "no address".into()))?;
         let local: SocketAddr = if peer.is_ipv6() {
-            "[::]:0".parse().unwrap_or_else(|_| SocketAddr::from(([0u16; 8], 0)))
+            "[::]:0"
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0u16; 8], 0)))
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
@@ -328,29 +333,28 @@ impl Client {
         let bytes = wire::encode(&req).map_err(|e| ClientError::Encode(e.to_string()))?;
         let p = &self.inner.tx;
         let factor = p.ack_random_factor.max(1.0);
-        let mut wait = p
-            .ack_timeout
-            .mul_f64(rand::random_range(1.0..=factor));
+        let mut wait = p.ack_timeout.mul_f64(rand::random_range(1.0..=factor));
         let transmissions = p.max_retransmit.saturating_add(1);
         let mut acked = false;
         'send: for attempt in 0..transmissions {
             if attempt > 0 {
-                self.inner.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .retransmissions
+                    .fetch_add(1, Ordering::Relaxed);
             }
             // A send error (ICMP unreachable from an earlier datagram, a route flap) is a lost transmission.
             let _ = self.inner.socket.send(&bytes).await;
             let deadline = Instant::now() + wait;
-            loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Event::Message(m))) => return Ok((m, reg, rx)),
-                    Ok(Some(Event::Ack)) => {
-                        acked = true;
-                        break 'send;
-                    }
-                    Ok(Some(Event::Reset)) => return Err(ClientError::Reset),
-                    Ok(None) => return Err(ClientError::Closed),
-                    Err(_) => break,
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Event::Message(m))) => return Ok((m, reg, rx)),
+                Ok(Some(Event::Ack)) => {
+                    acked = true;
+                    break 'send;
                 }
+                Ok(Some(Event::Reset)) => return Err(ClientError::Reset),
+                Ok(None) => return Err(ClientError::Closed),
+                Err(_) => {}
             }
             wait = wait.saturating_mul(2);
         }
@@ -434,8 +438,7 @@ impl Client {
                 return Err(ClientError::TooLarge(max));
             }
             let size = 1usize << (szx + 4);
-            let num = u32::try_from(body.len() / size)
-                .map_err(|_| ClientError::TooLarge(max))?;
+            let num = u32::try_from(body.len() / size).map_err(|_| ClientError::TooLarge(max))?;
             let (p, _reg, _rx) = self
                 .exchange(self.block2_request(path, query, num, szx))
                 .await?;
@@ -554,9 +557,7 @@ impl std::fmt::Debug for Observation {
 /// RFC 7641 §3.4: whether notification `v2` (received at `t2`) is newer than `v1` (received at `t1`).
 pub fn is_fresher(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
     const HALF: u32 = 1 << 23;
-    (v1 < v2 && v2 - v1 < HALF)
-        || (v1 > v2 && v1 - v2 > HALF)
-        || t2 > t1 + Duration::from_secs(128)
+    (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || t2 > t1 + Duration::from_secs(128)
 }
 
 impl Observation {
@@ -687,7 +688,10 @@ mod tests {
         assert!(is_fresher(1, t, 2, t));
         assert!(!is_fresher(2, t, 1, t));
         assert!(is_fresher((1 << 24) - 1, t, 3, t), "wrap-around");
-        assert!(is_fresher(5, t, 1, t + Duration::from_secs(200)), "old enough");
+        assert!(
+            is_fresher(5, t, 1, t + Duration::from_secs(200)),
+            "old enough"
+        );
     }
 
     #[test]

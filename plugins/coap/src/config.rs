@@ -33,7 +33,9 @@ impl FromStr for Mode {
             "poll" | "get" => Ok(Mode::Poll),
             "observe" => Ok(Mode::Observe),
             "ingest" | "push" => Ok(Mode::Ingest),
-            _ => Err(format!("unknown mode `{s}`; expected poll, observe or ingest")),
+            _ => Err(format!(
+                "unknown mode `{s}`; expected poll, observe or ingest"
+            )),
         }
     }
 }
@@ -142,7 +144,9 @@ pub fn validate(device: &DeviceConfig) -> Result<CoapDevice, Vec<ConfigError>> {
         if let Some(t) = &raw.ack_timeout {
             let d: Duration = t.value.into();
             if d < Duration::from_millis(10) || d > Duration::from_secs(60) {
-                errors.push(t.error("ack_timeout must be between 10ms and 60s (RFC 7252 default 2s)"));
+                errors.push(
+                    t.error("ack_timeout must be between 10ms and 60s (RFC 7252 default 2s)"),
+                );
             }
             tx.ack_timeout = d;
         }
@@ -177,9 +181,7 @@ pub fn validate(device: &DeviceConfig) -> Result<CoapDevice, Vec<ConfigError>> {
         if let Some(m) = &raw.max_body {
             let n = m.value.0;
             if n == 0 || n > MAX_BODY_LIMIT {
-                errors.push(m.error(format!(
-                    "max_body must be 1 byte to 1MiB, not {n} bytes"
-                )));
+                errors.push(m.error(format!("max_body must be 1 byte to 1MiB, not {n} bytes")));
             }
             tx.max_body = usize::try_from(n.min(MAX_BODY_LIMIT)).unwrap_or(64 * 1024);
         }
@@ -210,15 +212,17 @@ pub fn validate(device: &DeviceConfig) -> Result<CoapDevice, Vec<ConfigError>> {
             .and_then(|_| device.connection.get(key))
             .map_or_else(|| device.connection.error(""), |n| n.error(""))
     };
-    if needs_uri && uri.is_none() && !raw.as_ref().is_some_and(|r| r.uri.is_some()) {
+    if needs_uri && uri.is_none() && raw.as_ref().is_none_or(|r| r.uri.is_none()) {
         errors.push(ConfigError {
             message: "points with `mode: poll` or `mode: observe` need the server: `connection: {uri: coap://host:port}`".into(),
             ..at("uri")
         });
     }
-    if needs_ingest && ingest.is_none() && !raw.as_ref().is_some_and(|r| r.ingest.is_some()) {
+    if needs_ingest && ingest.is_none() && raw.as_ref().is_none_or(|r| r.ingest.is_none()) {
         errors.push(ConfigError {
-            message: "points with `mode: ingest` need the listener: `connection: {ingest: 0.0.0.0:5683}`".into(),
+            message:
+                "points with `mode: ingest` need the listener: `connection: {ingest: 0.0.0.0:5683}`"
+                    .into(),
             ..at("ingest")
         });
     }
@@ -233,7 +237,13 @@ pub fn validate(device: &DeviceConfig) -> Result<CoapDevice, Vec<ConfigError>> {
             continue;
         }
         for b in &points[..i] {
-            if b.mode == Mode::Ingest && b.path == a.path && !(a.extract.format.is_senml() && b.extract.format.is_senml() || a.extract.format == Format::Auto || b.extract.format == Format::Auto) && a.extract.format != b.extract.format {
+            if b.mode == Mode::Ingest
+                && b.path == a.path
+                && !(a.extract.format.is_senml() && b.extract.format.is_senml()
+                    || a.extract.format == Format::Auto
+                    || b.extract.format == Format::Auto)
+                && a.extract.format != b.extract.format
+            {
                 if let Some(p) = device.points.iter().find(|p| p.name == a.name) {
                     errors.push(p.spec.error(format!(
                         "ingest points `{}` and `{}` share path {} but differ in format ({} vs {})",
@@ -303,7 +313,11 @@ fn validate_point(
             errors.push(w.error("write_format must be text, json, cbor or raw"));
         }
     }
-    let pointer = raw.pointer.as_ref().map(|s| s.value.clone()).unwrap_or_default();
+    let pointer = raw
+        .pointer
+        .as_ref()
+        .map(|s| s.value.clone())
+        .unwrap_or_default();
     if let Some(ptr) = &raw.pointer {
         if !matches!(format, Format::Json | Format::Cbor | Format::Auto) {
             errors.push(ptr.error(format!(
@@ -337,7 +351,10 @@ fn validate_point(
     };
     for (key, set) in [
         ("method", raw.method.as_ref().map(|m| m.error(""))),
-        ("write_format", raw.write_format.as_ref().map(|m| m.error(""))),
+        (
+            "write_format",
+            raw.write_format.as_ref().map(|m| m.error("")),
+        ),
     ] {
         if let (Some(mut e), false) = (set, p.writable) {
             e.message = format!("`{key}` applies to writes, but the point is not `writable: true`");

@@ -268,8 +268,8 @@ fn parse_cbor(payload: &[u8]) -> Result<Cbor, ContentError> {
     // ciborium bounds nesting (recursion limit 256) and the reader is a slice: no unbounded allocation beyond
     // what the payload declares and holds.
     let mut r = payload;
-    let v: Cbor =
-        ciborium::de::from_reader(&mut r).map_err(|e| ContentError::Syntax(format!("CBOR: {e}")))?;
+    let v: Cbor = ciborium::de::from_reader(&mut r)
+        .map_err(|e| ContentError::Syntax(format!("CBOR: {e}")))?;
     if !r.is_empty() {
         return Err(ContentError::Syntax(format!(
             "CBOR: {} bytes after the value",
@@ -461,7 +461,9 @@ fn senml_pack(payload: &[u8], format: Format) -> Result<HashMap<String, Decoded>
 fn senml_json_records(payload: &[u8]) -> Result<Vec<Record>, ContentError> {
     let doc = parse_json(payload)?;
     let Json::Array(items) = doc else {
-        return Err(ContentError::Syntax("SenML JSON: not an array of records".into()));
+        return Err(ContentError::Syntax(
+            "SenML JSON: not an array of records".into(),
+        ));
     };
     if items.len() > MAX_SENML_RECORDS {
         return Err(ContentError::Syntax(format!(
@@ -472,7 +474,9 @@ fn senml_json_records(payload: &[u8]) -> Result<Vec<Record>, ContentError> {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let Json::Object(m) = item else {
-            return Err(ContentError::Syntax("SenML JSON: a record is not an object".into()));
+            return Err(ContentError::Syntax(
+                "SenML JSON: a record is not an object".into(),
+            ));
         };
         let f = |k: &str| m.get(k).and_then(Json::as_f64);
         let st = |k: &str| m.get(k).and_then(Json::as_str).map(str::to_owned);
@@ -501,7 +505,9 @@ fn senml_json_records(payload: &[u8]) -> Result<Vec<Record>, ContentError> {
 fn senml_cbor_records(payload: &[u8]) -> Result<Vec<Record>, ContentError> {
     let doc = parse_cbor(payload)?;
     let Cbor::Array(items) = doc else {
-        return Err(ContentError::Syntax("SenML CBOR: not an array of records".into()));
+        return Err(ContentError::Syntax(
+            "SenML CBOR: not an array of records".into(),
+        ));
     };
     if items.len() > MAX_SENML_RECORDS {
         return Err(ContentError::Syntax(format!(
@@ -512,7 +518,9 @@ fn senml_cbor_records(payload: &[u8]) -> Result<Vec<Record>, ContentError> {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let Cbor::Map(entries) = item else {
-            return Err(ContentError::Syntax("SenML CBOR: a record is not a map".into()));
+            return Err(ContentError::Syntax(
+                "SenML CBOR: a record is not a map".into(),
+            ));
         };
         let mut r = Record::default();
         for (k, v) in entries {
@@ -630,7 +638,9 @@ pub fn encode_write(value: &Value, format: Format) -> Result<(Vec<u8>, u16), Str
             other => Ok((other.to_string().into_bytes(), cf::OCTET_STREAM)),
         },
         _ => match value {
-            Value::Bytes(_) => Err("bytes cannot be written as text; use `write_format: raw`".into()),
+            Value::Bytes(_) => {
+                Err("bytes cannot be written as text; use `write_format: raw`".into())
+            }
             other => Ok((other.to_string().into_bytes(), cf::TEXT)),
         },
     }
@@ -666,9 +676,15 @@ mod tests {
     fn json_pointer() {
         let doc = br#"{"a":{"b":[1,2.5,"x"]},"t":true,"n":null}"#;
         let e = ex(Format::Json, "/a/b/1", "");
-        assert_eq!(one(doc, Some(cf::JSON), &e).unwrap().unwrap().value, Value::Float(2.5));
         assert_eq!(
-            one(doc, None, &ex(Format::Json, "/t", "")).unwrap().unwrap().value,
+            one(doc, Some(cf::JSON), &e).unwrap().unwrap().value,
+            Value::Float(2.5)
+        );
+        assert_eq!(
+            one(doc, None, &ex(Format::Json, "/t", ""))
+                .unwrap()
+                .unwrap()
+                .value,
             Value::Bool(true)
         );
         assert!(matches!(
@@ -684,7 +700,10 @@ mod tests {
             Err(ContentError::WrongFormat { .. })
         ));
         assert_eq!(
-            one(doc, Some(cf::JSON), &ex(Format::Auto, "/a/b/0", "")).unwrap().unwrap().value,
+            one(doc, Some(cf::JSON), &ex(Format::Auto, "/a/b/0", ""))
+                .unwrap()
+                .unwrap()
+                .value,
             Value::Int(1)
         );
     }
@@ -698,11 +717,17 @@ mod tests {
         let mut buf = Vec::new();
         ciborium::ser::into_writer(&v, &mut buf).unwrap();
         assert_eq!(
-            one(&buf, Some(cf::CBOR), &ex(Format::Cbor, "/temp", "")).unwrap().unwrap().value,
+            one(&buf, Some(cf::CBOR), &ex(Format::Cbor, "/temp", ""))
+                .unwrap()
+                .unwrap()
+                .value,
             Value::Float(21.5)
         );
         assert_eq!(
-            one(&buf, None, &ex(Format::Cbor, "/7/0", "")).unwrap().unwrap().value,
+            one(&buf, None, &ex(Format::Cbor, "/7/0", ""))
+                .unwrap()
+                .unwrap()
+                .value,
             Value::Bool(true)
         );
         assert!(one(&buf[..buf.len() - 1], None, &ex(Format::Cbor, "/temp", "")).is_err());
@@ -723,14 +748,20 @@ mod tests {
         let out = extract_all(pack, Some(cf::SENML_JSON), &refs);
         let temp = out[0].clone().unwrap().unwrap();
         assert_eq!(temp.value, Value::Float(21.5));
-        assert_eq!(temp.ts, Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        assert_eq!(
+            temp.ts,
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
         assert_eq!(out[1].clone().unwrap().unwrap().value, Value::Int(40));
         assert_eq!(
             out[1].clone().unwrap().unwrap().ts,
             Some(UNIX_EPOCH + Duration::from_secs(1_700_000_001))
         );
         assert_eq!(out[2].clone().unwrap().unwrap().value, Value::Bool(true));
-        assert_eq!(out[3].clone().unwrap().unwrap().value, Value::String("1.2".into()));
+        assert_eq!(
+            out[3].clone().unwrap().unwrap().value,
+            Value::String("1.2".into())
+        );
         assert_eq!(out[4], Ok(None));
     }
 
@@ -761,8 +792,14 @@ mod tests {
 
     #[test]
     fn writes() {
-        assert_eq!(encode_write(&Value::Float(65.0), Format::Text).unwrap().0, b"65");
-        assert_eq!(encode_write(&Value::Int(3), Format::Json).unwrap(), (b"3".to_vec(), cf::JSON));
+        assert_eq!(
+            encode_write(&Value::Float(65.0), Format::Text).unwrap().0,
+            b"65"
+        );
+        assert_eq!(
+            encode_write(&Value::Int(3), Format::Json).unwrap(),
+            (b"3".to_vec(), cf::JSON)
+        );
         let (c, f) = encode_write(&Value::Bool(true), Format::Cbor).unwrap();
         assert_eq!((c, f), (vec![0xF5], cf::CBOR));
         assert!(encode_write(&Value::Bytes(vec![1]), Format::Text).is_err());

@@ -83,7 +83,11 @@ fn by_resource<'a>(points: impl Iterator<Item = (usize, &'a CoapPoint)>) -> Vec<
         .collect()
 }
 
-fn decode_for(device: &CoapDevice, points: &[usize], resp: &Response) -> Vec<(usize, Result<Decoded, String>)> {
+fn decode_for(
+    device: &CoapDevice,
+    points: &[usize],
+    resp: &Response,
+) -> Vec<(usize, Result<Decoded, String>)> {
     if !resp.is_success() {
         let why = resp.describe();
         return points.iter().map(|&i| (i, Err(why.clone()))).collect();
@@ -247,7 +251,11 @@ impl Adapter for CoapAdapter {
                 Some(addr) => {
                     let lease = self
                         .ingest
-                        .acquire(&addr.to_string(), |_| Ok(()), |stop| IngestServer::bind(addr, stop))
+                        .acquire(
+                            &addr.to_string(),
+                            |_| Ok(()),
+                            |stop| IngestServer::bind(addr, stop),
+                        )
                         .map_err(|e| {
                             let msg = format!("cannot listen for CoAP ingest on {addr}: {e}");
                             ctx.status.set(DeviceStatus::Error(msg.clone()));
@@ -379,7 +387,10 @@ async fn observe_loop(
         .min()
         .unwrap_or(Duration::from_secs(10));
     let mut backoff = Backoff::new(
-        device.transmission.ack_timeout.max(Duration::from_millis(200)),
+        device
+            .transmission
+            .ack_timeout
+            .max(Duration::from_millis(200)),
         Duration::from_secs(60),
     );
     let mut failures: u32 = 0;

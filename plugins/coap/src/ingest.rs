@@ -241,7 +241,12 @@ impl DedupCache {
     }
 }
 
-async fn serve(socket: UdpSocket, routes: Routes, stats: Arc<IngestStats>, stop: CancellationToken) {
+async fn serve(
+    socket: UdpSocket,
+    routes: Routes,
+    stats: Arc<IngestStats>,
+    stop: CancellationToken,
+) {
     let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
     let mut cache = DedupCache::new();
     let mut next_mid: u16 = rand::random();
@@ -443,6 +448,9 @@ mod tests {
         assert_eq!(c.answers.len(), DEDUP_CAPACITY);
         assert!(c.get(&(peer, 0), now).is_none(), "oldest evicted");
         assert!(c.get(&(peer, 20), now).is_some());
-        assert!(c.get(&(peer, 20), now + EXCHANGE_LIFETIME).is_none(), "expired");
+        assert!(
+            c.get(&(peer, 20), now + EXCHANGE_LIFETIME).is_none(),
+            "expired"
+        );
     }
 }

@@ -4,14 +4,14 @@
 //!
 //! Map of the crate:
 //!
-//! - [`wire`]: datagram decode/encode and option helpers (the fuzzed path); pure.
-//! - [`uri`]: `coap://host:port/path?query`.
-//! - [`content`]: representations -> values (text, JSON + pointer, CBOR, raw, SenML JSON/CBOR); pure.
-//! - [`client`]: one server's endpoint: confirmable exchanges with RFC 7252 retransmission, Block2, Observe.
-//! - [`ingest`]: the shared ingest listener (duplicate cache, diagnostics).
-//! - [`config`]: the device map's CoAP keys, validated with positions.
+//! - [`wire`] — datagram decode/encode and option helpers (the fuzzed path); pure.
+//! - [`uri`] — `coap://host:port/path?query`.
+//! - [`content`] — representations -> values (text, JSON + pointer, CBOR, raw, SenML JSON/CBOR); pure.
+//! - [`client`] — one server's endpoint: confirmable exchanges with RFC 7252 retransmission, Block2, Observe.
+//! - [`ingest`] — the shared ingest listener (duplicate cache, diagnostics).
+//! - [`config`] — the device map's CoAP keys, validated with positions.
 //! - `device` (private): the SDK `PollDevice`, the observation tasks and the `Adapter`.
-//! - [`probe`]: `fieldbridge coap discover|get|put`.
+//! - [`probe`] — `fieldbridge coap discover|get|put`.
 //!
 //! The core registers [`CoapFactory`] under `coap`. Each factory owns the pool of ingest listeners (the SDK's
 //! [`SharedPool`]): devices naming the same `ingest:` address share one socket, which lives as long as one of
@@ -57,7 +57,9 @@ impl CoapFactory {
     /// The running ingest listener configured as `addr` (as written in the device map, e.g. `127.0.0.1:0`),
     /// if a device holds it: for metrics and tests (its real port, its counters).
     pub fn ingest(&self, addr: &str) -> Option<Lease<IngestServer>> {
-        let key = addr.parse::<std::net::SocketAddr>().map_or_else(|_| addr.to_owned(), |a| a.to_string());
+        let key = addr
+            .parse::<std::net::SocketAddr>()
+            .map_or_else(|_| addr.to_owned(), |a| a.to_string());
         self.ingest.get(&key)
     }
 

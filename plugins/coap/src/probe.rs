@@ -65,13 +65,13 @@ pub fn parse_links(doc: &str) -> Result<Vec<Link>, ProbeError> {
     for item in LinkFormatParser::new(doc) {
         let (target, attrs) = item.map_err(|e| ProbeError::LinkFormat(format!("{e:?}")))?;
         if out.len() >= MAX_LINKS {
-            return Err(ProbeError::LinkFormat(format!("more than {MAX_LINKS} links")));
+            return Err(ProbeError::LinkFormat(format!(
+                "more than {MAX_LINKS} links"
+            )));
         }
         out.push(Link {
             target: target.to_owned(),
-            attrs: attrs
-                .map(|(k, v)| (k.to_owned(), v.to_string()))
-                .collect(),
+            attrs: attrs.map(|(k, v)| (k.to_owned(), v.to_string())).collect(),
         });
     }
     Ok(out)
@@ -95,7 +95,8 @@ pub async fn discover(uri: &str, tx: Transmission) -> Result<Vec<Link>, ProbeErr
             resp.content_format.unwrap_or_default()
         )));
     }
-    let text = String::from_utf8(resp.payload).map_err(|_| ProbeError::LinkFormat("not UTF-8".into()))?;
+    let text =
+        String::from_utf8(resp.payload).map_err(|_| ProbeError::LinkFormat("not UTF-8".into()))?;
     parse_links(&text)
 }
 
@@ -121,7 +122,9 @@ pub async fn put(
     let u = CoapUri::parse(uri)?;
     let (bytes, cf) = encode_write(&parse_text(payload), format).map_err(ProbeError::Invalid)?;
     let c = client(&u, tx).await?;
-    let resp = c.send(method, &u.path, u.query.as_deref(), &bytes, Some(cf)).await?;
+    let resp = c
+        .send(method, &u.path, u.query.as_deref(), &bytes, Some(cf))
+        .await?;
     if !resp.is_success() {
         return Err(ProbeError::Refused(resp.describe()));
     }
@@ -134,7 +137,8 @@ mod tests {
 
     #[test]
     fn links() {
-        let l = parse_links(r#"</sensors/temp>;rt="temperature";obs;ct=0,</a>;if="sensor""#).unwrap();
+        let l =
+            parse_links(r#"</sensors/temp>;rt="temperature";obs;ct=0,</a>;if="sensor""#).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].target, "/sensors/temp");
         assert_eq!(l[0].attr("rt"), Some("temperature"));

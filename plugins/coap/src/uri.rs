@@ -77,7 +77,11 @@ impl CoapUri {
         Ok(CoapUri {
             host: host.to_owned(),
             port,
-            path: if path.is_empty() { "/".into() } else { path.to_owned() },
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.to_owned()
+            },
             query: query.filter(|q| !q.is_empty()),
         })
     }
@@ -119,16 +123,28 @@ mod tests {
     #[test]
     fn parses() {
         let u = CoapUri::parse("coap://10.0.0.5").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("10.0.0.5", 5683, "/"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("10.0.0.5", 5683, "/")
+        );
         let u = CoapUri::parse("coap://[::1]:5684/a/b?x=1").unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.port, 5684);
         assert_eq!(u.path, "/a/b");
         assert_eq!(u.query.as_deref(), Some("x=1"));
         assert_eq!(u.to_string(), "coap://[::1]:5684/a/b?x=1");
-        assert!(matches!(CoapUri::parse("coaps://h"), Err(UriError::Scheme(_))));
-        assert!(matches!(CoapUri::parse("coap://h:0"), Err(UriError::Port(..))));
-        assert!(matches!(CoapUri::parse("coap://:5683"), Err(UriError::NoHost(_))));
+        assert!(matches!(
+            CoapUri::parse("coaps://h"),
+            Err(UriError::Scheme(_))
+        ));
+        assert!(matches!(
+            CoapUri::parse("coap://h:0"),
+            Err(UriError::Port(..))
+        ));
+        assert!(matches!(
+            CoapUri::parse("coap://:5683"),
+            Err(UriError::NoHost(_))
+        ));
         assert_eq!(split_path("a/b?q=1"), ("/a/b".into(), Some("q=1".into())));
     }
 }

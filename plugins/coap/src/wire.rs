@@ -283,8 +283,14 @@ mod tests {
     #[test]
     fn decode_rejects_garbage_and_accepts_requests() {
         assert!(decode(&[]).is_err());
-        assert!(matches!(decode(&[0x80, 1, 0, 1]), Err(WireError::Version(2))));
-        assert!(decode(&[0x49, 1, 0, 1]).is_err(), "token length past the end");
+        assert!(matches!(
+            decode(&[0x80, 1, 0, 1]),
+            Err(WireError::Version(2))
+        ));
+        assert!(
+            decode(&[0x49, 1, 0, 1]).is_err(),
+            "token length past the end"
+        );
         assert!(matches!(
             decode(&[0x41, 0, 0, 1, 7]),
             Err(WireError::EmptyWithContent)
@@ -311,6 +317,8 @@ mod tests {
             "4.04 Not Found"
         );
         assert!(is_success(MessageClass::Response(ResponseType::Changed)));
-        assert!(!is_success(MessageClass::Response(ResponseType::BadRequest)));
+        assert!(!is_success(MessageClass::Response(
+            ResponseType::BadRequest
+        )));
     }
 }

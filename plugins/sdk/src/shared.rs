@@ -166,7 +166,9 @@ mod tests {
     #[test]
     fn reuse_can_refuse() {
         let pool: SharedPool<u32> = SharedPool::new();
-        let _a = pool.acquire::<String>("k", |_| Ok(()), |_| Ok(9600)).unwrap();
+        let _a = pool
+            .acquire::<String>("k", |_| Ok(()), |_| Ok(9600))
+            .unwrap();
         let e = pool
             .acquire("k", |r| Err(format!("open at {r}")), |_| Ok(19200))
             .unwrap_err();

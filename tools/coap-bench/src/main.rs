@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark: N observed CoAP resources + an ingest load through the fieldbridge adapter")]
+#[command(
+    about = "Benchmark: N observed CoAP resources + an ingest load through the fieldbridge adapter"
+)]
 struct Args {
     /// Observed resources (one device, one point each).
     #[arg(long, default_value_t = 1000)]
@@ -103,7 +105,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let duration = fieldbridge_sdk::config::parse_duration(&args.duration).map_err(anyhow::Error::msg)?;
+    let duration =
+        fieldbridge_sdk::config::parse_duration(&args.duration).map_err(anyhow::Error::msg)?;
     let peer_path: PathBuf = std::env::current_exe()?.with_file_name("coap-peer");
     let mut peer = Command::new(&peer_path)
         .args(["--observables", &args.observables.to_string()])
@@ -115,7 +118,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("start {}", peer_path.display()))?;
     let mut peer_in = peer.stdin.take().context("peer stdin")?;
     let mut peer_out = BufReader::new(peer.stdout.take().context("peer stdout")?).lines();
-    let port: u16 = match tokio::time::timeout(Duration::from_secs(30), peer_out.next_line()).await {
+    let port: u16 = match tokio::time::timeout(Duration::from_secs(30), peer_out.next_line()).await
+    {
         Ok(Ok(Some(l))) if l.starts_with("READY ") => l[6..].trim().parse()?,
         other => bail!("the peer did not start: {other:?}"),
     };
@@ -142,11 +146,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "name: observed\nprotocol: coap\npoll_interval: 1h\nconnection:\n  uri: coap://127.0.0.1:{port}\npoints:\n"
     );
     for i in 0..args.observables {
-        observed_yaml.push_str(&format!("  - {{name: o{i}, path: /obs/{i}, mode: observe}}\n"));
+        observed_yaml.push_str(&format!(
+            "  - {{name: o{i}, path: /obs/{i}, mode: observe}}\n"
+        ));
     }
-    let mut ingest_yaml = "name: ingest\nprotocol: coap\nconnection:\n  ingest: \"127.0.0.1:0\"\npoints:\n".to_owned();
+    let mut ingest_yaml =
+        "name: ingest\nprotocol: coap\nconnection:\n  ingest: \"127.0.0.1:0\"\npoints:\n"
+            .to_owned();
     for i in 0..10 {
-        ingest_yaml.push_str(&format!("  - {{name: p{i}, path: /bench/p{i}, mode: ingest}}\n"));
+        ingest_yaml.push_str(&format!(
+            "  - {{name: p{i}, path: /bench/p{i}, mode: ingest}}\n"
+        ));
     }
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -172,7 +182,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let warm = Instant::now();
     while observed.load(Ordering::Relaxed) < args.observables as u64 {
         if warm.elapsed() > Duration::from_secs(60) {
-            bail!("warm-up: only {} of {} resources registered in 60 s", observed.load(Ordering::Relaxed), args.observables);
+            bail!(
+                "warm-up: only {} of {} resources registered in 60 s",
+                observed.load(Ordering::Relaxed),
+                args.observables
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -183,7 +197,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    peer_in.write_all(format!("load {listen} {}\n", args.ingest_rate).as_bytes()).await?;
+    peer_in
+        .write_all(format!("load {listen} {}\n", args.ingest_rate).as_bytes())
+        .await?;
     // Let the load settle for a second before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
 

@@ -12,8 +12,12 @@ use crate::util::*;
 /// A relay to `server` that drops the first `lose` requests it receives; returns its address and a counter
 /// of requests received.
 async fn dropping_relay(server: SocketAddr, lose: u32) -> (SocketAddr, Arc<AtomicU32>) {
-    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     back.connect(server).await.expect("connect");
     let addr = front.local_addr().expect("addr");
     let seen = Arc::new(AtomicU32::new(0));
@@ -56,15 +60,22 @@ async fn lost_requests_are_retransmitted() {
     let server = libcoap_server(free_udp_port());
     let target: SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
     let (relay, seen) = dropping_relay(target, 2).await;
-    let c = Client::connect(&relay.to_string(), fast(2)).await.expect("client");
-    let resp = c.get("/time", None).await.expect("third transmission answered");
+    let c = Client::connect(&relay.to_string(), fast(2))
+        .await
+        .expect("client");
+    let resp = c
+        .get("/time", None)
+        .await
+        .expect("third transmission answered");
     assert!(resp.is_success(), "{resp:?}");
     assert_eq!(seen.load(Ordering::SeqCst), 3);
     assert_eq!(c.stats().retransmissions.load(Ordering::Relaxed), 2);
 
     // One retransmission is not enough for two losses.
     let (relay, seen) = dropping_relay(target, 2).await;
-    let c = Client::connect(&relay.to_string(), fast(1)).await.expect("client");
+    let c = Client::connect(&relay.to_string(), fast(1))
+        .await
+        .expect("client");
     assert_eq!(c.get("/time", None).await, Err(ClientError::Timeout(2)));
     assert_eq!(seen.load(Ordering::SeqCst), 2);
 }

@@ -36,7 +36,9 @@ fn every_problem_is_reported_at_its_place() {
         ("14:15", "pth"),
     ];
     assert!(
-        !errs.iter().any(|e| e.contains("no point has `mode: ingest`")),
+        !errs
+            .iter()
+            .any(|e| e.contains("no point has `mode: ingest`")),
         "a point rejected for another reason must not cascade: {errs:#?}"
     );
     for (at, needle) in want {
@@ -50,8 +52,14 @@ fn every_problem_is_reported_at_its_place() {
 #[test]
 fn a_server_and_a_listener_are_required_when_used() {
     let errs = errors("name: d\nprotocol: coap\npoints:\n  - {name: a, path: /a}\n  - {name: b, path: /b, mode: ingest}\n");
-    assert!(errs.iter().any(|e| e.contains("need the server")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("need the listener")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("need the server")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("need the listener")),
+        "{errs:?}"
+    );
     let errs = errors("name: d\nprotocol: coap\nconnection: {uri: \"coap://h/x\"}\npoints:\n  - {name: a, path: /a}\n");
     assert!(errs[0].contains("the server only"), "{errs:?}");
 }

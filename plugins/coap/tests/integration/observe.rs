@@ -15,7 +15,10 @@ fn int(v: &Value) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_survives_a_server_restart() {
     let port = free_udp_port();
-    let mut server = aiocoap_server(port, &["--base", "1000", "--interval", "0.1", "--max-age", "1"]);
+    let mut server = aiocoap_server(
+        port,
+        &["--base", "1000", "--interval", "0.1", "--max-age", "1"],
+    );
     let f = CoapFactory::new();
     // A long poll interval: every reading below comes from a notification, not from polling.
     let mut h = start(
@@ -36,14 +39,20 @@ async fn observe_survives_a_server_restart() {
     }
     assert_eq!(h.status(), DeviceStatus::Online);
     server.kill();
-    let _server = aiocoap_server(port, &["--base", "5000", "--interval", "0.1", "--max-age", "1"]);
+    let _server = aiocoap_server(
+        port,
+        &["--base", "5000", "--interval", "0.1", "--max-age", "1"],
+    );
     // The new server knows nothing of us: only a re-registration brings its values.
     let r = h
         .wait_for(|r| matches!(r.value, Value::Int(v) if v >= 5000), WAIT)
         .await;
     let mut last = int(&r.value);
     let v = int(&h.next_reading(WAIT).await.value);
-    assert!(v > last, "notifications continue after re-registration: {v} after {last}");
+    assert!(
+        v > last,
+        "notifications continue after re-registration: {v} after {last}"
+    );
     last = v;
     assert!(last >= 5000);
 }
@@ -77,7 +86,10 @@ async fn observe_libcoap_dynamic_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_only_device_goes_offline_and_back() {
     let port = free_udp_port();
-    let mut server = aiocoap_server(port, &["--base", "10", "--interval", "0.1", "--max-age", "1"]);
+    let mut server = aiocoap_server(
+        port,
+        &["--base", "10", "--interval", "0.1", "--max-age", "1"],
+    );
     let f = CoapFactory::new();
     let mut h = start(
         &f,
@@ -91,7 +103,10 @@ async fn observe_only_device_goes_offline_and_back() {
     server.kill();
     h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
         .await;
-    let _server = aiocoap_server(port, &["--base", "900", "--interval", "0.1", "--max-age", "1"]);
+    let _server = aiocoap_server(
+        port,
+        &["--base", "900", "--interval", "0.1", "--max-age", "1"],
+    );
     h.wait_status(|s| *s == DeviceStatus::Online, WAIT).await;
     h.wait_for(|r| matches!(r.value, Value::Int(v) if v >= 900), WAIT)
         .await;

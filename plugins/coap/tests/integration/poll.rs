@@ -37,10 +37,15 @@ async fn polls_libcoap_and_writes_back() {
         q => panic!("expected bad quality, got {q:?}"),
     }
     // Write-back: PUT, then read back from the server with libcoap's own client.
-    h.write("setpoint", Value::Float(65.5)).await.expect("write");
+    h.write("setpoint", Value::Float(65.5))
+        .await
+        .expect("write");
     assert_eq!(stdout(&["-m", "get", &format!("{base}/setpoint")]), "65.5");
-    h.wait_for(|r| &*r.point == "setpoint" && r.value == Value::Float(65.5), WAIT)
-        .await;
+    h.wait_for(
+        |r| &*r.point == "setpoint" && r.value == Value::Float(65.5),
+        WAIT,
+    )
+    .await;
     // The server's refusal is the command's result.
     match h.write("wkc", Value::Int(1)).await {
         Err(CommandError::Device(why)) => assert!(why.starts_with("4.05"), "{why}"),
@@ -116,7 +121,10 @@ async fn representations_over_max_body_are_refused() {
     let r = h.wait_for(|r| &*r.point == "big", WAIT).await;
     match r.quality {
         Quality::Bad(why) => assert!(why.contains("larger than 1024"), "{why}"),
-        q => panic!("a 3 KB representation passed a 1 KiB bound: {q:?} {:?}", r.value),
+        q => panic!(
+            "a 3 KB representation passed a 1 KiB bound: {q:?} {:?}",
+            r.value
+        ),
     }
     // Still online: the device answered.
     assert_eq!(h.status(), DeviceStatus::Online);

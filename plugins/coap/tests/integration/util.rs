@@ -50,7 +50,13 @@ fn spawn(cmd: &mut Command, what: &str, package: &str) -> Child {
 fn wait_ready(port: u16, path: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let out = coap_client(&["-m", "get", "-B", "1", &format!("coap://127.0.0.1:{port}{path}")]);
+        let out = coap_client(&[
+            "-m",
+            "get",
+            "-B",
+            "1",
+            &format!("coap://127.0.0.1:{port}{path}"),
+        ]);
         if out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             return;
         }
@@ -65,7 +71,16 @@ fn wait_ready(port: u16, path: &str) {
 pub fn libcoap_server(port: u16) -> Peer {
     let child = spawn(
         Command::new("coap-server-notls")
-            .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "20", "-v", "0"])
+            .args([
+                "-A",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-d",
+                "20",
+                "-v",
+                "0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
         "coap-server-notls",

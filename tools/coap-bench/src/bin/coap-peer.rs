@@ -46,7 +46,8 @@ const TICK: Duration = Duration::from_millis(10);
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let every = fieldbridge_sdk::config::parse_duration(&args.notify_interval).map_err(anyhow::Error::msg)?;
+    let every = fieldbridge_sdk::config::parse_duration(&args.notify_interval)
+        .map_err(anyhow::Error::msg)?;
     let socket = Arc::new(UdpSocket::bind(("127.0.0.1", args.port)).await?);
     let counters = Arc::new(Counters::default());
     println!("READY {}", socket.local_addr()?.port());
@@ -145,7 +146,9 @@ async fn serve(socket: Arc<UdpSocket>, n: usize, every: Duration, counters: Arc<
 
 /// Confirmable POSTs at `rate`/s to `/bench/p0`…`/bench/p9`, counting 2.04 answers.
 async fn load(addr: SocketAddr, rate: u64, counters: Arc<Counters>) {
-    let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else { return };
+    let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else {
+        return;
+    };
     if socket.connect(addr).await.is_err() {
         return;
     }
