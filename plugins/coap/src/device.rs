@@ -249,18 +249,11 @@ impl Adapter for CoapAdapter {
             // Ingest: the shared listener and our paths on it, both held for as long as we run.
             let _ingest = match device.ingest {
                 Some(addr) => {
-                    let lease = self
-                        .ingest
-                        .acquire(
-                            &addr.to_string(),
-                            |_| Ok(()),
-                            |stop| IngestServer::bind(addr, stop),
-                        )
-                        .map_err(|e| {
-                            let msg = format!("cannot listen for CoAP ingest on {addr}: {e}");
-                            ctx.status.set(DeviceStatus::Error(msg.clone()));
-                            AdapterError::Fatal(msg)
-                        })?;
+                    let lease = acquire_listener(&self.ingest, addr).await.map_err(|e| {
+                        let msg = format!("cannot listen for CoAP ingest on {addr}: {e}");
+                        ctx.status.set(DeviceStatus::Error(msg.clone()));
+                        AdapterError::Fatal(msg)
+                    })?;
                     let mut paths: BTreeMap<String, Vec<IngestPoint>> = BTreeMap::new();
                     for p in device.points.iter().filter(|p| p.mode == Mode::Ingest) {
                         paths.entry(p.path.clone()).or_default().push(IngestPoint {
@@ -338,6 +331,34 @@ impl Adapter for CoapAdapter {
                 }
             }
         })
+    }
+}
+
+/// How long a device waits for its listener's address to be released by a listener that is stopping.
+const REBIND_WAIT: Duration = Duration::from_secs(2);
+
+/// The shared listener for `addr`. When the last device of a listener stops and a new one (a reload) binds the
+/// same address at once, the old socket closes a moment later (its task ends asynchronously): "address in use"
+/// is retried for a bounded time before it is an error (which the core then retries with backoff).
+async fn acquire_listener(
+    pool: &SharedPool<IngestServer>,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<fieldbridge_sdk::Lease<IngestServer>> {
+    let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+    loop {
+        match pool.acquire(
+            &addr.to_string(),
+            |_| Ok(()),
+            |stop| IngestServer::bind(addr, stop),
+        ) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
     }
 }
 
