@@ -52,6 +52,8 @@ impl Default for Registry {
             Arc::new(fieldbridge_modbus::ModbusFactory::default()),
             #[cfg(feature = "serial")]
             Arc::new(fieldbridge_serial::SerialFactory::new()),
+            #[cfg(feature = "coap")]
+            Arc::new(fieldbridge_coap::CoapFactory::new()),
         ];
         Registry { factories }
     }

@@ -53,6 +53,10 @@ enum Cmd {
     #[cfg(feature = "serial")]
     #[command(subcommand)]
     Serial(fieldbridge::cli::serial::SerialCmd),
+    /// Commission a CoAP device (discover, get, put), with the adapter's own client and decoder.
+    #[cfg(feature = "coap")]
+    #[command(subcommand)]
+    Coap(fieldbridge::cli::coap::CoapCmd),
     /// Validate a configuration (and every device map it names) without starting anything.
     Check {
         /// The main configuration file.
@@ -122,6 +126,8 @@ fn main() -> ExitCode {
             });
             ExitCode::from(code)
         }
+        #[cfg(feature = "coap")]
+        Cmd::Coap(cmd) => ExitCode::from(fieldbridge::cli::coap::main(&cmd)),
         Cmd::Run { config } => {
             let registry = Registry::default();
             let cfg = match app::load_config(&config, &registry) {

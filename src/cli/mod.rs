@@ -9,6 +9,8 @@
 //! errors, also used when the daemon refuses a parameter); 64 `reload` refused because the configuration is
 //! invalid (the same code as `check`).
 mod client;
+#[cfg(feature = "coap")]
+pub mod coap;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 mod query;

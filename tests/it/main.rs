@@ -9,6 +9,8 @@ mod broker_hardening;
 mod broker_peers;
 mod broker_state;
 mod broker_transports;
+#[cfg(feature = "coap")]
+mod coap;
 mod daemon;
 mod ingest;
 mod pipeline;

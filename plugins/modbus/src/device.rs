@@ -31,7 +31,7 @@ use tokio_modbus::ExceptionCode;
 use crate::config::ModbusDevice;
 use crate::ops::{self, Data, Target};
 use crate::plan::{PlanGroup, ReadRequest};
-use crate::transport::{exception_name, Line, LineRegistry};
+use crate::transport::{exception_name, LineLease, LineRegistry};
 
 /// One request of the plan and whether the device made us split it.
 #[derive(Debug, Clone)]
@@ -42,13 +42,13 @@ struct Slot {
 
 /// The [`PollDevice`] of one Modbus device on a shared line.
 pub(crate) struct ModbusPollDevice {
-    line: Arc<Line>,
+    line: LineLease,
     device: Arc<ModbusDevice>,
     groups: Vec<Vec<Slot>>,
 }
 
 impl ModbusPollDevice {
-    pub(crate) fn new(line: Arc<Line>, device: Arc<ModbusDevice>, plan: &[PlanGroup]) -> Self {
+    pub(crate) fn new(line: LineLease, device: Arc<ModbusDevice>, plan: &[PlanGroup]) -> Self {
         let groups = plan
             .iter()
             .map(|g| {

@@ -15,9 +15,9 @@
 //! - `device` (private): the SDK `PollDevice` and `Adapter` over a line.
 //! - [`probe`]: one-shot reads and writes for the `fieldbridge modbus read|write` commissioning command.
 //!
-//! The core registers [`ModbusFactory`] under `modbus`. [`ModbusFactory::new`] (and `default()`) use one
-//! process-wide [`transport::LineRegistry`], so every device naming the same serial port or TCP endpoint shares
-//! one connection, across reloads too.
+//! The core registers [`ModbusFactory`] under `modbus`. Each factory owns a [`transport::LineRegistry`] (the
+//! SDK's shared-resource pool), and the core keeps one factory per running application, so every device naming
+//! the same serial port or TCP endpoint shares one connection, across reloads too, without process-wide state.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -30,7 +30,7 @@ pub mod plan;
 pub mod probe;
 pub mod transport;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use fieldbridge_sdk::{Adapter, AdapterFactory, ConfigError, DeviceConfig};
 
@@ -42,13 +42,10 @@ pub use probe::{
     parse_address, parse_value, probe_read, probe_write, ConnectionArgs, ProbeError, ProbeTarget,
     ProbeValue,
 };
-pub use transport::{Endpoint, LineRegistry, Parity, SerialSettings};
+pub use transport::{Endpoint, LineLease, LineRegistry, Parity, SerialSettings};
 
 /// The protocol name in device maps.
 pub const PROTOCOL: &str = "modbus";
-
-/// The lines of this process (see [`ModbusFactory::new`]).
-static PROCESS_LINES: OnceLock<LineRegistry> = OnceLock::new();
 
 /// Builds Modbus adapters. Devices built by factories sharing a [`LineRegistry`] that name the same serial
 /// port or TCP endpoint share one connection.
@@ -64,12 +61,12 @@ impl Default for ModbusFactory {
 }
 
 impl ModbusFactory {
-    /// A factory on the process-wide line registry. Process-wide rather than per factory so that a reload
-    /// (which may build a new factory) hands the new adapters the port the old ones still hold, instead of
-    /// opening an exclusive serial port twice.
+    /// A factory with its own line registry. The core builds one per application and reuses it across
+    /// reloads, so a reload hands the new adapters the port the old ones still hold, instead of opening an
+    /// exclusive serial port twice.
     pub fn new() -> Self {
         ModbusFactory {
-            registry: PROCESS_LINES.get_or_init(LineRegistry::new).clone(),
+            registry: LineRegistry::new(),
         }
     }
 

@@ -20,11 +20,9 @@
 //! Connecting again is the only recovery a line needs: a server that starts after us, restarts, or a USB
 //! adapter that is re-plugged, all come back at the next request. Pacing (backoff while a device is down) is
 //! the poller's job.
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -36,6 +34,7 @@ use tokio_modbus::slave::{Slave, SlaveContext as _};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 pub use fieldbridge_sdk::poller::TransportError;
+use fieldbridge_sdk::{Lease, SharedPool};
 
 /// Parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,12 +153,15 @@ pub struct LineConflict {
     pub wanted: String,
 }
 
-/// The lines of one factory, keyed by [`Endpoint::key`]. Holds weak references: a line closes when the
+/// The lines of one factory, keyed by [`Endpoint::key`]: the SDK's [`SharedPool`], so a line closes when the
 /// last device using it stops (reload, shutdown), and a later device with other settings may then reopen it.
 #[derive(Debug, Clone, Default)]
 pub struct LineRegistry {
-    lines: Arc<Mutex<HashMap<String, Weak<Line>>>>,
+    lines: SharedPool<Line>,
 }
+
+/// A device's hold on a line (the line stays open while one exists).
+pub type LineLease = Lease<Line>;
 
 impl LineRegistry {
     /// An empty registry.
@@ -168,29 +170,28 @@ impl LineRegistry {
     }
 
     /// The line for `endpoint`, creating it (without I/O) if no live device holds it.
-    pub fn acquire(&self, endpoint: &Endpoint) -> Result<Arc<Line>, LineConflict> {
+    pub fn acquire(&self, endpoint: &Endpoint) -> Result<LineLease, LineConflict> {
         let key = endpoint.key();
-        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.retain(|_, w| w.strong_count() > 0);
-        if let Some(line) = lines.get(&key).and_then(Weak::upgrade) {
-            if line.endpoint != *endpoint {
-                return Err(LineConflict {
-                    key,
-                    existing: line.endpoint.to_string(),
-                    wanted: endpoint.to_string(),
-                });
-            }
-            return Ok(line);
-        }
-        let line = Arc::new(Line::new(endpoint.clone()));
-        lines.insert(key, Arc::downgrade(&line));
-        Ok(line)
+        self.lines.acquire(
+            &key,
+            |line| {
+                if line.endpoint == *endpoint {
+                    Ok(())
+                } else {
+                    Err(LineConflict {
+                        key: key.clone(),
+                        existing: line.endpoint.to_string(),
+                        wanted: endpoint.to_string(),
+                    })
+                }
+            },
+            |_stop| Ok(Line::new(endpoint.clone())),
+        )
     }
 
     /// How many lines are open (held by a live device), for tests and metrics.
     pub fn open_lines(&self) -> usize {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.values().filter(|w| w.strong_count() > 0).count()
+        self.lines.open()
     }
 }
 
@@ -448,6 +449,7 @@ pub fn exception_name(code: ExceptionCode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn serial(path: &str, baud: u32) -> Endpoint {
         Endpoint::Serial(SerialSettings {

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod config;
 pub mod poller;
+pub mod shared;
 pub mod testkit;
 
 pub use config::{ConfigError, ConfigNode, Mark, NodeKind};
@@ -35,6 +36,7 @@ pub use poller::{
     DeviceException, GroupReading, PollDevice, PollGroup, PollPlan, PollPoint, PollStats,
     PollStatsSnapshot, Poller, PollerSettings, TransportError,
 };
+pub use shared::{Lease, Shared, SharedPool};
 pub use testkit::TestHarness;
 
 /// A value read from, or written to, a device point.
