@@ -1032,10 +1032,16 @@ async fn sqlite_full_block_holds_rows_until_room() {
 struct Tmpfs {
     // Dropped after `Drop::drop` has unmounted it.
     dir: tempfile::TempDir,
+    // One full-disk scenario at a time: their recovery (release the reserve, checkpoint, evict) must not also
+    // compete with another one's for the two cores.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static DISK_FULL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
+        let guard = DISK_FULL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -1047,7 +1053,10 @@ impl Tmpfs {
             "this test mounts a small tmpfs to fill a real disk and needs root (CAP_SYS_ADMIN): mount said {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Tmpfs { dir }
+        Tmpfs {
+            dir,
+            _one_at_a_time: guard,
+        }
     }
 
     fn path(&self) -> &Path {
