@@ -803,8 +803,10 @@ async fn cap_drop_newest_refuses_and_counts_exactly() {
     store.set_cursor("b", store.head()).unwrap();
     wait_until("room made", || store.stats().state == WriterState::Normal).await;
     assert!(store.append(big(5000, 1000)).await.unwrap().await.is_ok());
+    // Whether the delivered rows had to be removed for this append depends on what the last checkpoint left
+    // free (an awaited append commits at once); what is promised is that it is accepted and nothing more was
+    // refused.
     let st = store.stats();
-    assert!(st.removed_for_space > 0);
     assert_eq!(st.dropped.newest, refused);
     store.close().unwrap();
     integrity_ok(&c.path);
