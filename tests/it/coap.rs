@@ -9,11 +9,7 @@ use crate::util::peers::{mosquitto_pub, mosquitto_sub, run, Peer};
 use crate::util::WAIT;
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::util::free_low_port()
 }
 
 async fn coap_client(args: &[&str]) -> (i32, String) {
@@ -85,7 +81,7 @@ devices:
   - name: sensor
     protocol: coap
     poll_interval: 200ms
-    connection: {{uri: \"coap://127.0.0.1:{server_port}\", ack_timeout: 200ms, max_retransmit: 2}}
+    connection: {{uri: \"coap://127.0.0.1:{server_port}\", ack_timeout: 1s, max_retransmit: 4}}
     points:
       - {{name: level, path: /level, writable: true}}
 ",

@@ -15,13 +15,9 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fieldbridge"))
 }
 
-/// A free loopback port (bound and released; the daemon binds it right after).
+/// A free loopback port for a daemon to bind (below the ephemeral range: see `util::free_low_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::util::free_low_port()
 }
 
 /// A running daemon, killed when dropped. Its log (stderr, level `warn` and up) can be waited on.

@@ -110,3 +110,22 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// A free loopback port below Linux's ephemeral range (32768–60999), so that no socket bound to port 0 by a
+/// test running in parallel (a broker, a client) can take it between this check and the daemon's bind. Ports
+/// are handed out in turn within the process; each is checked free (TCP and UDP) before it is returned.
+pub fn free_low_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 97) % 10_000;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (20_000 + (base - 20_000 + n) % 12_000) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000")
+}
