@@ -47,7 +47,7 @@ fn spawn(config: &Path, notify_socket: &str, watchdog: Option<(&str, Option<Stri
 
 async fn next(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(WAIT, sock.recv(&mut buf))
+    let n = tokio::time::timeout(WAIT * 3, sock.recv(&mut buf))
         .await
         .expect("a notification from fieldbridge in time")
         .expect("recv");
