@@ -368,8 +368,13 @@ pub struct ClientAcl {
     generation: u64,
     user: Option<Arc<str>>,
     client_id: Arc<str>,
-    /// No ACL configured: everything is allowed and nothing is looked up.
-    open: bool,
+    /// `None`: no ACL configured, everything is allowed and nothing is looked up. Boxed: every connection
+    /// carries a `ClientAcl`, most brokers have no ACL.
+    compiled: Option<Box<Compiled>>,
+}
+
+#[derive(Debug)]
+struct Compiled {
     rules: Vec<Rule>,
     read_cache: HashMap<Arc<str>, bool, ahash::RandomState>,
 }
@@ -379,9 +384,7 @@ impl ClientAcl {
     pub fn new(cfg: Arc<BrokerConfig>, user: Option<&str>, client_id: Arc<str>) -> ClientAcl {
         let mut acl = ClientAcl {
             generation: 0,
-            open: true,
-            rules: Vec::new(),
-            read_cache: HashMap::default(),
+            compiled: None,
             user: user.map(Into::into),
             client_id,
             cfg: cfg.clone(),
@@ -391,9 +394,12 @@ impl ClientAcl {
     }
 
     fn rebuild(&mut self, cfg: Arc<BrokerConfig>) {
-        self.open = cfg.acl.is_empty();
-        self.rules = compile(&cfg.acl, self.user.as_deref(), &self.client_id);
-        self.read_cache.clear();
+        self.compiled = (!cfg.acl.is_empty()).then(|| {
+            Box::new(Compiled {
+                rules: compile(&cfg.acl, self.user.as_deref(), &self.client_id),
+                read_cache: HashMap::default(),
+            })
+        });
         self.cfg = cfg;
     }
 
@@ -422,23 +428,29 @@ impl ClientAcl {
 
     /// Whether the client may publish on `topic`.
     pub fn may_publish(&self, topic: &str) -> bool {
-        self.open || decide(&self.rules, Action::Publish, topic)
+        self.compiled
+            .as_ref()
+            .is_none_or(|c| decide(&c.rules, Action::Publish, topic))
     }
 
     /// Whether the client may subscribe to `filter` (without a `$share/<group>/` prefix).
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        self.open || decide_subscribe(&self.rules, filter)
+        self.compiled
+            .as_ref()
+            .is_none_or(|c| decide_subscribe(&c.rules, filter))
     }
 
     /// Whether a message on `topic` may be delivered to the client (cached per topic).
     #[inline]
     pub fn may_read(&mut self, topic: &Arc<str>) -> bool {
-        if self.open {
-            return true;
+        match &mut self.compiled {
+            None => true,
+            Some(c) => c.may_read_slow(topic),
         }
-        self.may_read_slow(topic)
     }
+}
 
+impl Compiled {
     fn may_read_slow(&mut self, topic: &Arc<str>) -> bool {
         if let Some(v) = self.read_cache.get(topic) {
             return *v;
@@ -790,9 +802,9 @@ mod tests {
         for i in 0..3 * READ_CACHE_MAX {
             assert!(acl.may_read(&format!("gw/{i}").into()));
         }
-        assert!(acl.read_cache.len() <= READ_CACHE_MAX);
+        assert!(acl.compiled.as_ref().unwrap().read_cache.len() <= READ_CACHE_MAX);
         let open = ClientAcl::new(Arc::new(BrokerConfig::default()), None, "c".into());
-        assert!(open.open);
+        assert!(open.compiled.is_none());
     }
 
     #[test]

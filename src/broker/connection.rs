@@ -15,7 +15,6 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::OwnedNotified;
-use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Action, ClientAcl};
 use super::codec::{
@@ -105,7 +104,7 @@ pub(crate) async fn serve<S: Io>(
     over_limit: bool,
     allow_anonymous: Option<bool>,
 ) {
-    let Some((mut conn, token)) =
+    let Some(mut conn) =
         Box::pin(handshake(broker, stream, peer, over_limit, allow_anonymous)).await
     else {
         return;
@@ -113,18 +112,18 @@ pub(crate) async fn serve<S: Io>(
     tracing::debug!(%peer, client_id = %conn.session.client_id, protocol = ?conn.protocol, "client connected");
     conn.resend_inflight();
     conn.pump();
-    let exit = conn.run(token).await;
+    let exit = conn.run().await;
     Box::pin(conn.finish(peer, exit)).await;
 }
 
-/// Reads and answers the CONNECT; on success the connection, ready to run, and its takeover token.
+/// Reads and answers the CONNECT; on success the connection, ready to run.
 async fn handshake<S: Io>(
     broker: Broker,
     mut stream: S,
     peer: SocketAddr,
     over_limit: bool,
     allow_anonymous: Option<bool>,
-) -> Option<(Conn<S>, CancellationToken)> {
+) -> Option<Conn<S>> {
     let cfg = broker.config();
     let mut rbuf = BytesMut::with_capacity(MIN_READ);
     let connect = tokio::select! {
@@ -216,7 +215,8 @@ async fn handshake<S: Io>(
         connect_expiry_zero: accepted.connect_expiry_zero,
         cfg,
     };
-    Some((conn, accepted.token))
+    conn.touch_keepalive();
+    Some(conn)
 }
 
 async fn read_connect<S: AsyncRead + Unpin>(
@@ -265,7 +265,6 @@ fn refuse(out: &mut BytesMut, protocol: Protocol, code: u8) {
 struct Accepted {
     session: Arc<Session>,
     generation: u64,
-    token: CancellationToken,
     username: Option<String>,
     keepalive: Option<Duration>,
     client_receive_max: u16,
@@ -352,7 +351,7 @@ fn accept(
         // 5.0 §3.2.2.3.14: with a server-side limit in force, say which keepalive applies.
         server_keep_alive = Some(keep_alive);
     }
-    let (session, present, token, generation) = broker.attach(
+    let (session, present, generation) = broker.attach(
         &client_id,
         connect.clean_start,
         connect.protocol,
@@ -391,7 +390,6 @@ fn accept(
     Ok(Accepted {
         session,
         generation,
-        token,
         username: connect.username,
         keepalive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         // Our own in-flight window toward the client: its Receive Maximum (v5), capped by ours. A 3.1.1 client
@@ -430,9 +428,9 @@ struct Conn<S> {
     aliases: Option<Box<Aliases>>,
     /// Acknowledgements waiting for their commit, in order; created on first use (an empty `FuturesOrdered`
     /// still allocates) and dropped when drained.
-    pending_acks: Option<FuturesOrdered<AckFuture>>,
+    pending_acks: Option<Box<FuturesOrdered<AckFuture>>>,
     blocked: Option<Box<Blocked>>,
-    admitting: Option<Admitting>,
+    admitting: Option<Box<Admitting>>,
     last_packet: Instant,
     /// When the first byte of a packet not yet complete arrived (`packet_timeout`).
     partial_since: Option<Instant>,
@@ -444,7 +442,7 @@ struct Conn<S> {
     subscription_refusal_logged: bool,
     /// MQTT 3.1.1 has no negative PUBACK: a publish the log refused closes the connection instead of being
     /// acknowledged (the client then resends it on its next connection).
-    refused_v311: Option<String>,
+    refused_v311: Option<Box<str>>,
     connect_expiry_zero: bool,
     /// The broker's configuration as it was at CONNECT (a reload applies to new connections).
     cfg: Arc<crate::config::BrokerConfig>,
@@ -457,21 +455,27 @@ struct Aliases {
 }
 
 impl<S: Io> Conn<S> {
-    async fn run(&mut self, takeover: CancellationToken) -> Exit {
-        let far = Duration::from_secs(86400 * 365);
-        let keepalive = self.keepalive;
-        // One timer for the keepalive, the packet in progress and the publish waiting for room, whichever is
-        // due first: each is a timer entry an idle connection would otherwise carry three times.
-        let timer = tokio::time::sleep(keepalive.unwrap_or(far));
-        tokio::pin!(timer);
+    async fn run(&mut self) -> Exit {
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // The wake-up for new deliveries, takeovers, shutdown and an expired keepalive (see `Session::wake`).
+        let session = self.session.clone();
+        // The timer for the packet in progress and the publish waiting for room, created the first time one
+        // is due: an idle connection carries none (its keepalive is watched by the broker's sweeper).
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            // Registered before the checks below, so a wake-up between them and the wait is not lost.
+            let wake = session.wake.notified();
+            tokio::pin!(wake);
+            if let Some(exit) = self.ended() {
+                return exit;
+            }
             if !self.wbuf.is_empty() {
                 if let Err(exit) = self.flush().await {
                     return exit;
                 }
             }
             if let Some(why) = self.refused_v311.take() {
-                return Exit::Protocol(reason::UNSPECIFIED_ERROR, why);
+                return Exit::Protocol(reason::UNSPECIFIED_ERROR, why.into());
             }
             if self.process_more && self.may_process() {
                 self.process_more = false;
@@ -495,16 +499,14 @@ impl<S: Io> Conn<S> {
                 }));
             }
             if let Some(due) = due.map(tokio::time::Instant::from_std) {
-                if due < timer.deadline() {
-                    timer.as_mut().reset(due);
+                match &mut timer {
+                    Some(t) if due < t.deadline() => t.as_mut().reset(due),
+                    Some(_) => {}
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(due))),
                 }
             }
             tokio::select! {
                 biased;
-                // A child of the broker's shutdown token: one wait for both.
-                _ = takeover.cancelled() => {
-                    return if self.broker.inner.shutdown.is_cancelled() { Exit::Shutdown } else { Exit::Takeover };
-                }
                 Some((pid, qos, result)) = next_ack(&mut self.pending_acks), if self.acks_pending() > 0 => {
                     self.write_ack(pid, qos, result);
                     if self.acks_pending() == 0 {
@@ -529,6 +531,7 @@ impl<S: Io> Conn<S> {
                         Ok(n) => {
                             self.broker.inner.metrics.bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                             self.last_packet = Instant::now();
+                            self.touch_keepalive();
                             self.read_size = if n >= self.read_size {
                                 (self.read_size * 2).min(MAX_READ)
                             } else if n < self.read_size / 4 {
@@ -546,29 +549,61 @@ impl<S: Io> Conn<S> {
                         }
                     }
                 }
-                _ = self.session.wake.notified() => self.pump(),
-                _ = &mut timer => {
+                _ = &mut wake => {
+                    if let Some(exit) = self.ended() {
+                        return exit;
+                    }
+                    if let Some(ka) = self.keepalive {
+                        if Instant::now() >= self.last_packet + ka {
+                            return Exit::KeepaliveTimeout;
+                        }
+                    }
+                    self.pump();
+                }
+                _ = sleep_opt(&mut timer), if timer.is_some() => {
                     let now = Instant::now();
                     if self.blocked.as_ref().is_some_and(|b| now >= b.deadline.into_std()) {
                         self.unblock(true);
                         self.after_unblock();
                     }
-                    let mut next = now + far;
-                    if let Some(ka) = keepalive {
-                        if now >= self.last_packet + ka {
-                            return Exit::KeepaliveTimeout;
-                        }
-                        next = next.min(self.last_packet + ka);
-                    }
                     if let (true, Some(since)) = (self.may_process(), self.partial_since) {
                         if now >= since + self.cfg.limits.packet_timeout {
                             return Exit::PacketTimeout;
                         }
-                        next = next.min(since + self.cfg.limits.packet_timeout);
                     }
-                    timer.as_mut().reset(tokio::time::Instant::from_std(next));
+                    // Re-armed above from what is still due.
+                    if let Some(t) = &mut timer {
+                        t.as_mut().reset(far);
+                    }
                 }
             }
+        }
+    }
+
+    /// Why the connection must end now, if it must: another connection took the session over, the broker
+    /// disconnected it (see `Broker::evict_slow`) or discarded the session, or the broker shuts down.
+    fn ended(&self) -> Option<Exit> {
+        let shutdown = self.broker.inner.shutdown.is_cancelled();
+        if shutdown {
+            Some(Exit::Shutdown)
+        } else if self.session.live.load(std::sync::atomic::Ordering::Acquire) != self.generation {
+            Some(Exit::Takeover)
+        } else {
+            None
+        }
+    }
+
+    /// Tells the broker's sweeper when this connection's keepalive runs out (after the packet just read).
+    fn touch_keepalive(&self) {
+        if let Some(ka) = self.keepalive {
+            let due = self
+                .last_packet
+                .saturating_duration_since(self.broker.inner.started)
+                + ka;
+            self.session.keepalive_deadline.store(
+                (due.as_millis() as u64).max(1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -918,12 +953,12 @@ impl<S: Io> Conn<S> {
                 match admission.as_mut().poll(&mut cx) {
                     std::task::Poll::Ready(r) => self.admitted(msg, pid, qos, r.map(Some)),
                     std::task::Poll::Pending => {
-                        self.admitting = Some(Admitting {
+                        self.admitting = Some(Box::new(Admitting {
                             admission,
                             msg,
                             pid,
                             qos,
-                        })
+                        }))
                     }
                 }
             }
@@ -1022,17 +1057,17 @@ impl<S: Io> Conn<S> {
             None if self.acks_pending() == 0 => self.write_ack(pid, qos, Ok(())),
             None => self
                 .pending_acks
-                .get_or_insert_with(FuturesOrdered::new)
+                .get_or_insert_with(Default::default)
                 .push_back(Box::pin(async move { (pid, qos, Ok(())) })),
             Some(fut) => self
                 .pending_acks
-                .get_or_insert_with(FuturesOrdered::new)
+                .get_or_insert_with(Default::default)
                 .push_back(Box::pin(async move { (pid, qos, fut.await) })),
         }
     }
 
     fn acks_pending(&self) -> usize {
-        self.pending_acks.as_ref().map_or(0, FuturesOrdered::len)
+        self.pending_acks.as_ref().map_or(0, |a| a.len())
     }
 
     fn write_ack(&mut self, pid: u16, qos: QoS, result: Result<(), HookRefusal>) {
@@ -1045,7 +1080,7 @@ impl<S: Io> Conn<S> {
                 // The log refused it (store degraded, full, failing) and 3.1.1 has no way to say "not
                 // stored": never acknowledge it; close instead. (A publish the ACL denies is acknowledged
                 // positively, as 3.1.1 allows and other brokers do.)
-                self.refused_v311.get_or_insert(refusal.reason);
+                self.refused_v311.get_or_insert(refusal.reason.into());
                 return;
             }
             if self.v5() {
@@ -1324,7 +1359,9 @@ fn resp(packet_id: u16, reason_code: u8) -> PubResp {
     }
 }
 
-async fn wait_admission(admitting: &mut Option<Admitting>) -> Result<CommitFuture, HookRefusal> {
+async fn wait_admission(
+    admitting: &mut Option<Box<Admitting>>,
+) -> Result<CommitFuture, HookRefusal> {
     match admitting {
         Some(a) => a.admission.as_mut().await,
         None => std::future::pending().await,
@@ -1332,10 +1369,17 @@ async fn wait_admission(admitting: &mut Option<Admitting>) -> Result<CommitFutur
 }
 
 async fn next_ack(
-    acks: &mut Option<FuturesOrdered<AckFuture>>,
+    acks: &mut Option<Box<FuturesOrdered<AckFuture>>>,
 ) -> Option<(u16, QoS, Result<(), HookRefusal>)> {
     match acks {
         Some(a) => a.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -1408,7 +1452,7 @@ mod size_tests {
         let fut = serve(broker, a, "127.0.0.1:1".parse().unwrap(), false, None);
         let future = std::mem::size_of_val(&fut);
         let session = std::mem::size_of::<Session>();
-        assert!(future <= 1152, "serve future: {future} bytes");
+        assert!(future <= 768, "serve future: {future} bytes");
         assert!(session <= 384, "session: {session} bytes");
     }
 }

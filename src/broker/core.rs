@@ -160,6 +160,8 @@ pub(crate) struct Inner {
     pub offline_sessions: AtomicUsize,
     /// Whether the in-process publishers' retained refusal was logged already (clients log once each).
     retained_refusal_logged: std::sync::atomic::AtomicBool,
+    /// Whether the keepalive/shutdown sweeper runs (started by the first connection).
+    sweeper: std::sync::atomic::AtomicBool,
 }
 
 /// The embedded broker. Cheap to clone.
@@ -176,6 +178,9 @@ impl std::fmt::Debug for Broker {
 
 /// Upper bound on a client-requested session expiry meaning "never" in v5.
 pub(crate) const EXPIRY_NEVER: u32 = u32::MAX;
+
+/// How often expired keepalives are looked for: a silent client is disconnected at most this late.
+const KEEPALIVE_SWEEP: Duration = Duration::from_secs(1);
 
 impl Broker {
     /// A broker with no listeners yet (see [`Broker::serve`]).
@@ -198,6 +203,7 @@ impl Broker {
                 offline_sessions: AtomicUsize::new(0),
                 persist: Mutex::new(None),
                 retained_refusal_logged: std::sync::atomic::AtomicBool::new(false),
+                sweeper: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -352,14 +358,14 @@ impl Broker {
     pub(crate) fn evict_slow(&self, session: &Session) {
         {
             let mut st = session.state.lock();
-            let Some(token) = st.conn_token.take() else {
+            if session.live.swap(0, Ordering::AcqRel) == 0 {
                 return;
-            };
+            }
             st.kicked = Some((st.generation, super::codec::reason::QUOTA_EXCEEDED));
-            token.cancel();
             // Only while the connection is attached: a takeover in between attached a new one.
             session.set_online(false);
         }
+        session.wake.notify_waiters();
         Metrics::inc(&self.inner.metrics.slow_consumers_disconnected);
         tracing::warn!(
             client_id = %session.client_id,
@@ -435,7 +441,7 @@ impl Broker {
         clean_start: bool,
         protocol: Protocol,
         user: Option<&str>,
-    ) -> Result<(Arc<Session>, bool, CancellationToken, u64), u8> {
+    ) -> Result<(Arc<Session>, bool, u64), u8> {
         let cfg = self.config();
         let mut sessions = self.inner.sessions.lock();
         let existing = sessions.get(client_id).cloned();
@@ -459,18 +465,18 @@ impl Broker {
                 (s, false)
             }
         };
-        let token = self.inner.shutdown.child_token();
+        self.start_sweeper();
         let generation;
         {
             let mut st = session.state.lock();
-            if let Some(old) = st.conn_token.replace(token.clone()) {
-                old.cancel();
-            }
             if let Some(timers) = st.timers.take() {
                 timers.cancel();
             }
             st.generation += 1;
             generation = st.generation;
+            // The connection attached before (if any) sees it is no longer live and ends (takeover).
+            session.live.store(generation, Ordering::Release);
+            session.keepalive_deadline.store(0, Ordering::Relaxed);
             st.protocol = protocol;
             st.max_queue = cfg.max_queued_messages;
             st.kicked = None;
@@ -480,7 +486,8 @@ impl Broker {
             self.uncount_offline(&mut st);
         }
         session.set_online(true);
-        Ok((session, present, token, generation))
+        session.wake.notify_waiters();
+        Ok((session, present, generation))
     }
 
     /// Cancels a session's connection and timers and removes its subscriptions; the caller holds the sessions
@@ -492,9 +499,8 @@ impl Broker {
     ) {
         let filters: Vec<String> = {
             let mut st = old.state.lock();
-            if let Some(t) = st.conn_token.take() {
-                t.cancel();
-            }
+            old.live.store(0, Ordering::Release);
+            old.keepalive_deadline.store(0, Ordering::Relaxed);
             if let Some(t) = st.timers.take() {
                 t.cancel();
             }
@@ -515,6 +521,7 @@ impl Broker {
             sessions.remove(&old.client_id);
         }
         old.set_online(false);
+        old.wake.notify_waiters();
         old.space.notify_waiters();
     }
 
@@ -546,7 +553,8 @@ impl Broker {
                 }
                 return;
             }
-            st.conn_token = None;
+            session.live.store(0, Ordering::Release);
+            session.keepalive_deadline.store(0, Ordering::Relaxed);
             session.set_online(false);
             let token = CancellationToken::new();
             st.timers = Some(token.clone());
@@ -658,6 +666,38 @@ impl Broker {
                 _ = tokio::time::sleep(delay) => broker.publish(msg).await,
                 _ = cancel.cancelled() => {}
                 _ = broker.inner.shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// Starts (once) the task that wakes connections whose keepalive ran out, checked every second, and every
+    /// connection at shutdown. Connections carry no timer of their own while idle: one task for all of them
+    /// costs less than a timer each (as mosquitto checks keepalives from its main loop).
+    fn start_sweeper(&self) {
+        if self.inner.sweeper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let inner = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(KEEPALIVE_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = shutdown.cancelled() => true,
+                };
+                let Some(inner) = inner.upgrade() else { return };
+                let now = inner.started.elapsed().as_millis() as u64;
+                for s in inner.sessions.lock().values() {
+                    let due = s.keepalive_deadline.load(Ordering::Relaxed);
+                    if stopping || (due != 0 && now >= due) {
+                        s.wake.notify_waiters();
+                    }
+                }
+                if stopping {
+                    return;
+                }
             }
         });
     }

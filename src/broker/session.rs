@@ -8,7 +8,7 @@
 //! disconnected session, QoS 0 is not queued and QoS 1/2 is queued up to the cap and the broker-wide offline
 //! budget. Everything refused is counted.
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -85,8 +85,6 @@ pub struct SessionState {
     pub max_queue: usize,
     /// Messages dropped for this session.
     pub dropped: u64,
-    /// Cancels the connection currently attached (takeover).
-    pub conn_token: Option<CancellationToken>,
     /// Generation of the attached connection; bumps at every attach, so a stale detach is ignored.
     pub generation: u64,
     /// Cancels a pending delayed will or session expiry timer when the client comes back.
@@ -118,8 +116,16 @@ pub struct Session {
     online: AtomicBool,
     /// The mutable state.
     pub state: Mutex<SessionState>,
-    /// Woken when the queue gets a message.
+    /// Woken when the queue gets a message (`notify_one`), and for everything else the connection must look
+    /// at (`notify_waiters`): a takeover or a kick (`live` changed), the broker's shutdown, an expired
+    /// keepalive. One wait for all of them keeps an idle connection's task small.
     pub wake: Notify,
+    /// The generation of the connection allowed to run on this session (0: none). A connection whose
+    /// generation differs ends (taken over, kicked, session discarded).
+    pub live: AtomicU64,
+    /// When the attached connection's keepalive runs out, in milliseconds since the broker started (0: no
+    /// keepalive); the broker's sweeper wakes the connection once it passed.
+    pub keepalive_deadline: AtomicU64,
     /// Woken when the queue has room again (publishers waiting on a full queue). An `Arc` so a waiting
     /// connection can hold an owned, pre-enabled notification across its event loop.
     pub space: Arc<Notify>,
@@ -142,7 +148,6 @@ impl Session {
                 expiry_secs: 0,
                 max_queue,
                 dropped: 0,
-                conn_token: None,
                 generation: 0,
                 timers: None,
                 will: None,
@@ -153,6 +158,8 @@ impl Session {
                 owner: None,
             }),
             wake: Notify::new(),
+            live: AtomicU64::new(0),
+            keepalive_deadline: AtomicU64::new(0),
             space: Arc::new(Notify::new()),
         })
     }
