@@ -110,6 +110,10 @@ pub struct StoreOptions {
     /// A database that fails the integrity check at open is moved aside and salvaged (default true); if
     /// false, the open fails with [`StoreError::Corrupt`].
     pub salvage_at_open: bool,
+    /// How often a full `PRAGMA quick_check` runs in the background while the store is open (throttled to
+    /// about a fifth of the checkpointer thread's time, on its own connection, so commits do not wait).
+    /// Damage it finds degrades the store like damage seen at a commit. Default 1 h; `None`: never.
+    pub verify_interval: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -124,6 +128,7 @@ impl Default for StoreOptions {
             index_interval: Duration::from_secs(30),
             index_rows: 100_000,
             salvage_at_open: true,
+            verify_interval: Some(Duration::from_secs(3600)),
         }
     }
 }

@@ -151,6 +151,10 @@ pub(crate) struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// What damage was found (set once; the state is then `Degraded`).
     pub damage: Mutex<Option<String>>,
+    /// Damage the background integrity check found, for the writer to act on at its next tick.
+    pub found_damage: Mutex<Option<String>>,
+    /// Background integrity checks completed.
+    pub verify_passes: AtomicU64,
     pub cursors: Mutex<CursorTable>,
     /// Set when the writer has shut down (appends fail with `Closed`).
     pub closed: AtomicBool,

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,16 +112,29 @@ enum Reserve {
     Pages { limit: u64, reserve: u64 },
 }
 
-/// The checkpointer thread: PASSIVE checkpoints on its own connection when the writer asks (coalesced).
+/// The checkpointer thread: PASSIVE checkpoints on its own connection when the writer asks (coalesced), and
+/// the periodic background integrity check (`StoreOptions::verify_interval`).
 struct Checkpointer {
     tx: std::sync::mpsc::SyncSender<()>,
     handle: std::thread::JoinHandle<()>,
     /// Held while a checkpoint runs (the database file may be shorter than its header says meanwhile).
     busy: Arc<parking_lot::Mutex<()>>,
+    /// Set at shutdown: interrupts a running integrity check.
+    stop: Arc<AtomicBool>,
 }
 
+/// The background integrity check runs at most this long at a time...
+const VERIFY_SLICE: Duration = Duration::from_millis(25);
+/// ... then pauses this long (about a fifth of one core and of the disk's read bandwidth).
+const VERIFY_PAUSE: Duration = Duration::from_millis(100);
+
 impl Checkpointer {
-    fn start(path: &std::path::Path, synchronous_full: bool) -> Option<Checkpointer> {
+    fn start(
+        path: &std::path::Path,
+        synchronous_full: bool,
+        verify_every: Option<Duration>,
+        shared: Arc<Shared>,
+    ) -> Option<Checkpointer> {
         let conn = match super::schema::open_checkpointer(path, synchronous_full) {
             Ok(c) => c,
             Err(e) => {
@@ -134,21 +147,109 @@ impl Checkpointer {
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let busy = Arc::new(parking_lot::Mutex::new(()));
         let held = busy.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let db_path = path.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("store-ckpt".into())
             .spawn(move || {
-                while rx.recv().is_ok() {
-                    let _g = held.lock();
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                // A year stands for "never": `recv_timeout` needs a finite wait.
+                let every = verify_every.unwrap_or(Duration::from_secs(365 * 86400));
+                let mut next_verify = std::time::Instant::now() + every;
+                loop {
+                    let wait = next_verify.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(()) => {
+                            let _g = held.lock();
+                            let _ =
+                                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if verify_every.is_some() {
+                                verify(&db_path, &shared, &stopping);
+                            }
+                            next_verify = std::time::Instant::now() + every;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             })
             .ok()?;
-        Some(Checkpointer { tx, handle, busy })
+        Some(Checkpointer {
+            tx,
+            handle,
+            busy,
+            stop,
+        })
     }
 
     fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
         drop(self.tx);
         let _ = self.handle.join();
+    }
+}
+
+/// One throttled `PRAGMA quick_check` over the whole database, on a connection of its own opened for the
+/// pass (so it reads the file, not pages some connection cached before the damage), in a read transaction:
+/// commits go on meanwhile. What it finds is left in `shared.found_damage` for the writer.
+fn verify(path: &std::path::Path, shared: &Shared, stop: &Arc<AtomicBool>) {
+    let started = std::time::Instant::now();
+    let conn = match Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("store: background integrity check could not open the log: {e}");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let mut slice = std::time::Instant::now();
+    let stopping = stop.clone();
+    // Runs on this thread, inside the query below: work a slice, pause, until done or stopped.
+    conn.progress_handler(
+        10_000,
+        Some(move || {
+            if stopping.load(Ordering::Relaxed) {
+                return true;
+            }
+            if slice.elapsed() >= VERIFY_SLICE {
+                std::thread::sleep(VERIFY_PAUSE);
+                slice = std::time::Instant::now();
+            }
+            false
+        }),
+    );
+    let result = conn.prepare("PRAGMA quick_check(10)").and_then(|mut st| {
+        st.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()
+    });
+    conn.progress_handler(0, None::<fn() -> bool>);
+    let found = match result {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => None,
+        Ok(rows) => Some(rows.join("; ")),
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if matches!(e.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
+        {
+            Some(msg.unwrap_or_else(|| e.to_string()))
+        }
+        Err(e) => {
+            if !stop.load(Ordering::Relaxed) {
+                tracing::debug!("store: background integrity check did not finish: {e}");
+            }
+            None
+        }
+    };
+    tracing::debug!(
+        took = ?started.elapsed(),
+        damaged = found.is_some(),
+        "store: background integrity check"
+    );
+    shared.verify_passes.fetch_add(1, Ordering::Relaxed);
+    if let Some(why) = found {
+        *shared.found_damage.lock() = Some(why);
     }
 }
 
@@ -422,7 +523,12 @@ impl Writer {
             next_housekeeping: now + HOUSEKEEPING,
             s,
         };
-        w.checkpointer = Checkpointer::start(&w.s.path, w.s.synchronous_full);
+        w.checkpointer = Checkpointer::start(
+            &w.s.path,
+            w.s.synchronous_full,
+            w.s.opts.verify_interval,
+            w.shared.clone(),
+        );
         if w.checkpointer.is_some() {
             let _ = w.conn.pragma_update(None, "wal_autocheckpoint", 0);
         }
@@ -1371,7 +1477,12 @@ impl Writer {
     fn on_tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
         if self.state != WriterState::Degraded {
-            if let Err(why) = self.check_files() {
+            let found = self.shared.found_damage.lock().take();
+            if let Some(why) = found {
+                self.on_damage(format!(
+                    "the background integrity check found damaged pages: {why}"
+                ));
+            } else if let Err(why) = self.check_files() {
                 self.on_damage(why);
             }
         }
