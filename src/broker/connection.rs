@@ -1004,7 +1004,7 @@ impl<S: Io> Conn<S> {
             let Some(out) = self.broker.try_deliver(&session, out) else {
                 continue;
             };
-            let mut space = Box::pin(session.space.clone().notified_owned());
+            let mut space = Box::pin(session.space_waiter().notified_owned());
             space.as_mut().enable();
             // Offer again now that a wake-up cannot be missed.
             if let Some(out) = self.broker.try_deliver(&session, out) {
@@ -1035,7 +1035,7 @@ impl<S: Io> Conn<S> {
         if timed_out {
             self.broker.evict_slow(&b.session);
         }
-        let mut space = Box::pin(b.session.space.clone().notified_owned());
+        let mut space = Box::pin(b.session.space_waiter().notified_owned());
         space.as_mut().enable();
         match self.broker.try_deliver(&b.session, b.out) {
             Some(_) if timed_out => {
@@ -1306,7 +1306,7 @@ impl<S: Io> Conn<S> {
                 .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         }
         if freed {
-            self.session.space.notify_waiters();
+            self.session.notify_space();
         }
     }
 
@@ -1400,7 +1400,7 @@ async fn read_some<S: Io>(
     size: usize,
 ) -> std::io::Result<usize> {
     if rbuf.is_empty() {
-        stream.read_ready().await;
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await;
     }
     if rbuf.capacity() - rbuf.len() < MIN_READ / 2 {
         rbuf.reserve(size);
@@ -1410,17 +1410,18 @@ async fn read_some<S: Io>(
 
 /// A client's byte stream: TCP, TLS, WebSocket, or an in-memory pipe.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Resolves when a read will likely find data. Streams that cannot tell (TLS, WebSocket: their own
-    /// buffers decide) resolve at once.
-    fn read_ready(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        std::future::ready(())
+    /// Ready when a read will likely find data. Streams that cannot tell (TLS, WebSocket: their own
+    /// buffers decide) are always ready. A poll function, not a future: the socket keeps the waker in its
+    /// own slot, so an idle connection's task holds no waiter node for it.
+    fn poll_read_ready(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
     }
 }
 
 impl Io for tokio::net::TcpStream {
-    async fn read_ready(&self) {
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         // An error shows up again on the read that follows.
-        let _ = self.readable().await;
+        tokio::net::TcpStream::poll_read_ready(self, cx).map(|_| ())
     }
 }
 
@@ -1444,15 +1445,18 @@ mod size_tests {
     }
 
     /// What an idle connection costs is mostly its task's future and its session: guard both against silent
-    /// growth (an inline `Properties` or timer adds hundreds of bytes per connection).
-    #[test]
-    fn an_idle_connection_stays_small() {
+    /// growth (an inline `Properties`, timer or waiter node adds a hundred bytes or more per connection).
+    #[tokio::test]
+    async fn an_idle_connection_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (stream, peer)) = (client.unwrap(), accepted.unwrap());
         let broker = Broker::new(config());
-        let (a, _b) = tokio::io::duplex(64);
-        let fut = serve(broker, a, "127.0.0.1:1".parse().unwrap(), false, None);
+        let fut = serve(broker, stream, peer, false, None);
         let future = std::mem::size_of_val(&fut);
         let session = std::mem::size_of::<Session>();
-        assert!(future <= 768, "serve future: {future} bytes");
+        assert!(future <= 784, "serve future: {future} bytes");
         assert!(session <= 384, "session: {session} bytes");
     }
 }

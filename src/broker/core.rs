@@ -326,7 +326,7 @@ impl Broker {
         };
         let deadline = tokio::time::Instant::now() + self.config().limits.max_publish_wait;
         loop {
-            let space = session.space.clone().notified_owned();
+            let space = session.space_waiter().notified_owned();
             tokio::pin!(space);
             space.as_mut().enable();
             match self.try_deliver(&session, out) {
@@ -372,7 +372,7 @@ impl Broker {
             wait = ?self.config().limits.max_publish_wait,
             "subscriber made no room in its full queue in time: disconnected (quota exceeded); its session continues offline"
         );
-        session.space.notify_waiters();
+        session.notify_space();
     }
 
     /// Queues the retained messages matching `filter` for a session that just subscribed. Called by the
@@ -522,7 +522,7 @@ impl Broker {
         }
         old.set_online(false);
         old.wake.notify_waiters();
-        old.space.notify_waiters();
+        old.notify_space();
     }
 
     /// Removes a session (expiry, clean session end, link drop).
@@ -574,7 +574,7 @@ impl Broker {
             }
             (expiry, token)
         };
-        session.space.notify_waiters();
+        session.notify_space();
         let will = will.filter(|_| !clean);
         if expiry == 0 {
             self.remove_session(session);

@@ -122,7 +122,7 @@ impl Link {
     /// The next message if one is queued.
     pub fn try_recv(&self) -> Option<Received> {
         let out = self.session.state.lock().queue.pop_front()?;
-        self.session.space.notify_waiters();
+        self.session.notify_space();
         Metrics::inc(&self.broker.inner.metrics.messages_sent);
         Some(Received {
             msg: out.msg,

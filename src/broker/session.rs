@@ -78,7 +78,7 @@ pub struct SessionState {
     /// QoS 2 packet ids received from the client and not yet released.
     pub incoming_qos2: HashSet<u16>,
     /// Current subscriptions, filter -> options.
-    pub subscriptions: HashMap<String, SubOptions>,
+    pub subscriptions: Subscriptions,
     /// Session expiry interval in seconds (u32::MAX: never).
     pub expiry_secs: u32,
     /// Queue cap.
@@ -106,6 +106,103 @@ pub struct SessionState {
     pub owner: Option<Arc<str>>,
 }
 
+/// A session's subscriptions, filter -> options: a short list while there are few (most clients hold one to
+/// a handful; an empty hash map costs nothing but a map with one entry ~180 bytes, per connection), a map
+/// beyond that so a client with thousands stays fast.
+#[derive(Debug, Default)]
+pub enum Subscriptions {
+    Few(Vec<(String, SubOptions)>),
+    Many(HashMap<String, SubOptions>),
+    #[default]
+    None,
+}
+
+/// Subscriptions kept in a list up to this many.
+const FEW_SUBSCRIPTIONS: usize = 8;
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        match self {
+            Subscriptions::Few(v) => v.len(),
+            Subscriptions::Many(m) => m.len(),
+            Subscriptions::None => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains_key(&self, filter: &str) -> bool {
+        match self {
+            Subscriptions::Few(v) => v.iter().any(|(f, _)| f == filter),
+            Subscriptions::Many(m) => m.contains_key(filter),
+            Subscriptions::None => false,
+        }
+    }
+
+    /// Adds or replaces the subscription to `filter`.
+    pub fn insert(&mut self, filter: String, opts: SubOptions) {
+        match self {
+            Subscriptions::None => *self = Subscriptions::Few(vec![(filter, opts)]),
+            Subscriptions::Few(v) => {
+                if let Some(e) = v.iter_mut().find(|(f, _)| *f == filter) {
+                    e.1 = opts;
+                } else if v.len() < FEW_SUBSCRIPTIONS {
+                    v.push((filter, opts));
+                } else {
+                    let mut m: HashMap<String, SubOptions> = v.drain(..).collect();
+                    m.insert(filter, opts);
+                    *self = Subscriptions::Many(m);
+                }
+            }
+            Subscriptions::Many(m) => {
+                m.insert(filter, opts);
+            }
+        }
+    }
+
+    /// Removes the subscription to `filter`; its options if there was one.
+    pub fn remove(&mut self, filter: &str) -> Option<SubOptions> {
+        let removed = match self {
+            Subscriptions::Few(v) => {
+                let i = v.iter().position(|(f, _)| f == filter)?;
+                Some(v.swap_remove(i).1)
+            }
+            Subscriptions::Many(m) => m.remove(filter),
+            Subscriptions::None => None,
+        };
+        if self.is_empty() {
+            *self = Subscriptions::None;
+        }
+        removed
+    }
+
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&String, &SubOptions)> + '_> {
+        match self {
+            Subscriptions::Few(v) => Box::new(v.iter().map(|(f, o)| (f, o))),
+            Subscriptions::Many(m) => Box::new(m.iter()),
+            Subscriptions::None => Box::new(std::iter::empty()),
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> + '_ {
+        self.iter().map(|(f, _)| f)
+    }
+
+    pub fn clear(&mut self) {
+        *self = Subscriptions::None;
+    }
+}
+
+impl<'a> IntoIterator for &'a Subscriptions {
+    type Item = (&'a String, &'a SubOptions);
+    type IntoIter = Box<dyn Iterator<Item = (&'a String, &'a SubOptions)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// A session. Shared by the router (subscriptions point at it), the connection task and publishers.
 #[derive(Debug)]
 pub struct Session {
@@ -127,8 +224,9 @@ pub struct Session {
     /// keepalive); the broker's sweeper wakes the connection once it passed.
     pub keepalive_deadline: AtomicU64,
     /// Woken when the queue has room again (publishers waiting on a full queue). An `Arc` so a waiting
-    /// connection can hold an owned, pre-enabled notification across its event loop.
-    pub space: Arc<Notify>,
+    /// connection can hold an owned, pre-enabled notification across its event loop; created by the first
+    /// publisher that has to wait (most sessions never fill up). See [`Session::space_waiter`].
+    space: std::sync::OnceLock<Arc<Notify>>,
 }
 
 impl Session {
@@ -144,7 +242,7 @@ impl Session {
                 inflight: VecDeque::new(),
                 next_pid: 0,
                 incoming_qos2: HashSet::new(),
-                subscriptions: HashMap::new(),
+                subscriptions: Subscriptions::default(),
                 expiry_secs: 0,
                 max_queue,
                 dropped: 0,
@@ -160,7 +258,7 @@ impl Session {
             wake: Notify::new(),
             live: AtomicU64::new(0),
             keepalive_deadline: AtomicU64::new(0),
-            space: Arc::new(Notify::new()),
+            space: std::sync::OnceLock::new(),
         })
     }
 
@@ -170,6 +268,18 @@ impl Session {
     }
 
     /// Whether a connection (or an in-process link) is attached.
+    /// The notification a publisher waits on for room in this session's queue (enable it, then offer again).
+    pub fn space_waiter(&self) -> Arc<Notify> {
+        self.space.get_or_init(|| Arc::new(Notify::new())).clone()
+    }
+
+    /// Wakes the publishers waiting for room in this session's queue.
+    pub fn notify_space(&self) {
+        if let Some(n) = self.space.get() {
+            n.notify_waiters();
+        }
+    }
+
     pub fn is_online(&self) -> bool {
         self.online.load(Ordering::Relaxed)
     }
