@@ -366,8 +366,6 @@ pub struct ClientAcl {
     cfg: Arc<BrokerConfig>,
     /// The broker's configuration generation last seen by [`ClientAcl::refresh_from`].
     generation: u64,
-    user: Option<Arc<str>>,
-    client_id: Arc<str>,
     /// `None`: no ACL configured, everything is allowed and nothing is looked up. Boxed: every connection
     /// carries a `ClientAcl`, most brokers have no ACL.
     compiled: Option<Box<Compiled>>,
@@ -379,34 +377,37 @@ struct Compiled {
     read_cache: HashMap<Arc<str>, bool, ahash::RandomState>,
 }
 
+/// Who a [`ClientAcl`] is for: the user (`None`: anonymous) and the client id. Asked for only when the rules
+/// are compiled (at CONNECT and after a reload), so a connection need not carry copies of both.
+pub type Who = (Option<Arc<str>>, Arc<str>);
+
 impl ClientAcl {
     /// The ACL of a client that authenticated as `user` (`None`: anonymous) with `client_id`.
     pub fn new(cfg: Arc<BrokerConfig>, user: Option<&str>, client_id: Arc<str>) -> ClientAcl {
         let mut acl = ClientAcl {
             generation: 0,
             compiled: None,
-            user: user.map(Into::into),
-            client_id,
             cfg: cfg.clone(),
         };
-        acl.rebuild(cfg);
+        acl.rebuild(cfg, (user.map(Into::into), client_id));
         acl
     }
 
-    fn rebuild(&mut self, cfg: Arc<BrokerConfig>) {
+    fn rebuild(&mut self, cfg: Arc<BrokerConfig>, (user, client_id): Who) {
         self.compiled = (!cfg.acl.is_empty()).then(|| {
             Box::new(Compiled {
-                rules: compile(&cfg.acl, self.user.as_deref(), &self.client_id),
+                rules: compile(&cfg.acl, user.as_deref(), &client_id),
                 read_cache: HashMap::default(),
             })
         });
         self.cfg = cfg;
     }
 
-    /// Follows a configuration change; a no-op (a pointer comparison) when `cfg` is the one in use.
-    pub fn refresh(&mut self, cfg: &Arc<BrokerConfig>) {
+    /// Follows a configuration change; a no-op (a pointer comparison) when `cfg` is the one in use. `who` is
+    /// called only when the rules must be compiled again.
+    pub fn refresh(&mut self, cfg: &Arc<BrokerConfig>, who: impl FnOnce() -> Who) {
         if !Arc::ptr_eq(cfg, &self.cfg) {
-            self.rebuild(cfg.clone());
+            self.rebuild(cfg.clone(), who());
         }
     }
 
@@ -417,12 +418,13 @@ impl ClientAcl {
         &mut self,
         generation: &std::sync::atomic::AtomicU64,
         current: &parking_lot::RwLock<Arc<BrokerConfig>>,
+        who: impl FnOnce() -> Who,
     ) {
         let g = generation.load(std::sync::atomic::Ordering::Acquire);
         if g != self.generation {
             self.generation = g;
             let cfg = current.read().clone();
-            self.refresh(&cfg);
+            self.refresh(&cfg, who);
         }
     }
 
@@ -794,7 +796,7 @@ mod tests {
             0,
             rule(AclWho::Everyone, "gw/secret", AclAccess::All, false),
         );
-        acl.refresh(&Arc::new(next));
+        acl.refresh(&Arc::new(next), || (None, "c".into()));
         assert!(
             !acl.may_read(&t),
             "the cache was dropped with the old rules"

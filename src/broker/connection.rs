@@ -923,7 +923,7 @@ impl<S: Io> Conn<S> {
                 self.unacked_qos1 += 1;
             }
         }
-        self.acl.refresh(&cfg);
+        self.acl.refresh(&cfg, || self.session.who());
         if !self.acl.may_publish(&topic) {
             Metrics::inc(&self.broker.inner.metrics.denied_publishes);
             let refusal = HookRefusal {
@@ -1108,7 +1108,7 @@ impl<S: Io> Conn<S> {
             ));
         }
         let cfg = self.broker.config();
-        self.acl.refresh(&cfg);
+        self.acl.refresh(&cfg, || self.session.who());
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
         for sub in s.subscriptions {
@@ -1243,8 +1243,11 @@ impl<S: Io> Conn<S> {
         let mut sent = 0u64;
         let mut freed = false;
         let session = self.session.clone();
-        self.acl
-            .refresh_from(&self.broker.inner.cfg_generation, &self.broker.inner.cfg);
+        self.acl.refresh_from(
+            &self.broker.inner.cfg_generation,
+            &self.broker.inner.cfg,
+            || session.who(),
+        );
         let mut st = session.state.lock();
         if st.generation != self.generation {
             return;

@@ -268,6 +268,11 @@ impl Session {
     }
 
     /// Whether a connection (or an in-process link) is attached.
+    /// The user bound to this session (the last to attach) and its client id, for ACL rules.
+    pub fn who(&self) -> super::auth::Who {
+        (self.state.lock().owner.clone(), self.client_id.clone())
+    }
+
     /// The notification a publisher waits on for room in this session's queue (enable it, then offer again).
     pub fn space_waiter(&self) -> Arc<Notify> {
         self.space.get_or_init(|| Arc::new(Notify::new())).clone()
