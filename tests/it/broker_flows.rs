@@ -149,10 +149,27 @@ async fn session_expiry_zero_discards_and_clean_start_resets() {
     s.subscribe(vec![sub("e", QoS::AtLeastOnce)]).await;
     s.disconnect().await;
     wait_until("session removed", || tb.broker.stats().sessions == 0).await;
-    let (_, ack) = Client::connect_with(tb.addr, connect_packet(V5, "ephemeral", false)).await;
+    // Kept connected from here on: the only session left at the end.
+    let (_ephemeral, ack) =
+        Client::connect_with(tb.addr, connect_packet(V5, "ephemeral", false)).await;
     assert!(!ack.session_present);
 
-    // Expiry 1 s: the session goes away by itself after the client leaves.
+    // Expiry 60 s: the session outlives its connection (resumed, present).
+    let mut c = connect_packet(V5, "long", true);
+    c.properties.session_expiry_interval = Some(60);
+    let (l, _) = Client::connect_with(tb.addr, c).await;
+    l.disconnect().await;
+    let mut again = connect_packet(V5, "long", false);
+    again.properties.session_expiry_interval = Some(0);
+    let (l, ack) = Client::connect_with(tb.addr, again).await;
+    assert!(ack.session_present, "a session with an expiry was kept");
+    l.disconnect().await;
+    wait_until("session ended with expiry 0", || {
+        tb.broker.stats().sessions == 1
+    })
+    .await;
+
+    // Expiry 1 s: the session goes away by itself after the client leaves, and is not resumed.
     let mut c = connect_packet(V5, "short", true);
     c.properties.session_expiry_interval = Some(1);
     let (s, _) = Client::connect_with(tb.addr, c).await;
@@ -161,6 +178,8 @@ async fn session_expiry_zero_discards_and_clean_start_resets() {
         tb.broker.stats().sessions == 1 // only "ephemeral" (still connected) remains
     })
     .await;
+    let (_s, ack) = Client::connect_with(tb.addr, connect_packet(V5, "short", false)).await;
+    assert!(!ack.session_present, "the expired session was resumed");
 }
 
 #[tokio::test]
