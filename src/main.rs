@@ -13,8 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fieldbridge::app::{self, App, Registry};
 
-/// Exit code for an invalid configuration (sysexits EX_USAGE... as systemd and scripts expect from `check`).
-const EXIT_CONFIG: u8 = 64;
+/// Exit code for an invalid configuration (64, sysexits' EX_USAGE, as systemd and scripts expect from `check`).
+use fieldbridge::cli::EXIT_CONFIG;
 
 #[derive(Parser)]
 #[command(
