@@ -153,6 +153,9 @@ pub(crate) struct Shared {
     pub damage: Mutex<Option<String>>,
     /// Damage the background integrity check found, for the writer to act on at its next tick.
     pub found_damage: Mutex<Option<String>>,
+    /// The longest the writer has seen the database file since it last gave space back (see `Files`), for
+    /// the checkpointer's own look before it copies the WAL in.
+    pub len_floor: AtomicU64,
     /// Background integrity checks completed.
     pub verify_passes: AtomicU64,
     pub cursors: Mutex<CursorTable>,

@@ -161,6 +161,13 @@ impl Checkpointer {
                     match rx.recv_timeout(wait) {
                         Ok(()) => {
                             let _g = held.lock();
+                            // Copying the WAL into a file that was truncated or overwritten under us would
+                            // paper over the damage (and the evidence): leave it to the writer instead.
+                            if let Some(why) = damaged_before_checkpoint(&db_path, &shared) {
+                                let mut found = shared.found_damage.lock();
+                                found.get_or_insert(why);
+                                continue;
+                            }
                             let _ =
                                 conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                         }
@@ -188,6 +195,31 @@ impl Checkpointer {
         drop(self.tx);
         let _ = self.handle.join();
     }
+}
+
+/// The checkpointer's look at the database file before it copies the WAL in: the unambiguous cases only (a
+/// file the writer saw whole that is now shorter than a header, or whose header is not SQLite's); a file cut
+/// shorter than its header says is the writer's check, which knows when no checkpoint is growing it.
+fn damaged_before_checkpoint(path: &std::path::Path, shared: &Shared) -> Option<String> {
+    use std::io::Read;
+    if shared.len_floor.load(Ordering::Acquire) < 100 {
+        return None;
+    }
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut magic = [0u8; 16];
+    if len < 100 {
+        return Some(format!(
+            "the database file was truncated to {len} bytes (seen before a checkpoint)"
+        ));
+    }
+    if f.read_exact(&mut magic).is_err() || &magic != b"SQLite format 3\0" {
+        return Some(
+            "the database file was overwritten (its header is not SQLite's; seen before a checkpoint)"
+                .into(),
+        );
+    }
+    None
 }
 
 /// One throttled `PRAGMA quick_check` over the whole database, on a connection of its own opened for the
@@ -249,7 +281,9 @@ fn verify(path: &std::path::Path, shared: &Shared, stop: &Arc<AtomicBool>) {
     );
     shared.verify_passes.fetch_add(1, Ordering::Relaxed);
     if let Some(why) = found {
-        *shared.found_damage.lock() = Some(why);
+        shared.found_damage.lock().get_or_insert(format!(
+            "the background integrity check found damaged pages: {why}"
+        ));
     }
 }
 
@@ -940,6 +974,9 @@ impl Writer {
     /// (device, inode) of the database and its WAL, the database header (magic, page size) and its length
     /// against the size the header records. Never reads more than 100 bytes.
     fn check_files(&mut self) -> Result<(), String> {
+        if let Some(why) = self.shared.found_damage.lock().take() {
+            return Err(why);
+        }
         match ident(&self.s.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err("the database file was deleted".into())
@@ -984,6 +1021,9 @@ impl Writer {
         };
         let shrunk = len < self.files.len_floor;
         self.files.len_floor = self.files.len_floor.max(len);
+        self.shared
+            .len_floor
+            .store(self.files.len_floor, Ordering::Release);
         let Some(h) = h else {
             if self.files.header_seen && shrunk {
                 return Err(format!("the database file was truncated to {len} bytes"));
@@ -1477,12 +1517,7 @@ impl Writer {
     fn on_tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
         if self.state != WriterState::Degraded {
-            let found = self.shared.found_damage.lock().take();
-            if let Some(why) = found {
-                self.on_damage(format!(
-                    "the background integrity check found damaged pages: {why}"
-                ));
-            } else if let Err(why) = self.check_files() {
+            if let Err(why) = self.check_files() {
                 self.on_damage(why);
             }
         }
@@ -1540,6 +1575,7 @@ impl Writer {
             self.checkpoint(true);
             // The file may shrink now (or at a later checkpoint): start measuring again.
             self.files.len_floor = 0;
+            self.shared.len_floor.store(0, Ordering::Release);
             let _ = self.measure();
         }
     }

@@ -95,16 +95,29 @@ devices:
     );
     let path = dir.path().join("fb.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let daemon = Daemon::start(&path, mqtt).await;
+    let mut daemon = Daemon::start(&path, mqtt).await;
     let p = mqtt.to_string();
     let mut sub =
         Peer::spawn(mosquitto_sub().args(["-h", "127.0.0.1", "-p", &p, "-t", "gw/#", "-v"]));
-    // Polled from libcoap's server.
-    within(
-        sub.line_where(|l| l.starts_with("gw/sensor/level ") && l.contains("\"value\":3")),
-        "the polled reading",
-    )
+    // Polled from libcoap's server. On failure, say what did arrive and what the daemon logged.
+    let mut seen = Vec::new();
+    let polled = tokio::time::timeout(WAIT * 3, async {
+        loop {
+            let l = sub.line().await;
+            if l.starts_with("gw/sensor/level ") && l.contains("\"value\":3") {
+                return;
+            }
+            seen.push(l);
+        }
+    })
     .await;
+    if polled.is_err() {
+        panic!(
+            "the polled reading did not reach MQTT within {:?}; MQTT saw {seen:#?}; the daemon logged {:#?}",
+            WAIT * 3,
+            daemon.log_so_far()
+        );
+    }
     // POSTed by a device; the listener answers 2.04 once the adapter runs (retry until then, bounded).
     // coap-client prints nothing for 2.04, the code and diagnostic otherwise, a warning when unanswered.
     let power = format!("coap://127.0.0.1:{ingest}/power");

@@ -20,11 +20,12 @@ pub fn free_port() -> u16 {
     crate::util::free_low_port()
 }
 
-/// A running daemon, killed when dropped. Its log (stderr, level `warn` and up) can be waited on.
+/// A running daemon, killed when dropped. Its log (stderr, level `warn` and up) can be waited on. A task
+/// reads the log as it comes (a daemon whose stderr pipe nobody reads would block once the pipe is full).
 pub struct Daemon {
     pub child: Child,
     pub mqtt: SocketAddr,
-    log: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Daemon {
@@ -39,9 +40,16 @@ impl Daemon {
             .spawn()
             .expect("spawn fieldbridge");
         let mut child = child;
-        let log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
             child.stderr.take().unwrap(),
         ));
+        let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // Ends with the daemon (end of file) or the test's runtime.
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
         let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(mqtt).await.is_err() {
@@ -57,12 +65,21 @@ impl Daemon {
     /// Waits for a log line containing `needle`; returns it.
     pub async fn log_line(&mut self, needle: &str) -> String {
         loop {
-            match tokio::time::timeout(WAIT, self.log.next_line()).await {
-                Ok(Ok(Some(l))) if l.contains(needle) => return l,
-                Ok(Ok(Some(_))) => {}
+            match tokio::time::timeout(WAIT, self.log.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(_)) => {}
                 other => panic!("no log line with `{needle}`: {other:?}"),
             }
         }
+    }
+
+    /// The log lines written so far and not yet waited on (for a failure message).
+    pub fn log_so_far(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(l) = self.log.try_recv() {
+            out.push(l);
+        }
+        out
     }
 
     pub fn pid(&self) -> String {
