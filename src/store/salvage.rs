@@ -63,6 +63,8 @@ pub struct SalvageReport {
     pub cursors: u64,
     /// Whether the cursors could be read (if not, bridges start at the head of the new log).
     pub cursors_readable: bool,
+    /// Rows of the embedded broker's state (retained messages, persistent sessions) copied.
+    pub broker_state: u64,
     /// The highest seq of the new log (`meta.last_seq`).
     pub last_seq: u64,
     /// How long it took.
@@ -73,8 +75,8 @@ impl std::fmt::Display for SalvageReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} rows salvaged, up to {} lost in {} damaged ranges, {} cursors{}, last seq {}, in {:.1} s; \
-             the damaged file is kept as {}",
+            "{} rows salvaged, up to {} lost in {} damaged ranges, {} cursors{}, {} broker state rows \
+             (retained messages, sessions), last seq {}, in {:.1} s; the damaged file is kept as {}",
             self.rows_salvaged,
             self.seqs_lost,
             self.damaged_ranges,
@@ -84,6 +86,7 @@ impl std::fmt::Display for SalvageReport {
             } else {
                 " (cursor table unreadable: bridges start at the head)"
             },
+            self.broker_state,
             self.last_seq,
             self.took.as_secs_f64(),
             self.moved_to.display()
@@ -224,6 +227,7 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
         damaged_ranges: 0,
         cursors: 0,
         cursors_readable: false,
+        broker_state: 0,
         last_seq: 0,
         took: Duration::ZERO,
     };
@@ -298,6 +302,8 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
                     tracing::warn!("store salvage: the cursor table is unreadable ({e})");
                 }
             }
+            copier.finish().map_err(oe)?;
+            report.broker_state = copy_broker_state(&conn, &out).map_err(oe)?;
         }
         Err(e) => {
             tracing::warn!(
@@ -325,6 +331,58 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
     report.last_seq = max_seen;
     report.took = started.elapsed();
     Ok(report)
+}
+
+/// Copies the broker's state rows (a log from before schema v2 has none) as far as they can be read: a
+/// damaged page ends the copy, what came before it is kept. The number copied.
+fn copy_broker_state(src: &Connection, out: &Connection) -> rusqlite::Result<u64> {
+    let has_table = src
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'broker_state'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0)
+        > 0;
+    if !has_table {
+        return Ok(0);
+    }
+    let mut ins =
+        out.prepare("INSERT OR REPLACE INTO broker_state (kind, key, value) VALUES (?1, ?2, ?3)")?;
+    let mut n = 0;
+    let Ok(mut st) = src.prepare("SELECT kind, key, value FROM broker_state") else {
+        tracing::warn!("store salvage: the broker state table is unreadable");
+        return Ok(0);
+    };
+    let mut rows = st.query([])?;
+    out.execute_batch("BEGIN")?;
+    loop {
+        let row = rows.next().and_then(|r| {
+            r.map(|r| {
+                Ok::<_, rusqlite::Error>((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .transpose()
+        });
+        match row {
+            Ok(Some((kind, key, value))) => {
+                ins.execute(params![kind, key, value])?;
+                n += 1;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(
+                    "store salvage: broker state partly unreadable ({e}); {n} rows copied"
+                );
+                break;
+            }
+        }
+    }
+    out.execute_batch("COMMIT")?;
+    Ok(n)
 }
 
 /// A new, empty log (schema of this build) without a journal: it is a scratch file until renamed.

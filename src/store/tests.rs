@@ -1228,6 +1228,22 @@ async fn corrupt_pages_are_salvaged_around_the_damage() {
         store.cursor("cloud").unwrap();
         fill(&store, 0..2000, 1000, 500).await;
         store.set_cursor("cloud", 700).unwrap();
+        // The broker's retained messages and sessions are salvaged too.
+        store
+            .save_state(vec![
+                StateOp::Put {
+                    kind: StateKind::Retained,
+                    key: "gw/r".into(),
+                    value: b"retained".to_vec(),
+                },
+                StateOp::Put {
+                    kind: StateKind::Session,
+                    key: "client-1".into(),
+                    value: b"session".to_vec(),
+                },
+            ])
+            .await
+            .unwrap();
         store.close().unwrap();
     }
     let len = std::fs::metadata(&c.path).unwrap().len();
@@ -1250,6 +1266,14 @@ async fn corrupt_pages_are_salvaged_around_the_damage() {
         assert_eq!(r.payload.len(), 1000);
     }
     assert_eq!(store.cursors(), vec![("cloud".to_string(), 700)]);
+    assert_eq!(
+        store.load_state(StateKind::Retained).unwrap(),
+        vec![("gw/r".to_string(), b"retained".to_vec())]
+    );
+    assert_eq!(
+        store.load_state(StateKind::Session).unwrap(),
+        vec![("client-1".to_string(), b"session".to_vec())]
+    );
     let seq = store.append(big(5000, 10)).await.unwrap().await.unwrap();
     assert_eq!(seq, 2001);
     // History queries work on the salvaged rows (the index was rebuilt).
