@@ -16,6 +16,70 @@ use crate::util::{wait_until, within, TestBroker};
 const V5: Protocol = Protocol::V5;
 const V3: Protocol = Protocol::V311;
 
+/// Every scenario runs twice: on the default configuration, and with users and ACL rules in force (the rules
+/// allow what the scenarios do, so the ACL paths run: compiled rules, per-delivery read checks).
+#[derive(Clone, Copy)]
+enum Profile {
+    Default,
+    UsersAndAcl,
+}
+
+impl Profile {
+    fn apply(self, c: &mut fieldbridge::config::BrokerConfig) {
+        use fieldbridge::config::{AclAccess, AclRule, AclWho, Password, UserConfig};
+        if let Profile::UsersAndAcl = self {
+            c.users.push(UserConfig {
+                username: "operator".into(),
+                password: Password::Plain("operator-secret".into()),
+            });
+            c.acl = vec![
+                AclRule {
+                    who: AclWho::Everyone,
+                    filter: "secret/#".into(),
+                    access: AclAccess::All,
+                    allow: false,
+                },
+                AclRule {
+                    who: AclWho::Everyone,
+                    filter: "#".into(),
+                    access: AclAccess::All,
+                    allow: true,
+                },
+            ];
+        }
+    }
+}
+
+/// Two tests per scenario: `<scenario>::default_config` and `<scenario>::with_users_and_acl`.
+macro_rules! on_both_configs {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn default_config() {
+                super::$name(super::Profile::Default).await
+            }
+            #[tokio::test]
+            async fn with_users_and_acl() {
+                super::$name(super::Profile::UsersAndAcl).await
+            }
+        }
+    )*};
+}
+
+on_both_configs!(
+    deep_and_long_topics_are_refused_and_the_broker_lives_on,
+    a_subscriber_that_never_acknowledges_cannot_freeze_publishers,
+    the_in_process_link_is_never_held_by_a_stuck_subscriber,
+    a_qos0_burst_reaches_a_subscriber_that_keeps_up,
+    packets_pipelined_behind_connect_are_handled,
+    a_half_sent_packet_is_dropped_after_packet_timeout_whatever_the_keepalive,
+    per_client_limits_refuse_and_count,
+    offline_queues_share_a_byte_budget,
+    publishes_pipelined_behind_a_waiting_admission_are_all_logged_and_acknowledged,
+    receive_maximum_is_enforced_for_v5_and_only_flow_controls_v311,
+    connack_carries_server_keep_alive_when_a_maximum_is_set,
+);
+
 /// A canary pair on its own topic: a round trip proves the broker still serves others.
 async fn canary(tb: &TestBroker, tag: &str) {
     let mut s = Client::connect(tb.addr, V5, &format!("canary-s-{tag}"), true).await;
@@ -28,9 +92,12 @@ async fn canary(tb: &TestBroker, tag: &str) {
     assert_eq!(&s.recv_publish().await.payload[..], tag.as_bytes());
 }
 
-#[tokio::test]
-async fn deep_and_long_topics_are_refused_and_the_broker_lives_on() {
-    let tb = TestBroker::start_with(|c| c.limits.max_topic_levels = 1024).await;
+async fn deep_and_long_topics_are_refused_and_the_broker_lives_on(p: Profile) {
+    let tb = TestBroker::start_with(|c| {
+        p.apply(c);
+        c.limits.max_topic_levels = 1024;
+    })
+    .await;
     let mut c = Client::connect(tb.addr, V5, "deep", true).await;
     // The filter that aborted the daemon (recursive removal at ~4,500 levels): refused, not stored.
     let deep = vec!["a"; 5000].join("/");
@@ -57,7 +124,7 @@ async fn deep_and_long_topics_are_refused_and_the_broker_lives_on() {
     assert_eq!(tb.broker.stats().refused_topic_limits, 1);
 
     // Defaults: 128 levels, 4096 bytes. A PUBLISH beyond them ends the connection with 0x90.
-    let tb = TestBroker::start().await;
+    let tb = TestBroker::start_with(|c| p.apply(c)).await;
     for topic in [vec!["x"; 129].join("/"), "y".repeat(4097)] {
         let mut p = Client::connect(tb.addr, V5, "long", true).await;
         p.send(Packet::Publish(publish(&topic, "p", QoS::AtMostOnce, 0)))
@@ -69,7 +136,8 @@ async fn deep_and_long_topics_are_refused_and_the_broker_lives_on() {
     let ack = s
         .subscribe(vec![
             sub(&"z".repeat(4097), QoS::AtMostOnce),
-            sub(&vec!["+"; 128].join("/"), QoS::AtMostOnce),
+            // 128 levels (the first not a wildcard: with the ACL, `+/...` would intersect `secret/#`).
+            sub(&format!("z/{}", vec!["+"; 127].join("/")), QoS::AtMostOnce),
         ])
         .await;
     assert_eq!(
@@ -80,9 +148,9 @@ async fn deep_and_long_topics_are_refused_and_the_broker_lives_on() {
     canary(&tb, "after-long").await;
 }
 
-#[tokio::test]
-async fn a_subscriber_that_never_acknowledges_cannot_freeze_publishers() {
+async fn a_subscriber_that_never_acknowledges_cannot_freeze_publishers(p: Profile) {
     let tb = TestBroker::start_with(|c| {
+        p.apply(c);
         c.max_queued_messages = 10;
         c.receive_maximum = 20;
         c.limits.max_publish_wait = Duration::from_millis(300);
@@ -133,9 +201,9 @@ async fn a_subscriber_that_never_acknowledges_cannot_freeze_publishers() {
     assert!(got <= 10 + 20, "bounded by queue + window: {got}");
 }
 
-#[tokio::test]
-async fn the_in_process_link_is_never_held_by_a_stuck_subscriber() {
+async fn the_in_process_link_is_never_held_by_a_stuck_subscriber(p: Profile) {
     let tb = TestBroker::start_with(|c| {
+        p.apply(c);
         c.max_queued_messages = 5;
         c.receive_maximum = 5;
         c.limits.max_publish_wait = Duration::from_millis(200);
@@ -164,12 +232,15 @@ async fn the_in_process_link_is_never_held_by_a_stuck_subscriber() {
     assert_eq!(tb.broker.stats().slow_consumers_disconnected, 1);
 }
 
-#[tokio::test]
-async fn a_qos0_burst_reaches_a_subscriber_that_keeps_up() {
+async fn a_qos0_burst_reaches_a_subscriber_that_keeps_up(p: Profile) {
     const PUBLISHERS: usize = 10;
     const EACH: usize = 2000;
     // A small queue: without back-pressure for QoS 0 most of the burst would be dropped.
-    let tb = TestBroker::start_with(|c| c.max_queued_messages = 50).await;
+    let tb = TestBroker::start_with(|c| {
+        p.apply(c);
+        c.max_queued_messages = 50;
+    })
+    .await;
     let mut s = Client::connect(tb.addr, V5, "burst-sub", true).await;
     s.subscribe(vec![sub("burst/#", QoS::AtMostOnce)]).await;
     let mut pubs = Vec::new();
@@ -208,9 +279,8 @@ async fn a_qos0_burst_reaches_a_subscriber_that_keeps_up() {
     assert_eq!(tb.broker.stats().dropped_queue_full, 0);
 }
 
-#[tokio::test]
-async fn packets_pipelined_behind_connect_are_handled() {
-    let tb = TestBroker::start().await;
+async fn packets_pipelined_behind_connect_are_handled(p: Profile) {
+    let tb = TestBroker::start_with(|c| p.apply(c)).await;
     let mut s = Client::connect(tb.addr, V5, "pipe-sub", true).await;
     s.subscribe(vec![sub("pipe/#", QoS::AtMostOnce)]).await;
     for proto in [V3, V5] {
@@ -240,9 +310,12 @@ async fn packets_pipelined_behind_connect_are_handled() {
     );
 }
 
-#[tokio::test]
-async fn a_half_sent_packet_is_dropped_after_packet_timeout_whatever_the_keepalive() {
-    let tb = TestBroker::start_with(|c| c.limits.packet_timeout = Duration::from_millis(300)).await;
+async fn a_half_sent_packet_is_dropped_after_packet_timeout_whatever_the_keepalive(p: Profile) {
+    let tb = TestBroker::start_with(|c| {
+        p.apply(c);
+        c.limits.packet_timeout = Duration::from_millis(300);
+    })
+    .await;
     // keepalive 0: no keepalive timeout will ever close these.
     let mut cp = connect_packet(V3, "idle", true);
     cp.keep_alive = 0;
@@ -263,9 +336,9 @@ async fn a_half_sent_packet_is_dropped_after_packet_timeout_whatever_the_keepali
     assert_eq!(tb.broker.stats().clients_connected, 1);
 }
 
-#[tokio::test]
-async fn per_client_limits_refuse_and_count() {
+async fn per_client_limits_refuse_and_count(p: Profile) {
     let tb = TestBroker::start_with(|c| {
+        p.apply(c);
         c.limits.max_subscriptions_per_client = 3;
         c.limits.max_retained_messages = 2;
         c.limits.max_retained_bytes = 1000;
@@ -350,9 +423,12 @@ async fn per_client_limits_refuse_and_count() {
     assert_eq!(tb.broker.stats().refused_sessions, 2);
 }
 
-#[tokio::test]
-async fn offline_queues_share_a_byte_budget() {
-    let tb = TestBroker::start_with(|c| c.limits.max_offline_queued_bytes = 4096).await;
+async fn offline_queues_share_a_byte_budget(p: Profile) {
+    let tb = TestBroker::start_with(|c| {
+        p.apply(c);
+        c.limits.max_offline_queued_bytes = 4096;
+    })
+    .await;
     for id in ["away1", "away2"] {
         let mut cp = connect_packet(V5, id, true);
         cp.properties.session_expiry_interval = Some(600);
@@ -430,11 +506,12 @@ fn gated(
     (admit, commit, admitted)
 }
 
-#[tokio::test]
-async fn publishes_pipelined_behind_a_waiting_admission_are_all_logged_and_acknowledged() {
+async fn publishes_pipelined_behind_a_waiting_admission_are_all_logged_and_acknowledged(
+    p: Profile,
+) {
     // Guards the stuck-acknowledgment bug: a second publish replaced the first one's pending admission, which
     // was then neither logged nor acknowledged.
-    let tb = TestBroker::start().await;
+    let tb = TestBroker::start_with(|c| p.apply(c)).await;
     let (admit, commit, admitted) = gated(&tb, 0, 1000);
     let mut p = Client::connect(tb.addr, V3, "burst", true).await;
     let mut out = BytesMut::new();
@@ -459,9 +536,12 @@ async fn publishes_pipelined_behind_a_waiting_admission_are_all_logged_and_ackno
     drop(commit);
 }
 
-#[tokio::test]
-async fn receive_maximum_is_enforced_for_v5_and_only_flow_controls_v311() {
-    let tb = TestBroker::start_with(|c| c.receive_maximum = 5).await;
+async fn receive_maximum_is_enforced_for_v5_and_only_flow_controls_v311(p: Profile) {
+    let tb = TestBroker::start_with(|c| {
+        p.apply(c);
+        c.receive_maximum = 5;
+    })
+    .await;
     let (_admit, commit, _) = gated(&tb, usize::MAX >> 4, 0);
     // v5: a sixth unacknowledged QoS 1 publish breaks the announced quota.
     let mut p = Client::connect(tb.addr, V5, "greedy", true).await;
@@ -491,9 +571,12 @@ async fn receive_maximum_is_enforced_for_v5_and_only_flow_controls_v311() {
     }
 }
 
-#[tokio::test]
-async fn connack_carries_server_keep_alive_when_a_maximum_is_set() {
-    let tb = TestBroker::start_with(|c| c.max_keepalive = Some(30)).await;
+async fn connack_carries_server_keep_alive_when_a_maximum_is_set(p: Profile) {
+    let tb = TestBroker::start_with(|c| {
+        p.apply(c);
+        c.max_keepalive = Some(30);
+    })
+    .await;
     for (asked, told) in [(10, 10), (0, 30), (600, 30)] {
         let mut cp = connect_packet(V5, "ka", true);
         cp.keep_alive = asked;
