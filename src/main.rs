@@ -204,11 +204,13 @@ fn init_tracing(level: &str) {
 async fn run(cfg: fieldbridge::config::Config, registry: Registry) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let app = App::start(cfg, registry).await.context("starting")?;
-    // Listeners bound, API up: tell systemd (Type=notify), and ping its watchdog if WatchdogSec= is set.
-    let mut systemd = fieldbridge::notify::Systemd::ready();
+    // The handlers before READY: a stop that follows READY at once must find them (the default action would
+    // end the process without a clean stop and the final save of the broker's state).
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Listeners bound, API up: tell systemd (Type=notify), and ping its watchdog if WatchdogSec= is set.
+    let mut systemd = fieldbridge::notify::Systemd::ready();
     loop {
         tokio::select! {
             _ = hup.recv() => {
