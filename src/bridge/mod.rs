@@ -97,6 +97,7 @@
 //! - A missing PINGRESP is detected only at the next ping interval (2 × keepalive), not configurable.
 //!
 //! Receive Maximum is honoured by rumqttc's MQTT 5 event loop, but that alone did not outweigh the above.
+mod machine;
 mod reader;
 mod rules;
 mod session;
@@ -352,7 +353,7 @@ fn spawn(cfg: BridgeConfig, gateway: &str, store: &Store, broker: &Broker) -> Ru
     let shared = Arc::new(status::Shared {
         status: parking_lot::Mutex::new(BridgeStatus::new(
             &cfg.name,
-            session::url_text(&cfg),
+            machine::url_text(&cfg),
             cursor,
             now_ms(),
         )),
