@@ -38,7 +38,7 @@ pub(crate) const INBOUND_RECEIVE_MAXIMUM: u16 = 100;
 /// Inbound QoS 2 exchanges remembered at most (the upstream may not exceed our Receive Maximum).
 const INBOUND_QOS2_MAX: usize = INBOUND_RECEIVE_MAXIMUM as usize;
 
-/// What the driver must do.
+/// What the driver must do, in order. `Reconnect` or `Stopped`, when present, is the last.
 #[derive(Debug)]
 pub(crate) enum Action {
     /// Bytes for the upstream, in order (any number of packets).
@@ -664,6 +664,15 @@ impl Machine {
             self.reported = cursor;
             self.actions.push(Action::Advance(cursor));
         }
+        // The end of the link, if any, comes last: everything before it is still to be carried out.
+        if let Some(i) = self
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::Stopped | Action::Reconnect { .. }))
+        {
+            let end = self.actions.remove(i);
+            self.actions.push(end);
+        }
         std::mem::take(&mut self.actions)
     }
 
@@ -926,5 +935,492 @@ fn packet_name(p: &Packet) -> &'static str {
         Packet::PingResp => "PINGRESP",
         Packet::Disconnect(_) => "DISCONNECT",
         Packet::Auth(_) => "AUTH",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The link driven packet by packet, no socket, no broker: what goes out for what comes in.
+    use super::*;
+    use crate::broker::codec::{decode, SubAck};
+    use crate::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
+
+    fn cfg() -> BridgeConfig {
+        BridgeConfig {
+            name: "cloud".into(),
+            url: BridgeUrl {
+                scheme: BridgeScheme::Mqtt,
+                host: "127.0.0.1".into(),
+                port: 1883,
+                path: "/mqtt".into(),
+            },
+            protocol: Protocol::V5,
+            client_id: "gw-cloud".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            keepalive: Duration::from_secs(10),
+            clean_start: false,
+            session_expiry: Duration::from_secs(3600),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            inflight: 100,
+            rate_limit: None,
+            forward: vec![ForwardRule {
+                filter: "gw/#".into(),
+                topic: "up/{topic}".into(),
+                qos: None,
+                retain: true,
+            }],
+            subscribe: vec![],
+            status_topic: "gw/status".into(),
+        }
+    }
+
+    fn machine(cfg: &BridgeConfig, now: Instant) -> Machine {
+        let rules = Arc::new(Rules::compile(&cfg.forward, &cfg.subscribe));
+        Machine::new(cfg, rules, 0, now)
+    }
+
+    /// The packets of every `Send`, in order.
+    fn sent(actions: &[Action]) -> Vec<Packet> {
+        let mut v = Vec::new();
+        for a in actions {
+            if let Action::Send(b) = a {
+                let mut buf = BytesMut::from(&b[..]);
+                loop {
+                    // The decoder is the broker's: it takes CONNECT only as the first packet it sees.
+                    let connect = buf.first().is_some_and(|b| b >> 4 == 1);
+                    let protocol = (!connect).then_some(Protocol::V5);
+                    match decode(&mut buf, protocol, u32::MAX).unwrap() {
+                        Some(p) => v.push(p),
+                        None => break,
+                    }
+                }
+                assert!(buf.is_empty(), "a partial packet was sent");
+            }
+        }
+        v
+    }
+
+    fn publishes(actions: &[Action]) -> Vec<Publish> {
+        sent(actions)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn advanced(actions: &[Action]) -> Option<u64> {
+        actions.iter().rev().find_map(|a| match a {
+            Action::Advance(c) => Some(*c),
+            _ => None,
+        })
+    }
+
+    fn reconnect(actions: &[Action]) -> Option<(&BridgeError, Duration, bool)> {
+        actions.iter().find_map(|a| match a {
+            Action::Reconnect {
+                after,
+                error,
+                was_up,
+            } => Some((error, *after, *was_up)),
+            _ => None,
+        })
+    }
+
+    fn connack(receive_maximum: Option<u16>, session_present: bool) -> Packet {
+        let mut properties = Properties::default();
+        properties.receive_maximum = receive_maximum;
+        Packet::ConnAck(ConnAck {
+            session_present,
+            reason_code: 0,
+            properties,
+        })
+    }
+
+    fn puback(pid: u16) -> Packet {
+        Packet::PubAck(PubResp {
+            packet_id: pid,
+            reason_code: 0,
+            properties: Properties::default(),
+        })
+    }
+
+    /// Rows `from..=to` on `gw/d/v`, payload = the seq.
+    fn rows(from: u64, to: u64) -> Batch {
+        Batch {
+            items: (from..=to)
+                .map(|seq| Item {
+                    seq,
+                    publish: Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic: Arc::from("up/gw/d/v"),
+                        packet_id: 0,
+                        properties: Properties::default(),
+                        payload: Bytes::from(seq.to_string()),
+                    },
+                })
+                .collect(),
+            upto: to,
+            expired: 0,
+            unroutable: 0,
+        }
+    }
+
+    fn seq_of(p: &Publish) -> u64 {
+        std::str::from_utf8(&p.payload).unwrap().parse().unwrap()
+    }
+
+    /// Connected with the given Receive Maximum; returns the birth's packet identifier.
+    fn up(m: &mut Machine, rm: Option<u16>, now: Instant) -> u16 {
+        let a = m.on_transport_up(now);
+        assert!(matches!(sent(&a)[..], [Packet::Connect(_)]));
+        let a = m.on_packet(connack(rm, false), now);
+        assert!(a.iter().any(|a| matches!(a, Action::Connected)));
+        let birth = publishes(&a)
+            .into_iter()
+            .find(|p| &*p.topic == "gw/status")
+            .expect("birth");
+        assert_eq!(&birth.payload[..], b"online");
+        assert!(birth.retain && birth.qos == QoS::AtLeastOnce);
+        birth.packet_id
+    }
+
+    #[test]
+    fn connect_carries_the_will_and_a_refused_connack_backs_off() {
+        let t0 = Instant::now();
+        let c = cfg();
+        let mut m = machine(&c, t0);
+        let a = m.on_transport_up(t0);
+        match &sent(&a)[..] {
+            [Packet::Connect(c)] => {
+                let will = c.will.as_ref().expect("will");
+                assert_eq!(
+                    (&*will.topic, &will.payload[..]),
+                    ("gw/status", &b"offline"[..])
+                );
+                assert!(will.retain);
+                assert_eq!(c.keep_alive, 10);
+                assert_eq!(c.properties.receive_maximum, Some(INBOUND_RECEIVE_MAXIMUM));
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: reason::BAD_USER_NAME_OR_PASSWORD,
+            properties: Properties::default(),
+        });
+        let a = m.on_packet(refused, t0);
+        let (e, after, was_up) = reconnect(&a).expect("reconnect");
+        assert!(matches!(e, BridgeError::Refused { code: 0x86, .. }), "{e}");
+        assert!(e.to_string().contains("username"), "{e}");
+        assert!(!was_up);
+        assert!(after >= c.reconnect_min / 2 && after <= c.reconnect_min);
+        assert!(!m.connected());
+        // The next attempt: no CONNACK before the deadline.
+        m.on_transport_up(t0);
+        assert!(reconnect(&m.on_tick(t0 + Duration::from_secs(1))).is_none());
+        let a = m.on_tick(t0 + m.connect_timeout());
+        let (e, after, _) = reconnect(&a).expect("connect timeout");
+        assert!(matches!(e, BridgeError::ConnectTimeout(_)), "{e}");
+        assert!(after >= c.reconnect_min, "the backoff grows: {after:?}");
+        // And a transport closed before CONNACK says so.
+        m.on_transport_up(t0);
+        let a = m.on_closed(BridgeError::Closed, t0);
+        assert!(matches!(
+            reconnect(&a),
+            Some((BridgeError::ClosedBeforeConnAck, _, false))
+        ));
+        assert_eq!(m.connects, 0);
+    }
+
+    #[test]
+    fn rows_fill_the_receive_maximum_with_the_birth_and_the_cursor_moves_in_order() {
+        let t0 = Instant::now();
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(4), t0);
+        assert_eq!(m.window().limit(), 4);
+        let a = m.on_rows(rows(1, 10), t0);
+        let p = publishes(&a);
+        assert_eq!(
+            p.iter().map(seq_of).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "3 rows + the birth = 4"
+        );
+        assert!(p.iter().all(|p| !p.dup && p.qos == QoS::AtLeastOnce));
+        // The birth's ack frees its slot for row 4.
+        let a = m.on_packet(puback(birth), t0);
+        assert_eq!(publishes(&a).iter().map(seq_of).collect::<Vec<_>>(), [4]);
+        assert_eq!(advanced(&a), None);
+        // An ack out of order does not move the cursor; the front's does, past both.
+        let a = m.on_packet(puback(p[1].packet_id), t0);
+        assert_eq!(advanced(&a), None);
+        assert_eq!(m.window().cursor(), 0);
+        let a = m.on_packet(puback(p[0].packet_id), t0);
+        assert_eq!(advanced(&a), Some(2));
+        assert_eq!(publishes(&a).iter().map(seq_of).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn many_acks_in_one_read_are_answered_with_one_send() {
+        let t0 = Instant::now();
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(20), t0);
+        m.on_packet(puback(birth), t0);
+        let first = publishes(&m.on_rows(rows(1, 100), t0));
+        assert_eq!(first.len(), 20);
+        let mut buf = BytesMut::new();
+        for p in &first[..10] {
+            codec::encode(&puback(p.packet_id), Protocol::V5, &mut buf);
+        }
+        let a = m.on_bytes(&mut buf, t0);
+        assert!(buf.is_empty());
+        let sends = a.iter().filter(|a| matches!(a, Action::Send(_))).count();
+        assert_eq!(sends, 1, "one send for ten acks");
+        assert_eq!(publishes(&a).len(), 10);
+        assert_eq!(advanced(&a), Some(10));
+    }
+
+    #[test]
+    fn reconnect_resends_unacknowledged_rows_first_with_dup_and_their_ids() {
+        let t0 = Instant::now();
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(10), t0);
+        m.on_packet(puback(birth), t0);
+        let first = publishes(&m.on_rows(rows(1, 5), t0));
+        m.on_packet(puback(first[0].packet_id), t0);
+        m.on_packet(puback(first[2].packet_id), t0);
+        let a = m.on_closed(BridgeError::Closed, t0);
+        let (e, _, was_up) = reconnect(&a).expect("reconnect");
+        assert!(matches!(e, BridgeError::Closed) && was_up);
+        assert_eq!(m.window().cursor(), 1);
+        m.on_transport_up(t0);
+        let a = m.on_packet(connack(Some(10), true), t0);
+        let p = publishes(&a);
+        // 2, 4, 5 again (3 was acknowledged), in order, DUP, same identifiers; then the birth.
+        assert_eq!(
+            p.iter().map(|p| &*p.topic).collect::<Vec<_>>(),
+            ["up/gw/d/v", "up/gw/d/v", "up/gw/d/v", "gw/status"]
+        );
+        for (again, orig) in p[..3].iter().zip([&first[1], &first[3], &first[4]]) {
+            assert!(again.dup);
+            assert_eq!(again.packet_id, orig.packet_id);
+            assert_eq!(again.payload, orig.payload);
+        }
+        assert_eq!(m.window().resent, 3);
+        for p in &p[..3] {
+            m.on_packet(puback(p.packet_id), t0);
+        }
+        assert_eq!(m.window().cursor(), 5);
+        assert_eq!(m.connects, 2);
+    }
+
+    #[test]
+    fn a_stalled_link_is_given_up_and_nothing_unacknowledged_counts_as_delivered() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.keepalive = Duration::from_secs(2);
+        let mut m = machine(&c, t0);
+        let birth = up(&mut m, None, t0);
+        m.on_packet(puback(birth), t0);
+        assert_eq!(publishes(&m.on_rows(rows(1, 5), t0)).len(), 5);
+        // Silence: a PINGREQ after one keepalive, the link declared dead at 1.5 keepalive.
+        let a = m.on_tick(t0 + Duration::from_secs(2));
+        assert!(matches!(sent(&a)[..], [Packet::PingReq]));
+        assert!(reconnect(&a).is_none());
+        let a = m.on_tick(t0 + Duration::from_secs(3));
+        let (e, _, was_up) = reconnect(&a).expect("keepalive timeout");
+        assert!(matches!(e, BridgeError::KeepaliveTimeout(_)), "{e}");
+        assert!(was_up);
+        assert_eq!(m.window().cursor(), 0);
+        assert_eq!(m.window().delivered, 0);
+        // A PINGRESP in time keeps the link.
+        let t1 = t0 + Duration::from_secs(10);
+        m.on_transport_up(t1);
+        m.on_packet(connack(None, true), t1);
+        m.on_tick(t1 + Duration::from_secs(2));
+        m.on_packet(Packet::PingResp, t1 + Duration::from_millis(2500));
+        assert!(reconnect(&m.on_tick(t1 + Duration::from_secs(3))).is_none());
+        assert!(m.connected());
+    }
+
+    #[test]
+    fn a_stop_waits_for_the_window_then_says_offline_and_disconnects() {
+        let t0 = Instant::now();
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(10), t0);
+        m.on_packet(puback(birth), t0);
+        let p = publishes(&m.on_rows(rows(1, 3), t0));
+        let a = m.begin_stop(t0, Duration::from_secs(5));
+        assert!(
+            publishes(&a).is_empty(),
+            "offline waits for the in-flight rows"
+        );
+        assert!(!m.wants_rows());
+        m.on_packet(puback(p[0].packet_id), t0);
+        m.on_packet(puback(p[1].packet_id), t0);
+        let a = m.on_packet(puback(p[2].packet_id), t0);
+        assert_eq!(advanced(&a), Some(3));
+        let offline = publishes(&a).pop().expect("offline");
+        assert_eq!(
+            (&*offline.topic, &offline.payload[..]),
+            ("gw/status", &b"offline"[..])
+        );
+        assert!(offline.retain);
+        let a = m.on_packet(puback(offline.packet_id), t0);
+        assert!(matches!(sent(&a)[..], [Packet::Disconnect(ref d)] if d.reason_code == 0));
+        assert!(matches!(a.last(), Some(Action::Stopped)));
+        // Stopping without a link is immediate.
+        let mut m = machine(&cfg(), t0);
+        let a = m.begin_stop(t0, Duration::from_secs(5));
+        assert!(matches!(a[..], [Action::Stopped]));
+    }
+
+    #[test]
+    fn a_stop_deadline_with_the_receive_maximum_full_leaves_offline_to_the_will() {
+        let t0 = Instant::now();
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(3), t0);
+        m.on_packet(puback(birth), t0);
+        assert_eq!(publishes(&m.on_rows(rows(1, 9), t0)).len(), 3);
+        m.begin_stop(t0, Duration::from_secs(2));
+        assert!(sent(&m.on_tick(t0 + Duration::from_secs(1))).is_empty());
+        let a = m.on_tick(t0 + Duration::from_secs(2));
+        assert!(publishes(&a).is_empty(), "no slot for `offline`");
+        assert!(
+            matches!(sent(&a)[..], [Packet::Disconnect(ref d)] if d.reason_code == reason::DISCONNECT_WITH_WILL)
+        );
+        assert!(matches!(a.last(), Some(Action::Stopped)));
+        assert_eq!(
+            m.window().cursor(),
+            0,
+            "unacknowledged rows stay undelivered"
+        );
+    }
+
+    #[test]
+    fn subscribe_rules_subscribe_without_echo_and_map_inbound_messages() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.subscribe = vec![
+            SubscribeRule {
+                filter: "cmd/gw/+/+/set".into(),
+                topic: "gw/{1}/{2}/set".into(),
+                qos: QoS::AtLeastOnce,
+            },
+            SubscribeRule {
+                filter: "forbidden/#".into(),
+                topic: "{topic}".into(),
+                qos: QoS::ExactlyOnce,
+            },
+        ];
+        let mut m = machine(&c, t0);
+        m.on_transport_up(t0);
+        let a = m.on_packet(connack(None, false), t0);
+        let sub = sent(&a)
+            .into_iter()
+            .find_map(|p| match p {
+                Packet::Subscribe(s) => Some(s),
+                _ => None,
+            })
+            .expect("SUBSCRIBE after CONNACK");
+        assert_eq!(sub.subscriptions.len(), 2);
+        assert!(sub.subscriptions.iter().all(|s| s.no_local));
+        let a = m.on_packet(
+            Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                properties: Properties::default(),
+                reason_codes: vec![1, reason::NOT_AUTHORIZED],
+            }),
+            t0,
+        );
+        assert!(matches!(
+            &a[..],
+            [Action::Warn(BridgeError::SubscribeRefused { filter, code: 0x87, .. })] if filter == "forbidden/#"
+        ));
+        // QoS 1 inbound: delivered mapped, PUBACK.
+        let inbound = |pid: u16, qos: QoS, topic: &str| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: Arc::from(topic),
+                packet_id: pid,
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"21.5"),
+            })
+        };
+        let a = m.on_packet(
+            inbound(7, QoS::AtLeastOnce, "cmd/gw/boiler/setpoint/set"),
+            t0,
+        );
+        match &a[..] {
+            [Action::Deliver(msg), Action::Send(_)] => {
+                assert_eq!(&*msg.topic, "gw/boiler/setpoint/set");
+                assert_eq!(&msg.payload[..], b"21.5");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(sent(&a)[..], [Packet::PubAck(ref r)] if r.packet_id == 7));
+        // QoS 2 sent twice before PUBREL: delivered once, PUBREC both times; PUBREL gets PUBCOMP.
+        let q2 = || inbound(8, QoS::ExactlyOnce, "cmd/gw/meter/reset/set");
+        let a = m.on_packet(q2(), t0);
+        assert_eq!(
+            a.iter().filter(|a| matches!(a, Action::Deliver(_))).count(),
+            1
+        );
+        let a = m.on_packet(q2(), t0);
+        assert_eq!(
+            a.iter().filter(|a| matches!(a, Action::Deliver(_))).count(),
+            0
+        );
+        assert!(matches!(sent(&a)[..], [Packet::PubRec(ref r)] if r.packet_id == 8));
+        let rel = Packet::PubRel(PubResp {
+            packet_id: 8,
+            reason_code: 0,
+            properties: Properties::default(),
+        });
+        assert!(
+            matches!(sent(&m.on_packet(rel, t0))[..], [Packet::PubComp(ref r)] if r.packet_id == 8)
+        );
+        // A message no rule maps is acknowledged and dropped.
+        let a = m.on_packet(inbound(9, QoS::AtLeastOnce, "elsewhere/x"), t0);
+        assert!(!a.iter().any(|a| matches!(a, Action::Deliver(_))));
+        assert!(matches!(sent(&a)[..], [Packet::PubAck(_)]));
+    }
+
+    #[test]
+    fn a_quota_refusal_reconnects_with_half_the_window() {
+        let t0 = Instant::now();
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(40), t0);
+        m.on_packet(puback(birth), t0);
+        let p = publishes(&m.on_rows(rows(1, 50), t0));
+        assert_eq!(p.len(), 40);
+        let quota = Packet::PubAck(PubResp {
+            packet_id: p[0].packet_id,
+            reason_code: reason::QUOTA_EXCEEDED,
+            properties: Properties::default(),
+        });
+        let a = m.on_packet(quota, t0);
+        assert!(matches!(
+            reconnect(&a),
+            Some((BridgeError::QuotaExceeded { window: 20 }, _, true))
+        ));
+        m.on_transport_up(t0);
+        let a = m.on_packet(connack(Some(40), true), t0);
+        assert_eq!(m.window().limit(), 20);
+        assert_eq!(
+            publishes(&a).iter().filter(|p| p.dup).count(),
+            20,
+            "resent within the learned window"
+        );
+        assert_eq!(m.window().cursor(), 0);
     }
 }

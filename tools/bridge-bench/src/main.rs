@@ -436,12 +436,15 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     };
     let store = Store::open(&storage).expect("open store");
     let broker = Broker::new(broker_config());
-    let cfg = BridgeConfig {
+    // During the outage the bridge points at a port nobody listens on; once the upstream and its subscriber
+    // are ready, a reload points it at the upstream (from its cursor), so no message can arrive before the
+    // subscription does.
+    let mut cfg = BridgeConfig {
         name: "cloud".into(),
         url: BridgeUrl {
             scheme: BridgeScheme::Mqtt,
             host: "127.0.0.1".into(),
-            port: up_port,
+            port: free_port(),
             path: "/mqtt".into(),
         },
         protocol: if args.protocol == "311" {
@@ -523,6 +526,8 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     };
     let rss_before = rss_mib(std::process::id());
     let cpu_before = cpu_secs(std::process::id(), "bench-sub");
+    cfg.url.port = up_port;
+    bridges.reload(std::slice::from_ref(&cfg), "gw").await;
     let t_up = Instant::now();
     // Connected?
     let mut t_conn = None;
