@@ -48,7 +48,7 @@ pub(crate) enum Action {
     /// The cursor moved: every forwarded row up to this seq is delivered.
     Advance(u64),
     /// An inbound message, mapped by a subscribe rule, for the local broker.
-    Deliver(Message),
+    Deliver(Box<Message>),
     /// Not fatal, but worth showing in the status (a refused subscription).
     Warn(BridgeError),
     /// The link is over: drop the transport and connect again after `after`. `was_up`: it had been
@@ -306,7 +306,9 @@ impl Machine {
         self.finish(now)
     }
 
-    /// One packet from the upstream.
+    /// One packet from the upstream. The driver feeds whole reads through [`Machine::on_bytes`] (one
+    /// answer for all their packets); this is the packet-level door the unit tests use.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn on_packet(&mut self, p: Packet, now: Instant) -> Vec<Action> {
         if let Phase::Up(l) = &mut self.phase {
             l.last_rx = now;
@@ -566,7 +568,7 @@ impl Machine {
                 }
                 if fresh {
                     if let Some(msg) = inbound(&self.rules, p) {
-                        self.actions.push(Action::Deliver(msg));
+                        self.actions.push(Action::Deliver(Box::new(msg)));
                     }
                 }
                 let resp = PubResp {
@@ -1033,12 +1035,13 @@ mod tests {
     }
 
     fn connack(receive_maximum: Option<u16>, session_present: bool) -> Packet {
-        let mut properties = Properties::default();
-        properties.receive_maximum = receive_maximum;
         Packet::ConnAck(ConnAck {
             session_present,
             reason_code: 0,
-            properties,
+            properties: Properties {
+                receive_maximum,
+                ..Properties::default()
+            },
         })
     }
 

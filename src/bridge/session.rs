@@ -406,7 +406,8 @@ impl Bridge {
                     self.persist(false);
                 }
                 Action::Deliver(msg) => {
-                    if let Err(mpsc::error::TrySendError::Full(msg)) = self.inbound_tx.try_send(msg)
+                    if let Err(mpsc::error::TrySendError::Full(msg)) =
+                        self.inbound_tx.try_send(*msg)
                     {
                         // Back-pressure: the local broker is slower than the upstream.
                         let _ = self.inbound_tx.send(msg).await;
