@@ -5,11 +5,19 @@
 //! Each configured bridge is one task (plus a read-ahead task and a local-publish task):
 //!
 //! ```text
-//!   store ──read_from(cursor, 1000)──▶ reader ──Batch (rules applied, topics mapped)──▶ session loop ──▶ upstream
-//!     ▲                                                                                   │  ▲
-//!     └──────────── set_cursor(contiguous acked seq), every 200 ms and at stop ◀─────────┘  │ PUBACK/PUBCOMP
-//!   broker ◀── local task ◀── inbound PUBLISH (subscribe rules) / retained state ◀───────────┘
+//!   store ──read_from(cursor, 1000)──▶ reader ──Batch (rules applied, topics mapped)──▶ driver ──▶ upstream
+//!     ▲                                                                                  │ ▲ │  ▲
+//!     └──────────── set_cursor(contiguous acked seq), every 200 ms and at stop ◀────────┘ │ │  │ PUBACK/PUBCOMP
+//!   broker ◀── local task ◀── inbound PUBLISH (subscribe rules) / retained state ◀────────┘ │  │
+//!                                        machine (no I/O): on_bytes/on_rows/on_tick/… ──▶ actions
 //! ```
+//!
+//! The protocol lives in `machine.rs`, an I/O-free state machine (`down → connecting → up → down…`,
+//! `stopped`): bytes, rows, ticks and the stop go in; actions come out (`Send` bytes, `Advance` the cursor,
+//! `Deliver` an inbound message, `Reconnect` after a delay, `Stopped`). `session.rs` is the thin driver:
+//! the transport, the timers, the read-ahead channel, the local link and the status. Each read's packets
+//! are answered together, and the answer is written in the same wakeup: one write per read, however many
+//! PUBLISH packets it carries.
 //!
 //! # The mode machine
 //!
@@ -33,8 +41,10 @@
 //!   message expiry is reduced by the time spent in the log, and rows that expired are not sent (counted
 //!   in `skipped`).
 //! - The in-flight window (see `window.rs`) holds at most min(`inflight`, the upstream's CONNACK Receive
-//!   Maximum − 1) rows, QoS 0 included: one slot of the Receive Maximum is kept for the birth (and the
-//!   `offline` message at stop), which are QoS 1 publishes too. Packet identifiers are ours: each row keeps
+//!   Maximum) rows, QoS 0 included; the birth (and the `offline` message at stop), QoS 1 publishes too,
+//!   take a slot of the Receive Maximum while unacknowledged, so rows and control messages together never
+//!   exceed it. A stop whose grace ends with every slot taken sends DISCONNECT with reason 0x04 (MQTT 5),
+//!   so the upstream publishes the will (`offline`) instead. Packet identifiers are ours: each row keeps
 //!   its identifier until acknowledged, across reconnects. MQTT 3.1.1 has no Receive Maximum, yet brokers
 //!   have limits (mosquitto: `max_inflight_messages`, default 20, for QoS 2 from 3.1.1 clients): there
 //!   `inflight` must respect them. A v5 upstream that refuses a message for its quota (0x97) or disconnects
@@ -97,6 +107,7 @@
 //! - A missing PINGRESP is detected only at the next ping interval (2 × keepalive), not configurable.
 //!
 //! Receive Maximum is honoured by rumqttc's MQTT 5 event loop, but that alone did not outweigh the above.
+mod machine;
 mod reader;
 mod rules;
 mod session;
@@ -352,7 +363,7 @@ fn spawn(cfg: BridgeConfig, gateway: &str, store: &Store, broker: &Broker) -> Ru
     let shared = Arc::new(status::Shared {
         status: parking_lot::Mutex::new(BridgeStatus::new(
             &cfg.name,
-            session::url_text(&cfg),
+            machine::url_text(&cfg),
             cursor,
             now_ms(),
         )),

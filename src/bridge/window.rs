@@ -72,8 +72,12 @@ pub(crate) struct Window {
     /// QoS 1/2 entries written on the current connection and not complete.
     outstanding: usize,
     limit: usize,
+    /// The upstream's Receive Maximum: QoS 1/2 PUBLISH packets in flight, rows and control messages (birth,
+    /// `offline`) together.
+    quota: usize,
     pids: HashMap<u16, u64>,
-    control: Vec<u16>,
+    /// Control packet identifiers in use, and whether each is a QoS 1 PUBLISH (counted in `quota`).
+    control: Vec<(u16, bool)>,
     last_pid: u16,
     consumed: u64,
     written_qos0: u64,
@@ -100,6 +104,7 @@ impl Window {
             next: 0,
             outstanding: 0,
             limit: 1,
+            quota: usize::MAX,
             pids: HashMap::new(),
             control: Vec::new(),
             last_pid: 0,
@@ -114,8 +119,9 @@ impl Window {
         }
     }
 
-    /// A new connection: `limit` is its window, `session_present` from CONNACK. Whatever was written on the
-    /// previous connection and not complete is sent again by [`Window::resend`].
+    /// A new connection: `limit` is its window, `quota` the upstream's Receive Maximum (QoS 1/2 PUBLISH
+    /// packets in flight, control messages included), `session_present` from CONNACK. Whatever was written
+    /// on the previous connection and not complete is sent again by [`Window::resend`].
     ///
     /// When the upstream kept the session, PUBREL goes out at once (into `out`) for every QoS 2 entry whose
     /// PUBREC came: those exchanges hold the upstream's in-flight quota until released, and a broker that
@@ -123,11 +129,13 @@ impl Window {
     pub(crate) fn reconnect(
         &mut self,
         limit: usize,
+        quota: usize,
         session_present: bool,
         protocol: Protocol,
         out: &mut BytesMut,
     ) {
         self.limit = limit.clamp(1, MAX_WINDOW);
+        self.quota = quota.max(1);
         self.session_present = session_present;
         self.next = 0;
         self.outstanding = 0;
@@ -170,7 +178,13 @@ impl Window {
 
     /// Whether a new row may be taken: the resends of this connection are done and the window has room.
     pub(crate) fn room(&self) -> bool {
-        self.next == self.q.len() && self.q.len() < self.limit
+        self.next == self.q.len() && self.q.len() < self.limit && self.quota_free()
+    }
+
+    /// Whether one more QoS 1/2 PUBLISH may go out under the upstream's Receive Maximum.
+    pub(crate) fn quota_free(&self) -> bool {
+        let controls = self.control.iter().filter(|c| c.1).count();
+        self.outstanding + controls < self.quota
     }
 
     /// Every row up to `seq` has been taken from the log (rows matching no rule, or dropped, included).
@@ -224,6 +238,8 @@ impl Window {
         max_bytes: usize,
     ) -> usize {
         let mut n = 0;
+        // Control messages in flight hold slots of the Receive Maximum too.
+        let controls = self.control.iter().filter(|c| c.1).count();
         while self.next < self.q.len() && out.len() < max_bytes {
             let flushed = self.flushed;
             let e = &mut self.q[self.next];
@@ -235,7 +251,7 @@ impl Window {
                     n += 1;
                 }
                 State::Sent => {
-                    if self.outstanding >= self.limit {
+                    if self.outstanding >= self.limit || self.outstanding + controls >= self.quota {
                         break;
                     }
                     e.publish.dup = true;
@@ -248,7 +264,7 @@ impl Window {
                 // PUBREL already went out at reconnect.
                 State::Released if e.on_wire => {}
                 State::Released => {
-                    if self.outstanding >= self.limit {
+                    if self.outstanding >= self.limit || self.outstanding + controls >= self.quota {
                         break;
                     }
                     // The upstream forgot the exchange: the message may never have been passed on, so it is
@@ -394,24 +410,26 @@ impl Window {
         // Bounded: at most MAX_WINDOW identifiers plus a few control ones are in use.
         for _ in 0..=u16::MAX {
             self.last_pid = self.last_pid.wrapping_add(1).max(1);
-            if !self.pids.contains_key(&self.last_pid) && !self.control.contains(&self.last_pid) {
+            let pid = self.last_pid;
+            if !self.pids.contains_key(&pid) && !self.control.iter().any(|c| c.0 == pid) {
                 return self.last_pid;
             }
         }
         unreachable!("more than 65535 packet identifiers in use")
     }
 
-    /// A packet identifier for a control packet (birth, SUBSCRIBE, offline), released by
-    /// [`Window::release_control`] or at the next reconnect.
-    pub(crate) fn control_pid(&mut self) -> u16 {
+    /// A packet identifier for a control packet, released by [`Window::release_control`] or at the next
+    /// reconnect. `publish`: a QoS 1 PUBLISH (birth, `offline`), which holds a slot of the Receive Maximum
+    /// until acknowledged (check [`Window::quota_free`] first); SUBSCRIBE does not.
+    pub(crate) fn control_pid(&mut self, publish: bool) -> u16 {
         let pid = self.alloc_pid();
-        self.control.push(pid);
+        self.control.push((pid, publish));
         pid
     }
 
     /// Releases a control identifier; false when it was not one.
     pub(crate) fn release_control(&mut self, pid: u16) -> bool {
-        match self.control.iter().position(|p| *p == pid) {
+        match self.control.iter().position(|p| p.0 == pid) {
             Some(i) => {
                 self.control.swap_remove(i);
                 true
@@ -459,7 +477,7 @@ mod tests {
     #[test]
     fn cursor_is_contiguous_and_acks_out_of_order_wait() {
         let mut w = Window::new(10);
-        w.reconnect(3, false, Protocol::V5, &mut BytesMut::new());
+        w.reconnect(3, usize::MAX, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
         w.push(11, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
         w.consumed(12); // a row no rule matched
@@ -487,7 +505,7 @@ mod tests {
     #[test]
     fn reconnect_resends_in_order_with_dup_and_same_ids() {
         let mut w = Window::new(0);
-        w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
+        w.reconnect(10, usize::MAX, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
         for s in 1..=5 {
             w.push(s, p(QoS::AtLeastOnce), Protocol::V5, &mut out);
@@ -495,7 +513,7 @@ mod tests {
         let first: Vec<u16> = packets(&mut out).iter().map(pid_of).collect();
         w.puback(first[1], 0);
         // The link drops; the new connection allows only 2 in flight.
-        w.reconnect(2, true, Protocol::V5, &mut out);
+        w.reconnect(2, usize::MAX, true, Protocol::V5, &mut out);
         assert!(!w.room());
         assert_eq!(w.resend(Protocol::V5, &mut out, usize::MAX), 2);
         let again = packets(&mut out);
@@ -525,7 +543,7 @@ mod tests {
     #[test]
     fn qos0_completes_when_flushed_and_is_resent_if_not() {
         let mut w = Window::new(0);
-        w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
+        w.reconnect(10, usize::MAX, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
         w.push(1, p(QoS::AtMostOnce), Protocol::V5, &mut out);
         assert_eq!(w.cursor(), 0, "not on the socket yet");
@@ -533,7 +551,7 @@ mod tests {
         assert_eq!(w.cursor(), 1);
         w.push(2, p(QoS::AtMostOnce), Protocol::V5, &mut out);
         out.clear(); // the connection died before the buffer was written
-        w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
+        w.reconnect(10, usize::MAX, false, Protocol::V5, &mut BytesMut::new());
         assert_eq!(w.resend(Protocol::V5, &mut out, usize::MAX), 1);
         w.flushed();
         assert_eq!(w.cursor(), 2);
@@ -542,7 +560,7 @@ mod tests {
     #[test]
     fn qos2_flow_and_resume() {
         let mut w = Window::new(0);
-        w.reconnect(10, false, Protocol::V5, &mut BytesMut::new());
+        w.reconnect(10, usize::MAX, false, Protocol::V5, &mut BytesMut::new());
         let mut out = BytesMut::new();
         w.push(1, p(QoS::ExactlyOnce), Protocol::V5, &mut out);
         w.push(2, p(QoS::ExactlyOnce), Protocol::V5, &mut out);
@@ -553,7 +571,7 @@ mod tests {
         );
         assert!(matches!(packets(&mut out)[0], Packet::PubRel(_)));
         // Session kept: PUBREL again for the first, PUBLISH (DUP) for the second.
-        w.reconnect(10, true, Protocol::V5, &mut out);
+        w.reconnect(10, usize::MAX, true, Protocol::V5, &mut out);
         w.resend(Protocol::V5, &mut out, usize::MAX);
         let again = packets(&mut out);
         assert!(matches!(&again[0], Packet::PubRel(r) if r.packet_id == pids[0]));
@@ -561,7 +579,7 @@ mod tests {
         assert_eq!(w.pubcomp(pids[0], 0), Acked::Delivered);
         assert_eq!(w.cursor(), 1);
         // Session lost: the released one would be published again.
-        w.reconnect(10, false, Protocol::V5, &mut out);
+        w.reconnect(10, usize::MAX, false, Protocol::V5, &mut out);
         w.resend(Protocol::V5, &mut out, usize::MAX);
         assert!(matches!(&packets(&mut out)[0], Packet::Publish(p) if p.packet_id == pids[1]));
         assert_eq!(
@@ -580,8 +598,8 @@ mod tests {
     #[test]
     fn control_ids_never_collide() {
         let mut w = Window::new(0);
-        w.reconnect(5, false, Protocol::V5, &mut BytesMut::new());
-        let c = w.control_pid();
+        w.reconnect(5, usize::MAX, false, Protocol::V5, &mut BytesMut::new());
+        let c = w.control_pid(true);
         let mut out = BytesMut::new();
         for s in 1..=5 {
             w.push(s, p(QoS::AtLeastOnce), Protocol::V5, &mut out);

@@ -7,7 +7,10 @@
 //! messages, duplicates, order (each payload starts with its sequence number), so "lost" is measured, not
 //! assumed.
 //!
-//! `cargo run --release -p fieldbridge-bridge-bench -- --messages 1000000 --inflight 1000`
+//! Both halves are timed the same way: first to last arrival at the upstream subscriber, which runs on a
+//! runtime thread of its own (it stands for the cloud). Rounds alternate which half goes first.
+//!
+//! `cargo run --release -p fieldbridge-bridge-bench -- --messages 300000 --rounds 5`
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -69,6 +72,12 @@ struct Args {
     /// Skip the mosquitto-bridge half.
     #[arg(long)]
     skip_mosquitto: bool,
+    /// Rounds of (fieldbridge, mosquitto bridge), alternating which goes first; each round prints its ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Also measure a pipelined publisher straight into the upstream (its ceiling), once at the end.
+    #[arg(long)]
+    ceiling: bool,
     /// Seconds without progress after which the subscriber gives up (the rest counts as lost).
     #[arg(long, default_value_t = 15)]
     idle_secs: u64,
@@ -129,6 +138,32 @@ impl Mosquitto {
     fn rss_mib(&self) -> f64 {
         rss_mib(self.pid)
     }
+}
+
+/// CPU seconds (user + system) used so far by the threads of `pid`, except those named `skip`. Clock ticks
+/// are taken as 100 per second (Linux's USER_HZ).
+fn cpu_secs(pid: u32, skip: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: comm may hold spaces, so fields are counted after the last `)`.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.split_once('(').is_some_and(|(_, comm)| comm == skip) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after `) state`.
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / 100.0
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -217,6 +252,39 @@ async fn subscriber(
     topics: u64,
     qos: u8,
 ) -> (tokio::task::JoinHandle<()>, Shared) {
+    let shared: Shared = Arc::default();
+    let out = shared.clone();
+    let filter = filter.to_string();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    // On its own runtime thread: the subscriber stands for the cloud, and must not share (or slow down) the
+    // runtime fieldbridge's bridge runs on, as it does not share mosquitto's event loop in the other half.
+    let task = sub_runtime().spawn(async move {
+        let c = subscribe_raw(port, &filter, qos).await;
+        let _ = ready_tx.send(());
+        count(c, n, topics, out).await;
+    });
+    ready_rx.await.expect("the subscriber connected");
+    (task, shared)
+}
+
+/// The runtime the upstream subscribers run on (one thread of its own).
+fn sub_runtime() -> &'static tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("subscriber runtime");
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("bench-sub".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .expect("subscriber thread");
+        handle
+    })
+}
+
+async fn subscribe_raw(port: u16, filter: &str, qos: u8) -> Raw {
     let mut c = Raw::connect(
         port,
         &format!("bench-sub-{}", filter.trim_end_matches("/#")),
@@ -238,9 +306,12 @@ async fn subscriber(
         Some(Packet::SubAck(_)) => {}
         other => panic!("SUBACK expected, got {other:?}"),
     }
-    let shared: Shared = Arc::default();
-    let out = shared.clone();
-    let task = tokio::spawn(async move {
+    c
+}
+
+/// Counts payloads `0..n` as they arrive (acknowledging them in one write per read).
+async fn count(mut c: Raw, n: u64, topics: u64, out: Shared) {
+    {
         let mut seen = Seen::default();
         let mut got = vec![false; n as usize];
         let mut last_per_topic = vec![-1i64; topics as usize];
@@ -302,8 +373,7 @@ async fn subscriber(
                 Ok(_) => {}
             }
         }
-    });
-    (task, shared)
+    }
 }
 
 /// Waits until the subscriber has all `n` messages, or nothing new arrived for `idle` (what is missing then
@@ -343,6 +413,8 @@ struct Report {
     name: &'static str,
     drain_secs: f64,
     rate: f64,
+    /// CPU seconds the edge side (fieldbridge's threads, or the edge mosquitto) used during the drain.
+    cpu_secs: f64,
     seen: Seen,
     n: u64,
     rss_mib: f64,
@@ -364,12 +436,15 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     };
     let store = Store::open(&storage).expect("open store");
     let broker = Broker::new(broker_config());
-    let cfg = BridgeConfig {
+    // During the outage the bridge points at a port nobody listens on; once the upstream and its subscriber
+    // are ready, a reload points it at the upstream (from its cursor), so no message can arrive before the
+    // subscription does.
+    let mut cfg = BridgeConfig {
         name: "cloud".into(),
         url: BridgeUrl {
             scheme: BridgeScheme::Mqtt,
             host: "127.0.0.1".into(),
-            port: up_port,
+            port: free_port(),
             path: "/mqtt".into(),
         },
         protocol: if args.protocol == "311" {
@@ -450,6 +525,9 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         Some(subscriber(up_port, "fb/#", n, args.topics, args.sub_qos).await)
     };
     let rss_before = rss_mib(std::process::id());
+    let cpu_before = cpu_secs(std::process::id(), "bench-sub");
+    cfg.url.port = up_port;
+    bridges.reload(std::slice::from_ref(&cfg), "gw").await;
     let t_up = Instant::now();
     // Connected?
     let mut t_conn = None;
@@ -468,14 +546,22 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     }
     let t_conn = t_conn.unwrap_or(t_up);
     let t_done = t_done.expect("fieldbridge did not drain within 15 minutes");
-    let drain = t_done.duration_since(t_conn).as_secs_f64();
     let rss_after = rss_mib(std::process::id());
-    let seen = match sub {
-        Some(sub) => wait_sub(sub, Duration::from_secs(args.idle_secs), n).await,
-        None => Seen {
-            distinct: bridges.statuses()[0].delivered,
-            ..Seen::default()
-        },
+    let cpu = cpu_secs(std::process::id(), "bench-sub") - cpu_before;
+    let (seen, drain) = match sub {
+        // Timed like mosquitto's bridge below: first to last arrival at the upstream subscriber.
+        Some(sub) => {
+            let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
+            (seen.clone(), arrival_span(&seen))
+        }
+        // From connected to the cursor at the head (the status is refreshed every 100 ms).
+        None => (
+            Seen {
+                distinct: bridges.statuses()[0].delivered,
+                ..Seen::default()
+            },
+            t_done.duration_since(t_conn).as_secs_f64(),
+        ),
     };
     let st = bridges.statuses()[0].clone();
     bridges.shutdown(Duration::from_secs(2)).await;
@@ -484,7 +570,8 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     Report {
         name: "fieldbridge",
         drain_secs: drain,
-        rate: n as f64 / drain,
+        rate: seen.distinct as f64 / drain,
+        cpu_secs: cpu,
         seen,
         n,
         rss_mib: rss_after,
@@ -528,12 +615,11 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         &inflight_line(args.upstream_inflight),
     )
     .await;
+    let cpu_before = cpu_secs(edge.pid, "");
     let sub = subscriber(up_port, "mq/#", n, args.topics, args.sub_qos).await;
     let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
-    let drain = match (seen.first, seen.last) {
-        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
-        _ => f64::NAN,
-    };
+    let cpu = cpu_secs(edge.pid, "") - cpu_before;
+    let drain = arrival_span(&seen);
     let rss = edge.rss_mib().max(rss_full);
     edge.stop().await;
     up.stop().await;
@@ -541,6 +627,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         name: "mosquitto bridge",
         drain_secs: drain,
         rate: seen.distinct as f64 / drain,
+        cpu_secs: cpu,
         seen,
         n,
         rss_mib: rss,
@@ -548,6 +635,14 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
             "edge mosquitto: max_queued_messages 0, max_inflight_messages {}, bridge QoS 1, MQTT 3.1.1",
             if args.edge_inflight == 0 { "20 (default)".to_string() } else { args.edge_inflight.to_string() }
         ),
+    }
+}
+
+/// First to last arrival at the upstream subscriber, in seconds.
+fn arrival_span(seen: &Seen) -> f64 {
+    match (seen.first, seen.last) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
+        _ => f64::NAN,
     }
 }
 
@@ -634,6 +729,7 @@ async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
         name: "direct (ceiling)",
         drain_secs: drain,
         rate: seen.distinct as f64 / drain,
+        cpu_secs: f64::NAN,
         seen,
         n,
         rss_mib: 0.0,
@@ -663,8 +759,8 @@ fn broker_config() -> BrokerConfig {
 fn print(r: &Report) {
     let lost = r.n - r.seen.distinct;
     println!(
-        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
-        r.name, r.n, r.drain_secs, r.rate, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
+        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
+        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
     );
 }
 
@@ -674,21 +770,51 @@ async fn main() {
     let dir: PathBuf = tempfile::tempdir().expect("tempdir").keep();
     let up_port = free_port();
     println!(
-        "backlog drain: {} messages of {} bytes, QoS 1, {} topics; upstream mosquitto on 127.0.0.1:{up_port}",
-        args.messages, args.payload, args.topics
+        "backlog drain: {} messages of {} bytes, QoS 1, {} topics, {} round(s); upstream mosquitto on 127.0.0.1:{up_port}",
+        args.messages, args.payload, args.topics, args.rounds
     );
-    let fb = run_fieldbridge(&args, &dir, up_port).await;
-    print(&fb);
-    if !args.skip_mosquitto {
-        let mq = run_mosquitto_bridge(&args, &dir, up_port).await;
-        let direct = run_ceiling(&args, &dir, up_port).await;
-        println!("---");
-        print(&direct);
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds {
+        if args.skip_mosquitto {
+            print(&run_fieldbridge(&args, &dir, up_port).await);
+            let _ = std::fs::remove_file(dir.join("bench.db"));
+            continue;
+        }
+        // Alternate which half goes first, so a change in the machine's load during a round does not always
+        // favour the same side.
+        let (fb, mq) = if round % 2 == 1 {
+            let fb = run_fieldbridge(&args, &dir, up_port).await;
+            (fb, run_mosquitto_bridge(&args, &dir, up_port).await)
+        } else {
+            let mq = run_mosquitto_bridge(&args, &dir, up_port).await;
+            (run_fieldbridge(&args, &dir, up_port).await, mq)
+        };
+        for f in ["bench.db", "bench.db-wal", "bench.db-shm"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        println!("--- round {round}");
         print(&fb);
         print(&mq);
         if mq.rate.is_finite() && mq.rate > 0.0 {
-            println!("ratio: fieldbridge drains {:.1}x faster", fb.rate / mq.rate);
+            let r = fb.rate / mq.rate;
+            println!("ratio (fieldbridge / mosquitto bridge): {r:.2}");
+            ratios.push(r);
         }
+    }
+    if args.ceiling {
+        print(&run_ceiling(&args, &dir, up_port).await);
+    }
+    if !ratios.is_empty() {
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let mid = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 0 {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        } else {
+            sorted[mid]
+        };
+        println!("ratios: {} | median {median:.2}", list.join(", "));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
