@@ -30,11 +30,13 @@
 //!
 //! Shutdown: cancelling the token stops accepting, lets in-flight requests finish (idle keep-alive
 //! connections close at once) for up to [`SHUTDOWN_GRACE`], then drops what is left.
+pub mod auth;
 mod metrics;
 pub mod model;
 pub mod params;
 mod snapshot;
 mod state;
+mod v1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,7 +56,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{LogRow, StoreError};
+use crate::store::StoreError;
 
 pub use model::{
     BridgeView, CursorView, DeviceView, DevicesDoc, DropsView, ErrorDoc, HealthDoc, HistoryDoc,
@@ -80,6 +82,12 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// A failure to start the API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The API token could not be read or created.
+    #[error(transparent)]
+    Token(#[from] auth::AuthError),
+    /// `api.tls` could not be loaded.
+    #[error("HTTP API TLS (`api.tls`): {0}")]
+    Tls(String),
     /// The address could not be bound (in use, not local, no permission).
     #[error("cannot listen on {addr} for the HTTP API (`api.bind`): {source}")]
     Bind {
@@ -107,16 +115,30 @@ pub async fn serve(
     bind: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<ApiServer, ApiError> {
+    let cfg = state.config().api.clone();
+    let token = auth::load_or_create_token(&cfg)?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(
+            crate::broker::transport::tls_acceptor(t).map_err(|e| ApiError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
     let bind_err = |source| ApiError::Bind { addr: bind, source };
     let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
     let local_addr = listener.local_addr().map_err(bind_err)?;
-    let app = router(state);
-    let task = tokio::spawn(accept_loop(listener, app, shutdown));
+    let guard = Arc::new(auth::Guard::new(token, &cfg, local_addr));
+    let app = router(state, guard);
+    let task = tokio::spawn(accept_loop(listener, app, tls, shutdown));
     tracing::info!(addr = %local_addr, "HTTP API listening");
     Ok(ApiServer { local_addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -127,7 +149,7 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
             },
             _ = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -145,26 +167,21 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
             log_conn_end(done);
         }
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(auth::Peer(peer))));
         let stop = shutdown.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP API connection");
+            match tls {
+                None => serve_conn(TokioIo::new(stream), svc, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(s)) => serve_conn(TokioIo::new(s), svc, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP API: TLS handshake failed"),
+                        Err(_) => tracing::debug!("HTTP API: TLS handshake timed out"),
                     }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
                 }
             }
         });
@@ -178,6 +195,30 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
     .await;
     conns.abort_all();
     tracing::debug!("HTTP API stopped");
+}
+
+async fn serve_conn<I>(io: I, svc: TowerToHyperService<Router>, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP API connection");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
 }
 
 fn log_conn_end(r: Result<(), tokio::task::JoinError>) {
@@ -196,8 +237,9 @@ struct Ctx {
     reload: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The API's routes, without a listener (for tests with `tower::ServiceExt::oneshot`, or another server).
-pub fn router(state: Arc<dyn ApiState>) -> Router {
+/// The API's routes behind `guard`, without a listener (for tests with `tower::ServiceExt::oneshot`, or
+/// another server).
+pub fn router(state: Arc<dyn ApiState>, guard: Arc<auth::Guard>) -> Router {
     let ctx = Ctx {
         state,
         reload: Arc::new(tokio::sync::Mutex::new(())),
@@ -211,19 +253,22 @@ pub fn router(state: Arc<dyn ApiState>) -> Router {
         .route("/api/history", get(history))
         .route("/api/reload", post(reload))
         .route("/metrics", get(metrics_page))
+        .merge(v1::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(guard, auth::check))
         .with_state(ctx)
 }
 
 /// Listed in 404 and 405 answers, so a typo is answered with the right path.
 const ENDPOINTS: &str = concat!(
-    "GET /, /health, /api/status, /api/devices, /api/points, /api/history, /metrics; ",
-    "POST /api/reload"
+    "GET /, /health, /api/status, /api/devices, /api/points, /api/history, /metrics, /api/openapi.json, ",
+    "/api/v1/history, /api/v1/latest, /api/v1/devices, /api/v1/points, /api/v1/bridges, /api/v1/store; ",
+    "POST /api/reload, /api/v1/devices/{device}/points/{point}"
 );
 
 /// A refused request: the status and the message of its [`ErrorDoc`].
-struct Reject {
+pub(crate) struct Reject {
     status: StatusCode,
     message: String,
 }
@@ -241,7 +286,7 @@ impl IntoResponse for Reject {
     }
 }
 
-fn reject(status: StatusCode, msg: impl Into<String>) -> Reject {
+pub(crate) fn reject(status: StatusCode, msg: impl Into<String>) -> Reject {
     Reject {
         status,
         message: msg.into(),
@@ -396,26 +441,12 @@ async fn points(
             reason: l.reason.clone(),
             ts: l.ts.clone(),
             topic: l.topic.to_string(),
+            writable: point_rules(&cfg, dev, point).is_some_and(|r| r.writable),
         })
         .collect();
     drop(latest);
     points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
     Ok(Json(PointsDoc { points }).into_response())
-}
-
-fn history_row(r: LogRow) -> HistoryRow {
-    HistoryRow {
-        seq: r.seq,
-        ts: params::ms_to_rfc3339(r.ts_ms),
-        ts_ms: r.ts_ms,
-        topic: r.topic.to_string(),
-        device: r.device.map(|d| d.to_string()),
-        point: r.point.map(|p| p.to_string()),
-        value: r.num.filter(|n| n.is_finite()),
-        payload: String::from_utf8_lossy(&r.payload).into_owned(),
-        qos: r.qos,
-        retain: r.retain,
-    }
 }
 
 async fn history(
@@ -432,8 +463,13 @@ async fn history(
         .await?
         .map_err(store_error)?;
     let more = rows.len() > limit;
-    let rows = rows.into_iter().take(limit).map(history_row).collect();
-    Ok(Json(HistoryDoc { rows, limit, more }).into_response())
+    let rows = rows.into_iter().take(limit).map(HistoryRow::from).collect();
+    Ok(Json(HistoryDoc {
+        rows,
+        limit,
+        more,
+        next_cursor: None,
+    }).into_response())
 }
 
 async fn metrics_page(State(ctx): State<Ctx>) -> Result<Response, Reject> {
@@ -506,11 +542,65 @@ async fn reload(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, 
                     "the configuration has {} problem(s); the running configuration is kept",
                     errors.len()
                 ),
-                errors: errors.errors.iter().map(|e| e.to_string()).collect(),
+                errors: errors.errors.iter().map(redacted).collect(),
             }),
         )
             .into_response(),
     })
+}
+
+/// The mapping rules of `device`/`point` in the configuration in force.
+fn point_rules<'a>(
+    cfg: &'a crate::config::Config,
+    device: &str,
+    point: &str,
+) -> Option<&'a crate::config::PointRules> {
+    cfg.devices
+        .iter()
+        .find(|d| &*d.adapter.name == device)
+        .and_then(|d| d.points.iter().find(|p| &*p.name == point))
+}
+
+/// A configuration problem as the API shows it: position, key path and message, with every quoted fragment
+/// of the message that is not a key of that path replaced by `…`. Messages quote what they found (a value, a
+/// line of a file that is not YAML — a device map symlinked to a secret would be echoed), and the API answers
+/// whoever holds the token, not only who can read the files: `fieldbridge check` on the host shows them whole.
+fn redacted(e: &fieldbridge_sdk::config::ConfigError) -> String {
+    let keys: Vec<&str> = e
+        .path
+        .split(['.', '[', ']'])
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut msg = String::with_capacity(e.message.len());
+    let mut rest = e.message.as_str();
+    while let Some(open) = rest.find(['`', '"', '\'']) {
+        let q = rest[open..].chars().next().unwrap_or('`');
+        msg.push_str(&rest[..open + 1]);
+        let after = &rest[open + 1..];
+        match after.find(q) {
+            Some(close) => {
+                let inner = &after[..close];
+                if keys.contains(&inner) {
+                    msg.push_str(inner);
+                } else {
+                    msg.push('…');
+                }
+                msg.push(q);
+                rest = &after[close + 1..];
+            }
+            None => {
+                msg.push('…');
+                rest = "";
+            }
+        }
+    }
+    msg.push_str(rest);
+    let shown = if e.path.is_empty() {
+        format!("{}: {msg}", e.mark)
+    } else {
+        format!("{}: {}: {msg}", e.mark, e.path)
+    };
+    shown.chars().take(1000).collect()
 }
 
 #[cfg(test)]
