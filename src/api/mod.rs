@@ -36,7 +36,7 @@ pub mod model;
 pub mod params;
 mod snapshot;
 mod state;
-mod v1;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,6 +9,7 @@
 //! errors, also used when the daemon refuses a parameter); 64 `reload` refused because the configuration is
 //! invalid (the same code as `check`).
 mod client;
+mod export;
 #[cfg(feature = "coap")]
 pub mod coap;
 #[cfg(feature = "modbus")]
@@ -28,6 +29,7 @@ use fieldbridge_sdk::config::{parse_yaml_with, ParseOptions};
 use fieldbridge_sdk::NodeKind;
 
 pub use client::{encode_query_value, ApiClient, ClientError};
+pub use export::{export, export_main, ExportArgs, ExportFormat};
 pub use query::{query, Format, OrderArg, QueryArgs};
 pub use status::{status, StatusArgs};
 pub use store::{store_main, StoreCmd};
@@ -61,6 +63,30 @@ pub struct Target {
         default_value = "/etc/fieldbridge/fieldbridge.yaml"
     )]
     pub config: PathBuf,
+    /// The API token (default: `api.token`, or the `api-token` file in the state directory, as the
+    /// configuration file says). Needed for `reload` and writes, and for reads when `api.auth_reads` is set.
+    /// `FIELDBRIDGE_TOKEN` in the environment does the same.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The token to send: `--token`/`FIELDBRIDGE_TOKEN`, else what the configuration file names (none if
+    /// it cannot be read: reads work without one by default).
+    pub fn token(&self) -> Option<String> {
+        if let Some(t) = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("FIELDBRIDGE_TOKEN").ok())
+        {
+            return Some(t.trim().to_string());
+        }
+        let cfg = crate::config::load(&self.config).ok()?;
+        if let Some(t) = cfg.api.token {
+            return Some(t);
+        }
+        crate::api::auth::read_token_file(&cfg.api.token_file).ok()
+    }
 }
 
 /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.
@@ -229,7 +255,7 @@ pub(crate) fn client_for<O: Write, E: Write>(
     con: &mut Console<O, E>,
 ) -> Result<ApiClient, u8> {
     match resolve_api(target) {
-        Ok(addr) => Ok(ApiClient::new(addr, timeout)),
+        Ok(addr) => Ok(ApiClient::new(addr, timeout).with_token(target.token())),
         Err(msg) => {
             con.eprintln(&format!("fieldbridge: {msg}"));
             Err(if target.api.is_some() {
@@ -302,7 +328,7 @@ pub async fn reload<O: Write, E: Write>(args: &ReloadArgs, con: &mut Console<O, 
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -347,6 +373,7 @@ mod tests {
         Target {
             api: api.map(str::to_string),
             config: config.to_path_buf(),
+            token: None,
         }
     }
 
