@@ -336,6 +336,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn store_error(e: StoreError) -> Reject {
     match e {
         StoreError::Invalid(m) => bad_request(m),
+        StoreError::NoSuch(m) => reject(StatusCode::NOT_FOUND, m),
         StoreError::Closed => reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "the store is closed (fieldbridge is stopping)",
@@ -459,9 +460,12 @@ async fn history(
     // One row more than asked tells whether there is more.
     q.limit += 1;
     let state = ctx.state.clone();
-    let rows = blocking(move || state.query(&q))
-        .await?
-        .map_err(store_error)?;
+    let rows = blocking(move || state.query(&q)).await?;
+    // Before v1, an unknown name meant no rows; v1 answers 404 with the closest name.
+    let rows = match rows {
+        Err(StoreError::NoSuch(_)) => Vec::new(),
+        r => r.map_err(store_error)?,
+    };
     let more = rows.len() > limit;
     let rows = rows.into_iter().take(limit).map(HistoryRow::from).collect();
     Ok(Json(HistoryDoc {
@@ -549,6 +553,32 @@ async fn reload(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, 
     })
 }
 
+/// A device or point the log has not seen yet but the configuration names has simply no rows yet: not a typo.
+fn unless_configured<T: Default>(
+    r: Result<T, StoreError>,
+    cfg: &crate::config::Config,
+    device: Option<&str>,
+    point: Option<&str>,
+) -> Result<T, StoreError> {
+    match r {
+        Err(StoreError::NoSuch(m)) => {
+            let dev_ok = device.is_none_or(|d| cfg.devices.iter().any(|x| &*x.adapter.name == d));
+            let point_ok = point.is_none_or(|p| {
+                cfg.devices
+                    .iter()
+                    .filter(|x| device.is_none_or(|d| &*x.adapter.name == d))
+                    .any(|x| x.points.iter().any(|r| &*r.name == p))
+            });
+            if dev_ok && point_ok {
+                Ok(T::default())
+            } else {
+                Err(StoreError::NoSuch(m))
+            }
+        }
+        r => r,
+    }
+}
+
 /// The mapping rules of `device`/`point` in the configuration in force.
 fn point_rules<'a>(
     cfg: &'a crate::config::Config,
@@ -566,11 +596,39 @@ fn point_rules<'a>(
 /// line of a file that is not YAML — a device map symlinked to a secret would be echoed), and the API answers
 /// whoever holds the token, not only who can read the files: `fieldbridge check` on the host shows them whole.
 fn redacted(e: &fieldbridge_sdk::config::ConfigError) -> String {
+    // A key path is shown when its keys look like keys; a "key" that is a line of a file that is not YAML
+    // (`root:$6$…`) is content, and hidden like the rest.
+    let plain = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 64
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    };
     let keys: Vec<&str> = e
         .path
         .split(['.', '[', ']'])
-        .filter(|k| !k.is_empty())
+        .filter(|k| plain(k))
         .collect();
+    let path: String = {
+        let mut out = String::new();
+        let mut seg = String::new();
+        let flush = |seg: &mut String, out: &mut String| {
+            if !seg.is_empty() {
+                out.push_str(if plain(seg) { seg } else { "…" });
+                seg.clear();
+            }
+        };
+        for c in e.path.chars() {
+            if matches!(c, '.' | '[' | ']') {
+                flush(&mut seg, &mut out);
+                out.push(c);
+            } else {
+                seg.push(c);
+            }
+        }
+        flush(&mut seg, &mut out);
+        out
+    };
     let mut msg = String::with_capacity(e.message.len());
     let mut rest = e.message.as_str();
     while let Some(open) = rest.find(['`', '"', '\'']) {
@@ -595,10 +653,10 @@ fn redacted(e: &fieldbridge_sdk::config::ConfigError) -> String {
         }
     }
     msg.push_str(rest);
-    let shown = if e.path.is_empty() {
+    let shown = if path.is_empty() {
         format!("{}: {msg}", e.mark)
     } else {
-        format!("{}: {}: {msg}", e.mark, e.path)
+        format!("{}: {path}: {msg}", e.mark)
     };
     shown.chars().take(1000).collect()
 }

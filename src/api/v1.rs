@@ -17,7 +17,9 @@ use axum::{Json, Router};
 
 use super::model::{BucketsDoc, HistoryDoc, HistoryRow, LatestDoc, SeriesView, WriteDoc};
 use super::params::{self, ParamError};
-use super::{bad_request, blocking, pairs, point_rules, reject, store_error, Ctx, Reject};
+use super::{
+    bad_request, blocking, pairs, point_rules, reject, store_error, unless_configured, Ctx, Reject,
+};
 use crate::store::{BucketQuery, HistoryQuery};
 
 /// The OpenAPI 3.1 document of this API.
@@ -135,10 +137,11 @@ async fn history(
     match q {
         V1Query::Buckets(b) => {
             let (from_ms, to_ms, every_ms) = (b.from_ms, b.to_ms, b.every_ms);
-            let series = blocking(move || state.buckets(&b))
-                .await?
-                .map_err(store_error)?;
+            let (device, point) = (b.filter.device.clone(), b.filter.point.clone());
             let cfg = ctx.state.config();
+            let series = blocking(move || state.buckets(&b)).await?;
+            let series = unless_configured(series, &cfg, device.as_deref(), point.as_deref())
+                .map_err(store_error)?;
             let series = series
                 .into_iter()
                 .map(|s| SeriesView {
@@ -164,9 +167,15 @@ async fn history(
         V1Query::Rows(mut q) => {
             let limit = q.limit;
             q.limit += 1;
-            let rows = blocking(move || state.query(&q))
-                .await?
-                .map_err(store_error)?;
+            let (device, point) = (q.device.clone(), q.point.clone());
+            let rows = blocking(move || state.query(&q)).await?;
+            let rows = unless_configured(
+                rows,
+                &ctx.state.config(),
+                device.as_deref(),
+                point.as_deref(),
+            )
+            .map_err(store_error)?;
             Ok(Json(page(rows, limit)).into_response())
         }
     }
@@ -194,9 +203,15 @@ async fn latest(
     let pairs = pairs(q)?;
     let q = params::history_query(&pairs, SystemTime::now()).map_err(|e| bad_request(e.0))?;
     let state = ctx.state.clone();
-    let rows = blocking(move || state.latest(&q))
-        .await?
-        .map_err(store_error)?;
+    let (device, point) = (q.device.clone(), q.point.clone());
+    let rows = blocking(move || state.latest(&q)).await?;
+    let rows = unless_configured(
+        rows,
+        &ctx.state.config(),
+        device.as_deref(),
+        point.as_deref(),
+    )
+    .map_err(store_error)?;
     Ok(Json(LatestDoc {
         rows: rows.into_iter().map(HistoryRow::from).collect(),
     })

@@ -81,12 +81,47 @@ impl Target {
         {
             return Some(t.trim().to_string());
         }
-        let cfg = crate::config::load(&self.config).ok()?;
-        if let Some(t) = cfg.api.token {
-            return Some(t);
+        match crate::config::load(&self.config) {
+            Ok(cfg) => {
+                if let Some(t) = cfg.api.token {
+                    return Some(t);
+                }
+                crate::api::auth::read_token_file(&cfg.api.token_file).ok()
+            }
+            // A broken configuration (the case `reload` is run to explain): the main file's keys alone.
+            Err(_) => token_leniently(&self.config),
         }
-        crate::api::auth::read_token_file(&cfg.api.token_file).ok()
     }
+}
+
+/// `api.token`, or the token file named by `api.token_file` or next to `storage.path`, from the main file
+/// alone (without validating the rest).
+fn token_leniently(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let opts = ParseOptions { env: Some(&env) };
+    let parsed = parse_yaml_with(&path.display().to_string(), &text, &opts).ok()?;
+    let string = |section: &str, key: &str| match parsed.root.get(section).and_then(|s| s.get(key)) {
+        Some(n) => match &n.kind {
+            NodeKind::String(s) => Some(s.clone()),
+            _ => None,
+        },
+        None => None,
+    };
+    if let Some(t) = string("api", "token") {
+        return Some(t.trim().to_string());
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let file = match (string("api", "token_file"), string("storage", "path")) {
+        (Some(f), _) => base.join(f),
+        (None, Some(db)) => base
+            .join(db)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("api-token"),
+        (None, None) => PathBuf::from("/var/lib/fieldbridge/api-token"),
+    };
+    crate::api::auth::read_token_file(&file).ok()
 }
 
 /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.

@@ -321,8 +321,9 @@ pub(crate) fn check_names(
 ) -> Result<(), StoreError> {
     if let Some(d) = device {
         let devices = distinct(conn, "SELECT DISTINCT device FROM streams WHERE device IS NOT NULL", None)?;
-        if !devices.iter().any(|x| x == d) {
-            return Err(StoreError::NoSuch(unknown("device", d, &devices)));
+        // An empty dictionary is a new log: nothing to suggest, and no reason to doubt the name.
+        if !devices.is_empty() && !devices.iter().any(|x| x == d) {
+            return Err(StoreError::NoSuch(unknown("device", d, "", &devices)));
         }
     }
     if let Some(p) = point {
@@ -334,19 +335,16 @@ pub(crate) fn check_names(
             )?,
             None => distinct(conn, "SELECT DISTINCT point FROM streams WHERE point IS NOT NULL", None)?,
         };
-        if !points.iter().any(|x| x == p) {
-            let what = match device {
-                Some(d) => format!("point of device `{d}`"),
-                None => "point".to_string(),
-            };
-            return Err(StoreError::NoSuch(unknown(&what, p, &points)));
+        if !points.is_empty() && !points.iter().any(|x| x == p) {
+            let of = device.map(|d| format!(" of device `{d}`")).unwrap_or_default();
+            return Err(StoreError::NoSuch(unknown("point", p, &of, &points)));
         }
     }
     Ok(())
 }
 
-fn unknown(what: &str, word: &str, known: &[String]) -> String {
-    let mut msg = format!("no {what} `{word}` in the log");
+fn unknown(what: &str, word: &str, of: &str, known: &[String]) -> String {
+    let mut msg = format!("no {what} `{word}`{of} in the log");
     if let Some(s) = fieldbridge_sdk::config::did_you_mean(word, known.iter().map(String::as_str)) {
         msg.push_str(&format!("; did you mean `{s}`?"));
     } else if !known.is_empty() && known.len() <= 20 {

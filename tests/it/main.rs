@@ -14,6 +14,7 @@ mod coap;
 mod daemon;
 mod ingest;
 mod pipeline;
+mod query;
 #[cfg(feature = "serial")]
 mod serial_cli;
 mod snf;
