@@ -12,6 +12,7 @@ mod broker_transports;
 #[cfg(feature = "coap")]
 mod coap;
 mod daemon;
+mod dashboard;
 mod ingest;
 mod pipeline;
 mod query;
