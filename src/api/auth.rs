@@ -371,9 +371,15 @@ mod tests {
         let g = guard();
         let mut h = HeaderMap::new();
         assert!(!g.token_ok(&h));
-        h.insert(header::AUTHORIZATION, "Bearer 0123456789abcdeX".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer 0123456789abcdeX".parse().unwrap(),
+        );
         assert!(!g.token_ok(&h));
-        h.insert(header::AUTHORIZATION, "Bearer 0123456789abcdef".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer 0123456789abcdef".parse().unwrap(),
+        );
         assert!(g.token_ok(&h));
     }
 }

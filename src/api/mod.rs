@@ -9,24 +9,31 @@
 //! | `GET /api/points[?device=]` | [`PointsDoc`]: latest value of every point |
 //! | `GET /api/history?device=&point=&topic=&from=&to=&limit=&order=` | [`HistoryDoc`]: logged rows |
 //! | `GET /metrics` | Prometheus text format |
-//! | `POST /api/reload` | re-reads the configuration: `200` [`ReloadDoc`], or `422` [`ErrorDoc`] listing every problem |
+//! | `POST /api/reload` | re-reads the configuration: `200` [`ReloadDoc`], or `422` [`ErrorDoc`] listing every problem (positions and key paths; quoted file contents replaced by `…`) |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 document of everything here |
+//! | `GET /api/v1/history?…&cursor=&every=` | [`HistoryDoc`] with `next_cursor`, or with `every=1m` a [`BucketsDoc`] (count, min, max, avg, first, last per bucket) |
+//! | `GET /api/v1/latest?device=&point=&topic=` | [`LatestDoc`]: the last logged row of each matching topic |
+//! | `GET /api/v1/devices`, `/api/v1/points`, `/api/v1/bridges`, `/api/v1/store` | as above, `points` with `writable` |
+//! | `POST /api/v1/devices/{device}/points/{point}` | a write, executed as an MQTT `…/set` request: [`WriteDoc`] |
 //!
-//! Errors are JSON [`ErrorDoc`]s: `400` names the bad parameter and what was expected, `404`/`405` name the
-//! endpoints, `503` when the store is closing.
+//! Errors are JSON [`ErrorDoc`]s: `400` names the bad parameter and what was expected, `404` an unknown
+//! device or point (v1: with the closest logged name) or endpoint, `405` names the endpoints, `401`/`403`/`429`
+//! come from [`auth`] (token, `Host`, failed attempts), `503` when the store is closing.
 //!
 //! # Robustness
 //!
 //! The API must never take the gateway down nor be used to starve it:
 //! - at most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog); request heads are
 //!   bounded to [`MAX_HEAD_BYTES`] and must arrive within [`HEADER_TIMEOUT`] (slow clients are dropped); no
-//!   endpoint reads a request body;
+//!   endpoint but the write reads a request body;
 //! - each connection runs in its own task, so even a bug that panics in a handler loses one connection;
 //! - SQLite reads (status, history, metrics) run on the blocking pool, never on a runtime worker; history
 //!   answers are capped at [`params::MAX_HISTORY_LIMIT`] rows;
 //! - a reload runs in its own task, so a client that disconnects mid-reload cannot abort it half-applied, and
 //!   reloads are serialized;
-//! - `POST` requests carrying a foreign `Origin` are refused, so a web page in the operator's browser cannot
-//!   trigger reloads (the API has no authentication: it binds to loopback by default).
+//! - every request must name this server in `Host` (DNS rebinding), state changes need the token, and failed
+//!   attempts are limited per address (see [`auth`]); `POST` requests carrying a foreign `Origin` are refused
+//!   as well; a write body is at most [`v1::MAX_WRITE_BODY`] bytes.
 //!
 //! Shutdown: cancelling the token stops accepting, lets in-flight requests finish (idle keep-alive
 //! connections close at once) for up to [`SHUTDOWN_GRACE`], then drops what is left.
@@ -59,8 +66,9 @@ use tokio_util::sync::CancellationToken;
 use crate::store::StoreError;
 
 pub use model::{
-    BridgeView, CursorView, DeviceView, DevicesDoc, DropsView, ErrorDoc, HealthDoc, HistoryDoc,
-    HistoryRow, PipelineView, PointView, PointsDoc, ReloadDoc, StatusDoc, StoreView,
+    BridgeView, BucketsDoc, CursorView, DeviceView, DevicesDoc, DropsView, ErrorDoc, HealthDoc,
+    HistoryDoc, HistoryRow, LatestDoc, PipelineView, PointView, PointsDoc, ReloadDoc, SeriesView,
+    StatusDoc, StoreView, WriteDoc,
 };
 pub use state::ApiState;
 
@@ -473,7 +481,8 @@ async fn history(
         limit,
         more,
         next_cursor: None,
-    }).into_response())
+    })
+    .into_response())
 }
 
 async fn metrics_page(State(ctx): State<Ctx>) -> Result<Response, Reject> {
@@ -604,11 +613,7 @@ fn redacted(e: &fieldbridge_sdk::config::ConfigError) -> String {
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
     };
-    let keys: Vec<&str> = e
-        .path
-        .split(['.', '[', ']'])
-        .filter(|k| plain(k))
-        .collect();
+    let keys: Vec<&str> = e.path.split(['.', '[', ']']).filter(|k| plain(k)).collect();
     let path: String = {
         let mut out = String::new();
         let mut seg = String::new();

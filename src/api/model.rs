@@ -405,7 +405,9 @@ pub fn reading_of(payload: &[u8]) -> (Option<serde_json::Value>, Option<String>)
     }
     match serde_json::from_slice::<serde_json::Value>(payload) {
         Ok(serde_json::Value::Object(mut o)) => {
-            let value = o.remove("value").filter(|v| !v.is_object() && !v.is_array());
+            let value = o
+                .remove("value")
+                .filter(|v| !v.is_object() && !v.is_array());
             let unit = match o.remove("unit") {
                 Some(serde_json::Value::String(u)) => Some(u),
                 _ => None,

@@ -111,7 +111,10 @@ impl ApiState for App {
             let mut nonce = [0u8; 16];
             rand::Rng::fill(&mut rand::rng(), &mut nonce[..]);
             // A `$` topic: no `#` forward or record filter matches it, so the private answer is not logged.
-            let reply = format!("$fieldbridge/api/{}", data_encoding::HEXLOWER.encode(&nonce));
+            let reply = format!(
+                "$fieldbridge/api/{}",
+                data_encoding::HEXLOWER.encode(&nonce)
+            );
             link.subscribe(&reply, QoS::AtLeastOnce)
                 .map_err(|e| e.to_string())?;
             let mut msg = Message::new(

@@ -101,7 +101,8 @@ pub fn v1_query(pairs: &[(String, String)], now: SystemTime) -> Result<V1Query, 
     if let Some(every) = p.get("every") {
         if p.contains_key("cursor") {
             return Err(ParamError(
-                "parameter `cursor` pages rows; bucket answers are not paged (narrow `from`/`to`)".into(),
+                "parameter `cursor` pages rows; bucket answers are not paged (narrow `from`/`to`)"
+                    .into(),
             ));
         }
         let every_ms = parse_every(every)?;
@@ -317,8 +318,11 @@ mod tests {
         assert!(e.0.contains("parameter `every`"), "{e}");
         let e = v1_query(&p(&[("every", "1m")]), now).unwrap_err();
         assert!(e.0.contains("need a device"), "{e}");
-        let e = v1_query(&p(&[("device", "m"), ("every", "1ms"), ("from", "-7d")]), now)
-            .unwrap_err();
+        let e = v1_query(
+            &p(&[("device", "m"), ("every", "1ms"), ("from", "-7d")]),
+            now,
+        )
+        .unwrap_err();
         assert!(e.0.contains("buckets in the range"), "{e}");
         let V1Query::Rows(r) = v1_query(&p(&[("cursor", "5.7")]), now).unwrap() else {
             panic!()

@@ -200,7 +200,11 @@ fn write_out<O: Write, E: Write>(
 fn draw<O: Write, E: Write>(con: &mut Console<O, E>, frac: f64, rows: u64, at: &str) {
     const WIDTH: usize = 30;
     let full = (frac * WIDTH as f64).round() as usize;
-    let bar = format!("{}{}", "#".repeat(full), "-".repeat(WIDTH - full.min(WIDTH)));
+    let bar = format!(
+        "{}{}",
+        "#".repeat(full),
+        "-".repeat(WIDTH - full.min(WIDTH))
+    );
     let _ = write!(
         con.err,
         "\r[{bar}] {:>3}%  {rows} rows  {at}\x1b[K",

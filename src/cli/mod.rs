@@ -9,9 +9,9 @@
 //! errors, also used when the daemon refuses a parameter); 64 `reload` refused because the configuration is
 //! invalid (the same code as `check`).
 mod client;
-mod export;
 #[cfg(feature = "coap")]
 pub mod coap;
+mod export;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 mod query;
@@ -101,7 +101,8 @@ fn token_leniently(path: &Path) -> Option<String> {
     let env = |name: &str| std::env::var(name).ok();
     let opts = ParseOptions { env: Some(&env) };
     let parsed = parse_yaml_with(&path.display().to_string(), &text, &opts).ok()?;
-    let string = |section: &str, key: &str| match parsed.root.get(section).and_then(|s| s.get(key)) {
+    let string = |section: &str, key: &str| match parsed.root.get(section).and_then(|s| s.get(key))
+    {
         Some(n) => match &n.kind {
             NodeKind::String(s) => Some(s.clone()),
             _ => None,

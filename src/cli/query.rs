@@ -237,7 +237,10 @@ impl Source {
             );
             let is_buckets = params.iter().any(|(k, _)| k == "every");
             let r = if latest {
-                client.get_json::<LatestDoc>(&path).await.map(Answer::Latest)
+                client
+                    .get_json::<LatestDoc>(&path)
+                    .await
+                    .map(Answer::Latest)
             } else if is_buckets {
                 client
                     .get_json::<BucketsDoc>(&path)
@@ -507,7 +510,8 @@ pub(crate) fn csv_field(s: &str) -> String {
 }
 
 /// The CSV header of rows.
-pub(crate) const CSV_HEADER: &str = "seq,ts,ts_ms,topic,device,point,value,unit,payload,qos,retain\r\n";
+pub(crate) const CSV_HEADER: &str =
+    "seq,ts,ts_ms,topic,device,point,value,unit,payload,qos,retain\r\n";
 
 /// One CSV line of a row.
 pub(crate) fn csv_line(r: &HistoryRow) -> String {
@@ -658,8 +662,7 @@ mod tests {
         ), "{c}");
         assert!(c.contains(",flow_temp,21.5,°C,"), "{c}");
         assert!(c.contains(",flow_temp,true,,"), "{c}");
-        let j: serde_json::Value =
-            serde_json::from_str(&rows_text(&rows, Format::Json)).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&rows_text(&rows, Format::Json)).unwrap();
         assert_eq!(j[2]["value"], serde_json::json!(true));
         assert_eq!(j[0]["value"], serde_json::json!(21.5));
         assert_eq!(short(15.333333333), "15.3333");

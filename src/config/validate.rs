@@ -980,7 +980,10 @@ impl<'a> Cx<'a> {
         let token = raw.token.as_ref().and_then(|t| {
             let v = t.value.trim();
             if v.len() < 16 || v.len() > 256 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                self.at(t, "the token must be 16 to 256 printable ASCII characters (no spaces)");
+                self.at(
+                    t,
+                    "the token must be 16 to 256 printable ASCII characters (no spaces)",
+                );
                 None
             } else {
                 Some(v.to_string())
@@ -998,7 +1001,10 @@ impl<'a> Cx<'a> {
         for h in raw.hosts.iter().flatten() {
             let v = h.value.trim();
             if v.is_empty() || v.len() > 253 || v.contains(['/', ' ', '@', '?', '#']) {
-                self.at(h, "expected a host name or an IP address, without scheme or path");
+                self.at(
+                    h,
+                    "expected a host name or an IP address, without scheme or path",
+                );
             } else {
                 hosts.push(v.to_ascii_lowercase());
             }

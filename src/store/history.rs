@@ -88,9 +88,50 @@ fn get(b: &mut &[u8]) -> Result<u64, String> {
     Err("bad varint in history block".into())
 }
 
+/// Value blobs (`history.vals`, schema v3): the byte `1`, the count (LEB128), then one f64 per key of the
+/// block, in the block's order, little-endian; NaN where the row has no numeric value. They let bucket
+/// queries aggregate from the index alone, without reading the rows.
+const VALUES_V1: u8 = 1;
+
+/// Encodes the values of a block's keys into `out` (cleared first).
+pub(crate) fn encode_values(vals: &[Option<f64>], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(VALUES_V1);
+    put(out, vals.len() as u64);
+    for v in vals {
+        out.extend_from_slice(&v.unwrap_or(f64::NAN).to_le_bytes());
+    }
+}
+
+/// The values of a value blob (NaN: no numeric value); an error for a malformed blob.
+pub(crate) fn decode_values(mut b: &[u8]) -> Result<Vec<f64>, String> {
+    if take_byte(&mut b)? != VALUES_V1 {
+        return Err("unknown history values format".into());
+    }
+    let n = get(&mut b)?;
+    if n > BLOCK as u64 * 64 || b.len() as u64 != n * 8 {
+        return Err("history values blob of the wrong size".into());
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0xff; 8])))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_roundtrip() {
+        let mut buf = Vec::new();
+        encode_values(&[Some(1.5), None, Some(-0.0)], &mut buf);
+        let v = decode_values(&buf).unwrap();
+        assert_eq!((v[0], v[2]), (1.5, -0.0));
+        assert!(v[1].is_nan());
+        assert!(decode_values(&buf[..buf.len() - 1]).is_err());
+        assert!(decode_values(&[2, 0]).is_err());
+        assert!(decode_values(&[]).is_err());
+    }
 
     fn roundtrip(keys: &[(i64, i64)]) -> Vec<(i64, i64)> {
         let mut buf = Vec::new();

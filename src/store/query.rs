@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::error::StoreError;
-use super::reader::{self, decode_row, for_each_key, indexed_seq, matching_streams, COLS};
+use super::reader::{self, decode_row, indexed_seq, matching_streams, COLS};
 use super::record::LogRow;
 use super::HistoryQuery;
 
@@ -150,22 +150,8 @@ pub(crate) fn buckets(conn: &Connection, q: &BucketQuery) -> Result<Vec<Series>,
             )));
         }
         let indexed = indexed_seq(conn)?;
-        let mut keys: Vec<(i64, i64, i64)> = Vec::new();
-        for_each_key(
-            conn,
-            indexed,
-            &ids,
-            Some(q.from_ms),
-            Some(q.to_ms),
-            |stream, ts, seq| keys.push((seq, stream, ts)),
-        )?;
-        // Fetching in log order keeps the b-tree walk local.
-        keys.sort_unstable();
         let mut per: HashMap<i64, (HashMap<i64, Acc>, u64)> = HashMap::new();
-        let mut fetch = conn.prepare_cached("SELECT num FROM messages WHERE seq = ?1")?;
-        for (seq, stream, ts) in keys {
-            let num: Option<Option<f64>> = fetch.query_row([seq], |r| r.get(0)).optional()?;
-            let Some(num) = num else { continue };
+        let mut add = |stream: i64, ts: i64, seq: i64, num: Option<f64>| {
             let entry = per.entry(stream).or_default();
             match num.filter(|v| v.is_finite()) {
                 None => entry.1 += 1,
@@ -177,6 +163,71 @@ pub(crate) fn buckets(conn: &Connection, q: &BucketQuery) -> Result<Vec<Series>,
                         .or_insert_with(|| Acc::new((ts, seq), v))
                         .add((ts, seq), v);
                 }
+            }
+        };
+        // Keys of blocks written before schema v3 (no values): their rows are read.
+        let mut fetch_keys: Vec<(i64, i64, i64)> = Vec::new();
+        if !ids.is_empty() {
+            let oldest = oldest_seq(conn)?;
+            let list = vec!["?"; ids.len()].join(", ");
+            let sql = format!(
+                "SELECT stream, keys, vals FROM history WHERE stream IN ({list}) AND min_ts < ? AND max_ts >= ?"
+            );
+            let mut args: Vec<rusqlite::types::Value> = ids
+                .iter()
+                .map(|id| rusqlite::types::Value::Integer(*id))
+                .collect();
+            args.push(rusqlite::types::Value::Integer(q.to_ms));
+            args.push(rusqlite::types::Value::Integer(q.from_ms));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            let mut block: Vec<(i64, i64)> = Vec::with_capacity(super::history::BLOCK);
+            let bad = |detail| StoreError::BadRow { seq: 0, detail };
+            while let Some(r) = rows.next()? {
+                let stream: i64 = r.get(0)?;
+                block.clear();
+                super::history::decode(r.get_ref(1)?.as_blob()?, |ts, seq| block.push((ts, seq)))
+                    .map_err(bad)?;
+                let vals = match r.get_ref(2)?.as_blob_or_null()? {
+                    Some(b) => Some(super::history::decode_values(b).map_err(bad)?),
+                    None => None,
+                };
+                let in_range = |ts: i64, seq: i64| seq >= oldest && ts >= q.from_ms && ts < q.to_ms;
+                match vals.filter(|v| v.len() == block.len()) {
+                    Some(vals) => {
+                        for (&(ts, seq), v) in block.iter().zip(vals) {
+                            if in_range(ts, seq) {
+                                add(stream, ts, seq, Some(v).filter(|v| !v.is_nan()));
+                            }
+                        }
+                    }
+                    None => fetch_keys.extend(
+                        block
+                            .iter()
+                            .filter(|(ts, seq)| in_range(*ts, *seq))
+                            .map(|&(ts, seq)| (seq, stream, ts)),
+                    ),
+                }
+            }
+            let set: std::collections::HashSet<i64> = ids.iter().copied().collect();
+            let mut stmt = conn.prepare_cached(
+                "SELECT ts, seq, stream, num FROM messages WHERE seq > ?1 AND ts >= ?2 AND ts < ?3",
+            )?;
+            let mut rows = stmt.query((indexed, q.from_ms, q.to_ms))?;
+            while let Some(r) = rows.next()? {
+                let stream: i64 = r.get(2)?;
+                if set.contains(&stream) {
+                    add(stream, r.get(0)?, r.get(1)?, r.get(3)?);
+                }
+            }
+        }
+        // Fetching in log order keeps the b-tree walk local.
+        fetch_keys.sort_unstable();
+        let mut fetch = conn.prepare_cached("SELECT num FROM messages WHERE seq = ?1")?;
+        for (seq, stream, ts) in fetch_keys {
+            let num: Option<Option<f64>> = fetch.query_row([seq], |r| r.get(0)).optional()?;
+            if let Some(num) = num {
+                add(stream, ts, seq, num);
             }
         }
         let names = stream_names(conn, &ids)?;
@@ -207,6 +258,52 @@ pub(crate) fn buckets(conn: &Connection, q: &BucketQuery) -> Result<Vec<Series>,
         out.sort_by(|a, b| a.topic.cmp(&b.topic));
         Ok(out)
     })
+}
+
+/// The lowest seq in the log (`i64::MAX` when it is empty): index keys below it belong to deleted rows.
+fn oldest_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM messages ORDER BY seq LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(i64::MAX))
+}
+
+/// The numeric value of each row in the seq range of `keys` (`(stream, ts, seq)`), sorted by seq: one
+/// sequential read, for the index pass (the rows are the ones just written).
+pub(crate) fn values_of(
+    conn: &Connection,
+    keys: &[(i64, i64, i64)],
+) -> rusqlite::Result<Vec<(i64, Option<f64>)>> {
+    let (lo, hi) = keys.iter().fold((i64::MAX, i64::MIN), |(lo, hi), k| {
+        (lo.min(k.2), hi.max(k.2))
+    });
+    if lo > hi {
+        return Ok(Vec::new());
+    }
+    let mut st =
+        conn.prepare_cached("SELECT seq, num FROM messages WHERE seq >= ?1 AND seq <= ?2")?;
+    let rows = st
+        .query_map((lo, hi), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The value blob of one block (`pairs` = its `(ts, seq)` keys), from [`values_of`].
+pub(crate) fn encode_block_values(
+    nums: &[(i64, Option<f64>)],
+    pairs: &[(i64, i64)],
+    out: &mut Vec<u8>,
+) {
+    let vals: Vec<Option<f64>> = pairs
+        .iter()
+        .map(|&(_, seq)| {
+            nums.binary_search_by_key(&seq, |n| n.0)
+                .ok()
+                .and_then(|i| nums[i].1)
+        })
+        .collect();
+    super::history::encode_values(&vals, out);
 }
 
 type Names = (Arc<str>, Option<Arc<str>>, Option<Arc<str>>);
@@ -269,11 +366,7 @@ pub(crate) fn latest(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>,
                 }
             }
         }
-        let oldest: i64 = conn
-            .prepare_cached("SELECT seq FROM messages ORDER BY seq LIMIT 1")?
-            .query_row([], |r| r.get(0))
-            .optional()?
-            .unwrap_or(i64::MAX);
+        let oldest = oldest_seq(conn)?;
         let mut block = conn.prepare_cached(
             "SELECT keys FROM history WHERE stream = ?1 ORDER BY min_ts DESC, min_seq DESC LIMIT 1",
         )?;
@@ -320,7 +413,11 @@ pub(crate) fn check_names(
     point: Option<&str>,
 ) -> Result<(), StoreError> {
     if let Some(d) = device {
-        let devices = distinct(conn, "SELECT DISTINCT device FROM streams WHERE device IS NOT NULL", None)?;
+        let devices = distinct(
+            conn,
+            "SELECT DISTINCT device FROM streams WHERE device IS NOT NULL",
+            None,
+        )?;
         // An empty dictionary is a new log: nothing to suggest, and no reason to doubt the name.
         if !devices.is_empty() && !devices.iter().any(|x| x == d) {
             return Err(StoreError::NoSuch(unknown("device", d, "", &devices)));
@@ -333,10 +430,16 @@ pub(crate) fn check_names(
                 "SELECT DISTINCT point FROM streams WHERE point IS NOT NULL AND device = ?1",
                 Some(d),
             )?,
-            None => distinct(conn, "SELECT DISTINCT point FROM streams WHERE point IS NOT NULL", None)?,
+            None => distinct(
+                conn,
+                "SELECT DISTINCT point FROM streams WHERE point IS NOT NULL",
+                None,
+            )?,
         };
         if !points.is_empty() && !points.iter().any(|x| x == p) {
-            let of = device.map(|d| format!(" of device `{d}`")).unwrap_or_default();
+            let of = device
+                .map(|d| format!(" of device `{d}`"))
+                .unwrap_or_default();
             return Err(StoreError::NoSuch(unknown("point", p, &of, &points)));
         }
     }
@@ -420,7 +523,8 @@ impl LogReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
         let version = super::schema::schema_version(&conn, path)?;
         if version == 0 {
             return Err(StoreError::Corrupt {

@@ -190,7 +190,10 @@ fn query_snapshot(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, St
             let mut args = range_args.clone();
             let mut after = String::new();
             if let Some((ts, seq)) = q.after {
-                after = format!(" AND (ts, seq) {} (?, ?)", if dir == "ASC" { ">" } else { "<" });
+                after = format!(
+                    " AND (ts, seq) {} (?, ?)",
+                    if dir == "ASC" { ">" } else { "<" }
+                );
                 args.extend([Value::Integer(ts), Value::Integer(seq)]);
             }
             let sql = format!(
@@ -240,7 +243,10 @@ fn scan(
 }
 
 /// The streams the query's device, point and topic filters select; `None` when it has none of them.
-pub(crate) fn matching_streams(conn: &Connection, q: &HistoryQuery) -> Result<Option<Vec<i64>>, StoreError> {
+pub(crate) fn matching_streams(
+    conn: &Connection,
+    q: &HistoryQuery,
+) -> Result<Option<Vec<i64>>, StoreError> {
     if q.device.is_none() && q.point.is_none() && q.topic.is_none() {
         return Ok(None);
     }

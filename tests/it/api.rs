@@ -983,14 +983,22 @@ async fn the_token_the_host_check_and_the_failed_attempt_limit() {
     assert_eq!(d.token.len(), 64);
 
     // Reads need no token by default; state changes do.
-    let (s, _) = raw(d.api, &format!("GET /api/v1/devices HTTP/1.1\r\n{host}"), "").await;
+    let (s, _) = raw(
+        d.api,
+        &format!("GET /api/v1/devices HTTP/1.1\r\n{host}"),
+        "",
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, b) = raw(d.api, &format!("POST /api/reload HTTP/1.1\r\n{host}"), "").await;
     assert_eq!(s, 401, "{b}");
     assert!(b.contains("needs the API token"), "{b}");
     let (s, b) = raw(
         d.api,
-        &format!("POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}x", d.token),
+        &format!(
+            "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}x",
+            d.token
+        ),
         "",
     )
     .await;
@@ -1005,7 +1013,10 @@ async fn the_token_the_host_check_and_the_failed_attempt_limit() {
     assert_eq!(s, 401, "a write without the token: {b}");
     let (s, b) = raw(
         d.api,
-        &format!("POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}", d.token),
+        &format!(
+            "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}",
+            d.token
+        ),
         "",
     )
     .await;
@@ -1041,7 +1052,9 @@ async fn the_token_the_host_check_and_the_failed_attempt_limit() {
     for _ in 0..12 {
         let (s, _) = raw(
             d.api,
-            &format!("POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer wrong-token-123456"),
+            &format!(
+                "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer wrong-token-123456"
+            ),
             "",
         )
         .await;
@@ -1052,7 +1065,10 @@ async fn the_token_the_host_check_and_the_failed_attempt_limit() {
     assert!(statuses[7..].iter().all(|s| *s == 429), "{statuses:?}");
     let (s, b) = raw(
         d.api,
-        &format!("POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}", d.token),
+        &format!(
+            "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}",
+            d.token
+        ),
         "",
     )
     .await;
@@ -1067,8 +1083,13 @@ async fn the_token_the_host_check_and_the_failed_attempt_limit() {
 async fn error_bodies_never_contain_file_contents() {
     let d = Daemon::start().await;
     let dir = d._dir.path();
-    let secret = "root:$6$Zq3kR8sT$wB1c9Kx0yT4mJv7nQe2LpH5aRz8dFu3gYi6oNs1Xc0VbMt9Wq.:19700:0:99999:7:::";
-    std::fs::write(dir.join("shadow"), format!("{secret}\ndaemon:*:19700:0:99999:7:::\n")).unwrap();
+    let secret =
+        "root:$6$Zq3kR8sT$wB1c9Kx0yT4mJv7nQe2LpH5aRz8dFu3gYi6oNs1Xc0VbMt9Wq.:19700:0:99999:7:::";
+    std::fs::write(
+        dir.join("shadow"),
+        format!("{secret}\ndaemon:*:19700:0:99999:7:::\n"),
+    )
+    .unwrap();
     std::fs::create_dir(dir.join("devices")).unwrap();
     std::os::unix::fs::symlink(dir.join("shadow"), dir.join("devices/meter.yaml")).unwrap();
     // A second map with a secret-looking value where a number belongs.
@@ -1078,7 +1099,11 @@ async fn error_bodies_never_contain_file_contents() {
     )
     .unwrap();
     let cfg = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, format!("{cfg}device_maps: [\"devices/*.yaml\"]\n")).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{cfg}device_maps: [\"devices/*.yaml\"]\n"),
+    )
+    .unwrap();
 
     let (status, body) = d.call(Method::POST, "/api/reload").await;
     assert_eq!(status, 422, "{body}");
@@ -1142,16 +1167,27 @@ async fn v1_history_buckets_latest_and_write_back() {
             b["max"].as_f64().unwrap(),
             b["avg"].as_f64().unwrap(),
         );
-        assert!(min <= avg && avg <= max && (10.0..=20.0).contains(&avg), "{b}");
+        assert!(
+            min <= avg && avg <= max && (10.0..=20.0).contains(&avg),
+            "{b}"
+        );
         assert_eq!(b["start_ms"].as_i64().unwrap() % 1000, 0);
     }
 
     let e = d
-        .refused(Method::GET, "/api/v1/history?device=boiler&every=fortnightly", 400)
+        .refused(
+            Method::GET,
+            "/api/v1/history?device=boiler&every=fortnightly",
+            400,
+        )
         .await;
     assert!(e.starts_with("parameter `every`"), "{e}");
     let e = d
-        .refused(Method::GET, "/api/v1/history?device=boiler&every=1m&cursor=1.2", 400)
+        .refused(
+            Method::GET,
+            "/api/v1/history?device=boiler&every=1m&cursor=1.2",
+            400,
+        )
         .await;
     assert!(e.contains("not paged"), "{e}");
     let e = d
@@ -1178,7 +1214,10 @@ async fn v1_history_buckets_latest_and_write_back() {
         .iter()
         .map(|r| r["topic"].as_str().unwrap())
         .collect();
-    assert_eq!(topics, ["t1/boiler/count", "t1/boiler/sp", "t1/boiler/temp"]);
+    assert_eq!(
+        topics,
+        ["t1/boiler/count", "t1/boiler/sp", "t1/boiler/temp"]
+    );
     assert_eq!(latest["rows"][2]["unit"], "°C");
 
     let points = d.get_json("/api/v1/points?device=boiler").await;

@@ -22,7 +22,10 @@ fn demo_config(dir: &std::path::Path) -> PathBuf {
         .replace("api:\n  bind: 127.0.0.1:8080", "api:\n  enabled: false")
         .replace("path: ./fieldbridge-demo.db", "path: ./demo.db");
     assert_ne!(text, demo);
-    assert!(text.contains("enabled: false"), "the demo's api section moved");
+    assert!(
+        text.contains("enabled: false"),
+        "the demo's api section moved"
+    );
     let path = dir.join("demo.yaml");
     std::fs::write(&path, text).unwrap();
     path
@@ -93,7 +96,10 @@ async fn the_dashboard_in_a_real_browser() {
         .split(' ')
         .map(|n| n.parse().unwrap())
         .collect();
-    assert!(width[0] <= width[1], "the page is wider than a phone: {width:?}");
+    assert!(
+        width[0] <= width[1],
+        "the page is wider than a phone: {width:?}"
+    );
     assert!(get("NOTOKEN").contains("token"));
     assert_eq!(get("WRITE"), "ok");
     assert_eq!(get("READBACK"), "61.5");

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldbridge::cli::{self, Console, ExportArgs, ExportFormat, Format, OrderArg, QueryArgs, Target};
+use fieldbridge::cli::{
+    self, Console, ExportArgs, ExportFormat, Format, OrderArg, QueryArgs, Target,
+};
 use fieldbridge::config::{Durability, StorageConfig, Synchronous, WhenFull};
 use fieldbridge::store::{
     BucketQuery, HistoryQuery, LogReader, LogRecord, Order, Store, StoreError, StoreOptions,
@@ -131,7 +133,10 @@ fn buckets_boundaries_and_empty_ranges() {
     let b = buckets(&store, T0 + 30_000, T0 + 120_000, 60_000);
     assert_eq!(b.len(), 2);
     assert_eq!((b[0].start_ms, b[0].count, b[0].first), (T0, 30, 230.0));
-    assert_eq!((b[1].start_ms, b[1].count, b[1].last), (T0 + 60_000, 60, 319.0));
+    assert_eq!(
+        (b[1].start_ms, b[1].count, b[1].last),
+        (T0 + 60_000, 60, 319.0)
+    );
     let b = buckets(&store, T0 + 60_000, T0 + 60_001, 60_000);
     assert_eq!((b.len(), b[0].count, b[0].first), (1, 1, 260.0));
 
@@ -159,7 +164,11 @@ fn buckets_boundaries_and_empty_ranges() {
     let topics: Vec<&str> = s.iter().map(|x| &*x.topic).collect();
     assert_eq!(
         topics,
-        ["gw/meter-1/state", "gw/meter-1/switch", "gw/meter-1/voltage"]
+        [
+            "gw/meter-1/state",
+            "gw/meter-1/switch",
+            "gw/meter-1/voltage"
+        ]
     );
     assert_eq!((s[0].buckets.len(), s[0].skipped), (0, 10));
     assert_eq!((s[1].buckets[0].count, s[1].buckets[0].avg), (10, 0.5));
@@ -245,12 +254,7 @@ fn latest_pages_and_did_you_mean() {
             ..q.clone()
         })
         .unwrap();
-    let all = store
-        .query(&HistoryQuery {
-            limit: 100,
-            ..q
-        })
-        .unwrap();
+    let all = store.query(&HistoryQuery { limit: 100, ..q }).unwrap();
     let joined: Vec<u64> = first.iter().chain(&rest).map(|r| r.seq).collect();
     assert_eq!(joined, all.iter().map(|r| r.seq).collect::<Vec<_>>());
 
@@ -393,7 +397,11 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
     a.format = Format::Csv;
     let mut con = console();
     assert_eq!(cli::query(&a, &mut con).await, 0);
-    assert!(text(&con.out).contains(",meter-1,switch,true,,"), "{}", text(&con.out));
+    assert!(
+        text(&con.out).contains(",meter-1,switch,true,,"),
+        "{}",
+        text(&con.out)
+    );
     a.format = Format::Json;
     let mut con = console();
     assert_eq!(cli::query(&a, &mut con).await, 0);
@@ -485,7 +493,11 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
         .collect();
     assert_eq!(lines.len(), N as usize);
     assert_eq!(lines[599]["value"], serde_json::json!(799.0));
-    assert!(text(&con.err).starts_with("600 row(s) exported"), "{}", text(&con.err));
+    assert!(
+        text(&con.err).starts_with("600 row(s) exported"),
+        "{}",
+        text(&con.err)
+    );
     let mut csv = ExportArgs {
         format: ExportFormat::Csv,
         output: None,
@@ -496,10 +508,16 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
     assert_eq!(cli::export(&csv, &mut con).await, 0);
     let out = text(&con.out);
     assert_eq!(out.lines().count(), 11, "{out}");
-    assert!(!text(&con.err).contains('\r'), "no progress bar off a terminal");
+    assert!(
+        !text(&con.err).contains('\r'),
+        "no progress bar off a terminal"
+    );
 
     // Read-only: the copy was not written to.
-    assert!(std::fs::read(&copy).unwrap() == before, "the copy was written to");
+    assert!(
+        std::fs::read(&copy).unwrap() == before,
+        "the copy was written to"
+    );
     let reader = LogReader::open(&copy).unwrap();
     assert_eq!(reader.names().unwrap().len(), 3);
 }
@@ -542,4 +560,84 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Schema v3 adds the values of each index block. A v2 log (blocks without values) is migrated at open; its
+/// old blocks still aggregate (their rows are read), and new blocks carry values.
+#[test]
+fn a_v2_log_is_upgraded_and_its_old_blocks_still_aggregate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let store = generate(&path);
+    let before = buckets(&store, T0, T0 + N * 1000, 60_000);
+    store.close().unwrap();
+    // Back to v2: no `vals` column, version 2.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "ALTER TABLE history DROP COLUMN vals; UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    let old_blocks: i64 = c
+        .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
+        .unwrap();
+    assert!(old_blocks > 0);
+    drop(c);
+
+    let opts = StoreOptions {
+        index_rows: 10,
+        index_interval: Duration::from_millis(10),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&cfg(&path), opts).unwrap();
+    assert_eq!(buckets(&store, T0, T0 + N * 1000, 60_000), before);
+    // One more minute, indexed with values.
+    let more: Vec<LogRecord> = (N..N + 60)
+        .map(|i| {
+            let v = 200.0 + i as f64;
+            reading(
+                "meter-1",
+                "voltage",
+                T0 + i * 1000,
+                format!("{{\"value\":{v}}}"),
+                Some(v),
+            )
+        })
+        .collect();
+    store.append_batch_blocking(more).unwrap().wait().unwrap();
+    // A few single appends so that an index pass runs after the batch.
+    for i in 0..3 {
+        store
+            .append_blocking(LogRecord::new(format!("other/{i}"), "x"))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let c =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let version: i64 = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, 3);
+    let (null, with): (i64, i64) = c
+        .query_row(
+            "SELECT count(*) - count(vals), count(vals) FROM history",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(null, old_blocks, "old blocks keep no values");
+    assert!(with > 0, "new blocks carry values");
+    drop(c);
+    let after = buckets(&store, T0, T0 + (N + 60) * 1000, 60_000);
+    assert_eq!(after[..10], before[..]);
+    assert_eq!(
+        (after[10].count, after[10].first, after[10].last),
+        (60, 800.0, 859.0)
+    );
+    store.close().unwrap();
 }

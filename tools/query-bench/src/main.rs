@@ -22,7 +22,9 @@ use fieldbridge::config::{Durability, StorageConfig, Synchronous, WhenFull};
 use fieldbridge::store::{BucketQuery, HistoryQuery, LogReader, LogRecord, Store, StoreOptions};
 
 #[derive(Parser, Debug)]
-#[command(about = "fieldbridge query benchmark: raw rows, buckets and latest values on a large log")]
+#[command(
+    about = "fieldbridge query benchmark: raw rows, buckets and latest values on a large log"
+)]
 struct Args {
     /// Rows in the log.
     #[arg(long, default_value_t = 10_000_000)]
@@ -79,7 +81,12 @@ fn reading(names: &[(Arc<str>, Arc<str>)], point: usize, ts: i64, v: f64) -> Log
 
 fn names(points: u64) -> Vec<(Arc<str>, Arc<str>)> {
     (0..points)
-        .map(|i| (Arc::from(format!("d{i}")), Arc::from(format!("bench/d{i}/p"))))
+        .map(|i| {
+            (
+                Arc::from(format!("d{i}")),
+                Arc::from(format!("bench/d{i}/p")),
+            )
+        })
         .collect()
 }
 
@@ -112,11 +119,11 @@ fn day(args: &Args, names: Arc<Vec<(Arc<str>, Arc<str>)>>) -> impl Iterator<Item
     let fast = args.fast.min(args.points);
     let slow = args.points - fast;
     let fast_rows = fast * DAY_S as u64;
-    let per_slow = if slow == 0 {
-        0
-    } else {
-        args.rows.saturating_sub(fast_rows) / slow
-    };
+    let per_slow = args
+        .rows
+        .saturating_sub(fast_rows)
+        .checked_div(slow)
+        .unwrap_or(0);
     let interval = if per_slow == 0 {
         i64::MAX
     } else {
@@ -278,7 +285,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if args.append_rows > 0 {
         println!();
-        println!("| append ({} rows, 1,000 series, synchronous=full) | rows/s |", args.append_rows);
+        println!(
+            "| append ({} rows, 1,000 series, synchronous=full) | rows/s |",
+            args.append_rows
+        );
         println!("|---|---|");
         for with_index in [false, true, false] {
             let p = dir.join(format!("append-{with_index}.db"));
@@ -295,7 +305,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let names = Arc::new(self::names(1000));
             // 1000 series, round robin, one reading a second each.
             let records = (0..args.append_rows).map(move |i| {
-                reading(&names, (i % 1000) as usize, DAY0 + (i / 1000) as i64 * 1000, i as f64)
+                reading(
+                    &names,
+                    (i % 1000) as usize,
+                    DAY0 + (i / 1000) as i64 * 1000,
+                    i as f64,
+                )
             });
             let t = Instant::now();
             let n = append_all(&store, records)?;
