@@ -327,6 +327,37 @@ pub struct SeriesView {
     pub buckets: Vec<crate::store::Bucket>,
 }
 
+/// `GET /api/v1/history?fields=values`: readings as time and value, served from the index.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValuesDoc {
+    /// Readings in the requested order.
+    pub rows: Vec<ValueRow>,
+    /// The limit applied.
+    pub limit: usize,
+    /// Whether more matched.
+    pub more: bool,
+    /// When `more`: pass it as `cursor` to get the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One reading of a [`ValuesDoc`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValueRow {
+    /// Timestamp (RFC 3339, ms).
+    pub ts: String,
+    /// Timestamp (unix ms).
+    pub ts_ms: i64,
+    /// Log sequence number.
+    pub seq: u64,
+    /// The topic.
+    pub topic: String,
+    /// The numeric value (none for text readings).
+    pub value: Option<f64>,
+}
+
 /// `GET /api/v1/latest`: the last logged row of each matching topic.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

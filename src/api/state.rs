@@ -13,7 +13,7 @@ use crate::broker::BrokerStats;
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{LiveState, PipelineStats};
 use crate::store::{
-    BucketQuery, HistoryQuery, LogRow, Series, StoreError, StoreStats, WriterState,
+    BucketQuery, HistoryQuery, LogRow, Reading, Series, StoreError, StoreStats, WriterState,
 };
 
 use super::model::BridgeView;
@@ -44,6 +44,8 @@ pub trait ApiState: Send + Sync + 'static {
     fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError>;
     /// Time buckets of numeric readings (blocking).
     fn buckets(&self, q: &BucketQuery) -> Result<Vec<Series>, StoreError>;
+    /// Time and value of the matching readings, from the index (blocking).
+    fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError>;
     /// The last logged row of each matching stream (blocking).
     fn latest(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError>;
     /// Executes a write request as an MQTT `…/set` publish would be; resolves with the answer's payload
@@ -97,6 +99,10 @@ impl ApiState for App {
 
     fn latest(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
         self.store.latest(q)
+    }
+
+    fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
+        self.store.readings(q)
     }
 
     fn write_point<'a>(

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::model::{BucketsDoc, HistoryDoc, HistoryRow, LatestDoc, SeriesView, WriteDoc};
+use super::model::{
+    BucketsDoc, HistoryDoc, HistoryRow, LatestDoc, SeriesView, ValueRow, ValuesDoc, WriteDoc,
+};
 use super::params::{self, ParamError};
 use super::{
     bad_request, blocking, pairs, point_rules, reject, store_error, unless_configured, Ctx, Reject,
@@ -46,7 +48,7 @@ async fn openapi() -> Response {
 
 /// The parameters of `GET /api/v1/history`.
 pub const V1_HISTORY_PARAMS: &[&str] = &[
-    "device", "point", "topic", "from", "to", "limit", "order", "cursor", "every",
+    "device", "point", "topic", "from", "to", "limit", "order", "cursor", "every", "fields",
 ];
 
 /// Encodes a page cursor: the last row's key.
@@ -87,6 +89,8 @@ pub enum V1Query {
     Rows(HistoryQuery),
     /// Buckets.
     Buckets(BucketQuery),
+    /// Readings: time and value only, from the index (`fields=values`).
+    Values(HistoryQuery),
 }
 
 /// Parses the parameters of `GET /api/v1/history`. Buckets default to the last hour.
@@ -94,12 +98,12 @@ pub fn v1_query(pairs: &[(String, String)], now: SystemTime) -> Result<V1Query, 
     let p = params::check_params(pairs, V1_HISTORY_PARAMS)?;
     let base: Vec<(String, String)> = pairs
         .iter()
-        .filter(|(k, _)| k != "cursor" && k != "every")
+        .filter(|(k, _)| k != "cursor" && k != "every" && k != "fields")
         .cloned()
         .collect();
     let mut q = params::history_query(&base, now)?;
     if let Some(every) = p.get("every") {
-        if p.contains_key("cursor") {
+        if p.contains_key("cursor") || p.contains_key("fields") {
             return Err(ParamError(
                 "parameter `cursor` pages rows; bucket answers are not paged (narrow `from`/`to`)"
                     .into(),
@@ -125,7 +129,13 @@ pub fn v1_query(pairs: &[(String, String)], now: SystemTime) -> Result<V1Query, 
     if let Some(c) = p.get("cursor") {
         q.after = Some(decode_cursor(c)?);
     }
-    Ok(V1Query::Rows(q))
+    match p.get("fields").copied() {
+        None | Some("all") => Ok(V1Query::Rows(q)),
+        Some("values") => Ok(V1Query::Values(q)),
+        Some(other) => Err(ParamError(format!(
+            "parameter `fields`: `{other}` is not `all` (whole rows) or `values` (time and value only)"
+        ))),
+    }
 }
 
 async fn history(
@@ -165,6 +175,20 @@ async fn history(
             })
             .into_response())
         }
+        V1Query::Values(mut q) => {
+            let limit = q.limit;
+            q.limit += 1;
+            let (device, point) = (q.device.clone(), q.point.clone());
+            let rows = blocking(move || state.readings(&q)).await?;
+            let rows = unless_configured(
+                rows,
+                &ctx.state.config(),
+                device.as_deref(),
+                point.as_deref(),
+            )
+            .map_err(store_error)?;
+            Ok(Json(values_page(rows, limit)).into_response())
+        }
         V1Query::Rows(mut q) => {
             let limit = q.limit;
             q.limit += 1;
@@ -190,6 +214,31 @@ pub fn page(rows: Vec<crate::store::LogRow>, limit: usize) -> HistoryDoc {
         .then(|| rows.last().map(|r| encode_cursor(r.ts_ms, r.seq)))
         .flatten();
     HistoryDoc {
+        rows,
+        limit,
+        more,
+        next_cursor,
+    }
+}
+
+/// One page of readings (`fields=values`).
+pub fn values_page(rows: Vec<crate::store::Reading>, limit: usize) -> ValuesDoc {
+    let more = rows.len() > limit;
+    let rows: Vec<ValueRow> = rows
+        .into_iter()
+        .take(limit)
+        .map(|r| ValueRow {
+            ts: params::ms_to_rfc3339(r.ts_ms),
+            ts_ms: r.ts_ms,
+            seq: r.seq,
+            topic: r.topic.to_string(),
+            value: r.value,
+        })
+        .collect();
+    let next_cursor = more
+        .then(|| rows.last().map(|r| encode_cursor(r.ts_ms, r.seq)))
+        .flatten();
+    ValuesDoc {
         rows,
         limit,
         more,

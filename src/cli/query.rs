@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::api::model::{BucketsDoc, HistoryDoc, HistoryRow, LatestDoc, SeriesView};
+use crate::api::model::{BucketsDoc, HistoryDoc, HistoryRow, LatestDoc, SeriesView, ValuesDoc};
 use crate::api::params::{self, ms_to_rfc3339};
 use crate::api::v1::{self, V1Query};
 use crate::store::{LogReader, StoreError};
@@ -84,6 +84,9 @@ pub struct QueryArgs {
     /// Continue after this cursor (printed when more rows match than --limit).
     #[arg(long)]
     pub cursor: Option<String>,
+    /// Time and value only, read from the index (fast for long series; no payloads).
+    #[arg(long, conflicts_with_all = ["every", "latest"])]
+    pub values: bool,
 }
 
 impl QueryArgs {
@@ -119,6 +122,9 @@ impl QueryArgs {
                 p.push((k.to_string(), v.clone()));
             }
         }
+        if self.values {
+            p.push(("fields".to_string(), "values".to_string()));
+        }
         p
     }
 
@@ -148,6 +154,7 @@ pub(crate) enum Answer {
     Rows(HistoryDoc),
     Buckets(BucketsDoc),
     Latest(LatestDoc),
+    Values(ValuesDoc),
 }
 
 /// Where answers come from.
@@ -286,6 +293,12 @@ impl Source {
             Failed(EXIT_USAGE)
         })?;
         match q {
+            V1Query::Values(mut q) => {
+                let limit = q.limit;
+                q.limit += 1;
+                let rows = reader.readings(&q).map_err(|e| store_failed(e, con))?;
+                Ok(Answer::Values(v1::values_page(rows, limit)))
+            }
             V1Query::Rows(mut q) => {
                 let limit = q.limit;
                 q.limit += 1;
@@ -359,6 +372,21 @@ pub async fn query<O: Write, E: Write>(args: &QueryArgs, con: &mut Console<O, E>
             if doc.more {
                 con.eprintln(&format!(
                     "more rows match: next page with --cursor {} (or raise --limit, now {}, or narrow --from/--to)",
+                    doc.next_cursor.as_deref().unwrap_or("?"),
+                    doc.limit
+                ));
+            }
+        }
+        Answer::Values(doc) => {
+            con.print(&values_text(&doc, args.format));
+            if doc.rows.is_empty() {
+                con.eprintln("no rows match");
+            } else if args.format == Format::Table {
+                con.eprintln(&format!("{} reading(s)", doc.rows.len()));
+            }
+            if doc.more {
+                con.eprintln(&format!(
+                    "more rows match: next page with --cursor {} (or raise --limit, now {})",
                     doc.next_cursor.as_deref().unwrap_or("?"),
                     doc.limit
                 ));
@@ -531,6 +559,49 @@ pub(crate) fn csv_line(r: &HistoryRow) -> String {
     )
 }
 
+fn values_text(doc: &ValuesDoc, format: Format) -> String {
+    let show = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&doc.rows).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Format::Csv => {
+            let mut s = String::from("seq,ts,ts_ms,topic,value\r\n");
+            for r in &doc.rows {
+                s.push_str(&format!(
+                    "{},{},{},{},{}\r\n",
+                    r.seq,
+                    r.ts,
+                    r.ts_ms,
+                    csv_field(&r.topic),
+                    show(r.value)
+                ));
+            }
+            s
+        }
+        Format::Table => {
+            if doc.rows.is_empty() {
+                return String::new();
+            }
+            let cells: Vec<Vec<String>> = doc
+                .rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.ts.clone(),
+                        r.seq.to_string(),
+                        r.topic.clone(),
+                        show(r.value),
+                    ]
+                })
+                .collect();
+            aligned(&["TIME", "SEQ", "TOPIC", "VALUE"], &cells, &[1])
+        }
+    }
+}
+
 /// A number for people: at most 4 decimals, no trailing zeros.
 fn short(v: f64) -> String {
     let s = format!("{v:.4}");
@@ -689,6 +760,7 @@ mod tests {
             every: Some("1m".into()),
             latest: false,
             cursor: None,
+            values: false,
         };
         assert_eq!(
             a.path(),

@@ -182,7 +182,8 @@ use crate::config::{StorageConfig, Synchronous, WhenFull};
 
 pub use error::StoreError;
 pub use query::{
-    check_buckets, Bucket, BucketQuery, LogReader, Series, MAX_BUCKETS, MAX_LATEST, MAX_SERIES,
+    check_buckets, Bucket, BucketQuery, LogReader, Reading, Series, MAX_BUCKETS, MAX_LATEST,
+    MAX_SERIES,
 };
 pub use reader::{topic_matches, valid_filter, HistoryQuery, Order};
 pub use record::{now_ms, LogRecord, LogRow, MsgProps};
@@ -623,6 +624,12 @@ impl Store {
     /// Time buckets of numeric readings (CLI `--every`, HTTP API `every=`).
     pub fn buckets(&self, q: &BucketQuery) -> Result<Vec<Series>, StoreError> {
         let r = self.inner.readers.with(|c| query::buckets(c, q));
+        self.seen(r)
+    }
+
+    /// Time and value of the readings the filters of `q` select, from the index (no row reads).
+    pub fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
+        let r = self.inner.readers.with(|c| query::readings(c, q));
         self.seen(r)
     }
 

@@ -149,9 +149,8 @@ pub(crate) fn buckets(conn: &Connection, q: &BucketQuery) -> Result<Vec<Series>,
                 ids.len()
             )));
         }
-        let indexed = indexed_seq(conn)?;
         let mut per: HashMap<i64, (HashMap<i64, Acc>, u64)> = HashMap::new();
-        let mut add = |stream: i64, ts: i64, seq: i64, num: Option<f64>| {
+        for_each_value(conn, &ids, q.from_ms, q.to_ms, |stream, ts, seq, num| {
             let entry = per.entry(stream).or_default();
             match num.filter(|v| v.is_finite()) {
                 None => entry.1 += 1,
@@ -164,72 +163,7 @@ pub(crate) fn buckets(conn: &Connection, q: &BucketQuery) -> Result<Vec<Series>,
                         .add((ts, seq), v);
                 }
             }
-        };
-        // Keys of blocks written before schema v3 (no values): their rows are read.
-        let mut fetch_keys: Vec<(i64, i64, i64)> = Vec::new();
-        if !ids.is_empty() {
-            let oldest = oldest_seq(conn)?;
-            let list = vec!["?"; ids.len()].join(", ");
-            let sql = format!(
-                "SELECT stream, keys, vals FROM history WHERE stream IN ({list}) AND min_ts < ? AND max_ts >= ?"
-            );
-            let mut args: Vec<rusqlite::types::Value> = ids
-                .iter()
-                .map(|id| rusqlite::types::Value::Integer(*id))
-                .collect();
-            args.push(rusqlite::types::Value::Integer(q.to_ms));
-            args.push(rusqlite::types::Value::Integer(q.from_ms));
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-            let mut block: Vec<(i64, i64)> = Vec::with_capacity(super::history::BLOCK);
-            let bad = |detail| StoreError::BadRow { seq: 0, detail };
-            while let Some(r) = rows.next()? {
-                let stream: i64 = r.get(0)?;
-                block.clear();
-                super::history::decode(r.get_ref(1)?.as_blob()?, |ts, seq| block.push((ts, seq)))
-                    .map_err(bad)?;
-                let vals = match r.get_ref(2)?.as_blob_or_null()? {
-                    Some(b) => Some(super::history::decode_values(b).map_err(bad)?),
-                    None => None,
-                };
-                let in_range = |ts: i64, seq: i64| seq >= oldest && ts >= q.from_ms && ts < q.to_ms;
-                match vals.filter(|v| v.len() == block.len()) {
-                    Some(vals) => {
-                        for (&(ts, seq), v) in block.iter().zip(vals) {
-                            if in_range(ts, seq) {
-                                add(stream, ts, seq, Some(v).filter(|v| !v.is_nan()));
-                            }
-                        }
-                    }
-                    None => fetch_keys.extend(
-                        block
-                            .iter()
-                            .filter(|(ts, seq)| in_range(*ts, *seq))
-                            .map(|&(ts, seq)| (seq, stream, ts)),
-                    ),
-                }
-            }
-            let set: std::collections::HashSet<i64> = ids.iter().copied().collect();
-            let mut stmt = conn.prepare_cached(
-                "SELECT ts, seq, stream, num FROM messages WHERE seq > ?1 AND ts >= ?2 AND ts < ?3",
-            )?;
-            let mut rows = stmt.query((indexed, q.from_ms, q.to_ms))?;
-            while let Some(r) = rows.next()? {
-                let stream: i64 = r.get(2)?;
-                if set.contains(&stream) {
-                    add(stream, r.get(0)?, r.get(1)?, r.get(3)?);
-                }
-            }
-        }
-        // Fetching in log order keeps the b-tree walk local.
-        fetch_keys.sort_unstable();
-        let mut fetch = conn.prepare_cached("SELECT num FROM messages WHERE seq = ?1")?;
-        for (seq, stream, ts) in fetch_keys {
-            let num: Option<Option<f64>> = fetch.query_row([seq], |r| r.get(0)).optional()?;
-            if let Some(num) = num {
-                add(stream, ts, seq, num);
-            }
-        }
+        })?;
         let names = stream_names(conn, &ids)?;
         let mut out = Vec::new();
         for (id, (topic, device, point)) in names {
@@ -304,6 +238,167 @@ pub(crate) fn encode_block_values(
         })
         .collect();
     super::history::encode_values(&vals, out);
+}
+
+/// Calls `add(stream, ts, seq, value)` for every row of the streams `ids` with `from <= ts < to`: keys and
+/// values from the index blocks (schema v3), the rows of blocks without values (older blocks) read by seq,
+/// and the rows not indexed yet. In no particular order. Run inside the caller's read transaction.
+fn for_each_value(
+    conn: &Connection,
+    ids: &[i64],
+    from_ms: i64,
+    to_ms: i64,
+    mut add: impl FnMut(i64, i64, i64, Option<f64>),
+) -> Result<(), StoreError> {
+    let indexed = indexed_seq(conn)?;
+    // Keys of blocks written before schema v3 (no values): their rows are read.
+    let mut fetch_keys: Vec<(i64, i64, i64)> = Vec::new();
+    if !ids.is_empty() {
+        let oldest = oldest_seq(conn)?;
+        let list = vec!["?"; ids.len()].join(", ");
+        let sql = format!(
+                "SELECT stream, keys, vals FROM history WHERE stream IN ({list}) AND min_ts < ? AND max_ts >= ?"
+            );
+        let mut args: Vec<rusqlite::types::Value> = ids
+            .iter()
+            .map(|id| rusqlite::types::Value::Integer(*id))
+            .collect();
+        args.push(rusqlite::types::Value::Integer(to_ms));
+        args.push(rusqlite::types::Value::Integer(from_ms));
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut block: Vec<(i64, i64)> = Vec::with_capacity(super::history::BLOCK);
+        let bad = |detail| StoreError::BadRow { seq: 0, detail };
+        while let Some(r) = rows.next()? {
+            let stream: i64 = r.get(0)?;
+            block.clear();
+            super::history::decode(r.get_ref(1)?.as_blob()?, |ts, seq| block.push((ts, seq)))
+                .map_err(bad)?;
+            let vals = match r.get_ref(2)?.as_blob_or_null()? {
+                Some(b) => Some(super::history::decode_values(b).map_err(bad)?),
+                None => None,
+            };
+            let in_range = |ts: i64, seq: i64| seq >= oldest && ts >= from_ms && ts < to_ms;
+            match vals.filter(|v| v.len() == block.len()) {
+                Some(vals) => {
+                    for (&(ts, seq), v) in block.iter().zip(vals) {
+                        if in_range(ts, seq) {
+                            add(stream, ts, seq, Some(v).filter(|v| !v.is_nan()));
+                        }
+                    }
+                }
+                None => fetch_keys.extend(
+                    block
+                        .iter()
+                        .filter(|(ts, seq)| in_range(*ts, *seq))
+                        .map(|&(ts, seq)| (seq, stream, ts)),
+                ),
+            }
+        }
+        let set: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        let mut stmt = conn.prepare_cached(
+            "SELECT ts, seq, stream, num FROM messages WHERE seq > ?1 AND ts >= ?2 AND ts < ?3",
+        )?;
+        let mut rows = stmt.query((indexed, from_ms, to_ms))?;
+        while let Some(r) = rows.next()? {
+            let stream: i64 = r.get(2)?;
+            if set.contains(&stream) {
+                add(stream, r.get(0)?, r.get(1)?, r.get(3)?);
+            }
+        }
+    }
+    // Fetching in log order keeps the b-tree walk local.
+    fetch_keys.sort_unstable();
+    let mut fetch = conn.prepare_cached("SELECT num FROM messages WHERE seq = ?1")?;
+    for (seq, stream, ts) in fetch_keys {
+        let num: Option<Option<f64>> = fetch.query_row([seq], |r| r.get(0)).optional()?;
+        if let Some(num) = num {
+            add(stream, ts, seq, num);
+        }
+    }
+    Ok(())
+}
+
+/// One logged reading as the index knows it: time, log position, topic and numeric value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Timestamp (unix ms).
+    pub ts_ms: i64,
+    /// Log sequence number.
+    pub seq: u64,
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The numeric value (none for text readings and raw publishes).
+    pub value: Option<f64>,
+}
+
+/// The readings (time and value, no payload) of the streams the filters select, in the query's order, after
+/// its cursor, at most `limit`: served from the index blocks' values, so a day of 1 s readings does not read
+/// 86,400 rows. Memory is bounded by twice the limit.
+pub(crate) fn readings(conn: &Connection, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
+    if let Some(filter) = &q.topic {
+        if !reader::valid_filter(filter) {
+            return Err(StoreError::Invalid(format!("topic filter {filter:?}")));
+        }
+    }
+    if q.device.is_none() && q.point.is_none() && q.topic.is_none() {
+        return Err(StoreError::Invalid(
+            "readings need a device, point or topic filter".into(),
+        ));
+    }
+    if q.limit == 0 {
+        return Ok(Vec::new());
+    }
+    in_snapshot(conn, |conn| {
+        let ids = matching_streams(conn, q)?.unwrap_or_default();
+        if ids.len() > MAX_SERIES {
+            return Err(StoreError::Invalid(format!(
+                "the filters select {} series, at most {MAX_SERIES} for readings: narrow them",
+                ids.len()
+            )));
+        }
+        let desc = q.order == super::Order::Desc;
+        // Keys normalised so that "better" is smaller whatever the order.
+        let norm = |ts: i64, seq: i64| if desc { (!ts, !seq) } else { (ts, seq) };
+        let after = q.after.map(|(ts, seq)| norm(ts, seq));
+        let mut kept: Vec<((i64, i64), i64, Option<f64>)> = Vec::new();
+        let cap = q.limit.saturating_mul(2).max(1024);
+        for_each_value(
+            conn,
+            &ids,
+            q.from_ms.unwrap_or(i64::MIN),
+            q.to_ms.unwrap_or(i64::MAX),
+            |stream, ts, seq, value| {
+                let key = norm(ts, seq);
+                if after.is_some_and(|a| key <= a) {
+                    return;
+                }
+                kept.push((key, stream, value));
+                if kept.len() >= cap {
+                    kept.sort_unstable_by_key(|k| k.0);
+                    kept.truncate(q.limit);
+                }
+            },
+        )?;
+        kept.sort_unstable_by_key(|k| k.0);
+        kept.truncate(q.limit);
+        let names: HashMap<i64, Arc<str>> = stream_names(conn, &ids)?
+            .into_iter()
+            .map(|(id, n)| (id, n.0))
+            .collect();
+        Ok(kept
+            .into_iter()
+            .map(|((ts, seq), stream, value)| {
+                let (ts, seq) = if desc { (!ts, !seq) } else { (ts, seq) };
+                Reading {
+                    ts_ms: ts,
+                    seq: seq.max(0) as u64,
+                    topic: names.get(&stream).cloned().unwrap_or_else(|| Arc::from("")),
+                    value: value.filter(|v| v.is_finite()),
+                }
+            })
+            .collect())
+    })
 }
 
 type Names = (Arc<str>, Option<Arc<str>>, Option<Arc<str>>);
@@ -558,6 +653,11 @@ impl LogReader {
     /// A bucket query (as [`super::Store::buckets`]).
     pub fn buckets(&self, q: &BucketQuery) -> Result<Vec<Series>, StoreError> {
         buckets(&self.conn, q)
+    }
+
+    /// Readings (as [`super::Store::readings`]).
+    pub fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
+        readings(&self.conn, q)
     }
 
     /// Latest values (as [`super::Store::latest`]).

@@ -192,6 +192,7 @@ fn query_args(target: Target) -> QueryArgs {
         every: None,
         latest: false,
         cursor: None,
+        values: false,
     }
 }
 
@@ -1206,6 +1207,17 @@ async fn v1_history_buckets_latest_and_write_back() {
         ))
         .await;
     assert!(p2["rows"][0]["seq"].as_u64() > p1["rows"][1]["seq"].as_u64());
+
+    let values = d
+        .get_json("/api/v1/history?device=boiler&point=count&fields=values&limit=3")
+        .await;
+    assert_eq!(values["rows"].as_array().unwrap().len(), 3, "{values}");
+    assert_eq!(values["rows"][0]["seq"], p1["rows"][0]["seq"]);
+    assert_eq!(values["rows"][0]["value"], p1["rows"][0]["value"]);
+    let e = d
+        .refused(Method::GET, "/api/v1/history?device=boiler&fields=some", 400)
+        .await;
+    assert!(e.starts_with("parameter `fields`"), "{e}");
 
     let latest = d.get_json("/api/v1/latest?device=boiler").await;
     let topics: Vec<&str> = latest["rows"]

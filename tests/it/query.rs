@@ -239,6 +239,53 @@ fn latest_pages_and_did_you_mean() {
         }
         assert_eq!(seen, want, "{order:?}");
     }
+    // Readings (time and value, from the index): the same series, in both orders, paged.
+    let all = store
+        .readings(&HistoryQuery {
+            limit: 100_000,
+            ..voltage()
+        })
+        .unwrap();
+    assert_eq!(all.len(), N as usize);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(
+            (r.ts_ms, r.value, &*r.topic),
+            (T0 + i as i64 * 1000, Some(200.0 + i as f64), "gw/meter-1/voltage")
+        );
+    }
+    for order in [Order::Asc, Order::Desc] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        for _ in 0..20 {
+            let page = store
+                .readings(&HistoryQuery {
+                    limit: 70,
+                    order,
+                    after,
+                    ..voltage()
+                })
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|r| (r.ts_ms, r.seq as i64));
+            seen.extend(page.iter().map(|r| r.seq));
+        }
+        let mut want: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        if order == Order::Desc {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "{order:?}");
+    }
+    let text = store
+        .readings(&HistoryQuery {
+            point: Some("state".into()),
+            ..voltage()
+        })
+        .unwrap();
+    assert_eq!(text.len(), 10);
+    assert!(text.iter().all(|r| r.value.is_none()));
+
     // The cursor works on a time-range-only query (which scans the log) too.
     let q = HistoryQuery {
         from_ms: Some(T0),
@@ -332,6 +379,7 @@ fn args(db: Option<PathBuf>, config: PathBuf) -> QueryArgs {
         every: None,
         latest: false,
         cursor: None,
+        values: false,
     }
 }
 
@@ -429,6 +477,18 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
         "{}",
         text(&con.out)
     );
+
+    // --values: time and value from the index.
+    let mut a = args(Some(copy.clone()), none.clone());
+    a.values = true;
+    a.format = Format::Csv;
+    let mut con = console();
+    assert_eq!(cli::query(&a, &mut con).await, 0, "{}", text(&con.err));
+    let out = text(&con.out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "seq,ts,ts_ms,topic,value");
+    assert_eq!(lines.len(), 181, "{out}");
+    assert!(lines[1].ends_with(",2026-11-22T08:00:00.000Z,1795334400000,gw/meter-1/voltage,200"), "{out}");
 
     // A mistyped device: did-you-mean, exit 2.
     let mut a = args(Some(copy.clone()), none.clone());
