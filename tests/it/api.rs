@@ -1215,7 +1215,11 @@ async fn v1_history_buckets_latest_and_write_back() {
     assert_eq!(values["rows"][0]["seq"], p1["rows"][0]["seq"]);
     assert_eq!(values["rows"][0]["value"], p1["rows"][0]["value"]);
     let e = d
-        .refused(Method::GET, "/api/v1/history?device=boiler&fields=some", 400)
+        .refused(
+            Method::GET,
+            "/api/v1/history?device=boiler&fields=some",
+            400,
+        )
         .await;
     assert!(e.starts_with("parameter `fields`"), "{e}");
 

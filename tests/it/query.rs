@@ -250,7 +250,11 @@ fn latest_pages_and_did_you_mean() {
     for (i, r) in all.iter().enumerate() {
         assert_eq!(
             (r.ts_ms, r.value, &*r.topic),
-            (T0 + i as i64 * 1000, Some(200.0 + i as f64), "gw/meter-1/voltage")
+            (
+                T0 + i as i64 * 1000,
+                Some(200.0 + i as f64),
+                "gw/meter-1/voltage"
+            )
         );
     }
     for order in [Order::Asc, Order::Desc] {
@@ -488,7 +492,10 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "seq,ts,ts_ms,topic,value");
     assert_eq!(lines.len(), 181, "{out}");
-    assert!(lines[1].ends_with(",2026-11-22T08:00:00.000Z,1795334400000,gw/meter-1/voltage,200"), "{out}");
+    assert!(
+        lines[1].ends_with(",2026-11-22T08:00:00.000Z,1795334400000,gw/meter-1/voltage,200"),
+        "{out}"
+    );
 
     // A mistyped device: did-you-mean, exit 2.
     let mut a = args(Some(copy.clone()), none.clone());
