@@ -175,35 +175,37 @@ async fn history(
             })
             .into_response())
         }
-        V1Query::Values(mut q) => {
-            let limit = q.limit;
-            q.limit += 1;
-            let (device, point) = (q.device.clone(), q.point.clone());
-            let rows = blocking(move || state.readings(&q)).await?;
-            let rows = unless_configured(
-                rows,
-                &ctx.state.config(),
-                device.as_deref(),
-                point.as_deref(),
-            )
-            .map_err(store_error)?;
+        V1Query::Values(q) => {
+            let (rows, limit) = rows_of(&ctx, q, |s, q| s.readings(q)).await?;
             Ok(Json(values_page(rows, limit)).into_response())
         }
-        V1Query::Rows(mut q) => {
-            let limit = q.limit;
-            q.limit += 1;
-            let (device, point) = (q.device.clone(), q.point.clone());
-            let rows = blocking(move || state.query(&q)).await?;
-            let rows = unless_configured(
-                rows,
-                &ctx.state.config(),
-                device.as_deref(),
-                point.as_deref(),
-            )
-            .map_err(store_error)?;
+        V1Query::Rows(q) => {
+            let (rows, limit) = rows_of(&ctx, q, |s, q| s.query(q)).await?;
             Ok(Json(page(rows, limit)).into_response())
         }
     }
+}
+
+/// Runs a query of rows off the runtime, asking one more than its limit (which tells whether there is
+/// more); a configured name that is not logged yet means no rows. Returns the rows and the limit.
+async fn rows_of<R: Send + 'static>(
+    ctx: &Ctx,
+    mut q: HistoryQuery,
+    run: fn(&dyn super::ApiState, &HistoryQuery) -> Result<Vec<R>, crate::store::StoreError>,
+) -> Result<(Vec<R>, usize), Reject> {
+    let limit = q.limit;
+    q.limit += 1;
+    let (device, point) = (q.device.clone(), q.point.clone());
+    let state = ctx.state.clone();
+    let rows = blocking(move || run(&*state, &q)).await?;
+    let rows = unless_configured(
+        rows,
+        &ctx.state.config(),
+        device.as_deref(),
+        point.as_deref(),
+    )
+    .map_err(store_error)?;
+    Ok((rows, limit))
 }
 
 /// One page of rows: at most `limit`, with the cursor of the next page when there is more.

@@ -363,34 +363,24 @@ pub async fn query<O: Write, E: Write>(args: &QueryArgs, con: &mut Console<O, E>
     match answer {
         Answer::Rows(doc) => {
             con.print(&rows_text(&doc.rows, args.format));
-            // Notes go to stderr so that CSV and JSON on stdout stay machine-readable.
-            if doc.rows.is_empty() {
-                con.eprintln("no rows match");
-            } else if args.format == Format::Table {
-                con.eprintln(&format!("{} row(s)", doc.rows.len()));
-            }
-            if doc.more {
-                con.eprintln(&format!(
-                    "more rows match: next page with --cursor {} (or raise --limit, now {}, or narrow --from/--to)",
-                    doc.next_cursor.as_deref().unwrap_or("?"),
-                    doc.limit
-                ));
-            }
+            let next = doc
+                .more
+                .then_some(doc.next_cursor.as_deref().unwrap_or("?"));
+            notes(con, args.format, doc.rows.len(), "row(s)", next, doc.limit);
         }
         Answer::Values(doc) => {
             con.print(&values_text(&doc, args.format));
-            if doc.rows.is_empty() {
-                con.eprintln("no rows match");
-            } else if args.format == Format::Table {
-                con.eprintln(&format!("{} reading(s)", doc.rows.len()));
-            }
-            if doc.more {
-                con.eprintln(&format!(
-                    "more rows match: next page with --cursor {} (or raise --limit, now {})",
-                    doc.next_cursor.as_deref().unwrap_or("?"),
-                    doc.limit
-                ));
-            }
+            let next = doc
+                .more
+                .then_some(doc.next_cursor.as_deref().unwrap_or("?"));
+            notes(
+                con,
+                args.format,
+                doc.rows.len(),
+                "reading(s)",
+                next,
+                doc.limit,
+            );
         }
         Answer::Latest(doc) => {
             con.print(&rows_text(&doc.rows, args.format));
@@ -413,6 +403,27 @@ pub async fn query<O: Write, E: Write>(args: &QueryArgs, con: &mut Console<O, E>
         }
     }
     EXIT_OK
+}
+
+/// The notes after rows, on stderr so that CSV and JSON on stdout stay machine-readable.
+fn notes<O: Write, E: Write>(
+    con: &mut Console<O, E>,
+    format: Format,
+    n: usize,
+    noun: &str,
+    next: Option<&str>,
+    limit: usize,
+) {
+    if n == 0 {
+        con.eprintln("no rows match");
+    } else if format == Format::Table {
+        con.eprintln(&format!("{n} {noun}"));
+    }
+    if let Some(cursor) = next {
+        con.eprintln(&format!(
+            "more rows match: next page with --cursor {cursor} (or raise --limit, now {limit}, or narrow --from/--to)"
+        ));
+    }
 }
 
 /// The value as printed everywhere: booleans as `true`/`false`, numbers as published, text as text.
