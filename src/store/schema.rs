@@ -120,6 +120,9 @@ pub struct StoreOptions {
     /// A database that fails the integrity check at open is moved aside and salvaged (default true); if
     /// false, the open fails with [`StoreError::Corrupt`].
     pub salvage_at_open: bool,
+    /// Index passes store the rows' numeric values with their keys (schema v3; default true). Off only to
+    /// measure what that costs (`tools/query-bench`): queries then read the rows instead.
+    pub index_values: bool,
 }
 
 impl Default for StoreOptions {
@@ -134,6 +137,7 @@ impl Default for StoreOptions {
             index_interval: Duration::from_secs(30),
             index_rows: 100_000,
             salvage_at_open: true,
+            index_values: true,
         }
     }
 }

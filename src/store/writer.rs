@@ -251,10 +251,15 @@ fn txn_bytes_limit(max_bytes: u64) -> u64 {
 pub(crate) fn insert_history(
     conn: &Connection,
     keys: &mut [(i64, i64, i64)],
+    with_values: bool,
 ) -> rusqlite::Result<()> {
     keys.sort_unstable();
     // The numeric values go with the keys (schema v3): one sequential read of the rows being indexed.
-    let nums = super::query::values_of(conn, keys)?;
+    let nums = if with_values {
+        Some(super::query::values_of(conn, keys)?)
+    } else {
+        None
+    };
     let mut st = conn.prepare_cached(
         "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys, vals) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -267,7 +272,10 @@ pub(crate) fn insert_history(
             pairs.clear();
             pairs.extend(block.iter().map(|k| (k.1, k.2)));
             super::history::encode(&pairs, &mut blob);
-            super::query::encode_block_values(&nums, &pairs, &mut vals);
+            let vals = nums.as_ref().map(|n| {
+                super::query::encode_block_values(n, &pairs, &mut vals);
+                &vals[..]
+            });
             let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
                 (lo.min(p.1), hi.max(p.1))
             });
@@ -279,7 +287,7 @@ pub(crate) fn insert_history(
                 max_seq,
                 pairs.len() as i64,
                 &blob,
-                &vals
+                vals
             ])?;
         }
     }
@@ -758,7 +766,7 @@ impl Writer {
                 }
             }
             self.conn.execute_batch("BEGIN")?;
-            insert_history(&self.conn, &mut keys)?;
+            insert_history(&self.conn, &mut keys, self.s.opts.index_values)?;
             self.set_indexed_in_txn(last)?;
             self.conn.execute_batch("COMMIT")
         })();

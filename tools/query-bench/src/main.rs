@@ -44,6 +44,9 @@ struct Args {
     /// Directory for the databases (default: a temporary directory under the current one).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Only the append-rate comparison.
+    #[arg(long)]
+    append_only: bool,
 }
 
 /// Midnight UTC, 2026-11-22.
@@ -196,12 +199,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let names = Arc::new(names(args.points));
+    if !args.append_only {
+        queries(&args, &dir, names)?;
+    }
+    if args.append_rows > 0 {
+        appends(&args, &dir)?;
+    }
+    Ok(())
+}
 
-    // The big log.
+/// The big log, and the queries on it.
+fn queries(
+    args: &Args,
+    dir: &Path,
+    names: Arc<Vec<(Arc<str>, Arc<str>)>>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join("query-bench.db");
     let store = Store::open_with(&cfg(&path), StoreOptions::default())?;
     let started = Instant::now();
-    let n = append_all(&store, day(&args, names.clone()))?;
+    let n = append_all(&store, day(args, names.clone()))?;
     let took = started.elapsed();
     let stats = store.stats();
     println!(
@@ -296,20 +312,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     store.close()?;
+    Ok(())
+}
 
-    if args.append_rows > 0 {
+/// What kind of index the append comparison runs with.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// This build: history blocks with values.
+    Values,
+    /// History blocks without values (schema v2's index passes).
+    KeysOnly,
+    /// Values, plus a SQLite index on `messages(stream, ts)`.
+    SqliteIndex,
+}
+
+/// The append rate of each variant, one after the other in one run.
+fn appends(args: &Args, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    {
         println!();
         println!(
             "| append ({} rows, 1,000 series, synchronous=full) | rows/s |",
             args.append_rows
         );
         println!("|---|---|");
-        for with_index in [false, true, false] {
+        for variant in [
+            Variant::Values,
+            Variant::KeysOnly,
+            Variant::SqliteIndex,
+            Variant::Values,
+            Variant::KeysOnly,
+        ] {
+            let with_index = variant == Variant::SqliteIndex;
             let p = dir.join(format!("append-{with_index}.db"));
             for f in ["", "-wal", "-shm", ".lock", ".reserve"] {
                 let _ = std::fs::remove_file(format!("{}{f}", p.display()));
             }
-            let store = Store::open_with(&cfg(&p), StoreOptions::default())?;
+            let opts = StoreOptions {
+                index_values: variant != Variant::KeysOnly,
+                ..StoreOptions::default()
+            };
+            let store = Store::open_with(&cfg(&p), opts)?;
             if with_index {
                 // Beside the writer, on its own connection: the index the query engine did not add.
                 let c = rusqlite::Connection::open(&p)?;
@@ -332,10 +374,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             store.close()?;
             println!(
                 "| {} | {rate:.0} |",
-                if with_index {
-                    "with a SQLite index on messages(stream, ts)"
-                } else {
-                    "the log as shipped (history blocks, no SQLite index on messages)"
+                match variant {
+                    Variant::Values => "this build: history blocks with values (schema v3)",
+                    Variant::KeysOnly => "history blocks without values (as before, schema v2)",
+                    Variant::SqliteIndex =>
+                        "this build plus a SQLite index on messages(stream, ts)",
                 }
             );
             let _ = std::fs::remove_file(&p);
