@@ -310,7 +310,8 @@ pub(crate) fn report<O: Write, E: Write>(e: &ClientError, con: &mut Console<O, E
         for line in &doc.errors {
             con.eprintln(line);
         }
-        if *status == 400 {
+        // A refused parameter, or a device or point the log does not know (v1 answers 404 with the closest).
+        if *status == 400 || *status == 404 {
             return EXIT_USAGE;
         }
     }
