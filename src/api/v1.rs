@@ -187,25 +187,35 @@ async fn history(
 }
 
 /// Runs a query of rows off the runtime, asking one more than its limit (which tells whether there is
-/// more); a configured name that is not logged yet means no rows. Returns the rows and the limit.
+/// more). Returns the rows and the limit.
 async fn rows_of<R: Send + 'static>(
     ctx: &Ctx,
     mut q: HistoryQuery,
-    run: fn(&dyn super::ApiState, &HistoryQuery) -> Result<Vec<R>, crate::store::StoreError>,
+    run: Run<R>,
 ) -> Result<(Vec<R>, usize), Reject> {
     let limit = q.limit;
     q.limit += 1;
+    Ok((logged(ctx, q, run).await?, limit))
+}
+
+type Run<R> = fn(&dyn super::ApiState, &HistoryQuery) -> Result<Vec<R>, crate::store::StoreError>;
+
+/// Runs a store query off the runtime; a configured name that is not logged yet means no rows.
+async fn logged<R: Send + 'static>(
+    ctx: &Ctx,
+    q: HistoryQuery,
+    run: Run<R>,
+) -> Result<Vec<R>, Reject> {
     let (device, point) = (q.device.clone(), q.point.clone());
     let state = ctx.state.clone();
     let rows = blocking(move || run(&*state, &q)).await?;
-    let rows = unless_configured(
+    unless_configured(
         rows,
         &ctx.state.config(),
         device.as_deref(),
         point.as_deref(),
     )
-    .map_err(store_error)?;
-    Ok((rows, limit))
+    .map_err(store_error)
 }
 
 /// One page of rows: at most `limit`, with the cursor of the next page when there is more.
@@ -254,16 +264,7 @@ async fn latest(
 ) -> Result<Response, Reject> {
     let pairs = pairs(q)?;
     let q = params::history_query(&pairs, SystemTime::now()).map_err(|e| bad_request(e.0))?;
-    let state = ctx.state.clone();
-    let (device, point) = (q.device.clone(), q.point.clone());
-    let rows = blocking(move || state.latest(&q)).await?;
-    let rows = unless_configured(
-        rows,
-        &ctx.state.config(),
-        device.as_deref(),
-        point.as_deref(),
-    )
-    .map_err(store_error)?;
+    let rows = logged(&ctx, q, |s, q| s.latest(q)).await?;
     Ok(Json(LatestDoc {
         rows: rows.into_iter().map(HistoryRow::from).collect(),
     })
