@@ -38,8 +38,10 @@ enum Cmd {
     },
     /// Show a running daemon's bridges (state, lag, drain rate, time to drain), devices and store.
     Status(fieldbridge::cli::StatusArgs),
-    /// Print the buffered history of a running daemon (table, CSV or JSON).
+    /// Print the buffered history: rows, time buckets (--every) or latest values (table, CSV or JSON).
     Query(fieldbridge::cli::QueryArgs),
+    /// Export a time range of the log to CSV or NDJSON (streamed).
+    Export(fieldbridge::cli::ExportArgs),
     /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.
     Reload(fieldbridge::cli::ReloadArgs),
     /// Probe a Modbus device (commissioning), with the daemon's own decoder.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Status(args) => ExitCode::from(fieldbridge::cli::status_main(&args)),
         Cmd::Query(args) => ExitCode::from(fieldbridge::cli::query_main(&args)),
+        Cmd::Export(args) => ExitCode::from(fieldbridge::cli::export_main(&args)),
         Cmd::Reload(args) => ExitCode::from(fieldbridge::cli::reload_main(&args)),
         Cmd::Store(cmd) => ExitCode::from(fieldbridge::cli::store_main(
             &cmd,

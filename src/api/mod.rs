@@ -9,32 +9,41 @@
 //! | `GET /api/points[?device=]` | [`PointsDoc`]: latest value of every point |
 //! | `GET /api/history?device=&point=&topic=&from=&to=&limit=&order=` | [`HistoryDoc`]: logged rows |
 //! | `GET /metrics` | Prometheus text format |
-//! | `POST /api/reload` | re-reads the configuration: `200` [`ReloadDoc`], or `422` [`ErrorDoc`] listing every problem |
+//! | `POST /api/reload` | re-reads the configuration: `200` [`ReloadDoc`], or `422` [`ErrorDoc`] listing every problem (positions and key paths; quoted file contents replaced by `…`) |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 document of everything here |
+//! | `GET /api/v1/history?…&cursor=&every=` | [`HistoryDoc`] with `next_cursor`, or with `every=1m` a [`BucketsDoc`] (count, min, max, avg, first, last per bucket) |
+//! | `GET /api/v1/latest?device=&point=&topic=` | [`LatestDoc`]: the last logged row of each matching topic |
+//! | `GET /api/v1/devices`, `/api/v1/points`, `/api/v1/bridges`, `/api/v1/store` | as above, `points` with `writable` |
+//! | `POST /api/v1/devices/{device}/points/{point}` | a write, executed as an MQTT `…/set` request: [`WriteDoc`] |
 //!
-//! Errors are JSON [`ErrorDoc`]s: `400` names the bad parameter and what was expected, `404`/`405` name the
-//! endpoints, `503` when the store is closing.
+//! Errors are JSON [`ErrorDoc`]s: `400` names the bad parameter and what was expected, `404` an unknown
+//! device or point (v1: with the closest logged name) or endpoint, `405` names the endpoints, `401`/`403`/`429`
+//! come from [`auth`] (token, `Host`, failed attempts), `503` when the store is closing.
 //!
 //! # Robustness
 //!
 //! The API must never take the gateway down nor be used to starve it:
 //! - at most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog); request heads are
 //!   bounded to [`MAX_HEAD_BYTES`] and must arrive within [`HEADER_TIMEOUT`] (slow clients are dropped); no
-//!   endpoint reads a request body;
+//!   endpoint but the write reads a request body;
 //! - each connection runs in its own task, so even a bug that panics in a handler loses one connection;
 //! - SQLite reads (status, history, metrics) run on the blocking pool, never on a runtime worker; history
 //!   answers are capped at [`params::MAX_HISTORY_LIMIT`] rows;
 //! - a reload runs in its own task, so a client that disconnects mid-reload cannot abort it half-applied, and
 //!   reloads are serialized;
-//! - `POST` requests carrying a foreign `Origin` are refused, so a web page in the operator's browser cannot
-//!   trigger reloads (the API has no authentication: it binds to loopback by default).
+//! - every request must name this server in `Host` (DNS rebinding), state changes need the token, and failed
+//!   attempts are limited per address (see [`auth`]); `POST` requests carrying a foreign `Origin` are refused
+//!   as well; a write body is at most [`v1::MAX_WRITE_BODY`] bytes.
 //!
 //! Shutdown: cancelling the token stops accepting, lets in-flight requests finish (idle keep-alive
 //! connections close at once) for up to [`SHUTDOWN_GRACE`], then drops what is left.
+pub mod auth;
 mod metrics;
 pub mod model;
 pub mod params;
 mod snapshot;
 mod state;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,11 +63,12 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{LogRow, StoreError};
+use crate::store::StoreError;
 
 pub use model::{
-    BridgeView, CursorView, DeviceView, DevicesDoc, DropsView, ErrorDoc, HealthDoc, HistoryDoc,
-    HistoryRow, PipelineView, PointView, PointsDoc, ReloadDoc, StatusDoc, StoreView,
+    BridgeView, BucketsDoc, CursorView, DeviceView, DevicesDoc, DropsView, ErrorDoc, HealthDoc,
+    HistoryDoc, HistoryRow, LatestDoc, PipelineView, PointView, PointsDoc, ReloadDoc, SeriesView,
+    StatusDoc, StoreView, WriteDoc,
 };
 pub use state::ApiState;
 
@@ -80,6 +90,12 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// A failure to start the API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The API token could not be read or created.
+    #[error(transparent)]
+    Token(#[from] auth::AuthError),
+    /// `api.tls` could not be loaded.
+    #[error("HTTP API TLS (`api.tls`): {0}")]
+    Tls(String),
     /// The address could not be bound (in use, not local, no permission).
     #[error("cannot listen on {addr} for the HTTP API (`api.bind`): {source}")]
     Bind {
@@ -107,16 +123,30 @@ pub async fn serve(
     bind: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<ApiServer, ApiError> {
+    let cfg = state.config().api.clone();
+    let token = auth::load_or_create_token(&cfg)?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(
+            crate::broker::transport::tls_acceptor(t).map_err(|e| ApiError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
     let bind_err = |source| ApiError::Bind { addr: bind, source };
     let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
     let local_addr = listener.local_addr().map_err(bind_err)?;
-    let app = router(state);
-    let task = tokio::spawn(accept_loop(listener, app, shutdown));
+    let guard = Arc::new(auth::Guard::new(token, &cfg, local_addr));
+    let app = router(state, guard);
+    let task = tokio::spawn(accept_loop(listener, app, tls, shutdown));
     tracing::info!(addr = %local_addr, "HTTP API listening");
     Ok(ApiServer { local_addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -127,7 +157,7 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
             },
             _ = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -145,26 +175,21 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
             log_conn_end(done);
         }
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(auth::Peer(peer))));
         let stop = shutdown.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP API connection");
+            match tls {
+                None => serve_conn(TokioIo::new(stream), svc, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(s)) => serve_conn(TokioIo::new(s), svc, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP API: TLS handshake failed"),
+                        Err(_) => tracing::debug!("HTTP API: TLS handshake timed out"),
                     }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
                 }
             }
         });
@@ -178,6 +203,30 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
     .await;
     conns.abort_all();
     tracing::debug!("HTTP API stopped");
+}
+
+async fn serve_conn<I>(io: I, svc: TowerToHyperService<Router>, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP API connection");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
 }
 
 fn log_conn_end(r: Result<(), tokio::task::JoinError>) {
@@ -196,8 +245,9 @@ struct Ctx {
     reload: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The API's routes, without a listener (for tests with `tower::ServiceExt::oneshot`, or another server).
-pub fn router(state: Arc<dyn ApiState>) -> Router {
+/// The API's routes behind `guard`, without a listener (for tests with `tower::ServiceExt::oneshot`, or
+/// another server).
+pub fn router(state: Arc<dyn ApiState>, guard: Arc<auth::Guard>) -> Router {
     let ctx = Ctx {
         state,
         reload: Arc::new(tokio::sync::Mutex::new(())),
@@ -211,19 +261,22 @@ pub fn router(state: Arc<dyn ApiState>) -> Router {
         .route("/api/history", get(history))
         .route("/api/reload", post(reload))
         .route("/metrics", get(metrics_page))
+        .merge(v1::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(guard, auth::check))
         .with_state(ctx)
 }
 
 /// Listed in 404 and 405 answers, so a typo is answered with the right path.
 const ENDPOINTS: &str = concat!(
-    "GET /, /health, /api/status, /api/devices, /api/points, /api/history, /metrics; ",
-    "POST /api/reload"
+    "GET /, /health, /api/status, /api/devices, /api/points, /api/history, /metrics, /api/openapi.json, ",
+    "/api/v1/history, /api/v1/latest, /api/v1/devices, /api/v1/points, /api/v1/bridges, /api/v1/store; ",
+    "POST /api/reload, /api/v1/devices/{device}/points/{point}"
 );
 
 /// A refused request: the status and the message of its [`ErrorDoc`].
-struct Reject {
+pub(crate) struct Reject {
     status: StatusCode,
     message: String,
 }
@@ -241,7 +294,7 @@ impl IntoResponse for Reject {
     }
 }
 
-fn reject(status: StatusCode, msg: impl Into<String>) -> Reject {
+pub(crate) fn reject(status: StatusCode, msg: impl Into<String>) -> Reject {
     Reject {
         status,
         message: msg.into(),
@@ -291,6 +344,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn store_error(e: StoreError) -> Reject {
     match e {
         StoreError::Invalid(m) => bad_request(m),
+        StoreError::NoSuch(m) => reject(StatusCode::NOT_FOUND, m),
         StoreError::Closed => reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "the store is closed (fieldbridge is stopping)",
@@ -396,26 +450,12 @@ async fn points(
             reason: l.reason.clone(),
             ts: l.ts.clone(),
             topic: l.topic.to_string(),
+            writable: point_rules(&cfg, dev, point).is_some_and(|r| r.writable),
         })
         .collect();
     drop(latest);
     points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
     Ok(Json(PointsDoc { points }).into_response())
-}
-
-fn history_row(r: LogRow) -> HistoryRow {
-    HistoryRow {
-        seq: r.seq,
-        ts: params::ms_to_rfc3339(r.ts_ms),
-        ts_ms: r.ts_ms,
-        topic: r.topic.to_string(),
-        device: r.device.map(|d| d.to_string()),
-        point: r.point.map(|p| p.to_string()),
-        value: r.num.filter(|n| n.is_finite()),
-        payload: String::from_utf8_lossy(&r.payload).into_owned(),
-        qos: r.qos,
-        retain: r.retain,
-    }
 }
 
 async fn history(
@@ -428,12 +468,21 @@ async fn history(
     // One row more than asked tells whether there is more.
     q.limit += 1;
     let state = ctx.state.clone();
-    let rows = blocking(move || state.query(&q))
-        .await?
-        .map_err(store_error)?;
+    let rows = blocking(move || state.query(&q)).await?;
+    // Before v1, an unknown name meant no rows; v1 answers 404 with the closest name.
+    let rows = match rows {
+        Err(StoreError::NoSuch(_)) => Vec::new(),
+        r => r.map_err(store_error)?,
+    };
     let more = rows.len() > limit;
-    let rows = rows.into_iter().take(limit).map(history_row).collect();
-    Ok(Json(HistoryDoc { rows, limit, more }).into_response())
+    let rows = rows.into_iter().take(limit).map(HistoryRow::from).collect();
+    Ok(Json(HistoryDoc {
+        rows,
+        limit,
+        more,
+        next_cursor: None,
+    })
+    .into_response())
 }
 
 async fn metrics_page(State(ctx): State<Ctx>) -> Result<Response, Reject> {
@@ -506,11 +555,115 @@ async fn reload(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, 
                     "the configuration has {} problem(s); the running configuration is kept",
                     errors.len()
                 ),
-                errors: errors.errors.iter().map(|e| e.to_string()).collect(),
+                errors: errors.errors.iter().map(redacted).collect(),
             }),
         )
             .into_response(),
     })
+}
+
+/// A device or point the log has not seen yet but the configuration names has simply no rows yet: not a typo.
+fn unless_configured<T: Default>(
+    r: Result<T, StoreError>,
+    cfg: &crate::config::Config,
+    device: Option<&str>,
+    point: Option<&str>,
+) -> Result<T, StoreError> {
+    match r {
+        Err(StoreError::NoSuch(m)) => {
+            let dev_ok = device.is_none_or(|d| cfg.devices.iter().any(|x| &*x.adapter.name == d));
+            let point_ok = point.is_none_or(|p| {
+                cfg.devices
+                    .iter()
+                    .filter(|x| device.is_none_or(|d| &*x.adapter.name == d))
+                    .any(|x| x.points.iter().any(|r| &*r.name == p))
+            });
+            if dev_ok && point_ok {
+                Ok(T::default())
+            } else {
+                Err(StoreError::NoSuch(m))
+            }
+        }
+        r => r,
+    }
+}
+
+/// The mapping rules of `device`/`point` in the configuration in force.
+fn point_rules<'a>(
+    cfg: &'a crate::config::Config,
+    device: &str,
+    point: &str,
+) -> Option<&'a crate::config::PointRules> {
+    cfg.devices
+        .iter()
+        .find(|d| &*d.adapter.name == device)
+        .and_then(|d| d.points.iter().find(|p| &*p.name == point))
+}
+
+/// A configuration problem as the API shows it: position, key path and message, with every quoted fragment
+/// of the message that is not a key of that path replaced by `…`. Messages quote what they found (a value, a
+/// line of a file that is not YAML — a device map symlinked to a secret would be echoed), and the API answers
+/// whoever holds the token, not only who can read the files: `fieldbridge check` on the host shows them whole.
+fn redacted(e: &fieldbridge_sdk::config::ConfigError) -> String {
+    // A key path is shown when its keys look like keys; a "key" that is a line of a file that is not YAML
+    // (`root:$6$…`) is content, and hidden like the rest.
+    let plain = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 64
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    };
+    let keys: Vec<&str> = e.path.split(['.', '[', ']']).filter(|k| plain(k)).collect();
+    let path: String = {
+        let mut out = String::new();
+        let mut seg = String::new();
+        let flush = |seg: &mut String, out: &mut String| {
+            if !seg.is_empty() {
+                out.push_str(if plain(seg) { seg } else { "…" });
+                seg.clear();
+            }
+        };
+        for c in e.path.chars() {
+            if matches!(c, '.' | '[' | ']') {
+                flush(&mut seg, &mut out);
+                out.push(c);
+            } else {
+                seg.push(c);
+            }
+        }
+        flush(&mut seg, &mut out);
+        out
+    };
+    let mut msg = String::with_capacity(e.message.len());
+    let mut rest = e.message.as_str();
+    while let Some(open) = rest.find(['`', '"', '\'']) {
+        let q = rest[open..].chars().next().unwrap_or('`');
+        msg.push_str(&rest[..open + 1]);
+        let after = &rest[open + 1..];
+        match after.find(q) {
+            Some(close) => {
+                let inner = &after[..close];
+                if keys.contains(&inner) {
+                    msg.push_str(inner);
+                } else {
+                    msg.push('…');
+                }
+                msg.push(q);
+                rest = &after[close + 1..];
+            }
+            None => {
+                msg.push('…');
+                rest = "";
+            }
+        }
+    }
+    msg.push_str(rest);
+    let shown = if path.is_empty() {
+        format!("{}: {msg}", e.mark)
+    } else {
+        format!("{}: {path}: {msg}", e.mark)
+    };
+    shown.chars().take(1000).collect()
 }
 
 #[cfg(test)]

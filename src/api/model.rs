@@ -234,6 +234,9 @@ pub struct PointView {
     pub ts: String,
     /// The topic it is published on.
     pub topic: String,
+    /// Whether it takes writes (`POST /api/v1/devices/{device}/points/{point}`, or MQTT `…/set`).
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// `GET /api/points`.
@@ -268,6 +271,13 @@ pub struct HistoryRow {
     pub qos: u8,
     /// Retain flag.
     pub retain: bool,
+    /// The reading's value as published (`true`/`false` stay booleans, text stays text): the payload's
+    /// `value` when it is a JSON reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<serde_json::Value>,
+    /// The reading's unit (the payload's `unit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// `GET /api/history`.
@@ -280,6 +290,93 @@ pub struct HistoryDoc {
     pub limit: usize,
     /// Whether more rows matched than `limit` (narrow the time range or page with `from`).
     pub more: bool,
+    /// When `more`: pass it as `cursor` to get the next page (v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/history?every=…`: time buckets of numeric readings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BucketsDoc {
+    /// Start of the range (unix ms, inclusive).
+    pub from_ms: i64,
+    /// End of the range (unix ms, exclusive).
+    pub to_ms: i64,
+    /// Bucket width (ms); buckets are aligned to multiples of it since the epoch.
+    pub every_ms: i64,
+    /// One series per matching topic.
+    pub series: Vec<SeriesView>,
+}
+
+/// One series of a [`BucketsDoc`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SeriesView {
+    /// The topic.
+    pub topic: String,
+    /// The device.
+    pub device: Option<String>,
+    /// The point.
+    pub point: Option<String>,
+    /// The unit (from the configuration).
+    pub unit: Option<String>,
+    /// Rows in the range without a numeric value (not aggregated).
+    pub skipped: u64,
+    /// Non-empty buckets, oldest first.
+    pub buckets: Vec<crate::store::Bucket>,
+}
+
+/// `GET /api/v1/history?fields=values`: readings as time and value, served from the index.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValuesDoc {
+    /// Readings in the requested order.
+    pub rows: Vec<ValueRow>,
+    /// The limit applied.
+    pub limit: usize,
+    /// Whether more matched.
+    pub more: bool,
+    /// When `more`: pass it as `cursor` to get the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One reading of a [`ValuesDoc`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValueRow {
+    /// Timestamp (RFC 3339, ms).
+    pub ts: String,
+    /// Timestamp (unix ms).
+    pub ts_ms: i64,
+    /// Log sequence number.
+    pub seq: u64,
+    /// The topic.
+    pub topic: String,
+    /// The numeric value (none for text readings).
+    pub value: Option<f64>,
+}
+
+/// `GET /api/v1/latest`: the last logged row of each matching topic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatestDoc {
+    /// One row per topic, sorted by topic.
+    pub rows: Vec<HistoryRow>,
+}
+
+/// `POST /api/v1/devices/{device}/points/{point}`: the answer of the write, as published on `…/set/result`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WriteDoc {
+    /// Whether the device took the value.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the answer was made (RFC 3339).
+    pub ts: String,
 }
 
 /// `POST /api/reload`, success.
@@ -307,4 +404,47 @@ pub struct ErrorDoc {
     /// Every configuration problem as `file:line:col: path: message` (`POST /api/reload`, 422).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+}
+
+/// Largest payload parsed for its `value` and `unit` (readings are a few dozen bytes).
+const MAX_PARSED_PAYLOAD: usize = 64 * 1024;
+
+impl From<crate::store::LogRow> for HistoryRow {
+    fn from(r: crate::store::LogRow) -> HistoryRow {
+        let (reading, unit) = reading_of(&r.payload);
+        HistoryRow {
+            seq: r.seq,
+            ts: super::params::ms_to_rfc3339(r.ts_ms),
+            ts_ms: r.ts_ms,
+            topic: r.topic.to_string(),
+            device: r.device.map(|d| d.to_string()),
+            point: r.point.map(|p| p.to_string()),
+            value: r.num.filter(|n| n.is_finite()),
+            payload: String::from_utf8_lossy(&r.payload).into_owned(),
+            qos: r.qos,
+            retain: r.retain,
+            reading,
+            unit,
+        }
+    }
+}
+
+/// The `value` and `unit` of a JSON reading payload (`{"value":21.5,"unit":"°C",…}`).
+pub fn reading_of(payload: &[u8]) -> (Option<serde_json::Value>, Option<String>) {
+    if payload.len() > MAX_PARSED_PAYLOAD || payload.first() != Some(&b'{') {
+        return (None, None);
+    }
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(mut o)) => {
+            let value = o
+                .remove("value")
+                .filter(|v| !v.is_object() && !v.is_array());
+            let unit = match o.remove("unit") {
+                Some(serde_json::Value::String(u)) => Some(u),
+                _ => None,
+            };
+            (value, unit)
+        }
+        _ => (None, None),
+    }
 }

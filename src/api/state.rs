@@ -7,13 +7,20 @@ use futures::future::BoxFuture;
 
 use crate::app::{App, ReloadSummary};
 use crate::bridge::BridgeStatus;
+use crate::broker::codec::QoS;
+use crate::broker::message::Message;
 use crate::broker::BrokerStats;
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{LiveState, PipelineStats};
-use crate::store::{HistoryQuery, LogRow, StoreError, StoreStats, WriterState};
+use crate::store::{
+    BucketQuery, HistoryQuery, LogRow, Reading, Series, StoreError, StoreStats, WriterState,
+};
 
 use super::model::BridgeView;
 use super::params::ms_to_rfc3339;
+
+/// How long a write waits for the command task's answer (which waits 30 s for the device).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// The daemon state the HTTP API serves.
 ///
@@ -35,6 +42,20 @@ pub trait ApiState: Send + Sync + 'static {
     }
     /// A history query (blocking).
     fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError>;
+    /// Time buckets of numeric readings (blocking).
+    fn buckets(&self, q: &BucketQuery) -> Result<Vec<Series>, StoreError>;
+    /// Time and value of the matching readings, from the index (blocking).
+    fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError>;
+    /// The last logged row of each matching stream (blocking).
+    fn latest(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError>;
+    /// Executes a write request as an MQTT `…/set` publish would be; resolves with the answer's payload
+    /// (`{"ok":…}`), or a message when no answer came in time.
+    fn write_point<'a>(
+        &'a self,
+        device: &'a str,
+        point: &'a str,
+        payload: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, String>>;
     /// Latest values and device statuses.
     fn live(&self) -> Arc<LiveState>;
     /// The pipeline's counters.
@@ -70,6 +91,64 @@ impl ApiState for App {
 
     fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
         self.store.query(q)
+    }
+
+    fn buckets(&self, q: &BucketQuery) -> Result<Vec<Series>, StoreError> {
+        self.store.buckets(q)
+    }
+
+    fn latest(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
+        self.store.latest(q)
+    }
+
+    fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
+        self.store.readings(q)
+    }
+
+    fn write_point<'a>(
+        &'a self,
+        device: &'a str,
+        point: &'a str,
+        payload: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<bytes::Bytes, String>> {
+        Box::pin(async move {
+            let gateway = self.config().gateway.id.clone();
+            let link = self.broker.link("api-write");
+            let mut nonce = [0u8; 16];
+            rand::Rng::fill(&mut rand::rng(), &mut nonce[..]);
+            // A `$` topic: no `#` forward or record filter matches it, so the private answer is not logged.
+            let reply = format!(
+                "$fieldbridge/api/{}",
+                data_encoding::HEXLOWER.encode(&nonce)
+            );
+            link.subscribe(&reply, QoS::AtLeastOnce)
+                .map_err(|e| e.to_string())?;
+            let mut msg = Message::new(
+                format!("{gateway}/{device}/{point}/set"),
+                payload,
+                QoS::AtLeastOnce,
+                false,
+            );
+            msg.properties.response_topic = Some(reply.clone());
+            msg.properties.correlation_data = Some(bytes::Bytes::copy_from_slice(&nonce));
+            link.publish(msg).await;
+            // The command task gives a device 30 s.
+            let answer = tokio::time::timeout(WRITE_TIMEOUT, async {
+                loop {
+                    let r = link.recv().await;
+                    if *r.msg.topic == *reply {
+                        return r.msg.payload.clone();
+                    }
+                }
+            })
+            .await;
+            answer.map_err(|_| {
+                format!(
+                    "no answer to the write within {} s (is the device's adapter running?)",
+                    WRITE_TIMEOUT.as_secs()
+                )
+            })
+        })
     }
 
     fn live(&self) -> Arc<LiveState> {

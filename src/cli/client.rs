@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -70,12 +70,23 @@ pub enum ClientError {
 pub struct ApiClient {
     addr: SocketAddr,
     timeout: Duration,
+    token: Option<String>,
 }
 
 impl ApiClient {
     /// A client for the API at `addr`; every request (connect included) must complete within `timeout`.
     pub fn new(addr: SocketAddr, timeout: Duration) -> ApiClient {
-        ApiClient { addr, timeout }
+        ApiClient {
+            addr,
+            timeout,
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer`.
+    pub fn with_token(mut self, token: Option<String>) -> ApiClient {
+        self.token = token;
+        self
     }
 
     /// The address asked.
@@ -88,6 +99,17 @@ impl ApiClient {
         &self,
         method: Method,
         path_and_query: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.request_with_body(method, path_and_query, Bytes::new())
+            .await
+    }
+
+    /// Sends one request with a body; returns the status and the body, whatever the status.
+    pub async fn request_with_body(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let addr = self.addr;
         let http = |e: hyper::Error| ClientError::Http {
@@ -106,7 +128,11 @@ impl ApiClient {
                 .map_err(http)?;
             // The connection is driven next to the request; it ends when the answer has been read.
             let conn = tokio::spawn(conn);
-            let req = Request::builder()
+            let mut req = Request::builder();
+            if let Some(t) = &self.token {
+                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = req
                 .method(method)
                 .uri(path_and_query)
                 .header(hyper::header::HOST, addr.to_string())
@@ -114,7 +140,7 @@ impl ApiClient {
                     hyper::header::USER_AGENT,
                     concat!("fieldbridge/", env!("CARGO_PKG_VERSION")),
                 )
-                .body(Empty::<Bytes>::new())
+                .body(Full::new(body))
                 .map_err(|e| ClientError::Http {
                     addr,
                     detail: e.to_string(),

@@ -11,6 +11,7 @@
 mod client;
 #[cfg(feature = "coap")]
 pub mod coap;
+mod export;
 #[cfg(feature = "modbus")]
 pub mod modbus;
 mod query;
@@ -28,6 +29,7 @@ use fieldbridge_sdk::config::{parse_yaml_with, ParseOptions};
 use fieldbridge_sdk::NodeKind;
 
 pub use client::{encode_query_value, ApiClient, ClientError};
+pub use export::{export, export_main, ExportArgs, ExportFormat};
 pub use query::{query, Format, OrderArg, QueryArgs};
 pub use status::{status, StatusArgs};
 pub use store::{store_main, StoreCmd};
@@ -61,6 +63,66 @@ pub struct Target {
         default_value = "/etc/fieldbridge/fieldbridge.yaml"
     )]
     pub config: PathBuf,
+    /// The API token (default: `api.token`, or the `api-token` file in the state directory, as the
+    /// configuration file says). Needed for `reload` and writes, and for reads when `api.auth_reads` is set.
+    /// `FIELDBRIDGE_TOKEN` in the environment does the same.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The token to send: `--token`/`FIELDBRIDGE_TOKEN`, else what the configuration file names (none if
+    /// it cannot be read: reads work without one by default).
+    pub fn token(&self) -> Option<String> {
+        if let Some(t) = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("FIELDBRIDGE_TOKEN").ok())
+        {
+            return Some(t.trim().to_string());
+        }
+        match crate::config::load(&self.config) {
+            Ok(cfg) => {
+                if let Some(t) = cfg.api.token {
+                    return Some(t);
+                }
+                crate::api::auth::read_token_file(&cfg.api.token_file).ok()
+            }
+            // A broken configuration (the case `reload` is run to explain): the main file's keys alone.
+            Err(_) => token_leniently(&self.config),
+        }
+    }
+}
+
+/// `api.token`, or the token file named by `api.token_file` or next to `storage.path`, from the main file
+/// alone (without validating the rest).
+fn token_leniently(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let opts = ParseOptions { env: Some(&env) };
+    let parsed = parse_yaml_with(&path.display().to_string(), &text, &opts).ok()?;
+    let string = |section: &str, key: &str| match parsed.root.get(section).and_then(|s| s.get(key))
+    {
+        Some(n) => match &n.kind {
+            NodeKind::String(s) => Some(s.clone()),
+            _ => None,
+        },
+        None => None,
+    };
+    if let Some(t) = string("api", "token") {
+        return Some(t.trim().to_string());
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let file = match (string("api", "token_file"), string("storage", "path")) {
+        (Some(f), _) => base.join(f),
+        (None, Some(db)) => base
+            .join(db)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("api-token"),
+        (None, None) => PathBuf::from("/var/lib/fieldbridge/api-token"),
+    };
+    crate::api::auth::read_token_file(&file).ok()
 }
 
 /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.
@@ -229,7 +291,7 @@ pub(crate) fn client_for<O: Write, E: Write>(
     con: &mut Console<O, E>,
 ) -> Result<ApiClient, u8> {
     match resolve_api(target) {
-        Ok(addr) => Ok(ApiClient::new(addr, timeout)),
+        Ok(addr) => Ok(ApiClient::new(addr, timeout).with_token(target.token())),
         Err(msg) => {
             con.eprintln(&format!("fieldbridge: {msg}"));
             Err(if target.api.is_some() {
@@ -248,7 +310,8 @@ pub(crate) fn report<O: Write, E: Write>(e: &ClientError, con: &mut Console<O, E
         for line in &doc.errors {
             con.eprintln(line);
         }
-        if *status == 400 {
+        // A refused parameter, or a device or point the log does not know (v1 answers 404 with the closest).
+        if *status == 400 || *status == 404 {
             return EXIT_USAGE;
         }
     }
@@ -302,7 +365,7 @@ pub async fn reload<O: Write, E: Write>(args: &ReloadArgs, con: &mut Console<O, 
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -347,6 +410,7 @@ mod tests {
         Target {
             api: api.map(str::to_string),
             config: config.to_path_buf(),
+            token: None,
         }
     }
 

@@ -205,6 +205,11 @@ pub(super) struct RawSubscribe {
 pub(super) struct RawApi {
     pub enabled: Option<bool>,
     pub bind: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub auth_reads: Option<bool>,
+    pub hosts: Option<Vec<Spanned<String>>>,
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

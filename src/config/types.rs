@@ -456,6 +456,19 @@ pub struct SubscribeRule {
 pub struct ApiConfig {
     /// Where the HTTP API listens; `None` disables it. Default 127.0.0.1:8080.
     pub bind: Option<SocketAddr>,
+    /// The API token, when configured (`api.token`, usually `${VAR}`). Default: none, the token is read from
+    /// (or generated into) `token_file`.
+    pub token: Option<String>,
+    /// Where the generated token is kept (mode 0600). Default `api-token` next to the store's database (the
+    /// state directory).
+    pub token_file: PathBuf,
+    /// Whether reads (GET) need the token too. Default false: state-changing requests always need it.
+    pub auth_reads: bool,
+    /// Host names (or addresses) accepted in the `Host` header besides the loopback names and the listen
+    /// address: what a browser connects to when the API is reached by name. Default none.
+    pub hosts: Vec<String>,
+    /// Serve the API over TLS. Default: plain HTTP.
+    pub tls: Option<TlsServerConfig>,
 }
 
 /// `logging:`

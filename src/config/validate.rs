@@ -240,7 +240,7 @@ impl<'a> Cx<'a> {
         let gateway = self.gateway(get("gateway"));
         let broker = self.broker(get("broker"), &gateway.id);
         let storage = self.storage(get("storage"), &gateway.id);
-        let api = self.api(get("api"));
+        let api = self.api(get("api"), &storage);
         let logging = self.logging(get("logging"));
 
         let mut bridges = Vec::new();
@@ -971,18 +971,56 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn api(&mut self, node: Option<&ConfigNode>) -> ApiConfig {
+    fn api(&mut self, node: Option<&ConfigNode>, storage: &StorageConfig) -> ApiConfig {
         let raw: RawApi = self.read(node).unwrap_or_default();
         let bind = match &raw.bind {
             None => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)),
             Some(b) => self.bind(b, 8080),
         };
+        let token = raw.token.as_ref().and_then(|t| {
+            let v = t.value.trim();
+            if v.len() < 16 || v.len() > 256 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                self.at(
+                    t,
+                    "the token must be 16 to 256 printable ASCII characters (no spaces)",
+                );
+                None
+            } else {
+                Some(v.to_string())
+            }
+        });
+        let token_file = match &raw.token_file {
+            Some(f) => self.resolve(&f.value),
+            None => storage
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("api-token"),
+        };
+        let mut hosts = Vec::new();
+        for h in raw.hosts.iter().flatten() {
+            let v = h.value.trim();
+            if v.is_empty() || v.len() > 253 || v.contains(['/', ' ', '@', '?', '#']) {
+                self.at(
+                    h,
+                    "expected a host name or an IP address, without scheme or path",
+                );
+            } else {
+                hosts.push(v.to_ascii_lowercase());
+            }
+        }
+        let tls = raw.tls.as_ref().map(|t| self.tls(t));
         ApiConfig {
             bind: if raw.enabled == Some(false) {
                 None
             } else {
                 bind
             },
+            token,
+            token_file,
+            auth_reads: raw.auth_reads.unwrap_or(false),
+            hosts,
+            tls,
         }
     }
 

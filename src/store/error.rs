@@ -100,6 +100,9 @@ pub enum StoreError {
     /// `set_cursor` for a bridge that has no cursor (call `cursor` first; removed bridges stay removed).
     #[error("no cursor for bridge {0:?}")]
     UnknownCursor(String),
+    /// A query names a device or point the log has never seen (the message suggests the closest name).
+    #[error("{0}")]
+    NoSuch(String),
     /// The record or query is not valid (QoS above 2, empty batch, malformed topic filter…).
     #[error("invalid {0}")]
     Invalid(String),

@@ -88,9 +88,142 @@ fn get(b: &mut &[u8]) -> Result<u64, String> {
     Err("bad varint in history block".into())
 }
 
+/// Value blobs (`history.vals`, schema v3): the numeric value of each key of the block, in the block's order
+/// (NaN: the row has no numeric value). They let bucket queries and readings come from the index alone. A
+/// format byte, the count (LEB128), then:
+/// - `1`: one f64 per key, little-endian (8 bytes a key);
+/// - `2`: nothing (no key has a numeric value: text points, raw publishes);
+/// - `3`: decimal: a scale byte `d` (0..=6), then each value times 10^d as an integer, the first zigzag
+///   LEB128, the others as zigzag deltas. Chosen only when every value comes back bit for bit (`i / 10^d`),
+///   which is the case for readings with a fixed resolution: 1-3 bytes a key instead of 8. Small rows matter:
+///   a block row over about 1000 bytes spills to overflow pages.
+const VALUES_F64: u8 = 1;
+const VALUES_NONE: u8 = 2;
+const VALUES_DECIMAL: u8 = 3;
+
+fn decimal_of(vals: &[Option<f64>]) -> Option<(u8, Vec<i64>)> {
+    'scale: for d in 0..=6u8 {
+        let p = 10f64.powi(i32::from(d));
+        let mut ints = Vec::with_capacity(vals.len());
+        for v in vals {
+            let v = (*v)?;
+            let i = (v * p).round();
+            // The check is the decoder's own computation, so what comes back is bit for bit what went in.
+            if !i.is_finite()
+                || i.abs() > 9.0e15
+                || ((i as i64) as f64 / p).to_bits() != v.to_bits()
+            {
+                continue 'scale;
+            }
+            ints.push(i as i64);
+        }
+        return Some((d, ints));
+    }
+    None
+}
+
+/// Encodes the values of a block's keys into `out` (cleared first).
+pub(crate) fn encode_values(vals: &[Option<f64>], out: &mut Vec<u8>) {
+    out.clear();
+    let vals: Vec<Option<f64>> = vals.iter().map(|v| v.filter(|x| !x.is_nan())).collect();
+    if vals.iter().all(Option::is_none) {
+        out.push(VALUES_NONE);
+        put(out, vals.len() as u64);
+        return;
+    }
+    if let Some((d, ints)) = decimal_of(&vals) {
+        out.push(VALUES_DECIMAL);
+        put(out, ints.len() as u64);
+        out.push(d);
+        let mut prev = 0i64;
+        for (k, i) in ints.iter().enumerate() {
+            put(out, zigzag(if k == 0 { *i } else { i.wrapping_sub(prev) }));
+            prev = *i;
+        }
+        return;
+    }
+    out.push(VALUES_F64);
+    put(out, vals.len() as u64);
+    for v in &vals {
+        out.extend_from_slice(&v.unwrap_or(f64::NAN).to_le_bytes());
+    }
+}
+
+/// The values of a value blob (NaN: no numeric value); an error for a malformed blob.
+pub(crate) fn decode_values(mut b: &[u8]) -> Result<Vec<f64>, String> {
+    let format = take_byte(&mut b)?;
+    let n = get(&mut b)?;
+    if n > BLOCK as u64 * 64 {
+        return Err("history values blob too long".into());
+    }
+    match format {
+        VALUES_NONE if b.is_empty() => Ok(vec![f64::NAN; n as usize]),
+        VALUES_F64 if b.len() as u64 == n * 8 => Ok(b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0xff; 8])))
+            .collect()),
+        VALUES_DECIMAL => {
+            let d = take_byte(&mut b)?;
+            if d > 6 {
+                return Err("bad decimal scale in history values".into());
+            }
+            let p = 10f64.powi(i32::from(d));
+            let mut out = Vec::with_capacity(n as usize);
+            let mut prev = 0i64;
+            for k in 0..n {
+                let z = unzigzag(get(&mut b)?);
+                let i = if k == 0 { z } else { prev.wrapping_add(z) };
+                out.push(i as f64 / p);
+                prev = i;
+            }
+            if !b.is_empty() {
+                return Err("trailing bytes in history values".into());
+            }
+            Ok(out)
+        }
+        _ => Err("malformed history values blob".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_roundtrip() {
+        let check = |vals: &[Option<f64>], format: u8, max_len: usize| {
+            let mut buf = Vec::new();
+            encode_values(vals, &mut buf);
+            assert_eq!(buf[0], format, "{vals:?}");
+            assert!(buf.len() <= max_len, "{} bytes for {vals:?}", buf.len());
+            let back = decode_values(&buf).unwrap();
+            assert_eq!(back.len(), vals.len());
+            for (a, b) in vals.iter().zip(back) {
+                match a {
+                    Some(a) => assert_eq!(a.to_bits(), b.to_bits(), "{vals:?}"),
+                    None => assert!(b.is_nan()),
+                }
+            }
+        };
+        check(
+            &[Some(230.12), Some(230.15), Some(229.98)],
+            VALUES_DECIMAL,
+            12,
+        );
+        check(&[Some(1.0), Some(0.0), Some(1.0)], VALUES_DECIMAL, 8);
+        check(&[Some(-0.0)], VALUES_F64, 16);
+        check(&[Some(1.5), None, Some(2.5)], VALUES_F64, 40);
+        check(&[Some(0.1 + 0.2), Some(1.0)], VALUES_F64, 40);
+        check(&[None, None], VALUES_NONE, 2);
+        check(&[Some(1e300), Some(2.0)], VALUES_F64, 40);
+        let mut buf = Vec::new();
+        encode_values(&[Some(1.5), Some(2.5)], &mut buf);
+        assert!(decode_values(&buf[..buf.len() - 1]).is_err());
+        assert!(decode_values(&[9, 0]).is_err());
+        assert!(decode_values(&[]).is_err());
+        assert!(decode_values(&[VALUES_DECIMAL, 1, 7, 0]).is_err());
+        assert!(decode_values(&[VALUES_NONE, 1, 0]).is_err());
+    }
 
     fn roundtrip(keys: &[(i64, i64)]) -> Vec<(i64, i64)> {
         let mut buf = Vec::new();

@@ -155,6 +155,7 @@
 //! threads outside the runtime.
 mod error;
 mod history;
+mod query;
 mod reader;
 mod record;
 mod salvage;
@@ -180,6 +181,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 
 pub use error::StoreError;
+pub use query::{
+    check_buckets, Bucket, BucketQuery, LogReader, Reading, Series, MAX_BUCKETS, MAX_LATEST,
+    MAX_SERIES,
+};
 pub use reader::{topic_matches, valid_filter, HistoryQuery, Order};
 pub use record::{now_ms, LogRecord, LogRow, MsgProps};
 pub use salvage::{
@@ -613,6 +618,30 @@ impl Store {
     /// History query (CLI, HTTP API).
     pub fn query(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
         let r = self.inner.readers.with(|c| reader::query(c, q));
+        self.seen(r)
+    }
+
+    /// Time buckets of numeric readings (CLI `--every`, HTTP API `every=`).
+    pub fn buckets(&self, q: &BucketQuery) -> Result<Vec<Series>, StoreError> {
+        let r = self.inner.readers.with(|c| query::buckets(c, q));
+        self.seen(r)
+    }
+
+    /// Time and value of the readings the filters of `q` select, from the index (no row reads).
+    pub fn readings(&self, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
+        let r = self.inner.readers.with(|c| query::readings(c, q));
+        self.seen(r)
+    }
+
+    /// The most recently logged row of every stream the filters of `q` select.
+    pub fn latest(&self, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
+        let r = self.inner.readers.with(|c| query::latest(c, q));
+        self.seen(r)
+    }
+
+    /// `(device, point)` pairs in the log's dictionary.
+    pub fn names(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let r = self.inner.readers.with(query::names);
         self.seen(r)
     }
 

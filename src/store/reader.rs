@@ -16,7 +16,7 @@ use super::schema::open_reader;
 /// Idle read connections kept open (more are opened on demand and closed after use).
 const MAX_IDLE: usize = 4;
 
-const COLS: &str = "seq, ts, topic, payload, qos, retain, props, device, point, num";
+pub(crate) const COLS: &str = "seq, ts, topic, payload, qos, retain, props, device, point, num";
 
 pub(crate) struct Readers {
     path: PathBuf,
@@ -109,6 +109,9 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// Sort order. Default oldest first.
     pub order: Order,
+    /// Only rows after this key `(ts, seq)` in the query's order: the page cursor of the previous answer
+    /// (its last row's key).
+    pub after: Option<(i64, i64)>,
 }
 
 impl Default for HistoryQuery {
@@ -121,6 +124,7 @@ impl Default for HistoryQuery {
             to_ms: None,
             limit: 1000,
             order: Order::Asc,
+            after: None,
         }
     }
 }
@@ -153,9 +157,7 @@ pub(crate) fn query(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, 
 }
 
 fn query_snapshot(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, StoreError> {
-    let indexed: i64 = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = 'indexed_seq'")?
-        .query_row([], |r| r.get(0))?;
+    let indexed = indexed_seq(conn)?;
     let streams = matching_streams(conn, q)?;
     let dir = match q.order {
         Order::Asc => "ASC",
@@ -172,57 +174,31 @@ fn query_snapshot(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, St
         range_args.push(Value::Integer(to));
     }
     let limit = Value::Integer(clamp_i64(q.limit as u64));
-    let mut top = TopN::new(q.limit, q.order);
+    let mut top = TopN::new(q.limit, q.order, q.after);
     match streams {
         Some(ids) if ids.is_empty() => return Ok(Vec::new()),
         Some(ids) if ids.len() <= MAX_IN => {
-            // Keys below the oldest row belong to deleted rows (a block outlives its first rows).
-            let oldest: i64 = conn
-                .prepare_cached("SELECT seq FROM messages ORDER BY seq LIMIT 1")?
-                .query_row([], |r| r.get(0))
-                .optional()?
-                .unwrap_or(i64::MAX);
-            let list = vec!["?"; ids.len()].join(", ");
-            let mut sql = format!("SELECT keys FROM history WHERE stream IN ({list})");
-            let mut args: Vec<Value> = ids.iter().map(|id| Value::Integer(*id)).collect();
-            if let Some(to) = q.to_ms {
-                sql.push_str(" AND min_ts < ?");
-                args.push(Value::Integer(to));
-            }
-            if let Some(from) = q.from_ms {
-                sql.push_str(" AND max_ts >= ?");
-                args.push(Value::Integer(from));
-            }
-            let (from, to) = (q.from_ms.unwrap_or(i64::MIN), q.to_ms.unwrap_or(i64::MAX));
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-            while let Some(r) = rows.next()? {
-                super::history::decode(r.get_ref(0)?.as_blob()?, |ts, seq| {
-                    if seq >= oldest && ts >= from && ts < to {
-                        top.push(ts, seq);
-                    }
-                })
-                .map_err(|detail| StoreError::BadRow { seq: 0, detail })?;
-            }
-            let set: HashSet<i64> = ids.into_iter().collect();
-            scan(
-                conn,
-                Some(indexed),
-                &range,
-                &range_args,
-                Some(&set),
-                &mut top,
-            )?;
+            for_each_key(conn, indexed, &ids, q.from_ms, q.to_ms, |_, ts, seq| {
+                top.push(ts, seq)
+            })?;
         }
         Some(ids) => {
             let set: HashSet<i64> = ids.into_iter().collect();
             scan(conn, None, &range, &range_args, Some(&set), &mut top)?;
         }
         None => {
-            let sql = format!(
-                "SELECT ts, seq FROM messages WHERE 1{range} ORDER BY ts {dir}, seq {dir} LIMIT ?"
-            );
             let mut args = range_args.clone();
+            let mut after = String::new();
+            if let Some((ts, seq)) = q.after {
+                after = format!(
+                    " AND (ts, seq) {} (?, ?)",
+                    if dir == "ASC" { ">" } else { "<" }
+                );
+                args.extend([Value::Integer(ts), Value::Integer(seq)]);
+            }
+            let sql = format!(
+                "SELECT ts, seq FROM messages WHERE 1{range}{after} ORDER BY ts {dir}, seq {dir} LIMIT ?"
+            );
             args.push(limit);
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
@@ -267,7 +243,10 @@ fn scan(
 }
 
 /// The streams the query's device, point and topic filters select; `None` when it has none of them.
-fn matching_streams(conn: &Connection, q: &HistoryQuery) -> Result<Option<Vec<i64>>, StoreError> {
+pub(crate) fn matching_streams(
+    conn: &Connection,
+    q: &HistoryQuery,
+) -> Result<Option<Vec<i64>>, StoreError> {
     if q.device.is_none() && q.point.is_none() && q.topic.is_none() {
         return Ok(None);
     }
@@ -299,7 +278,82 @@ fn matching_streams(conn: &Connection, q: &HistoryQuery) -> Result<Option<Vec<i6
             ids.push(r.get(0)?);
         }
     }
+    if ids.is_empty() {
+        super::query::check_names(conn, q.device.as_deref(), q.point.as_deref())?;
+    }
     Ok(Some(ids))
+}
+
+/// Calls `f(stream, ts, seq)` for every row of the streams `ids` with `from <= ts < to`: the keys of the
+/// index blocks that overlap the range (rows up to `indexed`), then the rows after `indexed`. Run inside
+/// the caller's read transaction so that index and log are one snapshot.
+pub(crate) fn for_each_key(
+    conn: &Connection,
+    indexed: i64,
+    ids: &[i64],
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    mut f: impl FnMut(i64, i64, i64),
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Keys below the oldest row belong to deleted rows (a block outlives its first rows).
+    let oldest: i64 = conn
+        .prepare_cached("SELECT seq FROM messages ORDER BY seq LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(i64::MAX);
+    let list = vec!["?"; ids.len()].join(", ");
+    let mut sql = format!("SELECT stream, keys FROM history WHERE stream IN ({list})");
+    let mut args: Vec<Value> = ids.iter().map(|id| Value::Integer(*id)).collect();
+    if let Some(to) = to_ms {
+        sql.push_str(" AND min_ts < ?");
+        args.push(Value::Integer(to));
+    }
+    if let Some(from) = from_ms {
+        sql.push_str(" AND max_ts >= ?");
+        args.push(Value::Integer(from));
+    }
+    let (from, to) = (from_ms.unwrap_or(i64::MIN), to_ms.unwrap_or(i64::MAX));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let stream: i64 = r.get(0)?;
+        super::history::decode(r.get_ref(1)?.as_blob()?, |ts, seq| {
+            if seq >= oldest && ts >= from && ts < to {
+                f(stream, ts, seq);
+            }
+        })
+        .map_err(|detail| StoreError::BadRow { seq: 0, detail })?;
+    }
+    let mut sql = String::from("SELECT ts, seq, stream FROM messages WHERE seq > ?");
+    let mut args = vec![Value::Integer(indexed)];
+    if let Some(from) = from_ms {
+        sql.push_str(" AND ts >= ?");
+        args.push(Value::Integer(from));
+    }
+    if let Some(to) = to_ms {
+        sql.push_str(" AND ts < ?");
+        args.push(Value::Integer(to));
+    }
+    let set: HashSet<i64> = ids.iter().copied().collect();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let stream: i64 = r.get(2)?;
+        if set.contains(&stream) {
+            f(stream, r.get(0)?, r.get(1)?);
+        }
+    }
+    Ok(())
+}
+
+/// `meta.indexed_seq`: rows up to it have their history index entries.
+pub(crate) fn indexed_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'indexed_seq'")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// The best `limit` keys seen, in the query's order (a bounded heap: memory is `limit`, whatever is scanned).
@@ -308,13 +362,17 @@ struct TopN {
     desc: bool,
     // Keys normalised so that "better" is always smaller; the heap's top is the worst kept.
     heap: BinaryHeap<(i64, i64)>,
+    /// The page cursor, normalised: only keys after it are kept.
+    after: Option<(i64, i64)>,
 }
 
 impl TopN {
-    fn new(limit: usize, order: Order) -> TopN {
+    fn new(limit: usize, order: Order, after: Option<(i64, i64)>) -> TopN {
+        let desc = order == Order::Desc;
         TopN {
             limit,
-            desc: order == Order::Desc,
+            desc,
+            after: after.map(|(ts, seq)| if desc { (!ts, !seq) } else { (ts, seq) }),
             heap: BinaryHeap::with_capacity(limit.min(4096) + 1),
         }
     }
@@ -322,6 +380,9 @@ impl TopN {
     fn push(&mut self, ts: i64, seq: i64) {
         // Bitwise not reverses the order of i64 without overflow.
         let key = if self.desc { (!ts, !seq) } else { (ts, seq) };
+        if self.after.is_some_and(|a| key <= a) {
+            return;
+        }
         if self.heap.len() < self.limit {
             self.heap.push(key);
         } else if self.heap.peek().is_some_and(|worst| key < *worst) {
@@ -354,7 +415,7 @@ pub(crate) fn ts_of(conn: &Connection, seq: u64) -> Result<Option<i64>, StoreErr
     Ok(stmt.query_row([clamp_i64(seq)], |r| r.get(0)).optional()?)
 }
 
-fn decode_row(r: &Row<'_>, payload: Bytes) -> Result<LogRow, StoreError> {
+pub(crate) fn decode_row(r: &Row<'_>, payload: Bytes) -> Result<LogRow, StoreError> {
     let seq = r.get::<_, i64>(0)? as u64;
     let props = match r.get_ref(6)?.as_blob_or_null()? {
         None => None,
@@ -379,7 +440,7 @@ fn decode_row(r: &Row<'_>, payload: Bytes) -> Result<LogRow, StoreError> {
     })
 }
 
-fn clamp_i64(v: u64) -> i64 {
+pub(crate) fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

@@ -517,7 +517,7 @@ impl<'c> Copier<'c> {
         if self.in_txn == 0 {
             return Ok(());
         }
-        super::writer::insert_history(self.out, &mut self.keys)?;
+        super::writer::insert_history(self.out, &mut self.keys, true)?;
         self.keys.clear();
         self.out.execute_batch("COMMIT")?;
         self.in_txn = 0;

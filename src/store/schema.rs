@@ -11,7 +11,7 @@ use super::error::StoreError;
 pub(crate) const NOT_OURS: &str = "not a fieldbridge store";
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One step of the schema history: brings a database from version `to - 1` to `to`. Steps run in order, each
 /// in its own `BEGIN IMMEDIATE` transaction together with the `schema_version` update, so a failed step leaves
@@ -33,7 +33,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         to: 2,
         apply: v1_to_v2,
     },
+    Migration {
+        to: 3,
+        apply: v2_to_v3,
+    },
 ];
+
+/// v3: the numeric values of each history block's keys (see `history.rs`), so that time buckets are computed
+/// from the index without reading the rows. Blocks written before have none (NULL): queries read those rows.
+fn v2_to_v3(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE history ADD COLUMN vals BLOB;")
+}
 
 /// v2: the embedded broker's state (retained messages, persistent sessions), next to the log so that it
 /// commits in the same transactions and is backed up, checked and salvaged with it.
@@ -114,6 +124,9 @@ pub struct StoreOptions {
     /// about a fifth of the checkpointer thread's time, on its own connection, so commits do not wait).
     /// Damage it finds degrades the store like damage seen at a commit. Default 1 h; `None`: never.
     pub verify_interval: Option<Duration>,
+    /// Index passes store the rows' numeric values with their keys (schema v3; default true). Off only to
+    /// measure what that costs (`tools/query-bench`): queries then read the rows instead.
+    pub index_values: bool,
 }
 
 impl Default for StoreOptions {
@@ -129,6 +142,7 @@ impl Default for StoreOptions {
             index_rows: 100_000,
             salvage_at_open: true,
             verify_interval: Some(Duration::from_secs(3600)),
+            index_values: true,
         }
     }
 }

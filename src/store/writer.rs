@@ -386,19 +386,31 @@ fn txn_bytes_limit(max_bytes: u64) -> u64 {
 pub(crate) fn insert_history(
     conn: &Connection,
     keys: &mut [(i64, i64, i64)],
+    with_values: bool,
 ) -> rusqlite::Result<()> {
     keys.sort_unstable();
+    // The numeric values go with the keys (schema v3): one sequential read of the rows being indexed.
+    let nums = if with_values {
+        Some(super::query::values_of(conn, keys)?)
+    } else {
+        None
+    };
     let mut st = conn.prepare_cached(
-        "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys, vals) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut pairs = Vec::with_capacity(super::history::BLOCK);
     let mut blob = Vec::new();
+    let mut vals = Vec::new();
     for group in keys.chunk_by(|a, b| a.0 == b.0) {
         for block in group.chunks(super::history::BLOCK) {
             pairs.clear();
             pairs.extend(block.iter().map(|k| (k.1, k.2)));
             super::history::encode(&pairs, &mut blob);
+            let vals = nums.as_ref().map(|n| {
+                super::query::encode_block_values(n, &pairs, &mut vals);
+                &vals[..]
+            });
             let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
                 (lo.min(p.1), hi.max(p.1))
             });
@@ -409,7 +421,8 @@ pub(crate) fn insert_history(
                 min_seq,
                 max_seq,
                 pairs.len() as i64,
-                &blob
+                &blob,
+                vals
             ])?;
         }
     }
@@ -893,7 +906,7 @@ impl Writer {
                 }
             }
             self.conn.execute_batch("BEGIN")?;
-            insert_history(&self.conn, &mut keys)?;
+            insert_history(&self.conn, &mut keys, self.s.opts.index_values)?;
             self.set_indexed_in_txn(last)?;
             self.conn.execute_batch("COMMIT")
         })();

@@ -63,6 +63,8 @@ devices:
 struct Daemon {
     app: Arc<App>,
     api: SocketAddr,
+    /// The API token the server generated into the state directory.
+    token: String,
     server: ApiServer,
     stop: CancellationToken,
     config: PathBuf,
@@ -82,9 +84,14 @@ impl Daemon {
         let server = api::serve(state, "127.0.0.1:0".parse().unwrap(), stop.clone())
             .await
             .expect("API binds");
+        let token = std::fs::read_to_string(dir.path().join("api-token"))
+            .expect("the token is generated into the state directory")
+            .trim()
+            .to_string();
         Daemon {
             app,
             api: server.local_addr,
+            token,
             server,
             stop,
             config,
@@ -93,7 +100,7 @@ impl Daemon {
     }
 
     fn client(&self) -> ApiClient {
-        ApiClient::new(self.api, WAIT)
+        ApiClient::new(self.api, WAIT).with_token(Some(self.token.clone()))
     }
 
     /// Status and body of a request.
@@ -125,6 +132,7 @@ impl Daemon {
         Target {
             api: Some(self.api.to_string()),
             config: self.config.clone(),
+            token: None,
         }
     }
 
@@ -180,6 +188,11 @@ fn query_args(target: Target) -> QueryArgs {
         limit: 1000,
         order: OrderArg::Asc,
         format: Format::Table,
+        db: None,
+        every: None,
+        latest: false,
+        cursor: None,
+        values: false,
     }
 }
 
@@ -631,8 +644,8 @@ async fn reload_reports_changes_and_refuses_a_broken_config() {
     let mut s = tokio::net::TcpStream::connect(d.api).await.unwrap();
     s.write_all(
         format!(
-            "POST /api/reload HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            d.api
+            "POST /api/reload HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            d.api, d.token
         )
         .as_bytes(),
     )
@@ -807,6 +820,7 @@ async fn cli_status_and_query_print_what_the_operator_needs() {
         target: Target {
             api: None,
             config: cfg,
+            token: None,
         },
         ..args.clone()
     };
@@ -849,11 +863,11 @@ async fn cli_status_and_query_print_what_the_operator_needs() {
     let lines: Vec<&str> = out.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(
         lines[0],
-        "seq,ts,ts_ms,topic,device,point,value,payload,qos,retain"
+        "seq,ts,ts_ms,topic,device,point,value,unit,payload,qos,retain"
     );
     assert!(
         lines[1].starts_with(&format!(
-            "{},{},{},t1/boiler/count,boiler,count,{},\"{{\"\"value\"\":",
+            "{},{},{},t1/boiler/count,boiler,count,{},,\"{{\"\"value\"\":",
             rows[0].seq,
             rows[0].ts,
             rows[0].ts_ms,
@@ -923,5 +937,384 @@ async fn a_taken_port_is_reported_at_start() {
         )),
         "{e}"
     );
+    d.stop().await;
+}
+
+/// Sends `head` (request line and headers, without the final blank line) and `body` on a new connection;
+/// returns the status and the body.
+async fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let answer = text(&answer);
+    let status = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Issue 10: the token (no token, wrong token, right token), the `Host` check against DNS rebinding, and the
+/// lockout after repeated failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_the_host_check_and_the_failed_attempt_limit() {
+    let d = Daemon::start().await;
+    let host = format!("Host: {}", d.api);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d._dir.path().join("api-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    }
+    assert_eq!(d.token.len(), 64);
+
+    // Reads need no token by default; state changes do.
+    let (s, _) = raw(
+        d.api,
+        &format!("GET /api/v1/devices HTTP/1.1\r\n{host}"),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, b) = raw(d.api, &format!("POST /api/reload HTTP/1.1\r\n{host}"), "").await;
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("needs the API token"), "{b}");
+    let (s, b) = raw(
+        d.api,
+        &format!(
+            "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}x",
+            d.token
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("wrong API token"), "{b}");
+    let (s, b) = raw(
+        d.api,
+        &format!("POST /api/v1/devices/boiler/points/sp HTTP/1.1\r\n{host}"),
+        "50",
+    )
+    .await;
+    assert_eq!(s, 401, "a write without the token: {b}");
+    let (s, b) = raw(
+        d.api,
+        &format!(
+            "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}",
+            d.token
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own name. Refused, reads too,
+    // with or without the token; the loopback names pass.
+    for path in ["/api/v1/history", "/health", "/", "/api/reload"] {
+        let (s, b) = raw(
+            d.api,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {}",
+                d.api.port(),
+                d.token
+            ),
+            "",
+        )
+        .await;
+        assert_eq!(s, 403, "{path}: {b}");
+    }
+    let (s, _) = raw(
+        d.api,
+        &format!("GET /health HTTP/1.1\r\nHost: localhost:{}", d.api.port()),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = raw(d.api, "GET /health HTTP/1.1\r\nHost: 127.0.0.1:1", "").await;
+    assert_eq!(s, 403, "another port is another origin");
+
+    // Repeated failures lock the address out, even with the right token afterwards.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (s, _) = raw(
+            d.api,
+            &format!(
+                "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer wrong-token-123456"
+            ),
+            "",
+        )
+        .await;
+        statuses.push(s);
+    }
+    // Three failures above already counted: seven more 401s, then 429.
+    assert_eq!(statuses[..7], [401; 7], "{statuses:?}");
+    assert!(statuses[7..].iter().all(|s| *s == 429), "{statuses:?}");
+    let (s, b) = raw(
+        d.api,
+        &format!(
+            "POST /api/reload HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}",
+            d.token
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(s, 429, "{b}");
+    assert!(b.contains("too many failed token attempts"), "{b}");
+    d.stop().await;
+}
+
+/// Issue 10: a device map symlinked to a secret file (shadow format) makes the reload fail; the 422 names
+/// the position and key path, never the file's contents. Nor does any other error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_never_contain_file_contents() {
+    let d = Daemon::start().await;
+    let dir = d._dir.path();
+    let secret =
+        "root:$6$Zq3kR8sT$wB1c9Kx0yT4mJv7nQe2LpH5aRz8dFu3gYi6oNs1Xc0VbMt9Wq.:19700:0:99999:7:::";
+    std::fs::write(
+        dir.join("shadow"),
+        format!("{secret}\ndaemon:*:19700:0:99999:7:::\n"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("devices")).unwrap();
+    std::os::unix::fs::symlink(dir.join("shadow"), dir.join("devices/meter.yaml")).unwrap();
+    // A second map with a secret-looking value where a number belongs.
+    std::fs::write(
+        dir.join("devices/pump.yaml"),
+        "devices:\n  - name: pump\n    protocol: sim\n    poll_interval: hunter2-secret-value\n    points: []\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{cfg}device_maps: [\"devices/*.yaml\"]\n"),
+    )
+    .unwrap();
+
+    let (status, body) = d.call(Method::POST, "/api/reload").await;
+    assert_eq!(status, 422, "{body}");
+    for leaked in ["$6$", "Zq3kR8sT", "root:", "daemon:", "hunter2", "19700"] {
+        assert!(!body.contains(leaked), "`{leaked}` in {body}");
+    }
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let errors: Vec<&str> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let meter = dir.join("devices/meter.yaml").display().to_string();
+    let pump = dir.join("devices/pump.yaml").display().to_string();
+    assert!(
+        errors.iter().any(|e| e.starts_with(&format!("{meter}:1:"))),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{pump}:4:20: devices[0].poll_interval: "))),
+        "{errors:#?}"
+    );
+
+    // Other refusals: parameters, unknown endpoints, bad bodies.
+    for (m, p) in [
+        (Method::GET, "/api/v1/history?every=banana&device=boiler"),
+        (Method::GET, "/api/v1/history?from=root:$6$x"),
+        (Method::GET, "/nope"),
+        (Method::POST, "/api/v1/devices/boiler/points/nope"),
+    ] {
+        let (s, b) = d.call(m, p).await;
+        assert!((400..500).contains(&s), "{p}: {s} {b}");
+        assert!(!b.contains("Zq3kR8sT") && !b.contains("hunter2"), "{b}");
+    }
+    d.stop().await;
+}
+
+/// Issue 10: API v1 — buckets, latest values, pages, did-you-mean, the OpenAPI document, and a write that
+/// takes the same path as an MQTT `…/set` request (and is answered on `…/set/result` too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_history_buckets_latest_and_write_back() {
+    let d = Daemon::start().await;
+    rows_of(&d, "temp", 12).await;
+
+    let v = d
+        .get_json("/api/v1/history?device=boiler&point=temp&every=1s&from=-5m")
+        .await;
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{v}");
+    assert_eq!(series[0]["unit"], "°C");
+    let buckets = series[0]["buckets"].as_array().unwrap();
+    assert!(!buckets.is_empty(), "{v}");
+    let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert!(total >= 12, "{v}");
+    for b in buckets {
+        let (min, max, avg) = (
+            b["min"].as_f64().unwrap(),
+            b["max"].as_f64().unwrap(),
+            b["avg"].as_f64().unwrap(),
+        );
+        assert!(
+            min <= avg && avg <= max && (10.0..=20.0).contains(&avg),
+            "{b}"
+        );
+        assert_eq!(b["start_ms"].as_i64().unwrap() % 1000, 0);
+    }
+
+    let e = d
+        .refused(
+            Method::GET,
+            "/api/v1/history?device=boiler&every=fortnightly",
+            400,
+        )
+        .await;
+    assert!(e.starts_with("parameter `every`"), "{e}");
+    let e = d
+        .refused(
+            Method::GET,
+            "/api/v1/history?device=boiler&every=1m&cursor=1.2",
+            400,
+        )
+        .await;
+    assert!(e.contains("not paged"), "{e}");
+    let e = d
+        .refused(Method::GET, "/api/v1/history?device=boilr", 404)
+        .await;
+    assert_eq!(e, "no device `boilr` in the log; did you mean `boiler`?");
+
+    // Pages.
+    let p1 = d
+        .get_json("/api/v1/history?device=boiler&point=count&limit=2")
+        .await;
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let p2 = d
+        .get_json(&format!(
+            "/api/v1/history?device=boiler&point=count&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert!(p2["rows"][0]["seq"].as_u64() > p1["rows"][1]["seq"].as_u64());
+
+    let values = d
+        .get_json("/api/v1/history?device=boiler&point=count&fields=values&limit=3")
+        .await;
+    assert_eq!(values["rows"].as_array().unwrap().len(), 3, "{values}");
+    assert_eq!(values["rows"][0]["seq"], p1["rows"][0]["seq"]);
+    assert_eq!(values["rows"][0]["value"], p1["rows"][0]["value"]);
+    let e = d
+        .refused(
+            Method::GET,
+            "/api/v1/history?device=boiler&fields=some",
+            400,
+        )
+        .await;
+    assert!(e.starts_with("parameter `fields`"), "{e}");
+
+    let latest = d.get_json("/api/v1/latest?device=boiler").await;
+    let topics: Vec<&str> = latest["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        topics,
+        ["t1/boiler/count", "t1/boiler/sp", "t1/boiler/temp"]
+    );
+    assert_eq!(latest["rows"][2]["unit"], "°C");
+
+    let points = d.get_json("/api/v1/points?device=boiler").await;
+    let writable: Vec<(String, bool)> = points["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["point"].as_str().unwrap().to_string(),
+                p["writable"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(writable.contains(&("sp".into(), true)), "{writable:?}");
+    assert!(writable.contains(&("temp".into(), false)), "{writable:?}");
+    for path in ["/api/v1/bridges", "/api/v1/store", "/api/v1/devices"] {
+        d.get_json(path).await;
+    }
+
+    // The write: answered by the command task, also on `…/set/result` as for an MQTT write.
+    let watcher = d.app.broker.link("test-watch");
+    watcher
+        .subscribe(
+            "t1/boiler/sp/set/result",
+            fieldbridge::broker::codec::QoS::AtLeastOnce,
+        )
+        .unwrap();
+    let (s, b) = d
+        .client()
+        .request_with_body(
+            Method::POST,
+            "/api/v1/devices/boiler/points/sp",
+            bytes::Bytes::from_static(b"{\"value\": 55.5}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.as_u16(), 200, "{}", text(&b));
+    let doc: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(doc["ok"], true);
+    let published = tokio::time::timeout(WAIT, watcher.recv()).await.unwrap();
+    let published: Value = serde_json::from_slice(&published.msg.payload).unwrap();
+    assert_eq!(published["ok"], true);
+    eventually("the written setpoint read back", || async {
+        let v = d.get_json("/api/v1/latest?device=boiler&point=sp").await;
+        (v["rows"][0]["reading"] == serde_json::json!(55.5)).then_some(())
+    })
+    .await;
+
+    for (path, body, want) in [
+        ("/api/v1/devices/boiler/points/temp", "1", 409),
+        ("/api/v1/devices/boiler/points/spp", "1", 404),
+        ("/api/v1/devices/boilr/points/sp", "1", 404),
+        ("/api/v1/devices/boiler/points/sp", "", 400),
+    ] {
+        let (s, b) = d
+            .client()
+            .request_with_body(Method::POST, path, bytes::Bytes::from(body))
+            .await
+            .unwrap();
+        assert_eq!(s.as_u16(), want, "{path}: {}", text(&b));
+    }
+    let (s, b) = d
+        .client()
+        .request_with_body(
+            Method::POST,
+            "/api/v1/devices/boiler/points/sp",
+            bytes::Bytes::from(vec![b'1'; 5000]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.as_u16(), 413, "{}", text(&b));
+
+    let doc = d.get_json("/api/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for p in [
+        "/api/v1/history",
+        "/api/v1/latest",
+        "/api/v1/devices/{device}/points/{point}",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p}");
+    }
     d.stop().await;
 }

@@ -12,8 +12,10 @@ mod broker_transports;
 #[cfg(feature = "coap")]
 mod coap;
 mod daemon;
+mod dashboard;
 mod ingest;
 mod pipeline;
+mod query;
 #[cfg(feature = "serial")]
 mod serial_cli;
 mod snf;
