@@ -1,7 +1,6 @@
 //! The HTTP API and the client subcommands (`status`, `query`, `reload`) against a real daemon: an `App` with
 //! a simulated device, the store on a temp dir, the API on a free loopback port.
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::util::WAIT;
+use crate::util::{eventually, WAIT};
 
 /// The daemon's configuration. The API section is disabled so that the test starts the server itself (on
 /// port 0) whatever `App::start` does with `api.bind`.
@@ -143,25 +142,6 @@ impl Daemon {
             .expect("the API stops")
             .unwrap();
         self.app.shutdown(Duration::from_secs(5)).await;
-    }
-}
-
-/// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -659,7 +639,8 @@ async fn scrape(api: SocketAddr) -> (u16, String, String) {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
         })
         .unwrap_or_default();
     (status, content_type, body.to_string())

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fieldbridge::broker::codec::{Protocol, QoS};
 
-use crate::daemon::{free_port, Daemon};
 use crate::util::client::{publish, Client};
+use crate::util::daemon::{free_port, Daemon};
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::upstream::{Upstream, UpstreamOpts};
 

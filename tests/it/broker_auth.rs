@@ -10,8 +10,8 @@ use fieldbridge::broker::codec::{Packet, Protocol, Publish, QoS};
 use fieldbridge::config::{AclAccess, AclRule, AclWho, BrokerConfig, ClientIdBinding, UserConfig};
 use tokio::process::Command;
 
-use crate::daemon::{binary, free_port, Daemon};
 use crate::util::client::{connect_packet, publish, sub, Client};
+use crate::util::daemon::{binary, free_port, Daemon};
 use crate::util::peers::{mosquitto_pub, mosquitto_sub, require, run, Peer};
 use crate::util::{wait_until, TestBroker};
 

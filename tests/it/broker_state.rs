@@ -4,8 +4,8 @@ use std::path::Path;
 
 use fieldbridge::broker::codec::{Protocol, QoS};
 
-use crate::daemon::{free_port, Daemon};
 use crate::util::client::{connect_packet, publish, sub, Client, Recv};
+use crate::util::daemon::{free_port, Daemon};
 use crate::util::wait_until;
 
 fn config(dir: &Path, port: u16) -> std::path::PathBuf {

@@ -4,7 +4,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
-use crate::daemon::{free_port, Daemon};
+use crate::util::daemon::{free_port, Daemon};
 use crate::util::peers::{mosquitto_pub, mosquitto_sub, run, Peer};
 use crate::util::WAIT;
 

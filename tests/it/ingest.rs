@@ -2,7 +2,7 @@
 //! every acknowledged message is in the log.
 use tokio::process::Command;
 
-use crate::daemon::{free_port, Daemon};
+use crate::util::daemon::{free_port, Daemon};
 use crate::util::peers::{require_python_module, scripts_dir};
 
 #[tokio::test]

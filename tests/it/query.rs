@@ -622,11 +622,7 @@ fn a_reader_beside_a_running_writer_and_a_refused_file() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::util::free_low_port()
 }
 
 /// Schema v3 adds the values of each index block. A v2 log (blocks without values) is migrated at open; its

@@ -9,8 +9,8 @@ use fieldbridge::cli::ApiClient;
 use hyper::Method;
 use serde_json::Value;
 
-use crate::daemon::{binary, free_port, Daemon};
 use crate::util::client::{publish, Client, Recv};
+use crate::util::daemon::{binary, free_port, Daemon};
 use crate::util::peers::{mosquitto_pub, mosquitto_sub, run, Peer};
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::upstream::{Upstream, UpstreamOpts};

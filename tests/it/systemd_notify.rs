@@ -7,7 +7,7 @@ use std::process::Stdio;
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
-use crate::daemon::{binary, free_port};
+use crate::util::daemon::{binary, free_port};
 use crate::util::peers::run;
 use crate::util::WAIT;
 

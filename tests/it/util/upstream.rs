@@ -52,13 +52,10 @@ pub struct Upstream {
     child: Option<Child>,
 }
 
-/// A free loopback port (bound, read, released: the tiny race with other processes is accepted; `start`
-/// retries on another port if mosquitto cannot bind).
+/// A free loopback port below the ephemeral range (see `util::free_low_port`); `start` still retries on
+/// another port if mosquitto cannot bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    super::free_low_port()
 }
 
 impl Upstream {
