@@ -1689,11 +1689,17 @@ impl Writer {
             }
             self.rollback();
             self.release_reserve();
-            // Copy the WAL home and empty it (waiting for the checkpointer thread if it is at it), so the
-            // deletions below write into space the reserve just gave back.
-            self.checkpoint_wait("TRUNCATE", Duration::from_secs(1));
-            // Room first from delivered rows, then — drop_oldest only — from the oldest undelivered ones.
-            match self.make_room(want) {
+            // Room first from delivered rows, then — drop_oldest only — from the oldest undelivered ones. The
+            // deletions write a few pages into the WAL, in the space the reserve just gave back; copying the WAL
+            // home first could take that space itself (its newest pages grow the database file) and leave
+            // none for them. Only if the deletions do not fit, the WAL is copied home and emptied first.
+            let mut room = self.make_room(want);
+            if room.as_ref().is_err_and(is_disk_full) {
+                self.rollback();
+                self.checkpoint_wait("TRUNCATE", Duration::from_secs(1));
+                room = self.make_room(want);
+            }
+            match room {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -1701,6 +1707,9 @@ impl Writer {
                     break;
                 }
             }
+            // Copy the WAL home and empty it (waiting for the checkpointer thread if it is at it): what the
+            // deletions freed becomes room for the rows replayed below.
+            self.checkpoint_wait("TRUNCATE", Duration::from_secs(1));
             want *= 2;
             result = self.replay();
         }
