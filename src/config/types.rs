@@ -472,8 +472,8 @@ pub struct DeviceSpec {
     pub adapter: DeviceConfig,
     /// `labels:` usable as `{label}` in topic templates.
     pub labels: BTreeMap<String, String>,
-    /// The mapping rules of each point, in the same order as `adapter.points`.
-    pub points: Vec<PointRules>,
+    /// The mapping rules of each point, in the same order as `adapter.points`. Shared like `adapter.points`.
+    pub points: Arc<[PointRules]>,
 }
 
 /// How the core turns one point's readings into messages (and commands back into raw values).

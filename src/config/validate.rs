@@ -1423,10 +1423,10 @@ impl<'a> Cx<'a> {
                     poll_interval,
                     timeout,
                     retries: raw.retries.unwrap_or(2),
-                    points,
+                    points: points.into(),
                 },
                 labels,
-                points: rules,
+                points: rules.into(),
             },
         })
     }
@@ -1716,7 +1716,7 @@ impl<'a> Cx<'a> {
                 format!("{gw}/{dev}/status"),
                 format!("the status topic of device `{dev}`"),
             );
-            for p in &d.spec.adapter.points {
+            for p in d.spec.adapter.points.iter() {
                 let pt = &p.name;
                 reserved.insert(
                     format!("{gw}/{dev}/{pt}/set"),
