@@ -96,7 +96,9 @@ pub async fn run(addr: SocketAddr, filter: &str, count: Arc<AtomicU64>) -> anyho
                 3 => {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
-                2 if bl < 2 || buf[start + hl + 1] != 0 => bail!("the upstream refused the connection"),
+                2 if bl < 2 || buf[start + hl + 1] != 0 => {
+                    bail!("the upstream refused the connection")
+                }
                 _ => {}
             }
             start += hl + bl;
@@ -137,6 +139,9 @@ mod tests {
         assert!(header(&[0x30, 0xff, 0xff, 0xff, 0xff]).is_err());
         let mut v = Vec::new();
         remaining_length(&mut v, 321);
-        assert_eq!(header(&[&[0x30][..], &v].concat()).unwrap(), Some((0x30, 3, 321)));
+        assert_eq!(
+            header(&[&[0x30][..], &v].concat()).unwrap(),
+            Some((0x30, 3, 321))
+        );
     }
 }

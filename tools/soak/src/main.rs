@@ -39,7 +39,9 @@ use tokio::process::{Child, Command};
 use report::{Sample, Summary};
 
 #[derive(Parser, Debug)]
-#[command(about = "Soak benchmark: the fieldbridge daemon polling, publishing, logging and bridging N simulated Modbus devices")]
+#[command(
+    about = "Soak benchmark: the fieldbridge daemon polling, publishing, logging and bridging N simulated Modbus devices"
+)]
 struct Args {
     /// Simulated Modbus TCP devices (one port each).
     #[arg(long, default_value_t = 500)]
@@ -105,7 +107,9 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// `n` consecutive free ports below the ephemeral range (outgoing connections never take them).
 fn free_port_block(n: u32) -> anyhow::Result<u16> {
-    let span = 32_000u32.checked_sub(n + 10_000).context("too many devices for one port block")?;
+    let span = 32_000u32
+        .checked_sub(n + 10_000)
+        .context("too many devices for one port block")?;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos();
@@ -143,7 +147,11 @@ fn write_config(dir: &Path, args: &Args, ports: &Ports) -> anyhow::Result<PathBu
     std::fs::create_dir_all(&maps)?;
     let mut points = String::new();
     for r in 0..args.points {
-        let _ = writeln!(points, "      - {{name: r{r}, address: {}}}", 40001 + u32::from(r));
+        let _ = writeln!(
+            points,
+            "      - {{name: r{r}, address: {}}}",
+            40001 + u32::from(r)
+        );
     }
     let interval_ms = args.interval.as_millis();
     for chunk in 0..args.devices.div_ceil(DEVICES_PER_MAP) {
@@ -247,7 +255,11 @@ impl Run {
             .status();
         match tokio::time::timeout(Duration::from_secs(20), self.daemon.wait()).await {
             Ok(Ok(st)) => {
-                let _ = write!(note, "daemon stopped on SIGTERM in {:.2} s ({st})", t.elapsed().as_secs_f64());
+                let _ = write!(
+                    note,
+                    "daemon stopped on SIGTERM in {:.2} s ({st})",
+                    t.elapsed().as_secs_f64()
+                );
             }
             _ => {
                 let _ = self.daemon.kill().await;
@@ -255,7 +267,10 @@ impl Run {
             }
         }
         drop(self.sim_in.take());
-        if tokio::time::timeout(Duration::from_secs(5), self.sim.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.sim.wait())
+            .await
+            .is_err()
+        {
             let _ = self.sim.kill().await;
         }
         let _ = self.upstream.kill().await;
@@ -278,12 +293,20 @@ async fn start(args: &Args, dir: &Path, ports: &Ports) -> anyhow::Result<Run> {
         .stderr(std::fs::File::create(dir.join("sim.log"))?)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("start {} (cargo build --release -p fieldbridge-modbus-sim)", sim_bin.display()))?;
+        .with_context(|| {
+            format!(
+                "start {} (cargo build --release -p fieldbridge-modbus-sim)",
+                sim_bin.display()
+            )
+        })?;
     let sim_in = sim.stdin.take();
     let mut sim_out = BufReader::new(sim.stdout.take().context("sim stdout")?).lines();
     match tokio::time::timeout(Duration::from_secs(60), sim_out.next_line()).await {
         Ok(Ok(Some(l))) if l == "READY" => {}
-        other => bail!("the simulator did not start: {other:?} (see {}/sim.log)", dir.display()),
+        other => bail!(
+            "the simulator did not start: {other:?} (see {}/sim.log)",
+            dir.display()
+        ),
     }
     // Keep reading the simulator's stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = sim_out.next_line().await {} });
@@ -331,7 +354,9 @@ async fn start(args: &Args, dir: &Path, ports: &Ports) -> anyhow::Result<Run> {
         .stderr(std::fs::File::create(dir.join("daemon.log"))?)
         .kill_on_drop(true);
     for e in &args.envs {
-        let (k, v) = e.split_once('=').with_context(|| format!("--env {e}: NAME=VALUE"))?;
+        let (k, v) = e
+            .split_once('=')
+            .with_context(|| format!("--env {e}: NAME=VALUE"))?;
         cmd.env(k, v);
     }
     let mut daemon = cmd.spawn().with_context(|| format!("start {}", words[0]))?;
@@ -387,7 +412,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut csv = match &args.csv {
         Some(p) => {
-            let mut f = std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
+            let mut f =
+                std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
             use std::io::Write as _;
             writeln!(f, "{}", Sample::CSV_HEADER)?;
             Some(f)
@@ -432,8 +458,12 @@ async fn main() -> anyhow::Result<()> {
     let wal = dir.join("soak.db-wal");
     let log = dir.join("daemon.log");
     let mut samples: Vec<Sample> = Vec::new();
-    let (cpu0, machine0) = (procfs::cpu_secs(pid).unwrap_or(0.0), procfs::machine_busy_secs());
-    let (mut prev_t, mut prev_cpu, mut prev_machine) = (started.elapsed().as_secs_f64(), cpu0, machine0);
+    let (cpu0, machine0) = (
+        procfs::cpu_secs(pid).unwrap_or(0.0),
+        procfs::machine_busy_secs(),
+    );
+    let (mut prev_t, mut prev_cpu, mut prev_machine) =
+        (started.elapsed().as_secs_f64(), cpu0, machine0);
     let (mut prev_up, mut prev_readings) = (0u64, 0u64);
     let warmup = args.warmup.as_secs_f64();
     let mut warm_mark: Option<(f64, f64)> = None;
@@ -469,6 +499,7 @@ async fn main() -> anyhow::Result<()> {
             anon_kib: mem.anon,
             file_kib: mem.file,
             rollup_anon_kib: mem.rollup_anon,
+            hwm_kib: mem.hwm,
             threads: mem.threads,
             upstream: up,
             upstream_rate: up.saturating_sub(prev_up) as f64 / dt,
@@ -486,7 +517,8 @@ async fn main() -> anyhow::Result<()> {
             use std::io::Write as _;
             writeln!(f, "{}", s.csv())?;
         }
-        (prev_t, prev_cpu, prev_machine, prev_up, prev_readings) = (t, cpu, machine, up, m.readings);
+        (prev_t, prev_cpu, prev_machine, prev_up, prev_readings) =
+            (t, cpu, machine, up, m.readings);
         samples.push(s);
     }
     let wall = started.elapsed().as_secs_f64();

@@ -18,7 +18,12 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
 /// The parent pid of a process.
 fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Busy CPU seconds of the whole machine (all CPUs) since boot: user, nice, system, irq, softirq, steal.

@@ -15,6 +15,8 @@ pub struct Sample {
     pub anon_kib: u64,
     pub file_kib: u64,
     pub rollup_anon_kib: u64,
+    /// Peak resident set so far (VmHWM), KiB.
+    pub hwm_kib: u64,
     pub threads: u64,
     /// Messages counted at the upstream subscriber: total, and per second since the previous sample.
     pub upstream: u64,
@@ -33,11 +35,11 @@ pub struct Sample {
 const MIB: f64 = 1024.0;
 
 impl Sample {
-    pub const CSV_HEADER: &'static str = "t_s,cpu_pct,machine_cores,rss_kib,anon_kib,file_kib,rollup_anon_kib,threads,upstream_msgs,upstream_per_s,readings_per_s,bridge_lag_rows,store_dropped,db_bytes,log_bytes";
+    pub const CSV_HEADER: &'static str = "t_s,cpu_pct,machine_cores,rss_kib,anon_kib,file_kib,rollup_anon_kib,hwm_kib,threads,upstream_msgs,upstream_per_s,readings_per_s,bridge_lag_rows,store_dropped,db_bytes,log_bytes";
 
     pub fn csv(&self) -> String {
         format!(
-            "{:.1},{:.2},{:.2},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{}",
+            "{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{}",
             self.t,
             self.cpu_pct,
             self.machine_cores,
@@ -45,6 +47,7 @@ impl Sample {
             self.anon_kib,
             self.file_kib,
             self.rollup_anon_kib,
+            self.hwm_kib,
             self.threads,
             self.upstream,
             self.upstream_rate,
@@ -101,7 +104,11 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
 }
 
 /// Growth in MiB per hour of a KiB series after `warmup` seconds.
-pub fn growth_mib_per_hour(samples: &[Sample], warmup: f64, f: impl Fn(&Sample) -> u64) -> Option<f64> {
+pub fn growth_mib_per_hour(
+    samples: &[Sample],
+    warmup: f64,
+    f: impl Fn(&Sample) -> u64,
+) -> Option<f64> {
     let pts: Vec<(f64, f64)> = samples
         .iter()
         .filter(|s| s.t >= warmup)
@@ -156,11 +163,15 @@ impl Summary<'_> {
             "rss: last {:.1} MiB, max after warm-up {:.1} MiB, peak (VmHWM) {:.1} MiB; anon: last {:.1} MiB, max after warm-up {:.1} MiB",
             last.rss_kib as f64 / MIB,
             max(&|s| s.rss_kib) as f64 / MIB,
-            self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0).max(last.rss_kib) as f64 / MIB,
+            last.hwm_kib as f64 / MIB,
             last.anon_kib as f64 / MIB,
             max(&|s| s.anon_kib) as f64 / MIB,
         );
-        let fmt = |v: Option<f64>| v.map_or("- (too few samples)".to_string(), |v| format!("{v:+.2} MiB/hour"));
+        let fmt = |v: Option<f64>| {
+            v.map_or("- (too few samples)".to_string(), |v| {
+                format!("{v:+.2} MiB/hour")
+            })
+        };
         let _ = writeln!(
             o,
             "growth after warm-up (least squares): rss {}, anon {}",
@@ -194,7 +205,9 @@ mod tests {
 
     #[test]
     fn slope_of_a_line_and_of_noise_free_flat() {
-        let line: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 3.0 + 2.0 * f64::from(i))).collect();
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 3.0 + 2.0 * f64::from(i)))
+            .collect();
         assert!((slope(&line).unwrap() - 2.0).abs() < 1e-9);
         let flat: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 5.0)).collect();
         assert_eq!(slope(&flat), Some(0.0));
@@ -208,8 +221,16 @@ mod tests {
         let samples: Vec<Sample> = (0..=60)
             .map(|i| {
                 let t = f64::from(i) * 60.0;
-                let kib = if t < 600.0 { 10_240.0 * t / 600.0 } else { 10_240.0 + 1024.0 * t / 3600.0 };
-                Sample { t, rss_kib: kib as u64, ..Default::default() }
+                let kib = if t < 600.0 {
+                    10_240.0 * t / 600.0
+                } else {
+                    10_240.0 + 1024.0 * t / 3600.0
+                };
+                Sample {
+                    t,
+                    rss_kib: kib as u64,
+                    ..Default::default()
+                }
             })
             .collect();
         let g = growth_mib_per_hour(&samples, 600.0, |s| s.rss_kib).unwrap();
