@@ -325,6 +325,9 @@ fn ser_value<S: serde::Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
+/// (device, point).
+pub type PointKey = (Arc<str>, Arc<str>);
+
 /// What is kept of a point's latest reading: 72 bytes, plus the reason while its quality is bad.
 #[derive(Debug)]
 struct Slot {
@@ -378,7 +381,7 @@ impl LiveState {
     }
 
     /// The latest reading of every point read so far, as (device, point) -> what the API shows.
-    pub fn latest(&self) -> Vec<((Arc<str>, Arc<str>), Latest)> {
+    pub fn latest(&self) -> Vec<(PointKey, Latest)> {
         let latest = self.latest.read();
         let mut out = Vec::new();
         for (name, dev) in latest.iter() {
@@ -406,7 +409,6 @@ impl LiveState {
         }
         out
     }
-
 }
 
 /// The pipeline's shared handles.
@@ -772,7 +774,12 @@ mod tests {
     fn live_values_are_one_slot_per_point_and_start_over_with_a_new_generation() {
         let (tx, _rx) = mpsc::channel(1);
         let live = LiveState::default();
-        let g1 = Arc::new(DeviceEntry::new(device("m1", &["a", "b"]), "gw", 1, tx.clone()));
+        let g1 = Arc::new(DeviceEntry::new(
+            device("m1", &["a", "b"]),
+            "gw",
+            1,
+            tx.clone(),
+        ));
         let other = Arc::new(DeviceEntry::new(device("m2", &["x"]), "gw", 2, tx.clone()));
         // Many readings of the same points keep one value each.
         for v in 0..100 {

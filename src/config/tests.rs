@@ -220,7 +220,11 @@ fn demo_config_shape() {
     assert!(c.bridges.is_empty());
     assert_eq!(adapters.len(), c.devices.len());
     assert!(c.devices.iter().all(|d| d.adapter.protocol == "sim"));
-    assert!(c.devices.iter().flat_map(|d| d.points.iter()).any(|p| p.writable));
+    assert!(c
+        .devices
+        .iter()
+        .flat_map(|d| d.points.iter())
+        .any(|p| p.writable));
 }
 
 #[test]
