@@ -700,7 +700,7 @@ mod tests {
             deadband: None,
             publish: PublishMode::EveryPoll,
             unit: None,
-            topic: TopicTemplate { parts: vec![] },
+            topic: Arc::new(TopicTemplate { parts: vec![] }),
             payload: PayloadFormat::Json,
             qos: QoS::AtMostOnce,
             retain: false,
@@ -737,7 +737,7 @@ mod tests {
                 .map(|p| PointRules {
                     name: (*p).into(),
                     unit: Some("V".into()),
-                    topic: TopicTemplate {
+                    topic: Arc::new(TopicTemplate {
                         parts: vec![
                             TemplatePart::Gateway,
                             TemplatePart::Literal("/".into()),
@@ -745,7 +745,7 @@ mod tests {
                             TemplatePart::Literal("/".into()),
                             TemplatePart::Point,
                         ],
-                    },
+                    }),
                     ..rules(1.0, 0.0)
                 })
                 .collect(),

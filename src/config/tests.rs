@@ -225,6 +225,12 @@ fn demo_config_shape() {
         .iter()
         .flat_map(|d| d.points.iter())
         .any(|p| p.writable));
+    // Points without a `topic:` share one parsed default template, not a copy each (issue 15).
+    let defaults: Vec<_> = c.devices.iter().flat_map(|d| d.points.iter()).collect();
+    assert!(defaults.len() > 2);
+    assert!(defaults
+        .iter()
+        .all(|p| std::sync::Arc::ptr_eq(&p.topic, &defaults[0].topic)));
 }
 
 #[test]

@@ -492,7 +492,7 @@ pub struct PointRules {
     /// Unit put in JSON payloads.
     pub unit: Option<String>,
     /// Topic template (the point's, else the device's, else `{gateway}/{device}/{point}`).
-    pub topic: TopicTemplate,
+    pub topic: Arc<TopicTemplate>,
     /// Payload format.
     pub payload: PayloadFormat,
     /// QoS of the published message. Default 0 (readings are logged regardless).
