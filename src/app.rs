@@ -329,11 +329,7 @@ impl App {
 
     /// Clears what a removed device leaves behind: its retained status and its live values.
     async fn forget_device(&self, name: &str) {
-        let live = self.pipeline.live.clone();
-        live.status.write().remove(name);
-        live.latest
-            .write()
-            .retain(|(device, _), _| &**device != name);
+        self.pipeline.live.forget(name);
         let topic = format!("{}/{}/status", self.config.read().gateway.id, name);
         // An empty retained payload clears the retained status (MQTT 3.3.1.3).
         self.link

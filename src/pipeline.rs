@@ -5,6 +5,12 @@
 //! One task consumes the bounded reading channel every adapter writes to, so per-point state (last published
 //! value, counters) needs no locks. The device table is shared with the supervisor, which swaps entries on
 //! reload; a point's state is reset when its device's configuration changed.
+//!
+//! Memory: everything kept per point is sized by the configuration, never by traffic. Per-point state and
+//! latest values live in one slice per device, indexed by the point's position in the device map (no
+//! per-point keys, no hash-table slack); the device's rules are shared with the configuration, not copied.
+//! State of devices a reload removed is dropped (the latest values by the supervisor, the pipeline's own
+//! state at its next sweep).
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -40,12 +46,14 @@ pub trait Recorder: Send + Sync + 'static {
 /// A device as the pipeline sees it: its rules, rendered topics and the adapter's command input.
 #[derive(Debug)]
 pub struct DeviceEntry {
-    /// The device's configuration.
+    /// The device's configuration (its point rules are shared with the running configuration).
     pub spec: DeviceSpec,
     /// Changes whenever the device is (re)configured; per-point state is reset when it differs.
     pub generation: u64,
-    /// Rendered topic of each point, by point name.
-    pub points: HashMap<Arc<str>, (PointRules, Arc<str>)>,
+    /// Point name -> position in `spec.points` (and in `topics`).
+    index: HashMap<Arc<str>, usize>,
+    /// Rendered topic of each point, in `spec.points` order.
+    topics: Box<[Arc<str>]>,
     /// Write requests for the running adapter.
     pub commands: mpsc::Sender<Command>,
 }
@@ -78,29 +86,67 @@ impl DeviceEntry {
         generation: u64,
         commands: mpsc::Sender<Command>,
     ) -> DeviceEntry {
-        let points = spec
+        let topics = spec
             .points
             .iter()
-            .map(|p| {
-                let topic: Arc<str> = render_topic(&p.topic, gateway, &spec, &p.name).into();
-                (p.name.clone(), (p.clone(), topic))
-            })
+            .map(|p| Arc::from(render_topic(&p.topic, gateway, &spec, &p.name)))
+            .collect();
+        let index = spec
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
             .collect();
         DeviceEntry {
             spec,
             generation,
-            points,
+            index,
+            topics,
             commands,
+        }
+    }
+
+    /// A point's position, rules and topic.
+    pub fn point(&self, name: &str) -> Option<(usize, &PointRules, &Arc<str>)> {
+        let &i = self.index.get(name)?;
+        Some((i, self.spec.points.get(i)?, self.topics.get(i)?))
+    }
+
+    /// The number of points.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Whether the device has no points.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+}
+
+/// What the publish rules remember of one point: the last published value and readings since.
+#[derive(Debug, Default)]
+struct PointState {
+    last: Option<(Value, Quality)>,
+    since_publish: u32,
+}
+
+/// The pipeline's state of one device's points, for one generation of its configuration.
+struct DeviceState {
+    generation: u64,
+    points: Box<[PointState]>,
+}
+
+impl DeviceState {
+    fn new(entry: &DeviceEntry) -> DeviceState {
+        DeviceState {
+            generation: entry.generation,
+            points: (0..entry.len()).map(|_| PointState::default()).collect(),
         }
     }
 }
 
-#[derive(Debug, Default)]
-struct PointState {
-    generation: u64,
-    last: Option<(Value, Quality)>,
-    since_publish: u32,
-}
+/// How often the pipeline drops the state of devices no longer configured.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Decimal places of a number's shortest representation (0.1 -> 1, 0.25 -> 2, 10 -> 0), capped at 9.
 fn decimals(x: f64) -> i32 {
@@ -249,7 +295,8 @@ pub struct PipelineStats {
     pub commands: std::sync::atomic::AtomicU64,
 }
 
-/// The latest reading of a point (raw quality, scaled value), for the status API and the dashboard.
+/// The latest reading of a point (raw quality, scaled value), as the status API and the dashboard show it
+/// (built on request from what [`LiveState`] keeps).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Latest {
     /// Scaled value.
@@ -278,16 +325,90 @@ fn ser_value<S: serde::Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
-/// (device, point) -> the point's latest reading.
-pub type LatestValues = HashMap<(Arc<str>, Arc<str>), Latest>;
+/// (device, point).
+pub type PointKey = (Arc<str>, Arc<str>);
 
-/// Live state shared with the API: latest value per point and status per device.
+/// What is kept of a point's latest reading: 72 bytes, plus the reason while its quality is bad.
+#[derive(Debug)]
+struct Slot {
+    value: Value,
+    quality: Quality,
+    ts: SystemTime,
+}
+
+/// The latest readings of one device, by point position, for one generation of its configuration.
+#[derive(Debug)]
+struct DeviceLive {
+    entry: Arc<DeviceEntry>,
+    points: Box<[Option<Slot>]>,
+}
+
+/// Live state shared with the API: latest value per point and status per device. Both are bounded by the
+/// configured devices and points: the supervisor forgets a device when a reload removes it.
 #[derive(Debug, Default)]
 pub struct LiveState {
-    /// (device, point) -> latest reading.
-    pub latest: RwLock<LatestValues>,
+    latest: RwLock<HashMap<Arc<str>, DeviceLive>>,
     /// device -> status.
     pub status: RwLock<HashMap<Arc<str>, DeviceStatus>>,
+}
+
+impl LiveState {
+    /// Keeps a point's latest reading; the device's slots start over when its configuration changed.
+    fn set(&self, entry: &Arc<DeviceEntry>, index: usize, slot: Slot) {
+        let mut latest = self.latest.write();
+        let dev = match latest.get_mut(&entry.spec.adapter.name) {
+            Some(d) if d.entry.generation == entry.generation => d,
+            _ => {
+                let fresh = DeviceLive {
+                    entry: entry.clone(),
+                    points: (0..entry.len()).map(|_| None).collect(),
+                };
+                latest.insert(entry.spec.adapter.name.clone(), fresh);
+                latest
+                    .get_mut(&entry.spec.adapter.name)
+                    .expect("just inserted")
+            }
+        };
+        if let Some(s) = dev.points.get_mut(index) {
+            *s = Some(slot);
+        }
+    }
+
+    /// Forgets a device (removed by a reload): its latest values and its status.
+    pub fn forget(&self, device: &str) {
+        self.latest.write().remove(device);
+        self.status.write().remove(device);
+    }
+
+    /// The latest reading of every point read so far, as (device, point) -> what the API shows.
+    pub fn latest(&self) -> Vec<(PointKey, Latest)> {
+        let latest = self.latest.read();
+        let mut out = Vec::new();
+        for (name, dev) in latest.iter() {
+            for (i, slot) in dev.points.iter().enumerate() {
+                let (Some(s), Some(rules), Some(topic)) =
+                    (slot, dev.entry.spec.points.get(i), dev.entry.topics.get(i))
+                else {
+                    continue;
+                };
+                out.push((
+                    (name.clone(), rules.name.clone()),
+                    Latest {
+                        value: s.value.clone(),
+                        quality: s.quality.as_str(),
+                        reason: match &s.quality {
+                            Quality::Bad(reason) => Some(reason.clone()),
+                            _ => None,
+                        },
+                        ts: rfc3339_ms(s.ts),
+                        unit: rules.unit.clone(),
+                        topic: topic.clone(),
+                    },
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// The pipeline's shared handles.
@@ -312,11 +433,19 @@ impl Pipeline {
         mut rx: mpsc::Receiver<Reading>,
         cancel: CancellationToken,
     ) {
-        let mut state: HashMap<(Arc<str>, Arc<str>), PointState> = HashMap::new();
+        let mut state: HashMap<Arc<str>, DeviceState> = HashMap::new();
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reading = tokio::select! {
                 biased;
                 r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = sweep.tick() => {
+                    // Devices a reload removed: their state goes (readings still queued for them are unknown).
+                    let devices = self.devices.read();
+                    state.retain(|name, _| devices.contains_key(name));
+                    continue;
+                }
                 _ = cancel.cancelled() => {
                     rx.close();
                     while let Some(r) = rx.recv().await {
@@ -329,12 +458,7 @@ impl Pipeline {
         }
     }
 
-    async fn handle(
-        &self,
-        link: &Link,
-        state: &mut HashMap<(Arc<str>, Arc<str>), PointState>,
-        r: Reading,
-    ) {
+    async fn handle(&self, link: &Link, state: &mut HashMap<Arc<str>, DeviceState>, r: Reading) {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.readings.fetch_add(1, Relaxed);
         let entry = self.devices.read().get(&r.device).cloned();
@@ -342,34 +466,30 @@ impl Pipeline {
             self.stats.unknown.fetch_add(1, Relaxed);
             return;
         };
-        let Some((rules, topic)) = entry.points.get(&r.point) else {
+        let Some((index, rules, topic)) = entry.point(&r.point) else {
             self.stats.unknown.fetch_add(1, Relaxed);
             return;
         };
         let value = scale_value(&r.value, rules);
-        self.live.latest.write().insert(
-            (r.device.clone(), r.point.clone()),
-            Latest {
+        self.live.set(
+            &entry,
+            index,
+            Slot {
                 value: value.clone(),
-                quality: r.quality.as_str(),
-                reason: match &r.quality {
-                    Quality::Bad(reason) => Some(reason.clone()),
-                    _ => None,
-                },
-                ts: rfc3339_ms(r.ts),
-                unit: rules.unit.clone(),
-                topic: topic.clone(),
+                quality: r.quality.clone(),
+                ts: r.ts,
             },
         );
-        let st = state
-            .entry((r.device.clone(), r.point.clone()))
-            .or_default();
-        if st.generation != entry.generation {
-            *st = PointState {
-                generation: entry.generation,
-                ..Default::default()
-            };
-        }
+        let dev = match state.get_mut(&r.device) {
+            Some(d) if d.generation == entry.generation => d,
+            _ => {
+                state.insert(r.device.clone(), DeviceState::new(&entry));
+                state.get_mut(&r.device).expect("just inserted")
+            }
+        };
+        let Some(st) = dev.points.get_mut(index) else {
+            return;
+        };
         let publish = match rules.publish {
             PublishMode::EveryPoll => true,
             PublishMode::OnChange => changed(&st.last, &value, &r.quality, rules.deadband),
@@ -458,7 +578,7 @@ impl Pipeline {
         let Some(entry) = entry else {
             return Err(CommandError::UnknownPoint(format!("{device}/{point}")));
         };
-        let Some((rules, _)) = entry.points.get(point) else {
+        let Some((_, rules, _)) = entry.point(point) else {
             return Err(CommandError::UnknownPoint(point.to_string()));
         };
         if !rules.writable {
@@ -580,13 +700,120 @@ mod tests {
             deadband: None,
             publish: PublishMode::EveryPoll,
             unit: None,
-            topic: TopicTemplate { parts: vec![] },
+            topic: Arc::new(TopicTemplate { parts: vec![] }),
             payload: PayloadFormat::Json,
             qos: QoS::AtMostOnce,
             retain: false,
             writable: true,
             record: true,
         }
+    }
+
+    fn device(name: &str, points: &[&str]) -> DeviceSpec {
+        use fieldbridge_sdk::config::{ConfigNode, Mark};
+        use fieldbridge_sdk::{DeviceConfig, PointConfig};
+        let node = || ConfigNode::null(Mark::file("t.yaml"), "");
+        DeviceSpec {
+            adapter: DeviceConfig {
+                name: name.into(),
+                protocol: "sim".into(),
+                connection: node(),
+                poll_interval: std::time::Duration::from_secs(1),
+                timeout: std::time::Duration::from_secs(1),
+                retries: 0,
+                points: points
+                    .iter()
+                    .map(|p| PointConfig {
+                        name: (*p).into(),
+                        writable: false,
+                        poll_interval: None,
+                        spec: node(),
+                    })
+                    .collect(),
+            },
+            labels: Default::default(),
+            points: points
+                .iter()
+                .map(|p| PointRules {
+                    name: (*p).into(),
+                    unit: Some("V".into()),
+                    topic: Arc::new(TopicTemplate {
+                        parts: vec![
+                            TemplatePart::Gateway,
+                            TemplatePart::Literal("/".into()),
+                            TemplatePart::Device,
+                            TemplatePart::Literal("/".into()),
+                            TemplatePart::Point,
+                        ],
+                    }),
+                    ..rules(1.0, 0.0)
+                })
+                .collect(),
+        }
+    }
+
+    fn slot(v: i64) -> Slot {
+        Slot {
+            value: Value::Int(v),
+            quality: Quality::Good,
+            ts: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn entry_finds_points_by_name_with_their_topic() {
+        let (tx, _rx) = mpsc::channel(1);
+        let e = DeviceEntry::new(device("m1", &["a", "b", "c"]), "gw", 1, tx);
+        let (i, rules, topic) = e.point("b").unwrap();
+        assert_eq!((i, &*rules.name, &**topic), (1, "b", "gw/m1/b"));
+        assert!(e.point("d").is_none());
+        assert_eq!(e.len(), 3);
+    }
+
+    #[test]
+    fn live_values_are_one_slot_per_point_and_start_over_with_a_new_generation() {
+        let (tx, _rx) = mpsc::channel(1);
+        let live = LiveState::default();
+        let g1 = Arc::new(DeviceEntry::new(
+            device("m1", &["a", "b"]),
+            "gw",
+            1,
+            tx.clone(),
+        ));
+        let other = Arc::new(DeviceEntry::new(device("m2", &["x"]), "gw", 2, tx.clone()));
+        // Many readings of the same points keep one value each.
+        for v in 0..100 {
+            live.set(&g1, 0, slot(v));
+            live.set(&g1, 1, slot(-v));
+        }
+        live.set(&other, 0, slot(7));
+        let mut l = live.latest();
+        l.sort_by(|a, b| a.0.cmp(&b.0));
+        let got: Vec<(&str, &str, Value, &str)> = l
+            .iter()
+            .map(|((d, p), v)| (&**d, &**p, v.value.clone(), &*v.topic))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("m1", "a", Value::Int(99), "gw/m1/a"),
+                ("m1", "b", Value::Int(-99), "gw/m1/b"),
+                ("m2", "x", Value::Int(7), "gw/m2/x"),
+            ]
+        );
+        assert_eq!(l[0].1.unit.as_deref(), Some("V"));
+        assert_eq!(l[0].1.ts, "1970-01-01T00:00:00.000Z");
+        // Reconfigured with other points: the old values are not shown under the new configuration.
+        let g3 = Arc::new(DeviceEntry::new(device("m1", &["b", "z"]), "gw", 3, tx));
+        live.set(&g3, 1, slot(5));
+        let mut l = live.latest();
+        l.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<(&str, &str)> = l.iter().map(|((d, p), _)| (&**d, &**p)).collect();
+        assert_eq!(names, vec![("m1", "z"), ("m2", "x")]);
+        live.forget("m1");
+        let l = live.latest();
+        assert_eq!(l.len(), 1);
+        assert_eq!(&*l[0].0 .0, "m2");
     }
 
     #[test]

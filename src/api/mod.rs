@@ -432,7 +432,7 @@ async fn points(
         }
     }
     let live = ctx.state.live();
-    let latest = live.latest.read();
+    let latest = live.latest();
     let mut points: Vec<PointView> = latest
         .iter()
         // Points of devices removed by a reload keep their last value in the live table: not shown.

@@ -65,7 +65,7 @@ impl AdapterFactory for TestFactory {
         if let Err(e) = device.connection.deserialize_all::<TestConnection>() {
             errors.extend(e);
         }
-        for p in &device.points {
+        for p in device.points.iter() {
             if let Err(e) = p.spec.deserialize_all::<TestPoint>() {
                 errors.extend(e);
             }
@@ -220,7 +220,17 @@ fn demo_config_shape() {
     assert!(c.bridges.is_empty());
     assert_eq!(adapters.len(), c.devices.len());
     assert!(c.devices.iter().all(|d| d.adapter.protocol == "sim"));
-    assert!(c.devices.iter().flat_map(|d| &d.points).any(|p| p.writable));
+    assert!(c
+        .devices
+        .iter()
+        .flat_map(|d| d.points.iter())
+        .any(|p| p.writable));
+    // Points without a `topic:` share one parsed default template, not a copy each (issue 15).
+    let defaults: Vec<_> = c.devices.iter().flat_map(|d| d.points.iter()).collect();
+    assert!(defaults.len() > 2);
+    assert!(defaults
+        .iter()
+        .all(|p| std::sync::Arc::ptr_eq(&p.topic, &defaults[0].topic)));
 }
 
 #[test]

@@ -485,8 +485,8 @@ pub struct DeviceSpec {
     pub adapter: DeviceConfig,
     /// `labels:` usable as `{label}` in topic templates.
     pub labels: BTreeMap<String, String>,
-    /// The mapping rules of each point, in the same order as `adapter.points`.
-    pub points: Vec<PointRules>,
+    /// The mapping rules of each point, in the same order as `adapter.points`. Shared like `adapter.points`.
+    pub points: Arc<[PointRules]>,
 }
 
 /// How the core turns one point's readings into messages (and commands back into raw values).
@@ -505,7 +505,7 @@ pub struct PointRules {
     /// Unit put in JSON payloads.
     pub unit: Option<String>,
     /// Topic template (the point's, else the device's, else `{gateway}/{device}/{point}`).
-    pub topic: TopicTemplate,
+    pub topic: Arc<TopicTemplate>,
     /// Payload format.
     pub payload: PayloadFormat,
     /// QoS of the published message. Default 0 (readings are logged regardless).

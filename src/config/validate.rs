@@ -64,6 +64,9 @@ pub(super) struct Cx<'a> {
     /// False once the gateway id was rejected: topics built from it are not checked again (one error, not one
     /// per point).
     gateway_ok: bool,
+    /// `{gateway}/{device}/{point}`, parsed once and shared by every point that uses it (issue 15: a copy per
+    /// point was 256 bytes of heap each).
+    default_topic: Option<Arc<TopicTemplate>>,
 }
 
 impl<'a> Cx<'a> {
@@ -75,6 +78,9 @@ impl<'a> Cx<'a> {
             env,
             gateway_ok: true,
             warnings: Vec::new(),
+            default_topic: topics::point_template("{gateway}/{device}/{point}", &[])
+                .ok()
+                .map(Arc::new),
         }
     }
 
@@ -1388,7 +1394,7 @@ impl<'a> Cx<'a> {
         let device_topic = match &raw.topic {
             None => Some(None),
             Some(t) => match topics::point_template(&t.value, &label_names) {
-                Ok(tpl) => Some(Some((tpl, t.mark.clone(), t.path.clone()))),
+                Ok(tpl) => Some(Some((Arc::new(tpl), t.mark.clone(), t.path.clone()))),
                 Err(m) => {
                     self.at(t, m);
                     None
@@ -1461,10 +1467,10 @@ impl<'a> Cx<'a> {
                     poll_interval,
                     timeout,
                     retries: raw.retries.unwrap_or(2),
-                    points,
+                    points: points.into(),
                 },
                 labels,
-                points: rules,
+                points: rules.into(),
             },
         })
     }
@@ -1557,7 +1563,7 @@ impl<'a> Cx<'a> {
         &mut self,
         node: &ConfigNode,
         dev: &RawDevice,
-        device_topic: Option<&Option<(TopicTemplate, Mark, String)>>,
+        device_topic: Option<&Option<(Arc<TopicTemplate>, Mark, String)>>,
         labels: &BTreeMap<String, String>,
         gw: &str,
         names_ok: bool,
@@ -1646,9 +1652,9 @@ impl<'a> Cx<'a> {
 
         let label_names: Vec<&str> = labels.keys().map(String::as_str).collect();
         // (template, where it was written) — `None` when the applicable template is broken (already reported).
-        let topic: Option<(TopicTemplate, Mark, String)> = match &raw.topic {
+        let topic: Option<(Arc<TopicTemplate>, Mark, String)> = match &raw.topic {
             Some(t) => match topics::point_template(&t.value, &label_names) {
-                Ok(tpl) => Some((tpl, t.mark.clone(), t.path.clone())),
+                Ok(tpl) => Some((Arc::new(tpl), t.mark.clone(), t.path.clone())),
                 Err(m) => {
                     self.at(t, m);
                     None
@@ -1657,7 +1663,7 @@ impl<'a> Cx<'a> {
             None => match device_topic {
                 Some(Some(t)) => Some(t.clone()),
                 Some(None) => {
-                    let tpl = topics::point_template("{gateway}/{device}/{point}", &[]).ok()?;
+                    let tpl = self.default_topic.clone()?;
                     Some((tpl, raw.name.mark.clone(), raw.name.path.clone()))
                 }
                 None => None,
@@ -1701,7 +1707,7 @@ impl<'a> Cx<'a> {
             unit: raw.unit.clone(),
             topic: topic
                 .map(|t| t.0)
-                .unwrap_or(TopicTemplate { parts: Vec::new() }),
+                .unwrap_or_else(|| Arc::new(TopicTemplate { parts: Vec::new() })),
             payload: match raw.payload.or(dev.payload).unwrap_or(PayloadRaw::Json) {
                 PayloadRaw::Json => PayloadFormat::Json,
                 PayloadRaw::Value => PayloadFormat::Value,
@@ -1754,7 +1760,7 @@ impl<'a> Cx<'a> {
                 format!("{gw}/{dev}/status"),
                 format!("the status topic of device `{dev}`"),
             );
-            for p in &d.spec.adapter.points {
+            for p in d.spec.adapter.points.iter() {
                 let pt = &p.name;
                 reserved.insert(
                     format!("{gw}/{dev}/{pt}/set"),

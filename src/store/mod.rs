@@ -341,7 +341,7 @@ impl Store {
             }
             r => r?,
         };
-        let readers = reader::Readers::new(path.clone());
+        let readers = reader::Readers::new(path.clone(), opts.page_cache);
         readers.with(|_| Ok(())).map_err(|e| match e {
             StoreError::Sqlite(source) => StoreError::Open {
                 path: path.clone(),

@@ -21,13 +21,16 @@ pub(crate) const COLS: &str = "seq, ts, topic, payload, qos, retain, props, devi
 pub(crate) struct Readers {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    /// Page cache of each connection, bytes.
+    page_cache: u64,
 }
 
 impl Readers {
-    pub(crate) fn new(path: PathBuf) -> Readers {
+    pub(crate) fn new(path: PathBuf, page_cache: u64) -> Readers {
         Readers {
             path,
             pool: Mutex::new(Vec::new()),
+            page_cache,
         }
     }
 
@@ -44,7 +47,7 @@ impl Readers {
         let conn = self.pool.lock().pop();
         let conn = match conn {
             Some(c) => c,
-            None => open_reader(&self.path)?,
+            None => open_reader(&self.path, self.page_cache)?,
         };
         let r = f(&conn);
         let mut pool = self.pool.lock();

@@ -127,6 +127,17 @@ pub struct StoreOptions {
     /// Index passes store the rows' numeric values with their keys (schema v3; default true). Off only to
     /// measure what that costs (`tools/query-bench`): queries then read the rows instead.
     pub index_values: bool,
+    /// SQLite's page cache (`PRAGMA cache_size`) of the writer connection and of each read connection, in
+    /// bytes. The store keeps the writer, at most 4 idle readers (bridges' drains, queries) and the
+    /// checkpointer open, so SQLite's caches stay below about 6 times this. Default 1 MiB: the writer appends
+    /// at the end of the log and readers scan forward, so pages are rarely needed twice; a miss is a read
+    /// from the OS page cache, not from the disk.
+    pub page_cache: u64,
+}
+
+/// `PRAGMA cache_size` takes KiB as a negative number; at least 64 KiB (SQLite's own floor is 10 pages).
+pub(crate) fn cache_size_pragma(bytes: u64) -> i64 {
+    -((bytes / 1024).clamp(64, 1 << 20) as i64)
 }
 
 impl Default for StoreOptions {
@@ -143,6 +154,7 @@ impl Default for StoreOptions {
             salvage_at_open: true,
             verify_interval: Some(Duration::from_secs(3600)),
             index_values: true,
+            page_cache: 1 << 20,
         }
     }
 }
@@ -297,7 +309,8 @@ pub(crate) fn open_writer(
         .map_err(oe)?;
     conn.pragma_update(None, "journal_size_limit", wal * page_size)
         .map_err(oe)?;
-    conn.pragma_update(None, "cache_size", -8192).map_err(oe)?;
+    conn.pragma_update(None, "cache_size", cache_size_pragma(opts.page_cache))
+        .map_err(oe)?;
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(oe)?;
     if let Some(n) = opts.max_page_count {
@@ -467,13 +480,13 @@ pub(crate) fn open_checkpointer(
 
 /// Opens a read connection (bridges' drains, history queries, stats). WAL lets it read the last committed
 /// state while the writer writes; it never sees an open transaction.
-pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open_reader(path: &Path, page_cache: u64) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "query_only", true)?;
-    conn.pragma_update(None, "cache_size", -4096)?;
+    conn.pragma_update(None, "cache_size", cache_size_pragma(page_cache))?;
     Ok(conn)
 }

@@ -1875,3 +1875,26 @@ async fn damaged_pages_are_found_by_the_background_integrity_check() {
     };
     assert!(matches!(refused, StoreError::Damaged(_)), "{refused}");
 }
+
+/// Issue 15: SQLite's page cache is capped per connection by `StoreOptions::page_cache`, for the writer and for
+/// every read connection the pool opens.
+#[test]
+fn page_cache_is_capped_on_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let opts = StoreOptions {
+        page_cache: 384 << 10,
+        ..Default::default()
+    };
+    let (w, _) = schema::open_writer(&c.path, true, c.max_bytes, &opts).unwrap();
+    let kib = |conn: &Connection| -> i64 {
+        conn.pragma_query_value(None, "cache_size", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(kib(&w), -384);
+    drop(w);
+    let readers = reader::Readers::new(c.path.clone(), 256 << 10);
+    assert_eq!(readers.with(|conn| Ok(kib(conn))).unwrap(), -256);
+    assert_eq!(StoreOptions::default().page_cache, 1 << 20);
+    assert_eq!(schema::cache_size_pragma(1), -64);
+}

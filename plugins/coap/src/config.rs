@@ -200,7 +200,7 @@ pub fn validate(device: &DeviceConfig) -> Result<CoapDevice, Vec<ConfigError>> {
     }
 
     let mut points = Vec::with_capacity(device.points.len());
-    for p in &device.points {
+    for p in device.points.iter() {
         if let Some(point) = validate_point(device, p, &mut errors) {
             points.push(point);
         }

@@ -145,7 +145,7 @@ pub fn validate(device: &DeviceConfig) -> Result<ModbusDevice, Vec<ConfigError>>
     let conn = validate_connection(&device.connection, &mut errors);
     let defaults = conn.as_ref().map(|c| &c.1);
     let mut points = Vec::with_capacity(device.points.len());
-    for p in &device.points {
+    for p in device.points.iter() {
         // Points are checked even when the connection is broken, so one run shows every problem; they are
         // then checked against the default limits and addressing.
         let fallback = DeviceDefaults {

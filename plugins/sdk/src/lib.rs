@@ -314,8 +314,9 @@ pub struct DeviceConfig {
     pub timeout: Duration,
     /// Retries of a failed request before the device is marked offline.
     pub retries: u32,
-    /// The points, in file order.
-    pub points: Vec<PointConfig>,
+    /// The points, in file order. Shared: a device's configuration is held by the running configuration, the
+    /// supervisor and the pipeline at once, and is immutable once validated.
+    pub points: Arc<[PointConfig]>,
 }
 
 /// The part of a point the adapter owns.

@@ -1259,7 +1259,8 @@ mod tests {
                 point("b", Some(5)),
                 point("c", None),
                 point("d", Some(5)),
-            ],
+            ]
+            .into(),
         };
         let plan = PollPlan::by_interval(&device);
         assert_eq!(

@@ -343,7 +343,7 @@ pub fn device_config_from_yaml(yaml: &str) -> DeviceConfig {
         poll_interval,
         timeout,
         retries,
-        points,
+        points: points.into(),
     }
 }
 

@@ -1029,7 +1029,7 @@ pub fn validate(device: &DeviceConfig) -> Result<SerialDevice, Vec<ConfigError>>
     // Points.
     let mut points = Vec::with_capacity(device.points.len());
     let mut min_len: Vec<usize> = vec![0; requests.len().max(1)];
-    for p in &device.points {
+    for p in device.points.iter() {
         if let Some(point) = validate_point(
             device,
             p,

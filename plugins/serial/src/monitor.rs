@@ -230,7 +230,7 @@ pub fn device_from_yaml(
         poll_interval,
         timeout,
         retries: 0,
-        points,
+        points: points.into(),
     })
 }
 

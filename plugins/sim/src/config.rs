@@ -241,7 +241,7 @@ pub fn validate(device: &DeviceConfig) -> Result<DeviceSpec, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let connection = connection(&device.connection, &mut errors);
     let mut points = Vec::with_capacity(device.points.len());
-    for p in &device.points {
+    for p in device.points.iter() {
         if let Some(spec) = point(&p.spec, p.writable, &mut errors) {
             points.push(spec);
         }

@@ -321,7 +321,7 @@ fn device_from_node(node: &ConfigNode) -> DeviceConfig {
         poll_interval: dur("poll_interval", Duration::from_secs(1)),
         timeout: dur("timeout", Duration::from_secs(1)),
         retries: 0,
-        points,
+        points: points.into(),
     }
 }
 
