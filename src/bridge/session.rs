@@ -567,7 +567,9 @@ impl Bridge {
         let leave = (window + reader::BATCH_ROWS) as u64;
         match self.status.state {
             BridgeState::Live if lag > enter => {
-                tracing::info!(bridge = %self.name, "bridge {}: draining a backlog of {lag} rows", self.name);
+                // A burst of readings (hundreds of devices polled at the same second) crosses the threshold
+                // every second: the start is a debug line, the end an info line only for a real backlog.
+                tracing::debug!(bridge = %self.name, "bridge {}: draining a backlog of {lag} rows", self.name);
                 self.backlog_started = Some((Instant::now(), self.machine.window().delivered));
                 self.set_state(BridgeState::Backlog);
             }
@@ -575,7 +577,11 @@ impl Bridge {
                 let (t, d) = self.backlog_started.take().unwrap_or((Instant::now(), 0));
                 let n = self.machine.window().delivered - d;
                 let secs = t.elapsed().as_secs_f64();
-                tracing::info!(bridge = %self.name, "bridge {}: backlog drained ({n} rows in {secs:.1}s, {:.0} rows/s)", self.name, n as f64 / secs.max(1e-3));
+                if secs >= BACKLOG_WORTH_LOGGING.as_secs_f64() {
+                    tracing::info!(bridge = %self.name, "bridge {}: backlog drained ({n} rows in {secs:.1}s, {:.0} rows/s)", self.name, n as f64 / secs.max(1e-3));
+                } else {
+                    tracing::debug!(bridge = %self.name, "bridge {}: backlog drained ({n} rows in {secs:.1}s)", self.name);
+                }
                 self.set_state(BridgeState::Live);
             }
             BridgeState::Live | BridgeState::Backlog => {}
@@ -591,6 +597,9 @@ impl Bridge {
         }
     }
 }
+
+/// A backlog drained faster than this is a burst, not an outage: not worth an info line each time.
+const BACKLOG_WORTH_LOGGING: Duration = Duration::from_secs(5);
 
 /// How the current connection is to end, once the actions applied so far are carried out.
 #[derive(Default)]
