@@ -109,8 +109,7 @@ async fn the_dashboard_in_a_real_browser() {
     // The write went through the command path: it is in the live table and was answered on …/set/result.
     let live = app.live();
     let v = live
-        .latest
-        .read()
+        .latest()
         .iter()
         .find(|((d, p), _)| &**d == "boiler" && &**p == "setpoint")
         .map(|(_, l)| serde_json::to_value(l).unwrap()["value"].clone());
