@@ -1843,26 +1843,14 @@ async fn damaged_pages_are_found_by_the_background_integrity_check() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     // A pass over the sound file finds nothing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let seen = passes(&store);
-    while passes(&store) < seen + 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no background check ran"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("two background checks", || passes(&store) >= seen + 2).await;
     assert_eq!(store.stats().state, WriterState::Normal);
     overwrite(&c.path, 40 * 4096, 8 * 4096);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while store.stats().state != WriterState::Degraded {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "damaged pages not noticed: {:?}",
-            store.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the damaged pages noticed", || {
+        store.stats().state == WriterState::Degraded
+    })
+    .await;
     let (_, why) = store.health();
     assert!(
         why.as_deref()

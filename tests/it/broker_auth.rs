@@ -3,7 +3,6 @@
 //! ids `+` and `#`, client ids bound to their user, per-listener `allow_anonymous`, and mosquitto's own files
 //! (`mosquitto_passwd`, ACL syntax) used with mosquitto_pub/mosquitto_sub, reloaded on SIGHUP.
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use fieldbridge::broker::codec::{Packet, Protocol, Publish, QoS};
@@ -594,15 +593,10 @@ storage: {{path: {}}}
     .await;
     assert_eq!(code, 0, "{err}");
     daemon.signal("-HUP").await;
-    let mut ok = false;
-    for _ in 0..100 {
-        if mpub(port, Some(("carol", "pw3")), "plant/x", "3").await.0 == 0 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "carol accepted after the reload");
+    crate::util::eventually("carol accepted after the reload", || async {
+        (mpub(port, Some(("carol", "pw3")), "plant/x", "3").await.0 == 0).then_some(())
+    })
+    .await;
 
     // check: a non-loopback listener with anonymous clients is a warning, not an error.
     let warn = dir.path().join("warn.yaml");

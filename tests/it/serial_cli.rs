@@ -28,14 +28,7 @@ async fn serial_monitor_prints_parsed_frames_and_stops_after_count() {
         .kill_on_drop(true)
         .spawn()
         .expect("socat (apt-get install socat)");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !(a.exists() && b.exists()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "socat links did not appear"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::util::wait_until("socat's pty links", || a.exists() && b.exists()).await;
     let map = dir.path().join("draft.yaml");
     std::fs::write(
         &map,
@@ -56,6 +49,7 @@ async fn serial_monitor_prints_parsed_frames_and_stops_after_count() {
                 break;
             }
             let _ = dev.flush().await;
+            // A GPS talker's pace (20 sentences a second), not a wait for anything.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });

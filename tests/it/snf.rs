@@ -14,7 +14,7 @@ use crate::util::daemon::{binary, free_port, Daemon};
 use crate::util::peers::{mosquitto_pub, mosquitto_sub, run, Peer};
 use crate::util::proxy::{Mode, Proxy};
 use crate::util::upstream::{Upstream, UpstreamOpts};
-use crate::util::WAIT;
+use crate::util::{eventually, eventually_within, WAIT};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -258,16 +258,14 @@ async fn status_during_an_outage_matches_the_log() {
         format!("127.0.0.1:{api_port}").parse().unwrap(),
         Duration::from_secs(5),
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
     // Connected and delivering first.
-    loop {
+    eventually_within(WAIT, "the bridge delivering", || async {
         let s = status(&api).await;
-        if s["bridges"][0]["delivered"].as_u64().unwrap_or(0) > 10 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (s["bridges"][0]["delivered"].as_u64().unwrap_or(0) > 10)
+            .then_some(())
+            .ok_or_else(|| s.to_string())
+    })
+    .await;
     proxy.set_mode(Mode::Down);
     let mut local = Local::start(mqtt);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -326,17 +324,15 @@ async fn status_during_an_outage_matches_the_log() {
     );
     // Back up: it drains to nothing.
     proxy.set_mode(Mode::Pass);
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
+    let b = eventually_within(LONG, "the backlog drained", || async {
         let s = status(&api).await;
-        let b = &s["bridges"][0];
-        if b["state"] == "live" && b["lag_rows"].as_u64().unwrap() < 20 {
-            assert!(b["drain_rate"].as_f64().unwrap() >= 0.0);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let b = s["bridges"][0].clone();
+        (b["state"] == "live" && b["lag_rows"].as_u64().unwrap() < 20)
+            .then_some(b)
+            .ok_or_else(|| s.to_string())
+    })
+    .await;
+    assert!(b["drain_rate"].as_f64().unwrap() >= 0.0);
 }
 
 // ---- damage and full disk, with the daemon ------------------------------------------------------------------
@@ -592,17 +588,19 @@ async fn a_full_disk_is_reported_and_recovers_by_itself() {
     assert!(h["reason"].as_str().unwrap_or("").contains("full"), "{h}");
     // Space returns: no restart needed.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let code = c
+    let client = std::cell::RefCell::new(c);
+    let cell = &client;
+    eventually_within(WAIT, "publishes accepted again", move || async move {
+        let code = cell
+            .borrow_mut()
             .publish(publish("keep/after", "ok", QoS::AtLeastOnce, 0))
             .await;
-        if code == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (code == 0)
+            .then_some(())
+            .ok_or_else(|| format!("(last reason code {code:#x})"))
+    })
+    .await;
+    let c = client.into_inner();
     assert_eq!(health(&api).await.0, 200);
     drop(c);
     daemon.signal("-TERM").await;
@@ -645,14 +643,10 @@ async fn start_as_nobody(config: &Path, mqtt: u16) -> tokio::process::Child {
         .spawn()
         .expect("spawn fieldbridge as nobody");
     let addr = format!("127.0.0.1:{mqtt}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fieldbridge did not listen on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("fieldbridge to listen on {addr}"), || async {
+        tokio::net::TcpStream::connect(&addr).await.ok().map(drop)
+    })
+    .await;
     child
 }
 

@@ -48,14 +48,10 @@ impl Daemon {
             }
         });
         let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(mqtt).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "fieldbridge did not listen on {mqtt}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        super::eventually(&format!("fieldbridge to listen on {mqtt}"), || async {
+            tokio::net::TcpStream::connect(mqtt).await.ok().map(drop)
+        })
+        .await;
         Daemon { child, mqtt, log }
     }
 

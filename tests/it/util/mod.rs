@@ -137,14 +137,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(WAIT, what, || {
+        let fut = f();
+        async move { fut.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// Polls `f` until it returns `Ok`, failing the test after `limit` with the last `Err` (what was seen). The
+/// one place the integration tests poll a condition they cannot be notified of (a status, a port, a file).
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(v) = f().await {
-            return v;
-        }
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out after {limit:?} waiting for {what} {last}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
