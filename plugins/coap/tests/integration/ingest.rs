@@ -37,17 +37,10 @@ fn ingest_device(name: &str, prefix: &str) -> String {
 
 /// The real address of the factory's listener once a device started it.
 async fn listener(f: &CoapFactory) -> SocketAddr {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(s) = f.ingest(LISTEN) {
-            return s.local_addr();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the ingest listener did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the ingest listener to start", || {
+        f.ingest(LISTEN).map(|s| s.local_addr())
+    })
+    .await
 }
 
 fn post(
@@ -395,10 +388,9 @@ async fn devices_share_one_listener_that_closes_with_the_last() {
     let mut b = start(&f, &ingest_device("b", "b"));
     let addr = listener(&f).await;
     let sock = udp();
-    let deadline = tokio::time::Instant::now() + WAIT;
     // Both devices registered their paths on the one socket (b may register a moment after a).
     let mut mid = 1u16;
-    loop {
+    poll_until("device b to register", || {
         let ans = exchange(
             &sock,
             addr,
@@ -412,15 +404,9 @@ async fn devices_share_one_listener_that_closes_with_the_last() {
             ),
         );
         mid += 1;
-        if ans.header.code == MessageClass::Response(ResponseType::Changed) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "device b never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (ans.header.code == MessageClass::Response(ResponseType::Changed)).then_some(())
+    })
+    .await;
     let ans = exchange(
         &sock,
         addr,
@@ -471,12 +457,9 @@ async fn devices_share_one_listener_that_closes_with_the_last() {
     b.stop(WAIT).await.expect("stop b");
     assert_eq!(f.open_listeners(), 0, "the listener outlived its devices");
     // The socket itself is closed: its address can be bound again (bounded wait for the task to end).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while UdpSocket::bind(addr).is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the listener socket {addr} stayed open after its last device stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        &format!("the listener socket {addr} to close after its last device stopped"),
+        || UdpSocket::bind(addr).ok(),
+    )
+    .await;
 }

@@ -13,6 +13,22 @@ use fieldbridge_sdk::{AdapterFactory, TestHarness};
 /// Bound of every wait in these tests (never a fixed sleep).
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Polls `f` until it gives a value, failing the test after [`WAIT`]: the one place these tests poll a state
+/// they cannot be notified of (a listener started, a socket closed, a path registered).
+pub async fn poll_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A UDP port free on 127.0.0.1 right now.
 pub fn free_udp_port() -> u16 {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
