@@ -588,11 +588,12 @@ async fn a_full_disk_is_reported_and_recovers_by_itself() {
     assert!(h["reason"].as_str().unwrap_or("").contains("full"), "{h}");
     // Space returns: no restart needed.
     std::fs::remove_file(&filler).unwrap();
-    let client = std::cell::RefCell::new(c);
+    let client = tokio::sync::Mutex::new(c);
     let cell = &client;
     eventually_within(WAIT, "publishes accepted again", move || async move {
         let code = cell
-            .borrow_mut()
+            .lock()
+            .await
             .publish(publish("keep/after", "ok", QoS::AtLeastOnce, 0))
             .await;
         (code == 0)
