@@ -1886,3 +1886,32 @@ fn page_cache_is_capped_on_every_connection() {
     assert_eq!(StoreOptions::default().page_cache, 1 << 20);
     assert_eq!(schema::cache_size_pragma(1), -64);
 }
+
+/// Issue 9: the checkpointer's own look before it copies the WAL in: a file cut shorter than a header, or
+/// whose header is no longer SQLite's, is damage (copying the WAL in would rebuild it and hide that); a sound
+/// file, or one the writer never saw whole, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_refuses_a_truncated_or_overwritten_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    make_log(&c, 10, 10).await;
+    let shared = super::stats::Shared::default();
+    let len = std::fs::metadata(&c.path).unwrap().len();
+    // Not yet seen whole by the writer: nothing to compare with.
+    assert_eq!(writer::damaged_before_checkpoint(&c.path, &shared), None);
+    shared
+        .len_floor
+        .store(len, std::sync::atomic::Ordering::Release);
+    assert_eq!(writer::damaged_before_checkpoint(&c.path, &shared), None);
+    overwrite(&c.path, 0, 16);
+    let why = writer::damaged_before_checkpoint(&c.path, &shared).expect("overwritten");
+    assert!(why.contains("overwritten"), "{why}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&c.path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let why = writer::damaged_before_checkpoint(&c.path, &shared).expect("truncated");
+    assert!(why.contains("truncated"), "{why}");
+}

@@ -200,7 +200,7 @@ impl Checkpointer {
 /// The checkpointer's look at the database file before it copies the WAL in: the unambiguous cases only (a
 /// file the writer saw whole that is now shorter than a header, or whose header is not SQLite's); a file cut
 /// shorter than its header says is the writer's check, which knows when no checkpoint is growing it.
-fn damaged_before_checkpoint(path: &std::path::Path, shared: &Shared) -> Option<String> {
+pub(crate) fn damaged_before_checkpoint(path: &std::path::Path, shared: &Shared) -> Option<String> {
     use std::io::Read;
     if shared.len_floor.load(Ordering::Acquire) < 100 {
         return None;
