@@ -10,6 +10,7 @@
 //!          qos INTEGER NOT NULL, retain INTEGER NOT NULL, props BLOB, device TEXT, point TEXT, num REAL,
 //!          stream INTEGER NOT NULL)                           -- the log: rowid = seq, append-only
 //! streams(id INTEGER PRIMARY KEY, topic TEXT NOT NULL, device TEXT, point TEXT)   -- stream dictionary
+//!   index streams_by_key(topic, device, point)                   -- (v4)
 //! history(stream, min_ts, max_ts, min_seq, max_seq, n, keys BLOB,               -- the history index:
 //!         PRIMARY KEY (stream, min_ts, min_seq)) WITHOUT ROWID                 --   blocks of (ts, seq) keys
 //!   index history_max_seq(max_seq)
@@ -23,7 +24,8 @@
 //!   by its value (u8; u32 big-endian; LEB128 length + bytes for strings and binary; user properties as two
 //!   strings, in order). See [`MsgProps::encode_into`]. A new encoding would take a new format byte.
 //! - A **stream** is one distinct `(topic, device, point)`; `messages.stream` points into the `streams`
-//!   dictionary (which only grows; it holds one row per distinct stream ever seen).
+//!   dictionary (which only grows; it holds one row per distinct stream ever seen). The writer keeps only
+//!   the recently written streams in memory (`StoreOptions::stream_cache`) and looks others up by key.
 //! - **The history index** serves both kinds of history query: by device/point (their streams) and by topic
 //!   (exact, or a wildcard filter matched against the dictionary), with a time range, in `(ts, seq)` order.
 //!   It is not a SQLite index on `messages`, on purpose. An index keyed by series costs one random page
@@ -161,6 +163,7 @@ mod record;
 mod salvage;
 mod schema;
 mod stats;
+mod streams;
 mod writer;
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::error::StoreError;
 pub(crate) const NOT_OURS: &str = "not a fieldbridge store";
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// One step of the schema history: brings a database from version `to - 1` to `to`. Steps run in order, each
 /// in its own `BEGIN IMMEDIATE` transaction together with the `schema_version` update, so a failed step leaves
@@ -37,7 +37,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         to: 3,
         apply: v2_to_v3,
     },
+    Migration {
+        to: 4,
+        apply: v3_to_v4,
+    },
 ];
+
+/// v4: the stream dictionary is searchable by its key, so the writer keeps only a bounded cache of it in
+/// memory (a client publishing to ever new topics would otherwise grow the writer's map without end).
+fn v3_to_v4(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("CREATE INDEX streams_by_key ON streams(topic, device, point);")
+}
 
 /// v3: the numeric values of each history block's keys (see `history.rs`), so that time buckets are computed
 /// from the index without reading the rows. Blocks written before have none (NULL): queries read those rows.
@@ -133,6 +143,10 @@ pub struct StoreOptions {
     /// at the end of the log and readers scan forward, so pages are rarely needed twice; a miss is a read
     /// from the OS page cache, not from the disk.
     pub page_cache: u64,
+    /// Most entries of the writer's in-memory cache of the stream dictionary (one per distinct
+    /// `(topic, device, point)` recently written; about 100-150 bytes each). A stream not in the cache is looked
+    /// up in the database. Default 65 536: more than the points of a large gateway, so readings never miss.
+    pub stream_cache: usize,
 }
 
 /// `PRAGMA cache_size` takes KiB as a negative number; at least 64 KiB (SQLite's own floor is 10 pages).
@@ -155,6 +169,7 @@ impl Default for StoreOptions {
             verify_interval: Some(Duration::from_secs(3600)),
             index_values: true,
             page_cache: 1 << 20,
+            stream_cache: 1 << 16,
         }
     }
 }
@@ -172,8 +187,8 @@ pub(crate) struct OpenState {
     pub cursors: Vec<(String, u64)>,
     /// `meta.indexed_seq`: rows up to here have their `history` entries.
     pub indexed: u64,
-    /// The stream dictionary: (id, topic, device, point).
-    pub streams: Vec<(i64, String, Option<String>, Option<String>)>,
+    /// The next free stream id.
+    pub next_stream: i64,
     /// `PRAGMA page_size`.
     pub page_size: u64,
 }
@@ -444,17 +459,15 @@ fn read_state(conn: &Connection, page_size: u64) -> rusqlite::Result<OpenState> 
         [],
         |r| r.get(0),
     )?;
-    let mut stmt = conn.prepare("SELECT id, topic, device, point FROM streams ORDER BY id")?;
-    let streams = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let max_stream: Option<i64> =
+        conn.query_row("SELECT max(id) FROM streams", [], |r| r.get(0))?;
     Ok(OpenState {
         head,
         oldest,
         meta_last_seq,
         cursors,
         indexed: indexed.max(0) as u64,
-        streams,
+        next_stream: max_stream.unwrap_or(0).max(0) + 1,
         page_size,
     })
 }

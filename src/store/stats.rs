@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     pub len_floor: AtomicU64,
     /// Background integrity checks completed.
     pub verify_passes: AtomicU64,
+    /// Entries in the writer's stream cache after its last commit.
+    pub stream_cache_len: AtomicU64,
     pub cursors: Mutex<CursorTable>,
     /// Set when the writer has shut down (appends fail with `Closed`).
     pub closed: AtomicBool,

@@ -1616,6 +1616,83 @@ fn the_indexes_serve_history_queries() {
     assert!(p.contains("INTEGER PRIMARY KEY (rowid>?)"), "{p}");
     let p = plan("SELECT * FROM messages WHERE seq > 5 ORDER BY seq LIMIT 10");
     assert!(p.contains("INTEGER PRIMARY KEY"), "{p}");
+    // The writer's lookup of a stream that left its cache.
+    let p = plan("SELECT id FROM streams WHERE topic = 'a' AND device IS NULL AND point IS 'p'");
+    assert!(p.contains("USING COVERING INDEX streams_by_key"), "{p}");
+}
+
+/// The writer keeps at most `stream_cache` streams in memory; a stream that left the cache is found again in
+/// the dictionary, never registered twice, and its rows stay one series.
+#[tokio::test]
+async fn the_stream_cache_is_bounded_and_streams_are_never_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let opts = StoreOptions {
+        stream_cache: 8,
+        ..Default::default()
+    };
+    let store = Store::open_with(&c, opts.clone()).unwrap();
+    let topics = 100u64;
+    let row = |i: u64| LogRecord {
+        device: Some(Arc::from(format!("dev{}", i % topics))),
+        point: (i % 2 == 0).then(|| Arc::from("p")),
+        ..LogRecord::new(format!("gw/t{}", i % topics), Bytes::from(format!("m{i}")))
+    };
+    for round in 0..3 {
+        // One batch per round, and single rows, so lookups hit both the open transaction and committed rows.
+        store
+            .append_batch((round * topics..(round + 1) * topics).map(row).collect())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        for i in 0..10 {
+            store
+                .append(row(round * topics + i))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    let cached = store
+        .inner
+        .shared
+        .stream_cache_len
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(cached <= 8, "{cached} streams cached, at most 8 allowed");
+    store.close().unwrap();
+    // Reopened: new rows of old streams still find their ids.
+    let store = Store::open_with(&c, opts).unwrap();
+    store
+        .append_batch((0..topics).map(row).collect())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    store.close().unwrap();
+    let conn = raw(&c.path);
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM streams", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, topics as i64, "one stream per distinct key");
+    let mixed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT topic FROM messages GROUP BY topic HAVING count(DISTINCT stream) > 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(mixed, 0, "every topic's rows are one stream");
+    let wrong: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM messages m JOIN streams s ON s.id = m.stream
+             WHERE s.topic != m.topic OR s.device IS NOT m.device OR s.point IS NOT m.point",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wrong, 0, "every row points at its own key's stream");
 }
 
 // ---- damage while running (issue 9) ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ use super::error::StoreError;
 use super::record::{now_ms, LogRecord};
 use super::schema::{OpenState, StoreOptions};
 use super::stats::{Shared, WriterState};
+use super::streams::StreamCache;
 
 /// Ticket sender for one row.
 pub(crate) type OneTx = oneshot::Sender<Result<u64, StoreError>>;
@@ -86,9 +87,6 @@ const RECV_BATCH: usize = 1024;
 const INSERT_SQL: &str =
     "INSERT INTO messages (seq, ts, topic, payload, qos, retain, props, device, point, num, stream) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-
-/// A stream: what a `history` entry is keyed by (with the timestamp).
-type StreamKey = (Arc<str>, Option<Arc<str>>, Option<Arc<str>>);
 
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -348,9 +346,7 @@ pub(crate) struct Writer {
     txn_bytes_limit: u64,
     reserve: Reserve,
     checkpointer: Option<Checkpointer>,
-    streams: HashMap<StreamKey, i64, ahash::RandomState>,
-    next_stream: i64,
-    txn_streams: Vec<StreamKey>,
+    streams: StreamCache,
     indexed: u64,
     last_index: Instant,
     /// `(stream, ts, seq)` of every row after `indexed` (committed or in the open transaction), when
@@ -525,20 +521,7 @@ impl Writer {
             txn_bytes_limit,
             reserve,
             checkpointer: None,
-            next_stream: st.streams.last().map_or(1, |s| s.0 + 1),
-            streams: st
-                .streams
-                .iter()
-                .map(|(id, t, d, p)| {
-                    let key: StreamKey = (
-                        t.as_str().into(),
-                        d.as_deref().map(Arc::from),
-                        p.as_deref().map(Arc::from),
-                    );
-                    (key, *id)
-                })
-                .collect(),
-            txn_streams: Vec::new(),
+            streams: StreamCache::new(s.opts.stream_cache, st.next_stream),
             indexed: st.indexed,
             last_index: now,
             index_keys: Vec::new(),
@@ -826,11 +809,8 @@ impl Writer {
             self.txn_since = Some(Instant::now());
         }
         let seq = self.next_seq;
-        let key: StreamKey = (rec.topic.clone(), rec.device.clone(), rec.point.clone());
-        let stream = match self.streams.get(&key) {
-            Some(id) => *id,
-            None => self.new_stream(key)?,
-        };
+        let key = (rec.topic.clone(), rec.device.clone(), rec.point.clone());
+        let stream = self.streams.id(&self.conn, key)?;
         let props = match &rec.props {
             Some(p) => {
                 p.encode_into(&mut self.props_buf);
@@ -859,20 +839,6 @@ impl Writer {
         self.txn_rows += 1;
         self.txn_bytes += rec.approx_bytes();
         Ok(seq)
-    }
-
-    /// Registers a stream (in the open transaction; forgotten again if it rolls back).
-    fn new_stream(&mut self, key: StreamKey) -> rusqlite::Result<i64> {
-        let id = self.next_stream;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO streams (id, topic, device, point) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, &*key.0, key.1.as_deref(), key.2.as_deref()])?;
-        self.next_stream += 1;
-        self.streams.insert(key.clone(), id);
-        self.txn_streams.push(key);
-        Ok(id)
     }
 
     // ---- the history index ---------------------------------------------------------------------------------
@@ -1122,7 +1088,10 @@ impl Writer {
     fn after_commit(&mut self, damage: Option<String>) {
         self.txn_awaited = false;
         let rows = std::mem::take(&mut self.txn_rows);
-        self.txn_streams.clear();
+        self.streams.committed();
+        self.shared
+            .stream_cache_len
+            .store(self.streams.len() as u64, Ordering::Relaxed);
         self.txn_bytes = 0;
         self.txn_since = None;
         self.cursor_deadline = None;
@@ -1196,11 +1165,7 @@ impl Writer {
         {
             self.index_keys.pop();
         }
-        for key in self.txn_streams.drain(..) {
-            if let Some(id) = self.streams.remove(&key) {
-                self.next_stream = self.next_stream.min(id);
-            }
-        }
+        self.streams.rolled_back();
     }
 
     // ---- cursors -------------------------------------------------------------------------------------------
