@@ -1635,7 +1635,7 @@ async fn the_stream_cache_is_bounded_and_streams_are_never_duplicated() {
     let topics = 100u64;
     let row = |i: u64| LogRecord {
         device: Some(Arc::from(format!("dev{}", i % topics))),
-        point: (i % 2 == 0).then(|| Arc::from("p")),
+        point: i.is_multiple_of(2).then(|| Arc::from("p")),
         ..LogRecord::new(format!("gw/t{}", i % topics), Bytes::from(format!("m{i}")))
     };
     for round in 0..3 {

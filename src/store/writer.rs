@@ -2,7 +2,7 @@
 //!
 //! It owns the only write connection. It runs a current-thread tokio runtime of its own, only to wait on its
 //! channels and timers at once; all SQLite work is synchronous on this thread.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
