@@ -1,15 +1,27 @@
 //! A minimal HTTP/1.1 client for the daemon's API (hyper's connection API: one connection per request, no
-//! pool, no TLS — the API is on loopback). Its errors are written for the operator at the terminal: the
-//! first thing they need to know is whether the daemon is running at all.
+//! pool). When the API serves TLS (`api.tls`), the client pins the certificate the configuration names: the
+//! CLI runs next to the daemon and reads the same file, so it trusts exactly that certificate, whatever its
+//! issuer and names. Its errors are written for the operator at the terminal: the first thing they need to
+//! know is whether the daemon is running at all.
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::{
+    self,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    DigitallySignedStruct, SignatureScheme,
+};
 
 use crate::api::ErrorDoc;
 
@@ -71,6 +83,7 @@ pub struct ApiClient {
     addr: SocketAddr,
     timeout: Duration,
     token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiClient {
@@ -80,7 +93,14 @@ impl ApiClient {
             addr,
             timeout,
             token: None,
+            tls: None,
         }
+    }
+
+    /// The same client, speaking TLS with `config` (see [`pinned_tls`]).
+    pub fn with_tls(mut self, config: Option<Arc<rustls::ClientConfig>>) -> ApiClient {
+        self.tls = config;
+        self
     }
 
     /// The same client, sending `token` as `Authorization: Bearer`.
@@ -112,10 +132,6 @@ impl ApiClient {
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let addr = self.addr;
-        let http = |e: hyper::Error| ClientError::Http {
-            addr,
-            detail: e.to_string(),
-        };
         let exchange = async {
             let stream = TcpStream::connect(addr)
                 .await
@@ -123,40 +139,20 @@ impl ApiClient {
                     addr,
                     reason: io_reason(&e),
                 })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(http)?;
-            // The connection is driven next to the request; it ends when the answer has been read.
-            let conn = tokio::spawn(conn);
-            let mut req = Request::builder();
-            if let Some(t) = &self.token {
-                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+            match &self.tls {
+                None => self.exchange(stream, method, path_and_query, body).await,
+                Some(config) => {
+                    let name = ServerName::IpAddress(addr.ip().into());
+                    let stream = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| ClientError::Http {
+                            addr,
+                            detail: format!("TLS: {e}"),
+                        })?;
+                    self.exchange(stream, method, path_and_query, body).await
+                }
             }
-            let req = req
-                .method(method)
-                .uri(path_and_query)
-                .header(hyper::header::HOST, addr.to_string())
-                .header(
-                    hyper::header::USER_AGENT,
-                    concat!("fieldbridge/", env!("CARGO_PKG_VERSION")),
-                )
-                .body(Full::new(body))
-                .map_err(|e| ClientError::Http {
-                    addr,
-                    detail: e.to_string(),
-                })?;
-            let resp = sender.send_request(req).await.map_err(http)?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| ClientError::Http {
-                    addr,
-                    detail: format!("reading the answer: {e}"),
-                })?
-                .to_bytes();
-            conn.abort();
-            Ok((status, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
@@ -165,6 +161,55 @@ impl ApiClient {
                 timeout: self.timeout,
             }),
         }
+    }
+
+    /// One request and its answer over an open connection.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: S,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let addr = self.addr;
+        let http = |e: hyper::Error| ClientError::Http {
+            addr,
+            detail: e.to_string(),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        // The connection is driven next to the request; it ends when the answer has been read.
+        let conn = tokio::spawn(conn);
+        let mut req = Request::builder();
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("fieldbridge/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Http {
+                addr,
+                detail: e.to_string(),
+            })?;
+        let resp = sender.send_request(req).await.map_err(http)?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                addr,
+                detail: format!("reading the answer: {e}"),
+            })?
+            .to_bytes();
+        conn.abort();
+        Ok((status, body))
     }
 
     /// `GET`s a JSON document; a non-2xx answer becomes [`ClientError::Api`].
@@ -206,6 +251,87 @@ impl ApiClient {
 }
 
 /// The start of a body, for error messages.
+/// A TLS client configuration that trusts exactly the first certificate of `cert_file` (the `api.tls.cert`
+/// the daemon serves), with the handshake's signatures checked as usual.
+pub fn pinned_tls(cert_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let certs = crate::broker::transport::load_certs(cert_file).map_err(|e| e.to_string())?;
+    let provider = crate::broker::transport::crypto_provider();
+    let pinned = Pinned {
+        cert: certs
+            .into_iter()
+            .next()
+            .expect("load_certs refuses an empty file"),
+        provider: provider.clone(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(pinned))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts the one certificate it pins.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server's certificate is not the one `api.tls.cert` names".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();

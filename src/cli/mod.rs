@@ -28,7 +28,7 @@ use std::time::Duration;
 use fieldbridge_sdk::config::{parse_yaml_with, ParseOptions};
 use fieldbridge_sdk::NodeKind;
 
-pub use client::{encode_query_value, ApiClient, ClientError};
+pub use client::{encode_query_value, pinned_tls, ApiClient, ClientError};
 pub use export::{export, export_main, ExportArgs, ExportFormat};
 pub use query::{query, Format, OrderArg, QueryArgs};
 pub use status::{status, StatusArgs};
@@ -291,7 +291,25 @@ pub(crate) fn client_for<O: Write, E: Write>(
     con: &mut Console<O, E>,
 ) -> Result<ApiClient, u8> {
     match resolve_api(target) {
-        Ok(addr) => Ok(ApiClient::new(addr, timeout).with_token(target.token())),
+        Ok(addr) => {
+            // A TLS API (`api.tls`): the CLI pins the certificate the daemon serves.
+            let tls = match crate::config::load(&target.config) {
+                Ok(cfg) => match &cfg.api.tls {
+                    Some(t) => match client::pinned_tls(&t.cert) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            con.eprintln(&format!("fieldbridge: api.tls.cert: {e}"));
+                            return Err(EXIT_FAILURE);
+                        }
+                    },
+                    None => None,
+                },
+                Err(_) => None,
+            };
+            Ok(ApiClient::new(addr, timeout)
+                .with_token(target.token())
+                .with_tls(tls))
+        }
         Err(msg) => {
             con.eprintln(&format!("fieldbridge: {msg}"));
             Err(if target.api.is_some() {

@@ -2,6 +2,7 @@
 mod util;
 
 mod api;
+mod api_tls;
 mod bridge;
 mod broker_auth;
 mod broker_flows;
