@@ -203,43 +203,6 @@ fn oldest_seq(conn: &Connection) -> Result<i64, StoreError> {
         .unwrap_or(i64::MAX))
 }
 
-/// The numeric value of each row in the seq range of `keys` (`(stream, ts, seq)`), sorted by seq: one
-/// sequential read, for the index pass (the rows are the ones just written).
-pub(crate) fn values_of(
-    conn: &Connection,
-    keys: &[(i64, i64, i64)],
-) -> rusqlite::Result<Vec<(i64, Option<f64>)>> {
-    let (lo, hi) = keys.iter().fold((i64::MAX, i64::MIN), |(lo, hi), k| {
-        (lo.min(k.2), hi.max(k.2))
-    });
-    if lo > hi {
-        return Ok(Vec::new());
-    }
-    let mut st =
-        conn.prepare_cached("SELECT seq, num FROM messages WHERE seq >= ?1 AND seq <= ?2")?;
-    let rows = st
-        .query_map((lo, hi), |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
-
-/// The value blob of one block (`pairs` = its `(ts, seq)` keys), from [`values_of`].
-pub(crate) fn encode_block_values(
-    nums: &[(i64, Option<f64>)],
-    pairs: &[(i64, i64)],
-    out: &mut Vec<u8>,
-) {
-    let vals: Vec<Option<f64>> = pairs
-        .iter()
-        .map(|&(_, seq)| {
-            nums.binary_search_by_key(&seq, |n| n.0)
-                .ok()
-                .and_then(|i| nums[i].1)
-        })
-        .collect();
-    super::history::encode_values(&vals, out);
-}
-
 /// Calls `add(stream, ts, seq, value)` for every row of the streams `ids` with `from <= ts < to`: keys and
 /// values from the index blocks (schema v3), the rows of blocks without values (older blocks) read by seq,
 /// and the rows not indexed yet. In no particular order. Run inside the caller's read transaction.

@@ -406,7 +406,7 @@ fn new_log(path: &Path) -> Result<Connection, StoreError> {
 struct Copier<'c> {
     out: &'c Connection,
     streams: HashMap<(String, Option<String>, Option<String>), i64>,
-    keys: Vec<(i64, i64, i64)>,
+    keys: Vec<super::writer::IndexKey>,
     in_txn: u64,
     max_seq: u64,
 }
@@ -503,7 +503,7 @@ impl<'c> Copier<'c> {
                 r.9,
                 stream
             ])?;
-        self.keys.push((stream, r.1, r.0));
+        self.keys.push((stream, r.1, r.0, r.9.unwrap_or(f64::NAN)));
         self.max_seq = self.max_seq.max(r.0.max(0) as u64);
         self.in_txn += 1;
         if self.in_txn >= TXN_ROWS {

@@ -351,7 +351,7 @@ pub(crate) struct Writer {
     last_index: Instant,
     /// `(stream, ts, seq)` of every row after `indexed` (committed or in the open transaction), when
     /// `keys_valid`: the next index pass sorts these instead of reading the rows back.
-    index_keys: Vec<(i64, i64, i64)>,
+    index_keys: Vec<IndexKey>,
     keys_valid: bool,
     pending: Vec<Pending>,
     inbox: VecDeque<Req>,
@@ -377,20 +377,18 @@ fn txn_bytes_limit(max_bytes: u64) -> u64 {
     (max_bytes / 32).clamp(64 << 10, 4 << 20)
 }
 
-/// Sorts `(stream, ts, seq)` keys and stores them as history blocks (see `history.rs`), in the caller's
-/// transaction.
+/// A row's history key `(stream, ts, seq)` and its numeric value (NaN for none), kept by the writer from the
+/// append to the next index pass so that the pass never reads the rows back.
+pub(crate) type IndexKey = (i64, i64, i64, f64);
+
+/// Sorts the keys by `(stream, ts, seq)` and stores them as history blocks (see `history.rs`), with their
+/// values when `with_values` (schema v3), in the caller's transaction.
 pub(crate) fn insert_history(
     conn: &Connection,
-    keys: &mut [(i64, i64, i64)],
+    keys: &mut [IndexKey],
     with_values: bool,
 ) -> rusqlite::Result<()> {
-    keys.sort_unstable();
-    // The numeric values go with the keys (schema v3): one sequential read of the rows being indexed.
-    let nums = if with_values {
-        Some(super::query::values_of(conn, keys)?)
-    } else {
-        None
-    };
+    keys.sort_unstable_by_key(|k| (k.0, k.1, k.2));
     let mut st = conn.prepare_cached(
         "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys, vals) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -398,13 +396,16 @@ pub(crate) fn insert_history(
     let mut pairs = Vec::with_capacity(super::history::BLOCK);
     let mut blob = Vec::new();
     let mut vals = Vec::new();
+    let mut nums: Vec<Option<f64>> = Vec::with_capacity(super::history::BLOCK);
     for group in keys.chunk_by(|a, b| a.0 == b.0) {
         for block in group.chunks(super::history::BLOCK) {
             pairs.clear();
             pairs.extend(block.iter().map(|k| (k.1, k.2)));
             super::history::encode(&pairs, &mut blob);
-            let vals = nums.as_ref().map(|n| {
-                super::query::encode_block_values(n, &pairs, &mut vals);
+            let vals = with_values.then(|| {
+                nums.clear();
+                nums.extend(block.iter().map(|k| Some(k.3).filter(|v| !v.is_nan())));
+                super::history::encode_values(&nums, &mut vals);
                 &vals[..]
             });
             let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
@@ -833,7 +834,8 @@ impl Writer {
             stream,
         ])?;
         if self.keys_valid {
-            self.index_keys.push((stream, rec.ts_ms, seq as i64));
+            let num = rec.num.unwrap_or(f64::NAN);
+            self.index_keys.push((stream, rec.ts_ms, seq as i64, num));
         }
         self.next_seq += 1;
         self.txn_rows += 1;
@@ -864,11 +866,12 @@ impl Writer {
                 // After a crash or a failed pass: the keys come from the rows themselves.
                 keys.clear();
                 let mut st = self.conn.prepare_cached(
-                    "SELECT stream, ts, seq FROM messages WHERE seq > ?1 AND seq <= ?2",
+                    "SELECT stream, ts, seq, num FROM messages WHERE seq > ?1 AND seq <= ?2",
                 )?;
                 let mut rows = st.query(params![self.indexed as i64, last as i64])?;
                 while let Some(r) = rows.next()? {
-                    keys.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                    let num: Option<f64> = r.get(3)?;
+                    keys.push((r.get(0)?, r.get(1)?, r.get(2)?, num.unwrap_or(f64::NAN)));
                 }
             }
             self.conn.execute_batch("BEGIN")?;
