@@ -47,6 +47,10 @@ struct Args {
     /// Only the append-rate comparison.
     #[arg(long)]
     append_only: bool,
+    /// Rounds of the append comparison: each round appends with and without values (alternating which goes
+    /// first); the SQLite-index variant runs once after them.
+    #[arg(long, default_value_t = 3)]
+    append_rounds: usize,
 }
 
 /// Midnight UTC, 2026-11-22.
@@ -335,13 +339,17 @@ fn appends(args: &Args, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             args.append_rows
         );
         println!("|---|---|");
-        for variant in [
-            Variant::Values,
-            Variant::KeysOnly,
-            Variant::SqliteIndex,
-            Variant::Values,
-            Variant::KeysOnly,
-        ] {
+        let mut order = Vec::new();
+        for round in 0..args.append_rounds {
+            if round % 2 == 0 {
+                order.extend([Variant::Values, Variant::KeysOnly]);
+            } else {
+                order.extend([Variant::KeysOnly, Variant::Values]);
+            }
+        }
+        order.push(Variant::SqliteIndex);
+        let mut rates: Vec<(&'static str, f64)> = Vec::new();
+        for variant in order {
             let with_index = variant == Variant::SqliteIndex;
             let p = dir.join(format!("append-{with_index}.db"));
             for f in ["", "-wal", "-shm", ".lock", ".reserve"] {
@@ -372,16 +380,26 @@ fn appends(args: &Args, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             let n = append_all(&store, records)?;
             let rate = n as f64 / t.elapsed().as_secs_f64();
             store.close()?;
-            println!(
-                "| {} | {rate:.0} |",
-                match variant {
-                    Variant::Values => "this build: history blocks with values (schema v3)",
-                    Variant::KeysOnly => "history blocks without values (as before, schema v2)",
-                    Variant::SqliteIndex =>
-                        "this build plus a SQLite index on messages(stream, ts)",
-                }
-            );
+            let label = match variant {
+                Variant::Values => "this build: history blocks with values (schema v3+)",
+                Variant::KeysOnly => "history blocks without values (as before, schema v2)",
+                Variant::SqliteIndex => "this build plus a SQLite index on messages(stream, ts)",
+            };
+            println!("| {label} | {rate:.0} |");
+            rates.push((label, rate));
             let _ = std::fs::remove_file(&p);
+        }
+        println!();
+        println!("| variant | runs | median rows/s |");
+        println!("|---|---|---|");
+        let mut labels: Vec<&str> = rates.iter().map(|r| r.0).collect();
+        labels.dedup();
+        labels.sort();
+        labels.dedup();
+        for label in labels {
+            let mut r: Vec<f64> = rates.iter().filter(|x| x.0 == label).map(|x| x.1).collect();
+            r.sort_by(f64::total_cmp);
+            println!("| {label} | {} | {:.0} |", r.len(), r[r.len() / 2]);
         }
     }
     Ok(())
