@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bridge::Bridges;
-use crate::broker::codec::QoS;
 use crate::broker::link::Link;
 use crate::broker::{Broker, Message};
 use crate::config::{self, AdapterRegistry, Config, ConfigErrors, DeviceSpec};
+use crate::mqtt::QoS;
 use crate::pipeline::{DeviceEntry, DeviceTable, LiveState, Pipeline, PipelineStats, Recorder};
 use crate::recorder::StoreLink;
 use crate::store::{StateKind, Store};

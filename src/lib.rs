@@ -10,6 +10,8 @@ pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod mqtt;
+pub mod net;
 pub mod notify;
 pub mod pipeline;
 pub mod recorder;

@@ -7,10 +7,10 @@ use futures::future::BoxFuture;
 
 use crate::app::{App, ReloadSummary};
 use crate::bridge::BridgeStatus;
-use crate::broker::codec::QoS;
 use crate::broker::message::Message;
 use crate::broker::BrokerStats;
 use crate::config::{Config, ConfigErrors};
+use crate::mqtt::QoS;
 use crate::pipeline::{LiveState, PipelineStats};
 use crate::store::{
     BucketQuery, HistoryQuery, LogRow, Reading, Series, StoreError, StoreStats, WriterState,

@@ -121,9 +121,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::codec::QoS;
 use crate::broker::{Broker, Message};
 use crate::config::BridgeConfig;
+use crate::mqtt::QoS;
 use crate::store::{now_ms, Store};
 
 pub use status::{BridgeState, BridgeStatus};

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::rules::Rules;
-use crate::broker::codec::{Properties, Publish, QoS};
+use crate::mqtt::{Properties, Publish, QoS};
 use crate::store::{now_ms, LogRow, Store, StoreError};
 
 /// Rows per read. A thousand rows is about a millisecond of SQLite and a few hundred microseconds of wire

@@ -34,7 +34,7 @@ use crate::config::{
     AclAccess, AclRule, AclWho, BrokerConfig, ClientIdBinding, Password, UserConfig,
 };
 
-use super::codec::reason;
+use crate::mqtt::reason;
 
 pub mod aclfile;
 pub mod passwd;
@@ -493,8 +493,8 @@ pub fn exposed_to_anonymous(cfg: &BrokerConfig, l: &crate::config::ListenerConfi
 
 #[cfg(test)]
 mod tests {
-    use super::super::router::filter_matches;
     use super::*;
+    use crate::mqtt::filter_matches;
 
     fn rule(who: AclWho, filter: &str, access: AclAccess, allow: bool) -> AclRule {
         AclRule {

@@ -12,10 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BrokerConfig;
 
-use super::codec::{LastWill, Protocol, QoS};
 use super::message::Message;
 use super::router::{Router, Target};
 use super::session::{Offer, OfflineBudget, Outbound, Session};
+use crate::mqtt::{LastWill, Protocol, QoS};
 
 /// Counters of the broker. All monotonic except `clients_connected`.
 #[derive(Debug, Default)]
@@ -361,7 +361,7 @@ impl Broker {
             if session.live.swap(0, Ordering::AcqRel) == 0 {
                 return;
             }
-            st.kicked = Some((st.generation, super::codec::reason::QUOTA_EXCEEDED));
+            st.kicked = Some((st.generation, crate::mqtt::reason::QUOTA_EXCEEDED));
             // Only while the connection is attached: a takeover in between attached a new one.
             session.set_online(false);
         }
@@ -640,7 +640,7 @@ impl Broker {
     fn spawn_will(&self, will: LastWill, delay: Duration, cancel: Option<CancellationToken>) {
         let broker = self.clone();
         let msg = Message::from_publish(
-            super::codec::Publish {
+            crate::mqtt::Publish {
                 dup: false,
                 qos: will.qos,
                 retain: will.retain,

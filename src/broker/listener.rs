@@ -13,7 +13,7 @@ use crate::config::{ListenerConfig, ListenerKind};
 
 use super::connection;
 use super::core::Broker;
-use super::transport;
+use crate::net;
 
 /// A listener could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum ListenError {
         /// Listener name.
         name: String,
         /// Cause.
-        source: super::transport::TransportError,
+        source: crate::net::TransportError,
     },
 }
 
@@ -84,7 +84,7 @@ impl Broker {
     /// Binds a listener without serving it yet, so bind errors are reported before anything starts.
     pub async fn bind(&self, cfg: &ListenerConfig) -> Result<Bound, ListenError> {
         let tls = |t| {
-            transport::tls_acceptor(t).map_err(|source| ListenError::Tls {
+            net::tls_acceptor(t).map_err(|source| ListenError::Tls {
                 name: cfg.name.clone(),
                 source,
             })
@@ -210,7 +210,7 @@ async fn serve_wrapped(
             connection::serve(b, s, peer, over_limit, anonymous).await;
         }
         Accept::Ws(path) => {
-            let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(stream, &path))
+            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(stream, &path))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -221,7 +221,7 @@ async fn serve_wrapped(
                 .await
                 .map_err(|_| "TLS handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(s, &path))
+            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(s, &path))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;

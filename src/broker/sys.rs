@@ -1,8 +1,8 @@
 //! `$SYS/broker/...` topics: version, uptime, clients, messages, refreshed every `sys_interval` as retained
 //! messages (wildcard subscribers do not see them unless they subscribe to `$SYS/#` explicitly).
-use super::codec::QoS;
 use super::core::Broker;
 use super::message::Message;
+use crate::mqtt::QoS;
 
 impl Broker {
     /// Starts the `$SYS` publisher (no-op when `sys_interval` is zero).

@@ -10,7 +10,7 @@ use fieldbridge_sdk::ConfigNode;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::broker::codec::QoS;
+use crate::mqtt::QoS;
 
 /// A device-map file.
 #[derive(Debug, Deserialize)]
@@ -344,11 +344,11 @@ impl<'de> Deserialize<'de> for DeadbandRaw {
 
 /// The MQTT version of a bridge: `5` (or `"5.0"`) or `"3.1.1"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct MqttVersion(pub crate::broker::codec::Protocol);
+pub(super) struct MqttVersion(pub crate::mqtt::Protocol);
 
 impl<'de> Deserialize<'de> for MqttVersion {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use crate::broker::codec::Protocol;
+        use crate::mqtt::Protocol;
         struct V;
         impl Visitor<'_> for V {
             type Value = MqttVersion;

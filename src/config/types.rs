@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fieldbridge_sdk::DeviceConfig;
 
-use crate::broker::codec::QoS;
+use crate::mqtt::QoS;
 
 /// The whole configuration: the main file plus every device map it names.
 #[derive(Debug, Clone, PartialEq)]
@@ -363,7 +363,7 @@ pub struct BridgeConfig {
     /// Parsed `url:`.
     pub url: BridgeUrl,
     /// MQTT version to speak upstream. Default `V5`.
-    pub protocol: crate::broker::codec::Protocol,
+    pub protocol: crate::mqtt::Protocol,
     /// Default `{gateway}-{name}`; stored expanded.
     pub client_id: String,
     /// User name.

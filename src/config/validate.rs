@@ -24,7 +24,7 @@ use super::raw::*;
 use super::topics;
 use super::types::*;
 use super::{AdapterRegistry, ConfigErrors};
-use crate::broker::codec::{Protocol, QoS};
+use crate::mqtt::{Protocol, QoS};
 
 /// The main file's top-level keys, in the order the annotated example documents them.
 const MAIN_KEYS: &[&str] = &[

@@ -185,7 +185,7 @@ pub use query::{
     check_buckets, Bucket, BucketQuery, LogReader, Reading, Series, MAX_BUCKETS, MAX_LATEST,
     MAX_SERIES,
 };
-pub use reader::{topic_matches, valid_filter, HistoryQuery, Order};
+pub use reader::{HistoryQuery, Order};
 pub use record::{now_ms, LogRecord, LogRow, MsgProps};
 pub use salvage::{
     check, check_file, move_aside_and_salvage, salvage_file, CheckReport, SalvageReport,

@@ -1,6 +1,6 @@
-//! Transports under MQTT: TLS (rustls with the ring provider) and WebSocket (binary frames carrying the MQTT
-//! byte stream, subprotocol `mqtt`). Both end as an `AsyncRead + AsyncWrite` the connection task serves like
-//! TCP.
+//! The byte streams under MQTT, shared by the broker's listeners, the API and the bridges: TLS (rustls with the
+//! ring provider: certificate and key loading, the server acceptor) and WebSocket (binary frames carrying the
+//! MQTT byte stream, subprotocol `mqtt`). Both end as an `AsyncRead + AsyncWrite` served like TCP.
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;

@@ -47,7 +47,9 @@ mod tests;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-pub use topic::{valid_topic_filter, valid_topic_name};
+pub use topic::{
+    check_topic_filter, filter_matches, valid_topic_filter, valid_topic_name, FilterError,
+};
 pub use types::*;
 
 use primitives::{parse_varint, Reader};
