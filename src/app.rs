@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod api_state;
+
 use crate::bridge::Bridges;
 use crate::broker::link::Link;
 use crate::broker::{Broker, Message};
@@ -472,18 +474,7 @@ impl App {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReloadSummary {
-    /// Devices started.
-    pub added: Vec<String>,
-    /// Devices stopped.
-    pub removed: Vec<String>,
-    /// Devices restarted because their configuration changed.
-    pub restarted: Vec<String>,
-    /// Devices left running.
-    pub unchanged: Vec<String>,
-}
+pub use crate::api::ReloadSummary;
 
 /// Runs one device's adapter until cancelled, restarting it with backoff after errors and panics.
 async fn supervise(

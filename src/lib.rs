@@ -16,3 +16,6 @@ pub mod notify;
 pub mod pipeline;
 pub mod recorder;
 pub mod store;
+
+#[cfg(test)]
+mod module_graph;

@@ -70,7 +70,7 @@ pub use model::{
     HistoryDoc, HistoryRow, LatestDoc, PipelineView, PointView, PointsDoc, ReloadDoc, SeriesView,
     StatusDoc, StoreView, WriteDoc,
 };
-pub use state::ApiState;
+pub use state::{ApiState, ReloadSummary};
 
 use snapshot::Snapshot;
 

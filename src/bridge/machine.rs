@@ -24,8 +24,8 @@ use super::reader::{Batch, Item};
 use super::rules::Rules;
 use super::window::{Acked, Window};
 use super::BridgeError;
+use crate::bridge::config::BridgeConfig;
 use crate::broker::Message;
-use crate::config::BridgeConfig;
 use crate::mqtt::reason::text as reason_text;
 use crate::mqtt::{
     self, reason, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, PubResp,
@@ -805,7 +805,7 @@ fn inbound(rules: &Rules, p: Publish) -> Option<Message> {
 
 /// The URL for logs and status.
 pub(crate) fn url_text(cfg: &BridgeConfig) -> String {
-    use crate::config::BridgeScheme::*;
+    use crate::bridge::config::BridgeScheme::*;
     let u = &cfg.url;
     let host = if u.host.contains(':') {
         format!("[{}]", u.host)
@@ -903,7 +903,7 @@ fn packet_name(p: &Packet) -> &'static str {
 mod tests {
     //! The link driven packet by packet, no socket, no broker: what goes out for what comes in.
     use super::*;
-    use crate::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
+    use crate::bridge::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
     use crate::mqtt::{decode, SubAck};
 
     fn cfg() -> BridgeConfig {

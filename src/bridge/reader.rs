@@ -150,7 +150,7 @@ pub(crate) fn map_rows(rules: &Rules, rows: Vec<LogRow>, upto: u64, now: i64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ForwardRule;
+    use crate::bridge::config::ForwardRule;
 
     fn row(seq: u64, topic: &str, qos: u8) -> LogRow {
         LogRow {

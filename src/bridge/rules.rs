@@ -2,7 +2,7 @@
 //! once, so mapping a topic is a match plus a few string pushes.
 use std::sync::Arc;
 
-use crate::config::{ForwardRule, SubscribeRule};
+use crate::bridge::config::{ForwardRule, SubscribeRule};
 use crate::mqtt::filter_matches;
 use crate::mqtt::QoS;
 

@@ -20,8 +20,8 @@ use super::rules::Rules;
 use super::status::{BridgeState, BridgeStatus, Shared};
 use super::transport::{self, Io};
 use super::BridgeError;
+use crate::bridge::config::BridgeConfig;
 use crate::broker::{Broker, Message};
-use crate::config::BridgeConfig;
 use crate::mqtt::QoS;
 use crate::store::{now_ms, Store};
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::{
+use crate::broker::config::{
     AclAccess, AclRule, AclWho, BrokerConfig, ClientIdBinding, Password, UserConfig,
 };
 
@@ -487,7 +487,7 @@ pub fn authorize(
 
 /// Whether listener `l` is reachable from other hosts and accepts anonymous clients: what `fieldbridge check`
 /// warns about.
-pub fn exposed_to_anonymous(cfg: &BrokerConfig, l: &crate::config::ListenerConfig) -> bool {
+pub fn exposed_to_anonymous(cfg: &BrokerConfig, l: &crate::broker::config::ListenerConfig) -> bool {
     l.allow_anonymous.unwrap_or(cfg.allow_anonymous) && !l.bind.ip().is_loopback()
 }
 

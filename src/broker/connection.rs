@@ -445,7 +445,7 @@ struct Conn<S> {
     refused_v311: Option<Box<str>>,
     connect_expiry_zero: bool,
     /// The broker's configuration as it was at CONNECT (a reload applies to new connections).
-    cfg: Arc<crate::config::BrokerConfig>,
+    cfg: Arc<crate::broker::config::BrokerConfig>,
 }
 
 #[derive(Default)]
@@ -1433,7 +1433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for crate::net::WsIo<S> {}
 impl Io for tokio::io::DuplexStream {}
 
 /// `max_topic_levels` and `max_topic_length` for a topic name or filter (a `$share/{group}/` prefix counts).
-fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> bool {
+fn within_topic_limits(topic: &str, limits: &crate::broker::config::BrokerLimits) -> bool {
     topic.len() <= limits.max_topic_length
         && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
 }
@@ -1441,7 +1441,7 @@ fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> boo
 #[cfg(test)]
 mod size_tests {
     use super::*;
-    use crate::config::BrokerConfig;
+    use crate::broker::config::BrokerConfig;
 
     pub(crate) fn config() -> BrokerConfig {
         BrokerConfig::default()

@@ -10,7 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::BrokerConfig;
+use crate::broker::config::BrokerConfig;
 
 use super::message::Message;
 use super::router::{Router, Target};

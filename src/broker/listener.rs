@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ListenerConfig, ListenerKind};
+use crate::broker::config::{ListenerConfig, ListenerKind};
 
 use super::connection;
 use super::core::Broker;

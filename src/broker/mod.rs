@@ -6,6 +6,7 @@
 //! - `listener`: TCP, TLS and WebSocket accept loops; `link`: the in-process client;
 //! - `auth`: credentials and ACL; `sys`: `$SYS` topics.
 pub mod auth;
+pub mod config;
 mod connection;
 mod core;
 pub mod link;

@@ -153,6 +153,7 @@
 //! a SQLite query on the calling thread (a millisecond for a thousand rows): from async code call them
 //! through `spawn_blocking` when they may be large. `*_blocking` methods and [`Store::close`] are for
 //! threads outside the runtime.
+pub mod config;
 mod error;
 mod history;
 mod query;
@@ -178,7 +179,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{StorageConfig, Synchronous, WhenFull};
+use crate::store::config::{StorageConfig, Synchronous, WhenFull};
 
 pub use error::StoreError;
 pub use query::{

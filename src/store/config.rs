@@ -1,0 +1,56 @@
+//! The store's typed configuration (`storage:`), as `config::validate` builds it.
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `storage:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// SQLite database file. Default `/var/lib/fieldbridge/fieldbridge.db` (the demo uses a relative path).
+    pub path: PathBuf,
+    /// Group-commit interval. Default 20 ms.
+    pub commit_interval: Duration,
+    /// Group-commit row count: commit as soon as this many rows wait. Default 10000.
+    pub commit_rows: usize,
+    /// SQLite `synchronous`. Default `Full`.
+    pub synchronous: Synchronous,
+    /// Whether local QoS 1/2 publishes that are logged are acknowledged only after commit. Default `Strict`.
+    pub durability: Durability,
+    /// Cap on the database's real size on disk. Default 1 GiB.
+    pub max_bytes: u64,
+    /// History older than this is removed once every bridge has delivered it. `None`: kept until `max_bytes`.
+    pub max_age: Option<Duration>,
+    /// What happens to rows not yet delivered when `max_bytes` is reached. Default `DropOldest`.
+    pub when_full: WhenFull,
+    /// Extra filters whose local publishes are logged even when no bridge forwards them (history only).
+    /// `{gateway}` expanded at load.
+    pub record: Vec<String>,
+}
+
+/// SQLite `synchronous` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync at every commit (power-cut safe).
+    Full,
+    /// fsync at checkpoints only (WAL): faster, may lose the last commits on power loss.
+    Normal,
+}
+
+/// When a logged local publish is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the row is committed.
+    Strict,
+    /// As soon as it is queued for the writer.
+    Relaxed,
+}
+
+/// The policy when the log is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Remove the oldest undelivered rows to make room.
+    DropOldest,
+    /// Refuse the new rows.
+    DropNewest,
+    /// Slow local publishers and adapters until room is made.
+    Block,
+}
