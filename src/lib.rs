@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod mqtt;
 pub mod net;
 pub mod notify;

@@ -18,7 +18,7 @@ pub mod session;
 mod sys;
 
 pub use self::core::{
-    AdmissionFuture, Broker, BrokerStats, CommitFuture, HookRefusal, Metrics, PublishHook,
+    AdmissionFuture, Broker, BrokerStats, CommitFuture, HookRefusal, Metrics, PublishHook, METRICS,
 };
 pub use connection::Io;
 pub use message::Message;
