@@ -1,7 +1,13 @@
-//! A bridge's typed configuration (one entry of `bridges:`), as `config::validate` builds it.
+//! A bridge's configuration (one entry of `bridges:`): the typed form the bridge runs with, and the raw form as
+//! written. `config::validate` reads one into the other (with file:line:col for every error).
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fieldbridge_sdk::config::{HumanDuration, Spanned};
+use fieldbridge_sdk::ConfigNode;
+use serde::Deserialize;
+
+use crate::mqtt::yaml::{MqttVersion, QosRaw};
 use crate::mqtt::QoS;
 
 /// One upstream bridge.
@@ -98,4 +104,50 @@ pub struct SubscribeRule {
     pub topic: String,
     /// Subscription QoS. Default 1.
     pub qos: QoS,
+}
+
+// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBridge {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub protocol: Option<Spanned<MqttVersion>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<String>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+    pub keepalive: Option<Spanned<HumanDuration>>,
+    pub clean_start: Option<bool>,
+    pub session_expiry: Option<Spanned<HumanDuration>>,
+    pub reconnect_min: Option<Spanned<HumanDuration>>,
+    pub reconnect_max: Option<Spanned<HumanDuration>>,
+    pub inflight: Option<Spanned<u16>>,
+    pub rate_limit: Option<Spanned<u32>>,
+    pub forward: Option<Vec<ConfigNode>>,
+    pub subscribe: Option<Vec<ConfigNode>>,
+    pub status_topic: Option<Spanned<String>>,
+}
+
+/// A forward rule written out; a bare string is the same as `{filter: <string>}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawForward {
+    pub filter: Spanned<String>,
+    pub topic: Option<Spanned<String>>,
+    pub qos: Option<QosRaw>,
+    pub retain: Option<bool>,
+}
+
+/// A subscribe rule written out; a bare string is the same as `{filter: <string>}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSubscribe {
+    pub filter: Spanned<String>,
+    pub topic: Option<Spanned<String>>,
+    pub qos: Option<QosRaw>,
 }

@@ -1,6 +1,10 @@
-//! The broker's typed configuration (`broker:`), as `config::validate` builds it.
+//! The broker's configuration (`broker:`): the typed form the broker runs with, and the raw form as written.
+//! `config::validate` reads one into the other (with file:line:col for every error).
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use fieldbridge_sdk::config::{HumanDuration, HumanSize, Spanned};
+use serde::Deserialize;
 
 use crate::net::TlsServerConfig;
 
@@ -245,5 +249,101 @@ pub enum AclAccess {
     /// Subscribe (and receive) only.
     Subscribe,
     /// Both.
+    All,
+}
+
+// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBroker {
+    pub listeners: Option<Spanned<Vec<Spanned<RawListener>>>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_packet_size: Option<Spanned<HumanSize>>,
+    pub receive_maximum: Option<Spanned<u16>>,
+    pub max_queued_messages: Option<Spanned<usize>>,
+    pub max_session_expiry: Option<Spanned<HumanDuration>>,
+    pub topic_alias_maximum: Option<u16>,
+    pub max_keepalive: Option<Spanned<HumanDuration>>,
+    pub allow_anonymous: Option<bool>,
+    pub users: Option<Vec<Spanned<RawUser>>>,
+    pub acl: Option<Vec<Spanned<RawAcl>>>,
+    /// mosquitto_passwd file (hashed passwords), beside `users`.
+    pub password_file: Option<Spanned<String>>,
+    /// mosquitto ACL file, after `acl`.
+    pub acl_file: Option<Spanned<String>>,
+    pub client_id_binding: Option<ClientIdBindingRaw>,
+    pub sys_interval: Option<HumanDuration>,
+    pub max_topic_levels: Option<Spanned<usize>>,
+    pub max_topic_length: Option<Spanned<usize>>,
+    pub max_publish_wait: Option<Spanned<HumanDuration>>,
+    pub packet_timeout: Option<Spanned<HumanDuration>>,
+    pub max_subscriptions_per_client: Option<Spanned<usize>>,
+    pub max_retained_messages: Option<Spanned<usize>>,
+    pub max_retained_bytes: Option<Spanned<HumanSize>>,
+    pub max_offline_sessions: Option<Spanned<usize>>,
+    pub max_offline_queued_bytes: Option<Spanned<HumanSize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: Option<Spanned<String>>,
+    pub bind: Spanned<String>,
+    pub protocol: Option<ListenerProtocol>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub path: Option<Spanned<String>>,
+    pub allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ClientIdBindingRaw {
+    Strict,
+    Off,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ListenerProtocol {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+    pub require_client_cert: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUser {
+    pub username: Spanned<String>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+}
+
+/// `{allow: publish, topic: "…", user: bob}` or `{deny: all, topic: "#"}`: exactly one of `allow`/`deny`,
+/// whose value says what it covers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcl {
+    pub user: Option<Spanned<String>>,
+    pub topic: Spanned<String>,
+    pub allow: Option<AclAccessRaw>,
+    pub deny: Option<AclAccessRaw>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AclAccessRaw {
+    Publish,
+    Subscribe,
     All,
 }

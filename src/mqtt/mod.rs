@@ -41,6 +41,7 @@ mod topic;
 mod types;
 mod unsuback;
 mod unsubscribe;
+pub mod yaml;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,10 @@
-//! The store's typed configuration (`storage:`), as `config::validate` builds it.
+//! The store's configuration (`storage:`): the typed form the store runs with, and the raw form as written.
+//! `config::validate` reads one into the other (with file:line:col for every error).
 use std::path::PathBuf;
 use std::time::Duration;
+
+use fieldbridge_sdk::config::{HumanDuration, HumanSize, Spanned};
+use serde::Deserialize;
 
 /// `storage:`
 #[derive(Debug, Clone, PartialEq)]
@@ -52,5 +56,43 @@ pub enum WhenFull {
     /// Refuse the new rows.
     DropNewest,
     /// Slow local publishers and adapters until room is made.
+    Block,
+}
+
+// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub path: Option<Spanned<String>>,
+    pub commit_interval: Option<Spanned<HumanDuration>>,
+    pub commit_rows: Option<Spanned<usize>>,
+    pub synchronous: Option<SynchronousRaw>,
+    pub durability: Option<DurabilityRaw>,
+    pub max_bytes: Option<Spanned<HumanSize>>,
+    pub max_age: Option<Spanned<HumanDuration>>,
+    pub when_full: Option<WhenFullRaw>,
+    pub record: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SynchronousRaw {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DurabilityRaw {
+    Strict,
+    Relaxed,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WhenFullRaw {
+    DropOldest,
+    DropNewest,
     Block,
 }
