@@ -22,11 +22,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod api_state;
+
 use crate::bridge::Bridges;
-use crate::broker::codec::QoS;
 use crate::broker::link::Link;
 use crate::broker::{Broker, Message};
 use crate::config::{self, AdapterRegistry, Config, ConfigErrors, DeviceSpec};
+use crate::mqtt::QoS;
 use crate::pipeline::{DeviceEntry, DeviceTable, LiveState, Pipeline, PipelineStats, Recorder};
 use crate::recorder::StoreLink;
 use crate::store::{StateKind, Store};
@@ -472,18 +474,7 @@ impl App {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReloadSummary {
-    /// Devices started.
-    pub added: Vec<String>,
-    /// Devices stopped.
-    pub removed: Vec<String>,
-    /// Devices restarted because their configuration changed.
-    pub restarted: Vec<String>,
-    /// Devices left running.
-    pub unchanged: Vec<String>,
-}
+pub use crate::api::ReloadSummary;
 
 /// Runs one device's adapter until cancelled, restarting it with backoff after errors and panics.
 async fn supervise(

@@ -23,12 +23,12 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::codec::QoS;
 use crate::broker::link::Link;
 use crate::broker::Message;
 use crate::config::{
     Deadband, DeviceSpec, PayloadFormat, PointRules, PublishMode, TemplatePart, TopicTemplate,
 };
+use crate::mqtt::QoS;
 
 /// Where published readings are logged (the store). The future resolves once the row is accepted by the
 /// writer (not necessarily committed): it waits only when the store applies back-pressure (`when_full: block`).

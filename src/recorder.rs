@@ -16,14 +16,12 @@ use fieldbridge_sdk::Reading;
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
 
-use crate::broker::codec::reason;
 use crate::broker::persist::{Saved, StateSink};
 use crate::broker::{AdmissionFuture, CommitFuture, HookRefusal, Message, PublishHook};
 use crate::config::{Config, Durability};
+use crate::mqtt::reason;
 use crate::pipeline::Recorder;
-use crate::store::{
-    now_ms, topic_matches, LogRecord, MsgProps, StateKind, StateOp, Store, StoreError,
-};
+use crate::store::{now_ms, LogRecord, MsgProps, StateKind, StateOp, Store, StoreError};
 
 /// Logs messages into the store; shared by the broker (hook) and the pipeline (recorder).
 pub struct StoreLink {
@@ -64,7 +62,10 @@ impl StoreLink {
     }
 
     fn matches(&self, topic: &str) -> bool {
-        self.filters.read().iter().any(|f| topic_matches(f, topic))
+        self.filters
+            .read()
+            .iter()
+            .any(|f| crate::mqtt::filter_matches(f, topic))
     }
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fieldbridge::broker::codec::{self, Connect, Packet, Properties, Protocol, QoS};
+use fieldbridge::mqtt::{self, Connect, Packet, Properties, Protocol, QoS};
 use fieldbridge::broker::Broker;
 use fieldbridge::config::{BrokerConfig, BrokerLimits};
 use libfuzzer_sys::fuzz_target;
@@ -44,7 +44,7 @@ fn connect(protocol: Protocol, id: &str, clean: bool) -> Vec<u8> {
         password: None,
         properties: Properties::default(),
     };
-    codec::encode(&Packet::Connect(Box::new(c)), protocol, &mut out);
+    mqtt::encode(&Packet::Connect(Box::new(c)), protocol, &mut out);
     out.to_vec()
 }
 
@@ -109,8 +109,8 @@ fuzz_target!(|data: &[u8]| {
         // Whatever that client did, a well-behaved one is served afterwards.
         let mut ok = connect(Protocol::V5, "after", true);
         let mut tail = BytesMut::new();
-        codec::encode(
-            &Packet::Publish(codec::Publish {
+        mqtt::encode(
+            &Packet::Publish(mqtt::Publish {
                 dup: false,
                 qos: QoS::AtMostOnce,
                 retain: false,
@@ -122,7 +122,7 @@ fuzz_target!(|data: &[u8]| {
             Protocol::V5,
             &mut tail,
         );
-        codec::encode(&Packet::Disconnect(Default::default()), Protocol::V5, &mut tail);
+        mqtt::encode(&Packet::Disconnect(Default::default()), Protocol::V5, &mut tail);
         ok.extend_from_slice(&tail);
         let answer = session(&broker, &ok, &[]).await;
         assert!(answer.len() >= 4 && answer[0] == 0x20, "CONNACK to the next client");

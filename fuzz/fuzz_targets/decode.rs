@@ -5,7 +5,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fieldbridge::broker::codec::{decode, encode, encoded_len, Packet, Protocol};
+use fieldbridge::mqtt::{decode, encode, encoded_len, Packet, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PACKET_SIZE: u32 = 4096;

@@ -70,7 +70,7 @@ pub use model::{
     HistoryDoc, HistoryRow, LatestDoc, PipelineView, PointView, PointsDoc, ReloadDoc, SeriesView,
     StatusDoc, StoreView, WriteDoc,
 };
-pub use state::ApiState;
+pub use state::{ApiState, ReloadSummary};
 
 use snapshot::Snapshot;
 
@@ -126,9 +126,7 @@ pub async fn serve(
     let cfg = state.config().api.clone();
     let token = auth::load_or_create_token(&cfg)?;
     let tls = match &cfg.tls {
-        Some(t) => Some(
-            crate::broker::transport::tls_acceptor(t).map_err(|e| ApiError::Tls(e.to_string()))?,
-        ),
+        Some(t) => Some(crate::net::tls_acceptor(t).map_err(|e| ApiError::Tls(e.to_string()))?),
         None => None,
     };
     let bind_err = |source| ApiError::Bind { addr: bind, source };

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::Metric;
+
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthDoc {
@@ -446,5 +448,262 @@ pub fn reading_of(payload: &[u8]) -> (Option<serde_json::Value>, Option<String>)
             (value, unit)
         }
         _ => (None, None),
+    }
+}
+
+/// The store's counters and gauges, described once for `/metrics` and `/api/status` (see [`crate::metrics`]).
+/// `writer_state` and `degraded_info`, whose labels are the state itself, are written by `/metrics` directly.
+pub const STORE_METRICS: &[Metric<StoreView>] = &[
+    SM::gauge(
+        "fieldbridge_store_disk_bytes",
+        "Bytes of the log on disk (database file plus WAL), as measured after the latest commit.",
+        "bytes_on_disk",
+        |s| Some(s.bytes_on_disk as f64),
+    ),
+    SM::gauge(
+        "fieldbridge_store_used_bytes",
+        "Bytes of the log in use (disk bytes minus reusable free pages); compared with the cap.",
+        "bytes_used",
+        |s| Some(s.bytes_used as f64),
+    ),
+    SM::gauge(
+        "fieldbridge_store_max_bytes",
+        "The configured cap of the log (storage.max_bytes).",
+        "max_bytes",
+        |s| Some(s.max_bytes as f64),
+    ),
+    SM::gauge("fieldbridge_store_rows", "Rows in the log.", "rows", |s| {
+        Some(s.rows as f64)
+    }),
+    SM::gauge(
+        "fieldbridge_store_head_seq",
+        "Last sequence number committed.",
+        "head_seq",
+        |s| Some(s.head_seq as f64),
+    ),
+    SM::gauge(
+        "fieldbridge_store_queue_depth",
+        "Rows waiting in the writer's queue.",
+        "queue_depth",
+        |s| Some(s.queue_depth as f64),
+    ),
+    SM::counter(
+        "fieldbridge_store_commits_total",
+        "Transactions committed with rows.",
+        "commits",
+        |s| Some(s.commits as f64),
+    ),
+    SM::counter(
+        "fieldbridge_store_rows_committed_total",
+        "Rows committed.",
+        "rows_committed",
+        |s| Some(s.rows_committed as f64),
+    ),
+    SM::gauge(
+        "fieldbridge_store_oldest_timestamp_seconds",
+        "Unix time of the oldest row in the log.",
+        "oldest_ts",
+        |s| s.oldest_ts.as_deref().and_then(rfc3339_secs),
+    )
+    .hide_empty(),
+    SM::counter(STORE_DROPPED, STORE_DROPPED_HELP, "dropped.oldest", |s| {
+        Some(s.dropped.oldest as f64)
+    })
+    .label("reason", "oldest"),
+    SM::counter(STORE_DROPPED, STORE_DROPPED_HELP, "dropped.newest", |s| {
+        Some(s.dropped.newest as f64)
+    })
+    .label("reason", "newest"),
+    SM::counter(
+        STORE_DROPPED,
+        STORE_DROPPED_HELP,
+        "dropped.write_failed",
+        |s| Some(s.dropped.write_failed as f64),
+    )
+    .label("reason", "write_failed"),
+    SM::counter(STORE_REMOVED, STORE_REMOVED_HELP, "removed_by_age", |s| {
+        Some(s.removed_by_age as f64)
+    })
+    .label("reason", "age"),
+    SM::counter(
+        STORE_REMOVED,
+        STORE_REMOVED_HELP,
+        "removed_for_space",
+        |s| Some(s.removed_for_space as f64),
+    )
+    .label("reason", "space"),
+];
+type SM = Metric<StoreView>;
+
+const STORE_DROPPED: &str = "fieldbridge_store_dropped_total";
+const STORE_DROPPED_HELP: &str =
+    "Messages lost by the log, by reason (oldest: evicted undelivered; newest: \
+                                  refused when full; write_failed: could not be written).";
+const STORE_REMOVED: &str = "fieldbridge_store_removed_total";
+const STORE_REMOVED_HELP: &str = "Delivered rows removed by retention, by reason.";
+
+fn rfc3339_secs(s: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+/// Each bridge's counters and gauges (one sample per bridge, labelled `bridge`), described once for `/metrics`
+/// and `/api/status`. `bridge_state`, labelled by the state itself, is written by `/metrics` directly.
+pub const BRIDGE_METRICS: &[Metric<BridgeView>] = &[
+    BM::gauge(
+        "fieldbridge_bridge_lag_rows",
+        "Rows logged but not yet acknowledged by the bridge's upstream.",
+        "lag_rows",
+        |b| Some(b.lag_rows as f64),
+    ),
+    BM::gauge(
+        "fieldbridge_bridge_lag_seconds",
+        "Age of the oldest row not yet acknowledged upstream.",
+        "lag_seconds",
+        |b| b.lag_seconds,
+    ),
+    BM::gauge(
+        "fieldbridge_bridge_drain_messages_per_second",
+        "Messages acknowledged upstream per second, recently.",
+        "drain_rate",
+        |b| b.drain_rate,
+    ),
+    BM::counter(
+        "fieldbridge_bridge_lost_rows_total",
+        "Rows evicted by drop_oldest before the bridge delivered them.",
+        "lost_rows",
+        |b| Some(b.lost_rows as f64),
+    ),
+    BM::counter(
+        "fieldbridge_bridge_delivered_total",
+        "Rows delivered upstream (acknowledged) since the bridge started.",
+        "delivered",
+        |b| Some(b.delivered as f64),
+    ),
+    BM::counter(
+        "fieldbridge_bridge_resent_total",
+        "PUBLISH packets sent again after reconnects.",
+        "resent",
+        |b| Some(b.resent as f64),
+    ),
+    BM::counter(
+        "fieldbridge_bridge_refused_total",
+        "Messages the upstream refused with an error reason code.",
+        "refused",
+        |b| Some(b.refused as f64),
+    ),
+    BM::counter(
+        "fieldbridge_bridge_skipped_total",
+        "Rows not sent (expired, or too large for the upstream).",
+        "skipped",
+        |b| Some(b.skipped as f64),
+    ),
+    BM::counter(
+        "fieldbridge_bridge_connects_total",
+        "Successful upstream connections since the bridge started.",
+        "connects",
+        |b| Some(b.connects as f64),
+    ),
+    BM::gauge(
+        "fieldbridge_bridge_inflight_messages",
+        "Messages sent upstream and awaiting their acknowledgement.",
+        "inflight",
+        |b| Some(b.inflight as f64),
+    ),
+];
+type BM = Metric<BridgeView>;
+
+/// The pipeline's counters, described once for `/metrics` and `/api/status`.
+pub const PIPELINE_METRICS: &[Metric<PipelineView>] = &[
+    PM::counter(
+        "fieldbridge_pipeline_readings_total",
+        "Readings received from adapters.",
+        "readings",
+        |p| Some(p.readings as f64),
+    ),
+    PM::counter(
+        "fieldbridge_pipeline_published_total",
+        "Readings published to the broker.",
+        "published",
+        |p| Some(p.published as f64),
+    ),
+    PM::counter(
+        "fieldbridge_pipeline_suppressed_total",
+        "Readings not published by on-change or deadband rules.",
+        "suppressed",
+        |p| Some(p.suppressed as f64),
+    ),
+    PM::counter(
+        "fieldbridge_pipeline_unknown_total",
+        "Readings for devices or points that are not configured.",
+        "unknown",
+        |p| Some(p.unknown as f64),
+    ),
+    PM::counter(
+        "fieldbridge_pipeline_commands_total",
+        "Write requests handled.",
+        "commands",
+        |p| Some(p.commands as f64),
+    ),
+];
+type PM = Metric<PipelineView>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::assert_json_agrees;
+
+    #[test]
+    fn tables_agree_with_their_json() {
+        let store = StoreView {
+            bytes_on_disk: 1,
+            bytes_used: 2,
+            max_bytes: 3,
+            rows: 4,
+            oldest_ts: Some("2026-11-22T02:00:00.250Z".into()),
+            head_seq: 5,
+            dropped: DropsView {
+                oldest: 6,
+                newest: 7,
+                write_failed: 8,
+                total: 21,
+            },
+            removed_by_age: 9,
+            removed_for_space: 10,
+            queue_depth: 11,
+            commits: 12,
+            rows_committed: 13,
+            ..StoreView::default()
+        };
+        assert_json_agrees(STORE_METRICS, &store);
+        assert_json_agrees(
+            STORE_METRICS,
+            &StoreView {
+                oldest_ts: None,
+                ..store
+            },
+        );
+        let bridge = BridgeView {
+            lag_rows: 1,
+            lag_seconds: Some(2.5),
+            drain_rate: None,
+            lost_rows: 3,
+            delivered: 4,
+            resent: 5,
+            refused: 6,
+            skipped: 7,
+            connects: 8,
+            inflight: 9,
+            ..BridgeView::default()
+        };
+        assert_json_agrees(BRIDGE_METRICS, &bridge);
+        let pipeline = PipelineView {
+            readings: 1,
+            published: 2,
+            suppressed: 3,
+            unknown: 4,
+            commands: 5,
+        };
+        assert_json_agrees(PIPELINE_METRICS, &pipeline);
     }
 }

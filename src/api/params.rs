@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldbridge_sdk::config::unknown_name_message;
 
-use crate::store::{valid_filter, HistoryQuery, Order};
+use crate::mqtt::valid_topic_filter;
+use crate::store::{HistoryQuery, Order};
 
 /// Most rows one history request may return: bounds the response (and the memory it takes) to a few tens of
 /// megabytes. Larger extracts page with `from`.
@@ -55,7 +56,7 @@ pub fn history_query(
         ..HistoryQuery::default()
     };
     if let Some(t) = p.get("topic") {
-        if !valid_filter(t) {
+        if !valid_topic_filter(t) {
             return Err(ParamError(format!(
                 "parameter `topic`: `{t}` is not a valid MQTT topic filter (`#` only as the last level, \
                  `+` and `#` alone in their level)"
@@ -117,7 +118,7 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<i64, String> {
         return to_ms(now).ok_or_else(|| "the clock is before 1970".to_string());
     }
     if let Some(ago) = text.strip_prefix('-') {
-        let d = humantime::parse_duration(ago)
+        let d = fieldbridge_sdk::config::parse_duration(ago)
             .map_err(|e| format!("invalid time ago `{text}` ({e}); {expected}"))?;
         let t = now
             .checked_sub(d)

@@ -70,7 +70,7 @@ pub fn decode_cursor(text: &str) -> Result<(i64, i64), ParamError> {
 
 /// Parses a bucket width (`1m`, `15m`, `1h`, `30s`) to ms.
 pub fn parse_every(text: &str) -> Result<i64, ParamError> {
-    humantime::parse_duration(text.trim())
+    fieldbridge_sdk::config::parse_duration(text)
         .ok()
         .map(|d| d.as_millis())
         .filter(|ms| *ms >= 1 && *ms <= 366 * 86_400_000)

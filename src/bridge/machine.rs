@@ -24,12 +24,13 @@ use super::reader::{Batch, Item};
 use super::rules::Rules;
 use super::window::{Acked, Window};
 use super::BridgeError;
-use crate::broker::codec::{
+use crate::bridge::config::BridgeConfig;
+use crate::broker::Message;
+use crate::mqtt::reason::text as reason_text;
+use crate::mqtt::{
     self, reason, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, PubResp,
     Publish, QoS, RetainHandling, Subscribe, Subscription,
 };
-use crate::broker::Message;
-use crate::config::BridgeConfig;
 
 /// Stop encoding new rows into one send beyond this: one write syscall carries hundreds of publishes.
 pub(crate) const SEND_HIGH: usize = 256 * 1024;
@@ -261,7 +262,7 @@ impl Machine {
             properties: props,
         };
         self.out.clear();
-        codec::encode(
+        mqtt::encode(
             &Packet::Connect(Box::new(connect)),
             cfg.protocol,
             &mut self.out,
@@ -282,7 +283,7 @@ impl Machine {
             if matches!(self.phase, Phase::Down | Phase::Stopped) {
                 break;
             }
-            match codec::decode(buf, Some(self.cfg.protocol), u32::MAX) {
+            match mqtt::decode(buf, Some(self.cfg.protocol), u32::MAX) {
                 Ok(Some(p)) => self.packet(p, now),
                 Ok(None) => break,
                 Err(e) => {
@@ -359,7 +360,7 @@ impl Machine {
                     && (now.saturating_duration_since(l.last_tx) >= ka
                         || now.saturating_duration_since(l.last_rx) >= ka)
                 {
-                    codec::encode(&Packet::PingReq, l.up.protocol, &mut self.out);
+                    mqtt::encode(&Packet::PingReq, l.up.protocol, &mut self.out);
                     l.ping_sent = Some(now);
                 }
                 let limit = ka.mul_f64(1.5);
@@ -458,14 +459,14 @@ impl Machine {
             if self.window.len() > 0 { format!(", resending {} unacknowledged", self.window.len()) } else { String::new() },
         );
         // Birth: retained `online` on the status topic (the will says `offline`).
-        codec::encode_publish(
+        mqtt::encode_publish(
             &status_publish(&self.cfg.status_topic, birth, up.retain_ok, b"online"),
             protocol,
             &mut self.out,
         );
         let subscribe_pid = (!self.rules.subscribe.is_empty()).then(|| {
             let pid = self.window.control_pid(false);
-            codec::encode(
+            mqtt::encode(
                 &Packet::Subscribe(self.subscribe(pid)),
                 protocol,
                 &mut self.out,
@@ -579,10 +580,10 @@ impl Machine {
                 match qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => {
-                        codec::encode(&Packet::PubAck(resp), protocol, &mut self.out)
+                        mqtt::encode(&Packet::PubAck(resp), protocol, &mut self.out)
                     }
                     QoS::ExactlyOnce => {
-                        codec::encode(&Packet::PubRec(resp), protocol, &mut self.out)
+                        mqtt::encode(&Packet::PubRec(resp), protocol, &mut self.out)
                     }
                 }
             }
@@ -593,7 +594,7 @@ impl Machine {
                     reason_code: 0,
                     properties: Properties::default(),
                 };
-                codec::encode(&Packet::PubComp(resp), protocol, &mut self.out);
+                mqtt::encode(&Packet::PubComp(resp), protocol, &mut self.out);
             }
             Packet::PingResp => l.ping_sent = None,
             Packet::Disconnect(d) => {
@@ -705,7 +706,7 @@ impl Machine {
                 p.retain = false;
             }
             if up.max_packet < usize::MAX
-                && codec::publish_encoded_len(p, up.protocol) > up.max_packet
+                && mqtt::publish_encoded_len(p, up.protocol) > up.max_packet
             {
                 tracing::warn!(bridge = %self.name, seq = item.seq, topic = %p.topic, "bridge {}: a message of {} bytes is larger than the upstream's maximum packet size ({}); skipped", self.name, p.payload.len(), up.max_packet);
                 self.skipped += 1;
@@ -734,7 +735,7 @@ impl Machine {
             if self.window.quota_free() {
                 let pid = self.window.control_pid(true);
                 l.offline = Some(pid);
-                codec::encode_publish(
+                mqtt::encode_publish(
                     &status_publish(&self.cfg.status_topic, pid, l.up.retain_ok, b"offline"),
                     protocol,
                     &mut self.out,
@@ -755,7 +756,7 @@ impl Machine {
                 },
                 properties: Properties::default(),
             };
-            codec::encode(&Packet::Disconnect(d), protocol, &mut self.out);
+            mqtt::encode(&Packet::Disconnect(d), protocol, &mut self.out);
             self.phase = Phase::Stopped;
             self.actions.push(Action::Stopped);
         }
@@ -804,7 +805,7 @@ fn inbound(rules: &Rules, p: Publish) -> Option<Message> {
 
 /// The URL for logs and status.
 pub(crate) fn url_text(cfg: &BridgeConfig) -> String {
-    use crate::config::BridgeScheme::*;
+    use crate::bridge::config::BridgeScheme::*;
     let u = &cfg.url;
     let host = if u.host.contains(':') {
         format!("[{}]", u.host)
@@ -878,48 +879,6 @@ fn disconnect_error(d: &Disconnect, cfg: &BridgeConfig) -> BridgeError {
     }
 }
 
-/// Human text for an MQTT 5 reason code (3.1.1 CONNACK codes arrive mapped to these).
-pub(crate) fn reason_text(code: u8) -> &'static str {
-    match code {
-        0x00 => "success",
-        0x04 => "disconnect with will message",
-        0x80 => "unspecified error",
-        0x81 => "malformed packet",
-        0x82 => "protocol error",
-        0x83 => "implementation specific error",
-        0x84 => "unsupported protocol version",
-        0x85 => "client identifier not valid",
-        0x86 => "bad user name or password",
-        0x87 => "not authorized",
-        0x88 => "server unavailable",
-        0x89 => "server busy",
-        0x8A => "banned",
-        0x8B => "server shutting down",
-        0x8C => "bad authentication method",
-        0x8D => "keep alive timeout",
-        0x8E => "session taken over",
-        0x8F => "topic filter invalid",
-        0x90 => "topic name invalid",
-        0x93 => "receive maximum exceeded",
-        0x94 => "topic alias invalid",
-        0x95 => "packet too large",
-        0x96 => "message rate too high",
-        0x97 => "quota exceeded",
-        0x98 => "administrative action",
-        0x99 => "payload format invalid",
-        0x9A => "retain not supported",
-        0x9B => "QoS not supported",
-        0x9C => "use another server",
-        0x9D => "server moved",
-        0x9E => "shared subscriptions not supported",
-        0x9F => "connection rate exceeded",
-        0xA0 => "maximum connect time",
-        0xA1 => "subscription identifiers not supported",
-        0xA2 => "wildcard subscriptions not supported",
-        _ => "unknown reason",
-    }
-}
-
 fn packet_name(p: &Packet) -> &'static str {
     match p {
         Packet::Connect(_) => "CONNECT",
@@ -944,8 +903,8 @@ fn packet_name(p: &Packet) -> &'static str {
 mod tests {
     //! The link driven packet by packet, no socket, no broker: what goes out for what comes in.
     use super::*;
-    use crate::broker::codec::{decode, SubAck};
-    use crate::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
+    use crate::bridge::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
+    use crate::mqtt::{decode, SubAck};
 
     fn cfg() -> BridgeConfig {
         BridgeConfig {
@@ -1180,7 +1139,7 @@ mod tests {
         assert_eq!(first.len(), 20);
         let mut buf = BytesMut::new();
         for p in &first[..10] {
-            codec::encode(&puback(p.packet_id), Protocol::V5, &mut buf);
+            mqtt::encode(&puback(p.packet_id), Protocol::V5, &mut buf);
         }
         let a = m.on_bytes(&mut buf, t0);
         assert!(buf.is_empty());

@@ -107,6 +107,7 @@
 //! - A missing PINGRESP is detected only at the next ping interval (2 × keepalive), not configurable.
 //!
 //! Receive Maximum is honoured by rumqttc's MQTT 5 event loop, but that alone did not outweigh the above.
+pub mod config;
 mod machine;
 mod reader;
 mod rules;
@@ -121,9 +122,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::codec::QoS;
+use crate::bridge::config::BridgeConfig;
 use crate::broker::{Broker, Message};
-use crate::config::BridgeConfig;
+use crate::mqtt::QoS;
 use crate::store::{now_ms, Store};
 
 pub use status::{BridgeState, BridgeStatus};

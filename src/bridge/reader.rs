@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::rules::Rules;
-use crate::broker::codec::{Properties, Publish, QoS};
+use crate::mqtt::{Properties, Publish, QoS};
 use crate::store::{now_ms, LogRow, Store, StoreError};
 
 /// Rows per read. A thousand rows is about a millisecond of SQLite and a few hundred microseconds of wire
@@ -150,7 +150,7 @@ pub(crate) fn map_rows(rules: &Rules, rows: Vec<LogRow>, upto: u64, now: i64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ForwardRule;
+    use crate::bridge::config::ForwardRule;
 
     fn row(seq: u64, topic: &str, qos: u8) -> LogRow {
         LogRow {

@@ -2,9 +2,9 @@
 //! once, so mapping a topic is a match plus a few string pushes.
 use std::sync::Arc;
 
-use crate::broker::codec::QoS;
-use crate::config::{ForwardRule, SubscribeRule};
-use crate::store::topic_matches;
+use crate::bridge::config::{ForwardRule, SubscribeRule};
+use crate::mqtt::filter_matches;
+use crate::mqtt::QoS;
 
 /// One piece of a topic template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,14 +172,14 @@ impl Rules {
     pub(crate) fn forward_for(&self, topic: &str) -> Option<&Forward> {
         self.forward
             .iter()
-            .find(|r| topic_matches(&r.filter, topic))
+            .find(|r| filter_matches(&r.filter, topic))
     }
 
     /// The first subscribe rule matching a topic received from upstream.
     pub(crate) fn inbound_for(&self, topic: &str) -> Option<&Inbound> {
         self.subscribe
             .iter()
-            .find(|r| topic_matches(&r.filter, topic))
+            .find(|r| filter_matches(&r.filter, topic))
     }
 }
 

@@ -20,9 +20,9 @@ use super::rules::Rules;
 use super::status::{BridgeState, BridgeStatus, Shared};
 use super::transport::{self, Io};
 use super::BridgeError;
-use crate::broker::codec::QoS;
+use crate::bridge::config::BridgeConfig;
 use crate::broker::{Broker, Message};
-use crate::config::BridgeConfig;
+use crate::mqtt::QoS;
 use crate::store::{now_ms, Store};
 
 /// How often the driver looks at keepalive, the cursor and the status.

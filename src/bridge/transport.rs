@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::BridgeError;
-use crate::broker::transport::{crypto_provider, load_certs, load_key, WsIo};
-use crate::config::{BridgeConfig, BridgeScheme};
+use crate::bridge::config::{BridgeConfig, BridgeScheme};
+use crate::net::{crypto_provider, load_certs, load_key, WsIo};
 
 /// A connected byte stream to the upstream.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}

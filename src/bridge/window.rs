@@ -21,7 +21,7 @@ use ahash::AHashMap as HashMap;
 
 use bytes::BytesMut;
 
-use crate::broker::codec::{self, reason::QUOTA_EXCEEDED, Packet, Protocol, PubResp, Publish, QoS};
+use crate::mqtt::{self, reason::QUOTA_EXCEEDED, Packet, Protocol, PubResp, Publish, QoS};
 
 /// Where an entry is in its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +148,7 @@ impl Window {
                     reason_code: 0,
                     properties: Default::default(),
                 });
-                codec::encode(&rel, protocol, out);
+                mqtt::encode(&rel, protocol, out);
                 e.on_wire = true;
                 self.outstanding += 1;
             }
@@ -218,7 +218,7 @@ impl Window {
             State::Sent
         };
         let on_wire = state == State::Sent;
-        codec::encode_publish(&publish, protocol, out);
+        mqtt::encode_publish(&publish, protocol, out);
         self.q.push_back(Entry {
             seq,
             publish,
@@ -247,7 +247,7 @@ impl Window {
                 State::Done => {}
                 State::Written if e.seq <= flushed => e.state = State::Done,
                 State::Written => {
-                    codec::encode_publish(&e.publish, protocol, out);
+                    mqtt::encode_publish(&e.publish, protocol, out);
                     n += 1;
                 }
                 State::Sent => {
@@ -255,7 +255,7 @@ impl Window {
                         break;
                     }
                     e.publish.dup = true;
-                    codec::encode_publish(&e.publish, protocol, out);
+                    mqtt::encode_publish(&e.publish, protocol, out);
                     e.on_wire = true;
                     self.outstanding += 1;
                     self.resent += 1;
@@ -271,7 +271,7 @@ impl Window {
                     // published again (at least once beats exactly once here).
                     e.state = State::Sent;
                     e.publish.dup = true;
-                    codec::encode_publish(&e.publish, protocol, out);
+                    mqtt::encode_publish(&e.publish, protocol, out);
                     e.on_wire = true;
                     self.resent += 1;
                     self.outstanding += 1;
@@ -355,7 +355,7 @@ impl Window {
             reason_code: 0,
             properties: Default::default(),
         });
-        codec::encode(&rel, protocol, out);
+        mqtt::encode(&rel, protocol, out);
         Acked::Released
     }
 
@@ -444,7 +444,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::broker::codec::{decode, Properties};
+    use crate::mqtt::{decode, Properties};
 
     fn p(qos: QoS) -> Publish {
         Publish {

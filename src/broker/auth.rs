@@ -30,11 +30,11 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::{
+use crate::broker::config::{
     AclAccess, AclRule, AclWho, BrokerConfig, ClientIdBinding, Password, UserConfig,
 };
 
-use super::codec::reason;
+use crate::mqtt::reason;
 
 pub mod aclfile;
 pub mod passwd;
@@ -487,14 +487,14 @@ pub fn authorize(
 
 /// Whether listener `l` is reachable from other hosts and accepts anonymous clients: what `fieldbridge check`
 /// warns about.
-pub fn exposed_to_anonymous(cfg: &BrokerConfig, l: &crate::config::ListenerConfig) -> bool {
+pub fn exposed_to_anonymous(cfg: &BrokerConfig, l: &crate::broker::config::ListenerConfig) -> bool {
     l.allow_anonymous.unwrap_or(cfg.allow_anonymous) && !l.bind.ip().is_loopback()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::router::filter_matches;
     use super::*;
+    use crate::mqtt::filter_matches;
 
     fn rule(who: AclWho, filter: &str, access: AclAccess, allow: bool) -> AclRule {
         AclRule {

@@ -17,16 +17,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::OwnedNotified;
 
 use super::auth::{self, Action, ClientAcl};
-use super::codec::{
-    self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, PubResp,
-    Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
-};
 use super::core::{
     outbound_for, AdmissionFuture, Broker, CommitFuture, HookRefusal, Metrics, EXPIRY_NEVER,
 };
 use super::message::Message;
 use super::router::{parse_filter, SubOptions, Target};
 use super::session::{Inflight, Outbound, Session, Stage};
+use crate::mqtt::{
+    self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, PubResp,
+    Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
 
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +140,7 @@ async fn handshake<S: Io>(
             tracing::debug!(%peer, error = %e.message, "bad CONNECT");
             // Answer a broken CONNECT with a CONNACK in the client's own version where the spec allows it: v5
             // takes any reason code; 3.1.1 only has codes for the version and the client id.
-            let proto = codec::peek_connect_protocol(&rbuf);
+            let proto = mqtt::peek_connect_protocol(&rbuf);
             let answer = match (proto, e.reason_code) {
                 (Some(Protocol::V5), code) => Some((Protocol::V5, code)),
                 (
@@ -226,7 +226,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
     broker: &Broker,
 ) -> Result<Option<Connect>, DecodeError> {
     loop {
-        match codec::decode(rbuf, None, max_packet_size)? {
+        match mqtt::decode(rbuf, None, max_packet_size)? {
             Some(Packet::Connect(c)) => return Ok(Some(*c)),
             Some(_) => {
                 return Err(DecodeError {
@@ -251,7 +251,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
 }
 
 fn refuse(out: &mut BytesMut, protocol: Protocol, code: u8) {
-    codec::encode(
+    mqtt::encode(
         &Packet::ConnAck(ConnAck {
             session_present: false,
             reason_code: code,
@@ -304,7 +304,7 @@ fn accept(
         connect.client_id.as_str().into()
     };
     if let Some(will) = &connect.will {
-        if !codec::valid_topic_name(&will.topic) || !within_topic_limits(&will.topic, &cfg.limits) {
+        if !mqtt::valid_topic_name(&will.topic) || !within_topic_limits(&will.topic, &cfg.limits) {
             return Err(reason::TOPIC_NAME_INVALID);
         }
         if !auth::authorize(
@@ -378,7 +378,7 @@ fn accept(
         }
         props.server_keep_alive = server_keep_alive;
     }
-    codec::encode(
+    mqtt::encode(
         &Packet::ConnAck(ConnAck {
             session_present: present,
             reason_code: reason::SUCCESS,
@@ -445,7 +445,7 @@ struct Conn<S> {
     refused_v311: Option<Box<str>>,
     connect_expiry_zero: bool,
     /// The broker's configuration as it was at CONNECT (a reload applies to new connections).
-    cfg: Arc<crate::config::BrokerConfig>,
+    cfg: Arc<crate::broker::config::BrokerConfig>,
 }
 
 #[derive(Default)]
@@ -648,7 +648,7 @@ impl<S: Io> Conn<S> {
         }
         if let (Some(code), Protocol::V5) = (code, self.protocol) {
             self.wbuf.clear();
-            codec::encode(
+            mqtt::encode(
                 &Packet::Disconnect(Disconnect {
                     reason_code: code,
                     properties: Properties::default(),
@@ -712,7 +712,7 @@ impl<S: Io> Conn<S> {
     }
 
     fn encode(&mut self, packet: Packet) {
-        codec::encode(&packet, self.protocol, &mut self.wbuf);
+        mqtt::encode(&packet, self.protocol, &mut self.wbuf);
     }
 
     fn v5(&self) -> bool {
@@ -723,7 +723,7 @@ impl<S: Io> Conn<S> {
     fn process_buffered(&mut self) -> Result<(), Exit> {
         let mut decoded = false;
         while self.may_process() {
-            let packet = match codec::decode(
+            let packet = match mqtt::decode(
                 &mut self.rbuf,
                 Some(self.protocol),
                 self.cfg.max_packet_size,
@@ -1113,7 +1113,7 @@ impl<S: Io> Conn<S> {
         let mut retained = Vec::new();
         for sub in s.subscriptions {
             let parsed = parse_filter(&sub.filter);
-            if !codec::valid_topic_filter(&sub.filter) {
+            if !mqtt::valid_topic_filter(&sub.filter) {
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
@@ -1229,7 +1229,7 @@ impl<S: Io> Conn<S> {
                 Stage::AwaitComp => self.encode(Packet::PubRel(resp(i.pid, reason::SUCCESS))),
                 Stage::AwaitAck | Stage::AwaitRec => {
                     let p = self.build_publish(&i.out, i.pid, true, now, false);
-                    codec::encode_publish(&p, self.protocol, &mut self.wbuf);
+                    mqtt::encode_publish(&p, self.protocol, &mut self.wbuf);
                 }
             }
         }
@@ -1274,7 +1274,7 @@ impl<S: Io> Conn<S> {
                 st.alloc_pid()
             };
             let p = self.build_publish(&out, pid, false, now, false);
-            if codec::publish_encoded_len(&p, self.protocol) > self.client_max_packet as usize {
+            if mqtt::publish_encoded_len(&p, self.protocol) > self.client_max_packet as usize {
                 // 5.0 §3.1.2.11.4: discard, as if delivered.
                 Metrics::inc(&self.broker.inner.metrics.dropped_too_large);
                 continue;
@@ -1284,7 +1284,7 @@ impl<S: Io> Conn<S> {
             } else {
                 p
             };
-            codec::encode_publish(&p, self.protocol, &mut self.wbuf);
+            mqtt::encode_publish(&p, self.protocol, &mut self.wbuf);
             sent += 1;
             if out.qos != QoS::AtMostOnce {
                 let stage = if out.qos == QoS::AtLeastOnce {
@@ -1429,11 +1429,11 @@ impl Io for tokio::net::TcpStream {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for tokio_rustls::server::TlsStream<S> {}
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for super::transport::WsIo<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for crate::net::WsIo<S> {}
 impl Io for tokio::io::DuplexStream {}
 
 /// `max_topic_levels` and `max_topic_length` for a topic name or filter (a `$share/{group}/` prefix counts).
-fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> bool {
+fn within_topic_limits(topic: &str, limits: &crate::broker::config::BrokerLimits) -> bool {
     topic.len() <= limits.max_topic_length
         && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
 }
@@ -1441,7 +1441,7 @@ fn within_topic_limits(topic: &str, limits: &crate::config::BrokerLimits) -> boo
 #[cfg(test)]
 mod size_tests {
     use super::*;
-    use crate::config::BrokerConfig;
+    use crate::broker::config::BrokerConfig;
 
     pub(crate) fn config() -> BrokerConfig {
         BrokerConfig::default()

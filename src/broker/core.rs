@@ -10,12 +10,13 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::BrokerConfig;
+use crate::broker::config::BrokerConfig;
 
-use super::codec::{LastWill, Protocol, QoS};
 use super::message::Message;
 use super::router::{Router, Target};
 use super::session::{Offer, OfflineBudget, Outbound, Session};
+use crate::metrics::Metric;
+use crate::mqtt::{LastWill, Protocol, QoS};
 
 /// Counters of the broker. All monotonic except `clients_connected`.
 #[derive(Debug, Default)]
@@ -114,6 +115,159 @@ pub struct BrokerStats {
     /// Bytes queued for offline sessions, charged to `max_offline_queued_bytes`.
     pub offline_queued_bytes: u64,
 }
+
+/// The broker's counters and gauges, described once for `/metrics`, `$SYS` and `/api/status` (see
+/// [`crate::metrics`]).
+pub const METRICS: &[Metric<BrokerStats>] = &[
+    M::gauge(
+        "fieldbridge_broker_clients_connected",
+        "MQTT connections open.",
+        "clients_connected",
+        |b| Some(b.clients_connected as f64),
+    )
+    .sys("clients/connected"),
+    M::gauge(
+        "fieldbridge_broker_sessions",
+        "MQTT sessions known (connected or persisted).",
+        "sessions",
+        |b| Some(b.sessions as f64),
+    )
+    .sys("clients/total"),
+    M::gauge(
+        "fieldbridge_broker_subscriptions",
+        "Subscriptions in the topic tree.",
+        "subscriptions",
+        |b| Some(b.subscriptions as f64),
+    )
+    .sys("subscriptions/count"),
+    M::gauge(
+        "fieldbridge_broker_retained_messages",
+        "Retained messages held by the broker.",
+        "retained",
+        |b| Some(b.retained as f64),
+    )
+    .sys("retained messages/count"),
+    M::counter(
+        "fieldbridge_broker_messages_received_total",
+        "PUBLISH packets received (clients and the daemon itself).",
+        "messages_received",
+        |b| Some(b.messages_received as f64),
+    )
+    .sys("messages/received"),
+    M::counter(
+        "fieldbridge_broker_messages_sent_total",
+        "PUBLISH packets sent to clients.",
+        "messages_sent",
+        |b| Some(b.messages_sent as f64),
+    )
+    .sys("messages/sent"),
+    M::counter(
+        "fieldbridge_broker_received_bytes_total",
+        "Bytes read from client connections.",
+        "bytes_received",
+        |b| Some(b.bytes_received as f64),
+    )
+    .sys("bytes/received"),
+    M::counter(
+        "fieldbridge_broker_sent_bytes_total",
+        "Bytes written to client connections.",
+        "bytes_sent",
+        |b| Some(b.bytes_sent as f64),
+    )
+    .sys("bytes/sent"),
+    M::counter(
+        "fieldbridge_broker_publishes_denied_total",
+        "Publishes refused by the ACL.",
+        "denied_publishes",
+        |b| Some(b.denied_publishes as f64),
+    ),
+    M::counter(
+        "fieldbridge_broker_deliveries_denied_total",
+        "Deliveries withheld because the receiver may not read the topic (ACL).",
+        "denied_deliveries",
+        |b| Some(b.denied_deliveries as f64),
+    ),
+    M::counter(
+        "fieldbridge_broker_protocol_errors_total",
+        "Connections closed for a protocol violation.",
+        "protocol_errors",
+        |b| Some(b.protocol_errors as f64),
+    ),
+    M::counter(
+        "fieldbridge_broker_connections_refused_total",
+        "CONNECTs refused (credentials, limits).",
+        "connections_refused",
+        |b| Some(b.connections_refused as f64),
+    )
+    .sys("connections/refused"),
+    M::counter(
+        "fieldbridge_broker_slow_consumers_disconnected_total",
+        "Subscribers disconnected for making no room in their queue within max_publish_wait.",
+        "slow_consumers_disconnected",
+        |b| Some(b.slow_consumers_disconnected as f64),
+    ),
+    M::counter(
+        "fieldbridge_broker_packet_timeouts_total",
+        "Connections closed because a packet did not complete within packet_timeout.",
+        "packet_timeouts",
+        |b| Some(b.packet_timeouts as f64),
+    ),
+    M::counter(
+        LIMIT_REFUSALS,
+        LIMIT_REFUSALS_HELP,
+        "refused_topic_limits",
+        |b| Some(b.refused_topic_limits as f64),
+    )
+    .label("limit", "topic"),
+    M::counter(
+        LIMIT_REFUSALS,
+        LIMIT_REFUSALS_HELP,
+        "refused_subscriptions",
+        |b| Some(b.refused_subscriptions as f64),
+    )
+    .label("limit", "subscriptions"),
+    M::counter(
+        LIMIT_REFUSALS,
+        LIMIT_REFUSALS_HELP,
+        "refused_retained",
+        |b| Some(b.refused_retained as f64),
+    )
+    .label("limit", "retained"),
+    M::counter(
+        LIMIT_REFUSALS,
+        LIMIT_REFUSALS_HELP,
+        "refused_sessions",
+        |b| Some(b.refused_sessions as f64),
+    )
+    .label("limit", "offline_sessions"),
+    M::gauge(
+        "fieldbridge_broker_offline_queued_bytes",
+        "Bytes queued for offline sessions (charged to max_offline_queued_bytes).",
+        "offline_queued_bytes",
+        |b| Some(b.offline_queued_bytes as f64),
+    ),
+    M::counter(DROPPED, DROPPED_HELP, "dropped_queue_full", |b| {
+        Some(b.dropped_queue_full as f64)
+    })
+    .label("reason", "queue_full")
+    .sys("messages/dropped"),
+    M::counter(DROPPED, DROPPED_HELP, "dropped_expired", |b| {
+        Some(b.dropped_expired as f64)
+    })
+    .label("reason", "expired")
+    .sys("messages/dropped"),
+    M::counter(DROPPED, DROPPED_HELP, "dropped_too_large", |b| {
+        Some(b.dropped_too_large as f64)
+    })
+    .label("reason", "too_large")
+    .sys("messages/dropped"),
+];
+
+type M = Metric<BrokerStats>;
+const LIMIT_REFUSALS: &str = "fieldbridge_broker_limit_refusals_total";
+const LIMIT_REFUSALS_HELP: &str = "Requests refused by a broker limit, by limit.";
+const DROPPED: &str = "fieldbridge_broker_messages_dropped_total";
+const DROPPED_HELP: &str = "Messages the broker could not deliver to a subscriber, by reason.";
 
 /// Why a publish hook refused a message (the client gets PUBACK/PUBREC with this v5 reason code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,7 +515,7 @@ impl Broker {
             if session.live.swap(0, Ordering::AcqRel) == 0 {
                 return;
             }
-            st.kicked = Some((st.generation, super::codec::reason::QUOTA_EXCEEDED));
+            st.kicked = Some((st.generation, crate::mqtt::reason::QUOTA_EXCEEDED));
             // Only while the connection is attached: a takeover in between attached a new one.
             session.set_online(false);
         }
@@ -640,7 +794,7 @@ impl Broker {
     fn spawn_will(&self, will: LastWill, delay: Duration, cancel: Option<CancellationToken>) {
         let broker = self.clone();
         let msg = Message::from_publish(
-            super::codec::Publish {
+            crate::mqtt::Publish {
                 dup: false,
                 qos: will.qos,
                 retain: will.retain,

@@ -3,11 +3,11 @@
 //! client, at the cost of a queue push.
 use std::sync::Arc;
 
-use super::codec::{QoS, RetainHandling};
 use super::core::{Broker, Metrics};
 use super::message::Message;
 use super::router::SubOptions;
 use super::session::Session;
+use crate::mqtt::{QoS, RetainHandling};
 
 /// An in-process client of the broker. Dropping it removes its session and subscriptions.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ impl Broker {
         let session = Session::new(
             self.new_session_id(),
             client_id,
-            super::codec::Protocol::V5,
+            crate::mqtt::Protocol::V5,
             self.config().max_queued_messages,
         );
         session.set_online(true);
@@ -71,7 +71,7 @@ impl Link {
         qos: QoS,
         no_local: bool,
     ) -> Result<(), InvalidFilter> {
-        if !super::codec::valid_topic_filter(filter) {
+        if !crate::mqtt::valid_topic_filter(filter) {
             return Err(InvalidFilter(filter.to_string()));
         }
         let opts = SubOptions {

@@ -9,11 +9,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ListenerConfig, ListenerKind};
+use crate::broker::config::{ListenerConfig, ListenerKind};
 
 use super::connection;
 use super::core::Broker;
-use super::transport;
+use crate::net;
 
 /// A listener could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum ListenError {
         /// Listener name.
         name: String,
         /// Cause.
-        source: super::transport::TransportError,
+        source: crate::net::TransportError,
     },
 }
 
@@ -84,7 +84,7 @@ impl Broker {
     /// Binds a listener without serving it yet, so bind errors are reported before anything starts.
     pub async fn bind(&self, cfg: &ListenerConfig) -> Result<Bound, ListenError> {
         let tls = |t| {
-            transport::tls_acceptor(t).map_err(|source| ListenError::Tls {
+            net::tls_acceptor(t).map_err(|source| ListenError::Tls {
                 name: cfg.name.clone(),
                 source,
             })
@@ -145,15 +145,12 @@ impl Broker {
         anonymous: Option<bool>,
     ) {
         let _ = stream.set_nodelay(true);
-        let max = self.config().max_connections;
-        let open = self.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let over_limit = open > max;
+        // The slot is given back when the task ends, however it ends (a panicking connection included).
+        let (slot, over_limit) = Slot::take(self, self.config().max_connections);
         let broker = self.clone();
         // One task type per transport: a single async block over all of them would size every plain TCP
         // connection's task for the largest arm (TLS + WebSocket handshakes and streams, ~11 KB instead of
         // ~2.6 KB per idle connection).
-        // The slot is given back when the task ends, however it ends (a panicking connection included).
-        let slot = Slot(broker.clone());
         match accept {
             Accept::Tcp => {
                 self.inner.tasks.spawn(async move {
@@ -182,8 +179,16 @@ impl Broker {
     }
 }
 
-/// One of `max_connections`, held by a connection's task.
+/// One of `max_connections`, held by a connection's task: an RAII permit, given back on drop.
 struct Slot(Broker);
+
+impl Slot {
+    /// Takes a slot, and says whether it is beyond `max` (the connection then refuses the CONNECT as busy).
+    fn take(broker: &Broker, max: usize) -> (Slot, bool) {
+        let open = broker.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        (Slot(broker.clone()), open > max)
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -210,7 +215,7 @@ async fn serve_wrapped(
             connection::serve(b, s, peer, over_limit, anonymous).await;
         }
         Accept::Ws(path) => {
-            let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(stream, &path))
+            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(stream, &path))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -221,7 +226,7 @@ async fn serve_wrapped(
                 .await
                 .map_err(|_| "TLS handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            let s = timeout(HANDSHAKE_TIMEOUT, transport::ws_accept(s, &path))
+            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(s, &path))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -229,4 +234,32 @@ async fn serve_wrapped(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::config::BrokerConfig;
+
+    /// The connection limit counts slots, and a connection task that panics still gives its slot back (the
+    /// count is an RAII permit, not a decrement at the end of the happy path).
+    #[tokio::test]
+    async fn a_panicking_connection_frees_its_slot() {
+        let broker = Broker::new(BrokerConfig::default());
+        let open = || broker.inner.connections.load(Ordering::Relaxed);
+        let (calm, over) = Slot::take(&broker, 1);
+        assert!(!over);
+        let (doomed, over) = Slot::take(&broker, 1);
+        assert!(over, "the second slot is beyond a limit of one");
+        assert_eq!(open(), 2);
+        let task = tokio::spawn(async move {
+            let _slot = doomed;
+            panic!("a connection task fails");
+        });
+        let joined = task.await;
+        assert!(joined.is_err_and(|e| e.is_panic()));
+        assert_eq!(open(), 1, "the panicking task's slot is free again");
+        drop(calm);
+        assert_eq!(open(), 0);
+    }
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::codec::{Properties, Publish, QoS};
+use crate::mqtt::{Properties, Publish, QoS};
 
 /// An accepted application message. Shared (`Arc`) between every session queue it is routed to, so fan-out
 /// copies a pointer, not the payload.

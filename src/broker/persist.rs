@@ -25,11 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 
-use super::codec::{self, Packet, Protocol, Publish, QoS, RetainHandling};
 use super::core::Broker;
 use super::message::Message;
 use super::router::SubOptions;
 use super::session::{Inflight, Outbound, Session, Stage};
+use crate::mqtt::{self, Packet, Protocol, Publish, QoS, RetainHandling};
 
 /// One change of the broker's saved state. `None`: delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +328,7 @@ fn put_message(out: &mut Vec<u8>, msg: &Message, qos: QoS, retain: bool, now: In
         payload: msg.payload.clone(),
     };
     let mut buf = BytesMut::new();
-    codec::encode_publish(&p, Protocol::V5, &mut buf);
+    mqtt::encode_publish(&p, Protocol::V5, &mut buf);
     put_u32(out, buf.len() as u32);
     out.extend_from_slice(&buf);
 }
@@ -448,12 +448,12 @@ impl<'a> Reader<'a> {
     fn message(&mut self, elapsed_secs: u64, now: Instant) -> Result<Option<Message>, Damaged> {
         let n = self.count()?;
         let mut buf = BytesMut::from(self.take(n)?);
-        let p = match codec::decode(&mut buf, Some(Protocol::V5), u32::MAX) {
+        let p = match mqtt::decode(&mut buf, Some(Protocol::V5), u32::MAX) {
             Ok(Some(Packet::Publish(p))) if buf.is_empty() => p,
             _ => return Err(Damaged),
         };
         let topic = p.topic.clone();
-        if !codec::valid_topic_name(&topic) {
+        if !mqtt::valid_topic_name(&topic) {
             return Err(Damaged);
         }
         let expiry = p.properties.message_expiry_interval;
@@ -532,7 +532,7 @@ fn decode_session(b: &[u8]) -> Result<Snapshot, Damaged> {
     let mut subscriptions = Vec::new();
     for _ in 0..r.count()? {
         let filter = r.str()?;
-        if !codec::valid_topic_filter(&filter) {
+        if !mqtt::valid_topic_filter(&filter) {
             return Err(Damaged);
         }
         let qos = QoS::from_u8(r.u8()?).ok_or(Damaged)?;
@@ -594,7 +594,7 @@ fn decode_session(b: &[u8]) -> Result<Snapshot, Damaged> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::codec::Properties;
+    use crate::mqtt::Properties;
 
     #[test]
     fn damaged_rows_are_refused_not_panicked_on() {

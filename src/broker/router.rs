@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::codec::{QoS, RetainHandling};
 use super::message::Message;
 use super::session::Session;
+use crate::mqtt::filter_matches;
+use crate::mqtt::{QoS, RetainHandling};
 
 /// Options of one subscription, as granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,24 +160,6 @@ pub fn parse_filter(filter: &str) -> ParsedFilter<'_> {
     ParsedFilter {
         group: None,
         filter,
-    }
-}
-
-/// Whether `filter` (no `$share` prefix) matches `topic`.
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
     }
 }
 

@@ -15,9 +15,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{LastWill, Protocol, QoS};
 use super::message::Message;
 use super::router::SubOptions;
+use crate::mqtt::{LastWill, Protocol, QoS};
 
 /// One message waiting for, or in, delivery to a session.
 #[derive(Debug, Clone)]

@@ -5,8 +5,10 @@
 //! 1. Each file is parsed into a position-carrying [`fieldbridge_sdk::ConfigNode`] tree
 //!    ([`fieldbridge_sdk::config::parse_yaml_with`]): syntax errors, duplicate keys and unset `${VAR}`s are
 //!    found here.
-//! 2. Each section, device and point is deserialized on its own (`raw.rs`, `deny_unknown_fields`), so one bad
-//!    device does not hide the problems of the next.
+//! 2. Each section, device and point is deserialized on its own (`deny_unknown_fields`), so one bad device
+//!    does not hide the problems of the next. The broker's, store's and bridges' raw and typed forms live next
+//!    to those components (`broker/config.rs`, `store/config.rs`, `bridge/config.rs`); the gateway, API,
+//!    logging and device sections are in `raw.rs` and `types.rs`. Everything is re-exported here.
 //! 3. `validate.rs` applies defaults and the rules serde cannot express (ranges, templates, filters, URLs,
 //!    files that must exist, unique names, topics that would collide), then each enabled device's protocol
 //!    part goes to its adapter factory ([`AdapterRegistry`]), whose errors join the same report.

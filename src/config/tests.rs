@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use super::*;
-use crate::broker::codec::{Protocol, QoS};
+use crate::mqtt::{Protocol, QoS};
 
 /// An adapter that does nothing: the loader only needs something to return.
 struct Idle;

@@ -151,38 +151,10 @@ pub(super) fn expand_gateway(text: &str, gateway: &str) -> String {
     text.replace("{gateway}", gateway)
 }
 
-/// Checks a topic filter: `+` fills a whole level, `#` a whole level and only the last one.
+/// Checks a topic filter with the project's one filter grammar ([`crate::mqtt::check_topic_filter`]); the
+/// caller puts the message at the filter's position.
 pub(super) fn check_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("a topic filter cannot be empty".into());
-    }
-    if filter.len() > 65535 {
-        return Err("a topic filter is at most 65535 bytes".into());
-    }
-    if filter.contains('\0') {
-        return Err("a topic filter cannot contain a NUL character".into());
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('+') && *level != "+" {
-            return Err(format!(
-                "invalid topic filter `{filter}`: `+` must be a whole level (like `a/+/b`), found `{level}`"
-            ));
-        }
-        if level.contains('#') {
-            if *level != "#" {
-                return Err(format!(
-                    "invalid topic filter `{filter}`: `#` must be a whole level (like `a/#`), found `{level}`"
-                ));
-            }
-            if i + 1 != levels.len() {
-                return Err(format!(
-                    "invalid topic filter `{filter}`: `#` must be the last level"
-                ));
-            }
-        }
-    }
-    Ok(())
+    crate::mqtt::check_topic_filter(filter).map_err(|e| e.to_string())
 }
 
 /// Number of wildcard levels in a valid filter (what `{1}`…`{n}` of a bridge template can refer to).

@@ -24,7 +24,7 @@ use super::raw::*;
 use super::topics;
 use super::types::*;
 use super::{AdapterRegistry, ConfigErrors};
-use crate::broker::codec::{Protocol, QoS};
+use crate::mqtt::{Protocol, QoS};
 
 /// The main file's top-level keys, in the order the annotated example documents them.
 const MAIN_KEYS: &[&str] = &[
@@ -449,9 +449,62 @@ impl<'a> Cx<'a> {
     }
 
     fn broker(&mut self, node: Option<&ConfigNode>, gw: &str) -> BrokerConfig {
-        let raw: RawBroker = self.read(node).unwrap_or_default();
+        let mut raw: RawBroker = self.read(node).unwrap_or_default();
+        let listeners = self.broker_listeners(raw.listeners.as_ref());
+
+        let max_connections = positive(
+            self,
+            raw.max_connections.as_ref(),
+            10_000,
+            "max_connections",
+        );
+        let (max_packet_size, receive_maximum, max_session_expiry, max_keepalive) =
+            self.broker_sizes(&raw);
+        let max_queued_messages = raw.max_queued_messages.as_ref().map_or(10_000, |s| s.value);
+
+        let limits = self.broker_limits(&raw);
+        let users = self.broker_users(
+            raw.users.take().unwrap_or_default(),
+            raw.password_file.as_ref(),
+        );
+        let acl = self.broker_acl(
+            raw.acl.take().unwrap_or_default(),
+            raw.acl_file.as_ref(),
+            &users,
+            gw,
+        );
+
+        let cfg = BrokerConfig {
+            listeners,
+            max_connections,
+            max_packet_size,
+            receive_maximum,
+            max_queued_messages,
+            max_session_expiry,
+            topic_alias_maximum: raw.topic_alias_maximum.unwrap_or(64),
+            max_keepalive,
+            allow_anonymous: raw.allow_anonymous.unwrap_or(true),
+            users,
+            acl,
+            client_id_binding: match raw.client_id_binding {
+                None | Some(ClientIdBindingRaw::Strict) => ClientIdBinding::Strict,
+                Some(ClientIdBindingRaw::Off) => ClientIdBinding::Off,
+            },
+            sys_interval: raw.sys_interval.map_or(Duration::from_secs(10), |d| d.0),
+            limits,
+        };
+        self.anonymous_warnings(&cfg, raw.listeners.as_ref(), node);
+        cfg
+    }
+
+    /// `broker.listeners`: each listener, with unique addresses and names; one TCP listener on 127.0.0.1:1883
+    /// when the key is absent.
+    fn broker_listeners(
+        &mut self,
+        raw: Option<&Spanned<Vec<Spanned<RawListener>>>>,
+    ) -> Vec<ListenerConfig> {
         let mut listeners = Vec::new();
-        match &raw.listeners {
+        match raw {
             None => listeners.push(ListenerConfig {
                 name: "127.0.0.1:1883".into(),
                 bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
@@ -511,12 +564,12 @@ impl<'a> Cx<'a> {
             }
         }
 
-        let max_connections = positive(
-            self,
-            raw.max_connections.as_ref(),
-            10_000,
-            "max_connections",
-        );
+        listeners
+    }
+
+    /// `broker.max_packet_size`, `receive_maximum`, `max_session_expiry` and `max_keepalive`, within what MQTT
+    /// can express.
+    fn broker_sizes(&mut self, raw: &RawBroker) -> (u32, u16, Duration, Option<u16>) {
         let max_packet_size = match &raw.max_packet_size {
             None => 1 << 20,
             Some(s) if s.value.0 < 16 || s.value.0 > MQTT_MAX_PACKET => {
@@ -536,7 +589,6 @@ impl<'a> Cx<'a> {
             }
             Some(s) => s.value,
         };
-        let max_queued_messages = raw.max_queued_messages.as_ref().map_or(10_000, |s| s.value);
         let max_session_expiry = match &raw.max_session_expiry {
             None => Duration::from_secs(7 * 86_400),
             Some(s) => {
@@ -565,10 +617,23 @@ impl<'a> Cx<'a> {
             }
         });
 
-        let limits = self.broker_limits(&raw);
+        (
+            max_packet_size,
+            receive_maximum,
+            max_session_expiry,
+            max_keepalive,
+        )
+    }
+
+    /// `broker.users` and `broker.password_file`: unique names, each with a password.
+    fn broker_users(
+        &mut self,
+        raw: Vec<Spanned<RawUser>>,
+        password_file: Option<&Spanned<String>>,
+    ) -> Vec<UserConfig> {
         let mut users: Vec<UserConfig> = Vec::new();
         let mut user_marks: HashMap<String, Mark> = HashMap::new();
-        for u in raw.users.unwrap_or_default() {
+        for u in raw {
             let Spanned {
                 value: u,
                 mark,
@@ -603,12 +668,23 @@ impl<'a> Cx<'a> {
                 password: Password::Plain(password.unwrap_or_default()),
             });
         }
-        if let Some(f) = &raw.password_file {
+        if let Some(f) = password_file {
             self.password_file(f, &mut users, &user_marks);
         }
 
+        users
+    }
+
+    /// `broker.acl` then `broker.acl_file`, in mosquitto's evaluation order; users must exist.
+    fn broker_acl(
+        &mut self,
+        raw: Vec<Spanned<RawAcl>>,
+        acl_file: Option<&Spanned<String>>,
+        users: &[UserConfig],
+        gw: &str,
+    ) -> Vec<AclRule> {
         let mut acl = Vec::new();
-        for rule in raw.acl.unwrap_or_default() {
+        for rule in raw {
             let Spanned {
                 value: r,
                 mark,
@@ -664,33 +740,13 @@ impl<'a> Cx<'a> {
             });
         }
 
-        if let Some(f) = &raw.acl_file {
+        if let Some(f) = acl_file {
             if let Some(rules) = self.acl_file(f) {
                 acl.extend(rules);
             }
         }
 
-        let cfg = BrokerConfig {
-            listeners,
-            max_connections,
-            max_packet_size,
-            receive_maximum,
-            max_queued_messages,
-            max_session_expiry,
-            topic_alias_maximum: raw.topic_alias_maximum.unwrap_or(64),
-            max_keepalive,
-            allow_anonymous: raw.allow_anonymous.unwrap_or(true),
-            users,
-            acl,
-            client_id_binding: match raw.client_id_binding {
-                None | Some(ClientIdBindingRaw::Strict) => ClientIdBinding::Strict,
-                Some(ClientIdBindingRaw::Off) => ClientIdBinding::Off,
-            },
-            sys_interval: raw.sys_interval.map_or(Duration::from_secs(10), |d| d.0),
-            limits,
-        };
-        self.anonymous_warnings(&cfg, raw.listeners.as_ref(), node);
-        cfg
+        acl
     }
 
     /// Reads a file named by `s` whole, refusing one larger than `max` bytes or not UTF-8.
@@ -1066,7 +1122,7 @@ impl<'a> Cx<'a> {
     }
 
     fn bridge(&mut self, node: &ConfigNode, gw: &str) -> Option<(BridgeConfig, Spanned<String>)> {
-        let raw: RawBridge = self.read_req(node)?;
+        let mut raw: RawBridge = self.read_req(node)?;
         let name = raw.name.clone();
         if name.value.is_empty()
             || !name
@@ -1083,9 +1139,75 @@ impl<'a> Cx<'a> {
                 None
             }
         };
-        let tls = url
-            .as_ref()
-            .map(|u| matches!(u.scheme, BridgeScheme::Mqtts | BridgeScheme::Wss));
+        let (ca_file, client_cert) = self.bridge_tls(&raw, url.as_ref());
+        let password = self.secret(raw.password.take(), raw.password_file.take(), "password");
+        let client_id = self
+            .gateway_topic_like(
+                raw.client_id.as_ref(),
+                "{gateway}-{name}",
+                &[("gateway", gw), ("name", &name.value)],
+            )
+            .unwrap_or_default();
+        let (keepalive, session_expiry, reconnect_min, reconnect_max) = self.bridge_timers(&raw);
+        let inflight = match &raw.inflight {
+            None => 100,
+            Some(s) if s.value == 0 => {
+                self.at(s, "inflight must be at least 1");
+                100
+            }
+            Some(s) => s.value,
+        };
+        let rate_limit = match &raw.rate_limit {
+            Some(s) if s.value == 0 => {
+                self.at(
+                    s,
+                    "rate_limit must be at least 1 message per second (leave it out for no limit)",
+                );
+                None
+            }
+            other => other.as_ref().map(|s| s.value),
+        };
+        let (forward, subscribe) = self.bridge_rules(&raw, gw);
+        let status_topic = self
+            .gateway_topic(
+                raw.status_topic.as_ref(),
+                "{gateway}/status",
+                &[("gateway", gw)],
+            )
+            .unwrap_or_default();
+        let url = url?;
+        Some((
+            BridgeConfig {
+                name: name.value.clone(),
+                url,
+                protocol: raw.protocol.map_or(Protocol::V5, |p| p.value.0),
+                client_id,
+                username: raw.username,
+                password,
+                ca_file,
+                client_cert,
+                keepalive,
+                clean_start: raw.clean_start.unwrap_or(false),
+                session_expiry,
+                reconnect_min,
+                reconnect_max,
+                inflight,
+                rate_limit,
+                forward,
+                subscribe,
+                status_topic,
+            },
+            name,
+        ))
+    }
+
+    /// A bridge's `ca_file`, `client_cert` and `client_key`: existing files, on a TLS url only.
+    fn bridge_tls(
+        &mut self,
+        raw: &RawBridge,
+        url: Option<&BridgeUrl>,
+    ) -> (Option<PathBuf>, Option<(PathBuf, PathBuf)>) {
+        let tls = url.map(|u| matches!(u.scheme, BridgeScheme::Mqtts | BridgeScheme::Wss));
         // TLS files on a plain url: that one error says it all (no "not found", no "needs client_key").
         let plain = tls == Some(false);
         let tls_only = |cx: &mut Self, s: &Option<Spanned<String>>, key: &str, what: &str| {
@@ -1121,14 +1243,12 @@ impl<'a> Cx<'a> {
             }
             (None, None) => None,
         };
-        let password = self.secret(raw.password, raw.password_file, "password");
-        let client_id = self
-            .gateway_topic_like(
-                raw.client_id.as_ref(),
-                "{gateway}-{name}",
-                &[("gateway", gw), ("name", &name.value)],
-            )
-            .unwrap_or_default();
+        (ca_file, client_cert)
+    }
+
+    /// A bridge's `keepalive`, `session_expiry`, `reconnect_min` and `reconnect_max`, within what MQTT can
+    /// express and in order.
+    fn bridge_timers(&mut self, raw: &RawBridge) -> (Duration, Duration, Duration, Duration) {
         let keepalive = match &raw.keepalive {
             None => Duration::from_secs(30),
             Some(s) => {
@@ -1179,24 +1299,15 @@ impl<'a> Cx<'a> {
                 (None, None) => {}
             }
         }
-        let inflight = match &raw.inflight {
-            None => 100,
-            Some(s) if s.value == 0 => {
-                self.at(s, "inflight must be at least 1");
-                100
-            }
-            Some(s) => s.value,
-        };
-        let rate_limit = match &raw.rate_limit {
-            Some(s) if s.value == 0 => {
-                self.at(
-                    s,
-                    "rate_limit must be at least 1 message per second (leave it out for no limit)",
-                );
-                None
-            }
-            other => other.as_ref().map(|s| s.value),
-        };
+        (keepalive, session_expiry, reconnect_min, reconnect_max)
+    }
+
+    /// A bridge's `forward` rules (default: the whole gateway tree) and `subscribe` rules.
+    fn bridge_rules(
+        &mut self,
+        raw: &RawBridge,
+        gw: &str,
+    ) -> (Vec<ForwardRule>, Vec<SubscribeRule>) {
         let forward = match &raw.forward {
             None => vec![ForwardRule {
                 filter: format!("{gw}/#"),
@@ -1209,44 +1320,14 @@ impl<'a> Cx<'a> {
                 .filter_map(|r| self.forward_rule(r, gw))
                 .collect(),
         };
-        let subscribe = raw
+        let subscribe: Vec<SubscribeRule> = raw
             .subscribe
             .as_deref()
             .unwrap_or_default()
             .iter()
             .filter_map(|r| self.subscribe_rule(r, gw))
             .collect();
-        let status_topic = self
-            .gateway_topic(
-                raw.status_topic.as_ref(),
-                "{gateway}/status",
-                &[("gateway", gw)],
-            )
-            .unwrap_or_default();
-        let url = url?;
-        Some((
-            BridgeConfig {
-                name: name.value.clone(),
-                url,
-                protocol: raw.protocol.map_or(Protocol::V5, |p| p.value.0),
-                client_id,
-                username: raw.username,
-                password,
-                ca_file,
-                client_cert,
-                keepalive,
-                clean_start: raw.clean_start.unwrap_or(false),
-                session_expiry,
-                reconnect_min,
-                reconnect_max,
-                inflight,
-                rate_limit,
-                forward,
-                subscribe,
-                status_topic,
-            },
-            name,
-        ))
+        (forward, subscribe)
     }
 
     /// Like `gateway_topic`, for strings that are not topics (client ids): expanded, non-empty.
@@ -1286,23 +1367,34 @@ impl<'a> Cx<'a> {
         node.clone()
     }
 
-    fn forward_rule(&mut self, node: &ConfigNode, gw: &str) -> Option<ForwardRule> {
-        let node = Self::rule_parts(node);
-        let raw: RawForward = self.read_req(&node)?;
-        let filter = topics::expand_gateway(&raw.filter.value, gw);
-        if let Err(m) = topics::check_filter(&filter) {
-            self.at(&raw.filter, m);
+    /// The part forward and subscribe rules share: the filter (`{gateway}` expanded, valid) and the target
+    /// template (default `{topic}`; `{1}`.. within the filter's wildcards).
+    fn rule_filter_topic(
+        &mut self,
+        filter: &Spanned<String>,
+        topic: Option<&Spanned<String>>,
+        gw: &str,
+    ) -> (String, String) {
+        let expanded = topics::expand_gateway(&filter.value, gw);
+        if let Err(m) = topics::check_filter(&expanded) {
+            self.at(filter, m);
         }
-        let topic = raw.topic.as_ref().map_or_else(
+        let target = topic.map_or_else(
             || "{topic}".to_string(),
             |t| topics::expand_gateway(&t.value, gw),
         );
         if let (Some(t), Err(m)) = (
-            &raw.topic,
-            topics::check_rule_template(&topic, topics::wildcard_count(&filter)),
+            topic,
+            topics::check_rule_template(&target, topics::wildcard_count(&expanded)),
         ) {
             self.at(t, m);
         }
+        (expanded, target)
+    }
+
+    fn forward_rule(&mut self, node: &ConfigNode, gw: &str) -> Option<ForwardRule> {
+        let raw: RawForward = self.read_req(&Self::rule_parts(node))?;
+        let (filter, topic) = self.rule_filter_topic(&raw.filter, raw.topic.as_ref(), gw);
         Some(ForwardRule {
             filter,
             topic,
@@ -1312,22 +1404,8 @@ impl<'a> Cx<'a> {
     }
 
     fn subscribe_rule(&mut self, node: &ConfigNode, gw: &str) -> Option<SubscribeRule> {
-        let node = Self::rule_parts(node);
-        let raw: RawSubscribe = self.read_req(&node)?;
-        let filter = topics::expand_gateway(&raw.filter.value, gw);
-        if let Err(m) = topics::check_filter(&filter) {
-            self.at(&raw.filter, m);
-        }
-        let topic = raw.topic.as_ref().map_or_else(
-            || "{topic}".to_string(),
-            |t| topics::expand_gateway(&t.value, gw),
-        );
-        if let (Some(t), Err(m)) = (
-            &raw.topic,
-            topics::check_rule_template(&topic, topics::wildcard_count(&filter)),
-        ) {
-            self.at(t, m);
-        }
+        let raw: RawSubscribe = self.read_req(&Self::rule_parts(node))?;
+        let (filter, topic) = self.rule_filter_topic(&raw.filter, raw.topic.as_ref(), gw);
         Some(SubscribeRule {
             filter,
             topic,
@@ -1599,56 +1677,7 @@ impl<'a> Cx<'a> {
             names_ok = false;
         }
 
-        let scale = match &raw.scale {
-            None => 1.0,
-            Some(s) if !s.value.is_finite() || s.value == 0.0 => {
-                self.at(s, "scale must be a finite number other than 0 (0 would publish every reading as 0)");
-                1.0
-            }
-            Some(s) => s.value,
-        };
-        let offset = match &raw.offset {
-            None => 0.0,
-            Some(s) if !s.value.is_finite() => {
-                self.at(s, "offset must be a finite number");
-                0.0
-            }
-            Some(s) => s.value,
-        };
-        let deadband = raw.deadband.as_ref().and_then(|d| {
-            let (v, kind) = match d.value {
-                DeadbandRaw::Absolute(v) => (v, Deadband::Absolute(v)),
-                DeadbandRaw::Percent(v) => (v, Deadband::Percent(v)),
-            };
-            if !v.is_finite() || v < 0.0 {
-                self.at(d, "deadband must be a positive number or percentage");
-                None
-            } else {
-                Some(kind)
-            }
-        });
-        let publish_raw = raw.publish.as_ref().or(dev.publish.as_ref());
-        if let Some(p) = &raw.publish {
-            if p.value == PublishRaw::OnChangeOrEvery(0) {
-                self.at(p, "`on_change_or_every` needs a count of at least 1");
-            }
-        }
-        let publish = match publish_raw.map(|p| p.value) {
-            Some(PublishRaw::EveryPoll) => PublishMode::EveryPoll,
-            Some(PublishRaw::OnChange) => PublishMode::OnChange,
-            Some(PublishRaw::OnChangeOrEvery(n)) => PublishMode::OnChangeOrEvery(n.max(1)),
-            // A deadband only means something when publishing on change.
-            None if deadband.is_some() => PublishMode::OnChange,
-            None => PublishMode::EveryPoll,
-        };
-        if let (Some(d), Some(p)) = (&raw.deadband, publish_raw) {
-            if p.value == PublishRaw::EveryPoll {
-                self.at(d, format!(
-                    "`deadband` has no effect with `publish: every_poll` (set at {}); use `on_change` or `{{on_change_or_every: N}}`",
-                    place(&p.mark, &d.mark)
-                ));
-            }
-        }
+        let (scale, offset, deadband, publish) = self.point_values(&raw, dev);
 
         let label_names: Vec<&str> = labels.keys().map(String::as_str).collect();
         // (template, where it was written) — `None` when the applicable template is broken (already reported).
@@ -1727,6 +1756,65 @@ impl<'a> Cx<'a> {
             rules,
             topic_use,
         ))
+    }
+
+    /// A point's `scale`, `offset`, `deadband` and `publish` mode (the device's when the point has none).
+    fn point_values(
+        &mut self,
+        raw: &RawPoint,
+        dev: &RawDevice,
+    ) -> (f64, f64, Option<Deadband>, PublishMode) {
+        let scale = match &raw.scale {
+            None => 1.0,
+            Some(s) if !s.value.is_finite() || s.value == 0.0 => {
+                self.at(s, "scale must be a finite number other than 0 (0 would publish every reading as 0)");
+                1.0
+            }
+            Some(s) => s.value,
+        };
+        let offset = match &raw.offset {
+            None => 0.0,
+            Some(s) if !s.value.is_finite() => {
+                self.at(s, "offset must be a finite number");
+                0.0
+            }
+            Some(s) => s.value,
+        };
+        let deadband = raw.deadband.as_ref().and_then(|d| {
+            let (v, kind) = match d.value {
+                DeadbandRaw::Absolute(v) => (v, Deadband::Absolute(v)),
+                DeadbandRaw::Percent(v) => (v, Deadband::Percent(v)),
+            };
+            if !v.is_finite() || v < 0.0 {
+                self.at(d, "deadband must be a positive number or percentage");
+                None
+            } else {
+                Some(kind)
+            }
+        });
+        let publish_raw = raw.publish.as_ref().or(dev.publish.as_ref());
+        if let Some(p) = &raw.publish {
+            if p.value == PublishRaw::OnChangeOrEvery(0) {
+                self.at(p, "`on_change_or_every` needs a count of at least 1");
+            }
+        }
+        let publish = match publish_raw.map(|p| p.value) {
+            Some(PublishRaw::EveryPoll) => PublishMode::EveryPoll,
+            Some(PublishRaw::OnChange) => PublishMode::OnChange,
+            Some(PublishRaw::OnChangeOrEvery(n)) => PublishMode::OnChangeOrEvery(n.max(1)),
+            // A deadband only means something when publishing on change.
+            None if deadband.is_some() => PublishMode::OnChange,
+            None => PublishMode::EveryPoll,
+        };
+        if let (Some(d), Some(p)) = (&raw.deadband, publish_raw) {
+            if p.value == PublishRaw::EveryPoll {
+                self.at(d, format!(
+                    "`deadband` has no effect with `publish: every_poll` (set at {}); use `on_change` or `{{on_change_or_every: N}}`",
+                    place(&p.mark, &d.mark)
+                ));
+            }
+        }
+        (scale, offset, deadband, publish)
     }
 
     /// Duplicate device names, and published topics that collide with each other or with the gateway's own

@@ -155,6 +155,7 @@
 //! a SQLite query on the calling thread (a millisecond for a thousand rows): from async code call them
 //! through `spawn_blocking` when they may be large. `*_blocking` methods and [`Store::close`] are for
 //! threads outside the runtime.
+pub mod config;
 mod error;
 mod history;
 mod query;
@@ -181,14 +182,14 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{StorageConfig, Synchronous, WhenFull};
+use crate::store::config::{StorageConfig, Synchronous, WhenFull};
 
 pub use error::StoreError;
 pub use query::{
     check_buckets, Bucket, BucketQuery, LogReader, Reading, Series, MAX_BUCKETS, MAX_LATEST,
     MAX_SERIES,
 };
-pub use reader::{topic_matches, valid_filter, HistoryQuery, Order};
+pub use reader::{HistoryQuery, Order};
 pub use record::{now_ms, LogRecord, LogRow, MsgProps};
 pub use salvage::{
     check, check_file, move_aside_and_salvage, salvage_file, CheckReport, SalvageReport,

@@ -137,7 +137,7 @@ pub fn check_buckets(q: &BucketQuery) -> Result<(), StoreError> {
 pub(crate) fn buckets(conn: &Connection, q: &BucketQuery) -> Result<Vec<Series>, StoreError> {
     check_buckets(q)?;
     if let Some(filter) = &q.filter.topic {
-        if !reader::valid_filter(filter) {
+        if !crate::mqtt::valid_topic_filter(filter) {
             return Err(StoreError::Invalid(format!("topic filter {filter:?}")));
         }
     }
@@ -300,7 +300,7 @@ pub struct Reading {
 /// 86,400 rows. Memory is bounded by twice the limit.
 pub(crate) fn readings(conn: &Connection, q: &HistoryQuery) -> Result<Vec<Reading>, StoreError> {
     if let Some(filter) = &q.topic {
-        if !reader::valid_filter(filter) {
+        if !crate::mqtt::valid_topic_filter(filter) {
             return Err(StoreError::Invalid(format!("topic filter {filter:?}")));
         }
     }

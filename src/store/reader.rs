@@ -149,7 +149,7 @@ pub(crate) fn query(conn: &Connection, q: &HistoryQuery) -> Result<Vec<LogRow>, 
         return Ok(Vec::new());
     }
     if let Some(filter) = &q.topic {
-        if !valid_filter(filter) {
+        if !crate::mqtt::valid_topic_filter(filter) {
             return Err(StoreError::Invalid(format!("topic filter {filter:?}")));
         }
     }
@@ -276,7 +276,7 @@ pub(crate) fn matching_streams(
             r.get_ref(1)
                 .ok()
                 .and_then(|v| v.as_str().ok())
-                .is_some_and(|t| topic_matches(f, t))
+                .is_some_and(|t| crate::mqtt::filter_matches(f, t))
         }) {
             ids.push(r.get(0)?);
         }
@@ -445,54 +445,4 @@ pub(crate) fn decode_row(r: &Row<'_>, payload: Bytes) -> Result<LogRow, StoreErr
 
 pub(crate) fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Whether `filter` is a valid MQTT topic filter.
-pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, l)| match *l {
-        "#" => i == levels.len() - 1,
-        "+" => true,
-        l => !l.contains(['+', '#']),
-    })
-}
-
-/// MQTT topic matching, the broker's own (one definition of `+`, `#` and `$` rules for routing, logging,
-/// bridge rules and history queries).
-pub use crate::broker::router::filter_matches as topic_matches;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn matching() {
-        assert!(topic_matches("a/b", "a/b"));
-        assert!(!topic_matches("a/b", "a/b/c"));
-        assert!(topic_matches("a/+", "a/b"));
-        assert!(!topic_matches("a/+", "a"));
-        assert!(topic_matches("a/+", "a/"));
-        assert!(topic_matches("a/#", "a"));
-        assert!(topic_matches("a/#", "a/b/c"));
-        assert!(!topic_matches("a/#", "ab"));
-        assert!(topic_matches("#", "x/y"));
-        assert!(!topic_matches("#", "$SYS/x"));
-        assert!(!topic_matches("+/x", "$SYS/x"));
-        assert!(topic_matches("$SYS/#", "$SYS/x"));
-        assert!(topic_matches("+/+/temp", "gw/d1/temp"));
-        assert!(!topic_matches("+/+/temp", "gw/d1/hum"));
-    }
-
-    #[test]
-    fn filters() {
-        for ok in ["a", "a/b", "+", "#", "a/+/c", "a/#", "/", "+/#"] {
-            assert!(valid_filter(ok), "{ok}");
-        }
-        for bad in ["", "a#", "a/#/b", "a+/b", "#/a"] {
-            assert!(!valid_filter(bad), "{bad}");
-        }
-    }
 }

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::broker::codec::Properties;
+use crate::mqtt::Properties;
 
 /// One message to append to the log.
 #[derive(Debug, Clone, PartialEq)]

@@ -106,7 +106,7 @@ fn v0_to_v1(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
-/// Tunables beyond [`crate::config::StorageConfig`]: for benchmarks and tests, not for operators.
+/// Tunables beyond [`crate::store::config::StorageConfig`]: for benchmarks and tests, not for operators.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Capacity of the writer's queue, in requests (a batch is one request). Default: twice `commit_rows`,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rusqlite::Connection;
 
 use super::*;
-use crate::config::{Durability, StorageConfig, Synchronous, WhenFull};
+use crate::store::config::{Durability, StorageConfig, Synchronous, WhenFull};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, ErrorCode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::WhenFull;
+use crate::store::config::WhenFull;
 
 use super::error::StoreError;
 use super::record::{now_ms, LogRecord};

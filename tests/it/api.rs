@@ -1275,7 +1275,7 @@ async fn v1_history_buckets_latest_and_write_back() {
     watcher
         .subscribe(
             "t1/boiler/sp/set/result",
-            fieldbridge::broker::codec::QoS::AtLeastOnce,
+            fieldbridge::mqtt::QoS::AtLeastOnce,
         )
         .unwrap();
     let (s, b) = d

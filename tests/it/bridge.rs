@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fieldbridge::bridge::{BridgeState, BridgeStatus, Bridges};
-use fieldbridge::broker::codec::{Protocol, QoS};
 use fieldbridge::broker::{Broker, Message};
 use fieldbridge::config::{
     BridgeConfig, BridgeScheme, BridgeUrl, Durability, ForwardRule, StorageConfig, SubscribeRule,
     Synchronous, WhenFull,
 };
+use fieldbridge::mqtt::{Protocol, QoS};
 use fieldbridge::store::{LogRecord, Store};
 
 use crate::util::peers::{mosquitto_pub, run};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fieldbridge::broker::codec::{Protocol, QoS};
+use fieldbridge::mqtt::{Protocol, QoS};
 
 use crate::util::client::{publish, Client};
 use crate::util::daemon::{free_port, Daemon};

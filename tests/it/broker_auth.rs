@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use fieldbridge::broker::codec::{Packet, Protocol, Publish, QoS};
 use fieldbridge::config::{AclAccess, AclRule, AclWho, BrokerConfig, ClientIdBinding, UserConfig};
+use fieldbridge::mqtt::{Packet, Protocol, Publish, QoS};
 use tokio::process::Command;
 
 use crate::util::client::{connect_packet, publish, sub, Client};

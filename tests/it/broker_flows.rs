@@ -2,10 +2,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fieldbridge::broker::codec::{
+use fieldbridge::broker::Message;
+use fieldbridge::mqtt::{
     Disconnect, Packet, Properties, Protocol, QoS, RetainHandling, Unsubscribe,
 };
-use fieldbridge::broker::Message;
 
 use crate::util::client::{connect_packet, publish, resp, sub, will, Client, Recv};
 use crate::util::{wait_until, within, TestBroker};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fieldbridge::broker::codec::{self, Packet, Protocol, QoS};
 use fieldbridge::broker::{AdmissionFuture, CommitFuture, Message, PublishHook};
+use fieldbridge::mqtt::{self, Packet, Protocol, QoS};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -250,7 +250,7 @@ async fn a_qos0_burst_reaches_a_subscriber_that_keeps_up(p: Profile) {
             let mut c = Client::connect(addr, V3, &format!("burst-p{k}"), true).await;
             let mut out = BytesMut::new();
             for i in 0..EACH {
-                codec::encode(
+                mqtt::encode(
                     &Packet::Publish(publish(
                         &format!("burst/{k}"),
                         &i.to_string(),
@@ -288,13 +288,13 @@ async fn packets_pipelined_behind_connect_are_handled(p: Profile) {
         let mut cp = connect_packet(proto, "sensor", true);
         cp.will = Some(will("pipe/will", "gone", QoS::AtMostOnce));
         let mut out = BytesMut::new();
-        codec::encode(&Packet::Connect(Box::new(cp)), proto, &mut out);
-        codec::encode(
+        mqtt::encode(&Packet::Connect(Box::new(cp)), proto, &mut out);
+        mqtt::encode(
             &Packet::Publish(publish("pipe/data", "21.5", QoS::AtMostOnce, 0)),
             proto,
             &mut out,
         );
-        codec::encode(&Packet::Disconnect(Default::default()), proto, &mut out);
+        mqtt::encode(&Packet::Disconnect(Default::default()), proto, &mut out);
         let mut c = Client::open(tb.addr, proto).await;
         c.send_raw(&out).await;
         c.stream.shutdown().await.unwrap();
@@ -516,7 +516,7 @@ async fn publishes_pipelined_behind_a_waiting_admission_are_all_logged_and_ackno
     let mut p = Client::connect(tb.addr, V3, "burst", true).await;
     let mut out = BytesMut::new();
     for pid in 1..=50u16 {
-        codec::encode(
+        mqtt::encode(
             &Packet::Publish(publish("log/x", "v", QoS::AtLeastOnce, pid)),
             V3,
             &mut out,

@@ -2,7 +2,7 @@
 //! (subscriptions and queued QoS 1 messages) after `kill -9` and after a clean stop, with the real binary.
 use std::path::Path;
 
-use fieldbridge::broker::codec::{Protocol, QoS};
+use fieldbridge::mqtt::{Protocol, QoS};
 
 use crate::util::client::{connect_packet, publish, sub, Client, Recv};
 use crate::util::daemon::{free_port, Daemon};

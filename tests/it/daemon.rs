@@ -2,7 +2,7 @@
 //! under `kill -9`.
 use std::path::Path;
 
-use fieldbridge::broker::codec::{Protocol, QoS};
+use fieldbridge::mqtt::{Protocol, QoS};
 use tokio::process::Command;
 
 use crate::util::client::{publish, sub, Client};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldbridge::app::{load_config, App, Registry};
-use fieldbridge::broker::codec::{Protocol, QoS};
+use fieldbridge::mqtt::{Protocol, QoS};
 use fieldbridge_sdk::{
     Adapter, AdapterContext, AdapterError, AdapterFactory, ConfigError, DeviceConfig,
 };
@@ -469,7 +469,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn on_message(&mut self, m: &fieldbridge::broker::codec::Publish) {
+    fn on_message(&mut self, m: &fieldbridge::mqtt::Publish) {
         let dev = m.topic.split('/').nth(1).unwrap().to_string();
         let v = json(&m.payload)["value"].as_i64().unwrap();
         if dev == "steady" {

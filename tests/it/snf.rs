@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fieldbridge::broker::codec::{Packet, Protocol, QoS};
 use fieldbridge::cli::ApiClient;
+use fieldbridge::mqtt::{Packet, Protocol, QoS};
 use hyper::Method;
 use serde_json::Value;
 

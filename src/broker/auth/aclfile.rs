@@ -21,8 +21,8 @@
 //!
 //! Stricter than mosquitto, which skips lines it does not understand: an unknown keyword or access word, a
 //! missing user name or an invalid filter is an error with its line and column.
-use crate::broker::codec::valid_topic_filter;
-use crate::config::{AclAccess, AclRule, AclWho};
+use crate::broker::config::{AclAccess, AclRule, AclWho};
+use crate::mqtt::valid_topic_filter;
 
 use super::FileError;
 

@@ -7,7 +7,7 @@
 //! meant to hold hashes that holds clear text is a mistake to report (`mosquitto_passwd -U` converts one).
 use std::collections::HashMap;
 
-use crate::config::Password;
+use crate::broker::config::Password;
 
 use super::FileError;
 

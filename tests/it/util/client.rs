@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fieldbridge::broker::codec::{
+use fieldbridge::mqtt::{
     self, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, PubResp, Publish,
     QoS, RetainHandling, SubAck, Subscribe, Subscription,
 };
@@ -127,7 +127,7 @@ impl Client {
 
     pub async fn send(&mut self, packet: Packet) {
         let mut out = BytesMut::new();
-        codec::encode(&packet, self.protocol, &mut out);
+        mqtt::encode(&packet, self.protocol, &mut out);
         self.stream.write_all(&out).await.expect("write to broker");
     }
 
@@ -151,7 +151,7 @@ impl Client {
         }
         let fut = async {
             loop {
-                if let Some(p) = codec::decode(&mut self.rbuf, Some(self.protocol), u32::MAX)
+                if let Some(p) = mqtt::decode(&mut self.rbuf, Some(self.protocol), u32::MAX)
                     .expect("broker sent a valid packet")
                 {
                     return Some(p);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
-use fieldbridge::broker::codec::{
+use fieldbridge::mqtt::{
     self, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, RetainHandling, Subscribe,
     Subscription,
 };
@@ -70,8 +70,8 @@ impl Client {
 
     /// Encodes and writes one packet.
     pub async fn send(&mut self, packet: &Packet) -> Result<()> {
-        let mut buf = BytesMut::with_capacity(codec::encoded_len(packet, PROTO));
-        codec::encode(packet, PROTO, &mut buf);
+        let mut buf = BytesMut::with_capacity(mqtt::encoded_len(packet, PROTO));
+        mqtt::encode(packet, PROTO, &mut buf);
         self.stream.write_all(&buf).await?;
         Ok(())
     }
@@ -79,7 +79,7 @@ impl Client {
     /// Reads until one whole packet is decoded (unbounded: callers wrap it in a timeout).
     pub async fn recv(&mut self) -> Result<Packet> {
         loop {
-            if let Some(p) = codec::decode(&mut self.rbuf, Some(PROTO), MAX_PACKET)? {
+            if let Some(p) = mqtt::decode(&mut self.rbuf, Some(PROTO), MAX_PACKET)? {
                 return Ok(p);
             }
             self.rbuf.reserve(4096);
@@ -162,7 +162,7 @@ impl PublishEncoder {
         if self.template.qos != QoS::AtMostOnce {
             self.template.packet_id = (seq % 65_535) as u16 + 1;
         }
-        codec::encode_publish(&self.template, PROTO, out);
+        mqtt::encode_publish(&self.template, PROTO, out);
         let end = out.len();
         let p = &mut out[end - self.payload_len..end - self.payload_len + HEADER_LEN];
         p[0..4].copy_from_slice(&self.publisher.to_le_bytes());
@@ -197,5 +197,5 @@ pub fn push_puback(out: &mut BytesMut, packet_id: u16) {
         reason_code: 0,
         properties: Properties::default(),
     });
-    codec::encode(&ack, PROTO, out);
+    mqtt::encode(&ack, PROTO, out);
 }

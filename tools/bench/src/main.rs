@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fieldbridge::broker::codec::QoS;
+use fieldbridge::mqtt::QoS;
 
 use brokers::{Flavor, Running, Setup};
 use report::{fmt_ratio, median, mib, ratio, thousands, Better, Row, Sample};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
-use fieldbridge::broker::codec::{self, Packet, QoS};
+use fieldbridge::mqtt::{self, Packet, QoS};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -306,7 +306,7 @@ async fn publish_qos1(
             let result: Result<Instant> = async {
                 while acked < count {
                     let mut n = 0;
-                    while let Some(p) = codec::decode(&mut rbuf, Some(PROTO), MAX_PACKET)? {
+                    while let Some(p) = mqtt::decode(&mut rbuf, Some(PROTO), MAX_PACKET)? {
                         match p {
                             Packet::PubAck(_) => n += 1,
                             other => bail!("publisher got an unexpected {other:?}"),
@@ -419,7 +419,7 @@ async fn subscribe_loop(
         let now = Instant::now();
         last_read = now;
         let mut any = false;
-        while let Some(p) = codec::decode(&mut rbuf, Some(PROTO), MAX_PACKET)? {
+        while let Some(p) = mqtt::decode(&mut rbuf, Some(PROTO), MAX_PACKET)? {
             match p {
                 Packet::Publish(p) => {
                     if p.qos != QoS::AtMostOnce {
@@ -544,7 +544,7 @@ pub async fn latency(addr: SocketAddr, spec: LatencySpec) -> Result<LatencyResul
         }
         let t = ns_since(base);
         last_read = Instant::now();
-        while let Some(p) = codec::decode(&mut rbuf, Some(PROTO), MAX_PACKET)? {
+        while let Some(p) = mqtt::decode(&mut rbuf, Some(PROTO), MAX_PACKET)? {
             let Packet::Publish(p) = p else {
                 bail!("latency subscriber got an unexpected {p:?}");
             };

@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use fieldbridge::bridge::{BridgeState, Bridges};
-use fieldbridge::broker::codec::{
-    self, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, RetainHandling, Subscribe,
-    Subscription,
-};
 use fieldbridge::broker::Broker;
 use fieldbridge::config::{
     BridgeConfig, BridgeScheme, BridgeUrl, BrokerConfig, Durability, ForwardRule, StorageConfig,
     Synchronous, WhenFull,
+};
+use fieldbridge::mqtt::{
+    self, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, RetainHandling, Subscribe,
+    Subscription,
 };
 use fieldbridge::store::{LogRecord, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -210,14 +210,14 @@ impl Raw {
 
     async fn send(&mut self, p: &Packet) {
         let mut out = BytesMut::new();
-        codec::encode(p, Protocol::V311, &mut out);
+        mqtt::encode(p, Protocol::V311, &mut out);
         self.stream.write_all(&out).await.expect("write");
     }
 
     async fn recv(&mut self) -> Option<Packet> {
         loop {
             if let Some(p) =
-                codec::decode(&mut self.rbuf, Some(Protocol::V311), u32::MAX).expect("decode")
+                mqtt::decode(&mut self.rbuf, Some(Protocol::V311), u32::MAX).expect("decode")
             {
                 return Some(p);
             }
@@ -319,7 +319,7 @@ async fn count(mut c: Raw, n: u64, topics: u64, out: Shared) {
         loop {
             // Decode everything buffered, then ack it in one write.
             while let Some(p) =
-                codec::decode(&mut c.rbuf, Some(Protocol::V311), u32::MAX).expect("decode")
+                mqtt::decode(&mut c.rbuf, Some(Protocol::V311), u32::MAX).expect("decode")
             {
                 if let Packet::Publish(p) = p {
                     let now = Instant::now();
@@ -330,7 +330,7 @@ async fn count(mut c: Raw, n: u64, topics: u64, out: Shared) {
                         .and_then(|s| s.parse().ok())
                         .expect("payload starts with its number");
                     if p.qos != QoS::AtMostOnce {
-                        codec::encode(
+                        mqtt::encode(
                             &Packet::PubAck(PubResp {
                                 packet_id: p.packet_id,
                                 reason_code: 0,
@@ -670,7 +670,7 @@ async fn publish_all(port: u16, n: u64, topics: u64, size: usize, prefix: &str) 
                 break;
             }
             while let Some(p) =
-                codec::decode(&mut buf, Some(Protocol::V311), u32::MAX).expect("decode")
+                mqtt::decode(&mut buf, Some(Protocol::V311), u32::MAX).expect("decode")
             {
                 if matches!(p, Packet::PubAck(_)) {
                     acked += 1;
@@ -683,7 +683,7 @@ async fn publish_all(port: u16, n: u64, topics: u64, size: usize, prefix: &str) 
     for i in 0..n {
         // MQTT 3.1.1 brokers keep no state for inbound QoS 1, so identifiers may repeat while in flight.
         let pid = (i % 65_000 + 1) as u16;
-        codec::encode_publish(
+        mqtt::encode_publish(
             &Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,

@@ -41,13 +41,16 @@ mod topic;
 mod types;
 mod unsuback;
 mod unsubscribe;
+pub mod yaml;
 
 #[cfg(test)]
 mod tests;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-pub use topic::{valid_topic_filter, valid_topic_name};
+pub use topic::{
+    check_topic_filter, filter_matches, valid_topic_filter, valid_topic_name, FilterError,
+};
 pub use types::*;
 
 use primitives::{parse_varint, Reader};

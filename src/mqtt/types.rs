@@ -302,7 +302,7 @@ pub enum Packet {
     Auth(Auth),
 }
 
-/// v5 reason codes the broker uses by name.
+/// v5 reason codes by name, and their text for logs and errors.
 pub mod reason {
     #![allow(missing_docs)]
     pub const SUCCESS: u8 = 0x00;
@@ -342,4 +342,46 @@ pub mod reason {
     pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
     pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
+
+    /// Human text for an MQTT 5 reason code (3.1.1 CONNACK codes arrive mapped to these).
+    pub fn text(code: u8) -> &'static str {
+        match code {
+            0x00 => "success",
+            0x04 => "disconnect with will message",
+            0x80 => "unspecified error",
+            0x81 => "malformed packet",
+            0x82 => "protocol error",
+            0x83 => "implementation specific error",
+            0x84 => "unsupported protocol version",
+            0x85 => "client identifier not valid",
+            0x86 => "bad user name or password",
+            0x87 => "not authorized",
+            0x88 => "server unavailable",
+            0x89 => "server busy",
+            0x8A => "banned",
+            0x8B => "server shutting down",
+            0x8C => "bad authentication method",
+            0x8D => "keep alive timeout",
+            0x8E => "session taken over",
+            0x8F => "topic filter invalid",
+            0x90 => "topic name invalid",
+            0x93 => "receive maximum exceeded",
+            0x94 => "topic alias invalid",
+            0x95 => "packet too large",
+            0x96 => "message rate too high",
+            0x97 => "quota exceeded",
+            0x98 => "administrative action",
+            0x99 => "payload format invalid",
+            0x9A => "retain not supported",
+            0x9B => "QoS not supported",
+            0x9C => "use another server",
+            0x9D => "server moved",
+            0x9E => "shared subscriptions not supported",
+            0x9F => "connection rate exceeded",
+            0xA0 => "maximum connect time",
+            0xA1 => "subscription identifiers not supported",
+            0xA2 => "wildcard subscriptions not supported",
+            _ => "unknown reason",
+        }
+    }
 }

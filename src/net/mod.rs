@@ -1,9 +1,9 @@
-//! Transports under MQTT: TLS (rustls with the ring provider) and WebSocket (binary frames carrying the MQTT
-//! byte stream, subprotocol `mqtt`). Both end as an `AsyncRead + AsyncWrite` the connection task serves like
-//! TCP.
+//! The byte streams under MQTT, shared by the broker's listeners, the API and the bridges: TLS (rustls with the
+//! ring provider: certificate and key loading, the server acceptor) and WebSocket (binary frames carrying the
+//! MQTT byte stream, subprotocol `mqtt`). Both end as an `AsyncRead + AsyncWrite` served like TCP.
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -20,7 +20,19 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::TlsServerConfig;
+/// TLS settings of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsServerConfig {
+    /// PEM certificate chain. Like every path here, a relative one was resolved against the main file's
+    /// directory at load, and the file was checked to exist.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle to verify client certificates against.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (needs `client_ca`).
+    pub require_client_cert: bool,
+}
 
 /// A TLS or WebSocket listener could not be set up.
 #[derive(Debug, thiserror::Error)]

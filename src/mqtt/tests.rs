@@ -1829,7 +1829,7 @@ mod properties_based {
             })),
             Packet::ConnAck(c) => Packet::ConnAck(ConnAck {
                 reason_code: if v3 {
-                    match crate::broker::codec::connack::v311_return_code(c.reason_code) {
+                    match crate::mqtt::connack::v311_return_code(c.reason_code) {
                         0 => 0,
                         1 => 0x84,
                         2 => 0x85,

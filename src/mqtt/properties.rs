@@ -166,143 +166,150 @@ pub(crate) fn decode(r: &mut Reader, ctx: Ctx) -> Result<Properties, DecodeError
                 format!("property 0x{id:02X} is not allowed here"),
             ));
         }
-        match id {
-            PAYLOAD_FORMAT_INDICATOR => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.payload_format_indicator, v, ctx, id)?
-            }
-            MESSAGE_EXPIRY_INTERVAL => {
-                let v = r.u32("message expiry interval")?;
-                set_once(&mut p.message_expiry_interval, v, ctx, id)?
-            }
-            CONTENT_TYPE => {
-                let v = r.string("content type")?;
-                set_once(&mut p.content_type, v, ctx, id)?
-            }
-            RESPONSE_TOPIC => {
-                let v = r.string("response topic")?;
-                set_once(&mut p.response_topic, v, ctx, id)?
-            }
-            CORRELATION_DATA => {
-                let v = r.binary("correlation data")?;
-                set_once(&mut p.correlation_data, v, ctx, id)?
-            }
-            SUBSCRIPTION_IDENTIFIER => {
-                let v = r.varint("subscription identifier")?;
-                if v == 0 {
-                    return Err(protocol_error(ctx, "subscription identifier 0".into()));
-                }
-                // A server forwards one per matching subscription; a SUBSCRIBE carries at most one.
-                if ctx == Ctx::Subscribe && !p.subscription_identifiers.is_empty() {
-                    return Err(protocol_error(
-                        ctx,
-                        "subscription identifier appears more than once".into(),
-                    ));
-                }
-                p.subscription_identifiers.push(v);
-            }
-            SESSION_EXPIRY_INTERVAL => {
-                let v = r.u32("session expiry interval")?;
-                set_once(&mut p.session_expiry_interval, v, ctx, id)?
-            }
-            ASSIGNED_CLIENT_IDENTIFIER => {
-                let v = r.string("assigned client identifier")?;
-                set_once(&mut p.assigned_client_identifier, v, ctx, id)?
-            }
-            SERVER_KEEP_ALIVE => {
-                let v = r.u16("server keep alive")?;
-                set_once(&mut p.server_keep_alive, v, ctx, id)?
-            }
-            AUTHENTICATION_METHOD => {
-                let v = r.string("authentication method")?;
-                set_once(&mut p.authentication_method, v, ctx, id)?
-            }
-            AUTHENTICATION_DATA => {
-                let v = r.binary("authentication data")?;
-                set_once(&mut p.authentication_data, v, ctx, id)?
-            }
-            REQUEST_PROBLEM_INFORMATION => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.request_problem_information, v, ctx, id)?
-            }
-            WILL_DELAY_INTERVAL => {
-                let v = r.u32("will delay interval")?;
-                set_once(&mut p.will_delay_interval, v, ctx, id)?
-            }
-            REQUEST_RESPONSE_INFORMATION => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.request_response_information, v, ctx, id)?
-            }
-            RESPONSE_INFORMATION => {
-                let v = r.string("response information")?;
-                set_once(&mut p.response_information, v, ctx, id)?
-            }
-            SERVER_REFERENCE => {
-                let v = r.string("server reference")?;
-                set_once(&mut p.server_reference, v, ctx, id)?
-            }
-            REASON_STRING => {
-                let v = r.string("reason string")?;
-                set_once(&mut p.reason_string, v, ctx, id)?
-            }
-            RECEIVE_MAXIMUM => {
-                let v = r.u16("receive maximum")?;
-                if v == 0 {
-                    return Err(protocol_error(ctx, "receive maximum 0".into()));
-                }
-                set_once(&mut p.receive_maximum, v, ctx, id)?
-            }
-            TOPIC_ALIAS_MAXIMUM => {
-                let v = r.u16("topic alias maximum")?;
-                set_once(&mut p.topic_alias_maximum, v, ctx, id)?
-            }
-            TOPIC_ALIAS => {
-                let v = r.u16("topic alias")?;
-                if v == 0 {
-                    // The spec names its own reason code for this rather than a generic protocol error.
-                    return Err(DecodeError::new(
-                        super::reason::TOPIC_ALIAS_INVALID,
-                        "PUBLISH: topic alias 0",
-                    ));
-                }
-                set_once(&mut p.topic_alias, v, ctx, id)?
-            }
-            MAXIMUM_QOS => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.maximum_qos, v, ctx, id)?
-            }
-            RETAIN_AVAILABLE => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.retain_available, v, ctx, id)?
-            }
-            USER_PROPERTY => {
-                let k = r.string("user property name")?;
-                let v = r.string("user property value")?;
-                p.user_properties.push((k, v));
-            }
-            MAXIMUM_PACKET_SIZE => {
-                let v = r.u32("maximum packet size")?;
-                if v == 0 {
-                    return Err(protocol_error(ctx, "maximum packet size 0".into()));
-                }
-                set_once(&mut p.maximum_packet_size, v, ctx, id)?
-            }
-            WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.wildcard_subscription_available, v, ctx, id)?
-            }
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.subscription_identifier_available, v, ctx, id)?
-            }
-            SHARED_SUBSCRIPTION_AVAILABLE => {
-                let v = flag(&mut r, ctx, id)?;
-                set_once(&mut p.shared_subscription_available, v, ctx, id)?
-            }
-            _ => unreachable!("identifier 0x{id:02X} passed the known() check"),
-        }
+        one(&mut r, ctx, id, p)?;
     }
     Ok(props)
+}
+
+/// Reads the value of property `id` (known and allowed in `ctx`) into `p`.
+#[inline]
+fn one(r: &mut Reader, ctx: Ctx, id: u8, p: &mut Properties) -> Result<(), DecodeError> {
+    match id {
+        PAYLOAD_FORMAT_INDICATOR => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.payload_format_indicator, v, ctx, id)?
+        }
+        MESSAGE_EXPIRY_INTERVAL => {
+            let v = r.u32("message expiry interval")?;
+            set_once(&mut p.message_expiry_interval, v, ctx, id)?
+        }
+        CONTENT_TYPE => {
+            let v = r.string("content type")?;
+            set_once(&mut p.content_type, v, ctx, id)?
+        }
+        RESPONSE_TOPIC => {
+            let v = r.string("response topic")?;
+            set_once(&mut p.response_topic, v, ctx, id)?
+        }
+        CORRELATION_DATA => {
+            let v = r.binary("correlation data")?;
+            set_once(&mut p.correlation_data, v, ctx, id)?
+        }
+        SUBSCRIPTION_IDENTIFIER => {
+            let v = r.varint("subscription identifier")?;
+            if v == 0 {
+                return Err(protocol_error(ctx, "subscription identifier 0".into()));
+            }
+            // A server forwards one per matching subscription; a SUBSCRIBE carries at most one.
+            if ctx == Ctx::Subscribe && !p.subscription_identifiers.is_empty() {
+                return Err(protocol_error(
+                    ctx,
+                    "subscription identifier appears more than once".into(),
+                ));
+            }
+            p.subscription_identifiers.push(v);
+        }
+        SESSION_EXPIRY_INTERVAL => {
+            let v = r.u32("session expiry interval")?;
+            set_once(&mut p.session_expiry_interval, v, ctx, id)?
+        }
+        ASSIGNED_CLIENT_IDENTIFIER => {
+            let v = r.string("assigned client identifier")?;
+            set_once(&mut p.assigned_client_identifier, v, ctx, id)?
+        }
+        SERVER_KEEP_ALIVE => {
+            let v = r.u16("server keep alive")?;
+            set_once(&mut p.server_keep_alive, v, ctx, id)?
+        }
+        AUTHENTICATION_METHOD => {
+            let v = r.string("authentication method")?;
+            set_once(&mut p.authentication_method, v, ctx, id)?
+        }
+        AUTHENTICATION_DATA => {
+            let v = r.binary("authentication data")?;
+            set_once(&mut p.authentication_data, v, ctx, id)?
+        }
+        REQUEST_PROBLEM_INFORMATION => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.request_problem_information, v, ctx, id)?
+        }
+        WILL_DELAY_INTERVAL => {
+            let v = r.u32("will delay interval")?;
+            set_once(&mut p.will_delay_interval, v, ctx, id)?
+        }
+        REQUEST_RESPONSE_INFORMATION => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.request_response_information, v, ctx, id)?
+        }
+        RESPONSE_INFORMATION => {
+            let v = r.string("response information")?;
+            set_once(&mut p.response_information, v, ctx, id)?
+        }
+        SERVER_REFERENCE => {
+            let v = r.string("server reference")?;
+            set_once(&mut p.server_reference, v, ctx, id)?
+        }
+        REASON_STRING => {
+            let v = r.string("reason string")?;
+            set_once(&mut p.reason_string, v, ctx, id)?
+        }
+        RECEIVE_MAXIMUM => {
+            let v = r.u16("receive maximum")?;
+            if v == 0 {
+                return Err(protocol_error(ctx, "receive maximum 0".into()));
+            }
+            set_once(&mut p.receive_maximum, v, ctx, id)?
+        }
+        TOPIC_ALIAS_MAXIMUM => {
+            let v = r.u16("topic alias maximum")?;
+            set_once(&mut p.topic_alias_maximum, v, ctx, id)?
+        }
+        TOPIC_ALIAS => {
+            let v = r.u16("topic alias")?;
+            if v == 0 {
+                // The spec names its own reason code for this rather than a generic protocol error.
+                return Err(DecodeError::new(
+                    super::reason::TOPIC_ALIAS_INVALID,
+                    "PUBLISH: topic alias 0",
+                ));
+            }
+            set_once(&mut p.topic_alias, v, ctx, id)?
+        }
+        MAXIMUM_QOS => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.maximum_qos, v, ctx, id)?
+        }
+        RETAIN_AVAILABLE => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.retain_available, v, ctx, id)?
+        }
+        USER_PROPERTY => {
+            let k = r.string("user property name")?;
+            let v = r.string("user property value")?;
+            p.user_properties.push((k, v));
+        }
+        MAXIMUM_PACKET_SIZE => {
+            let v = r.u32("maximum packet size")?;
+            if v == 0 {
+                return Err(protocol_error(ctx, "maximum packet size 0".into()));
+            }
+            set_once(&mut p.maximum_packet_size, v, ctx, id)?
+        }
+        WILDCARD_SUBSCRIPTION_AVAILABLE => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.wildcard_subscription_available, v, ctx, id)?
+        }
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.subscription_identifier_available, v, ctx, id)?
+        }
+        SHARED_SUBSCRIPTION_AVAILABLE => {
+            let v = flag(r, ctx, id)?;
+            set_once(&mut p.shared_subscription_available, v, ctx, id)?
+        }
+        _ => unreachable!("identifier 0x{id:02X} passed the known() check"),
+    }
+    Ok(())
 }
 
 /// Identifiers the spec defines (the table has gaps).

@@ -1,0 +1,98 @@
+//! The store's configuration (`storage:`): the typed form the store runs with, and the raw form as written.
+//! `config::validate` reads one into the other (with file:line:col for every error).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fieldbridge_sdk::config::{HumanDuration, HumanSize, Spanned};
+use serde::Deserialize;
+
+/// `storage:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// SQLite database file. Default `/var/lib/fieldbridge/fieldbridge.db` (the demo uses a relative path).
+    pub path: PathBuf,
+    /// Group-commit interval. Default 20 ms.
+    pub commit_interval: Duration,
+    /// Group-commit row count: commit as soon as this many rows wait. Default 10000.
+    pub commit_rows: usize,
+    /// SQLite `synchronous`. Default `Full`.
+    pub synchronous: Synchronous,
+    /// Whether local QoS 1/2 publishes that are logged are acknowledged only after commit. Default `Strict`.
+    pub durability: Durability,
+    /// Cap on the database's real size on disk. Default 1 GiB.
+    pub max_bytes: u64,
+    /// History older than this is removed once every bridge has delivered it. `None`: kept until `max_bytes`.
+    pub max_age: Option<Duration>,
+    /// What happens to rows not yet delivered when `max_bytes` is reached. Default `DropOldest`.
+    pub when_full: WhenFull,
+    /// Extra filters whose local publishes are logged even when no bridge forwards them (history only).
+    /// `{gateway}` expanded at load.
+    pub record: Vec<String>,
+}
+
+/// SQLite `synchronous` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync at every commit (power-cut safe).
+    Full,
+    /// fsync at checkpoints only (WAL): faster, may lose the last commits on power loss.
+    Normal,
+}
+
+/// When a logged local publish is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the row is committed.
+    Strict,
+    /// As soon as it is queued for the writer.
+    Relaxed,
+}
+
+/// The policy when the log is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Remove the oldest undelivered rows to make room.
+    DropOldest,
+    /// Refuse the new rows.
+    DropNewest,
+    /// Slow local publishers and adapters until room is made.
+    Block,
+}
+
+// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub path: Option<Spanned<String>>,
+    pub commit_interval: Option<Spanned<HumanDuration>>,
+    pub commit_rows: Option<Spanned<usize>>,
+    pub synchronous: Option<SynchronousRaw>,
+    pub durability: Option<DurabilityRaw>,
+    pub max_bytes: Option<Spanned<HumanSize>>,
+    pub max_age: Option<Spanned<HumanDuration>>,
+    pub when_full: Option<WhenFullRaw>,
+    pub record: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SynchronousRaw {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DurabilityRaw {
+    Strict,
+    Relaxed,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WhenFullRaw {
+    DropOldest,
+    DropNewest,
+    Block,
+}
