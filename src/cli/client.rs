@@ -254,8 +254,8 @@ impl ApiClient {
 /// A TLS client configuration that trusts exactly the first certificate of `cert_file` (the `api.tls.cert`
 /// the daemon serves), with the handshake's signatures checked as usual.
 pub fn pinned_tls(cert_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let certs = crate::broker::transport::load_certs(cert_file).map_err(|e| e.to_string())?;
-    let provider = crate::broker::transport::crypto_provider();
+    let certs = crate::net::load_certs(cert_file).map_err(|e| e.to_string())?;
+    let provider = crate::net::crypto_provider();
     let pinned = Pinned {
         cert: certs
             .into_iter()
