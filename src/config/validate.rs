@@ -1578,10 +1578,14 @@ impl<'a> Cx<'a> {
             );
             return None;
         };
-        let (core, spec): (Vec<_>, Vec<_>) = entries
+        let (core, mut spec): (Vec<_>, Vec<_>) = entries
             .iter()
             .cloned()
             .partition(|(k, _)| k.as_str().is_some_and(|k| POINT_CORE_KEYS.contains(&k)));
+        // The adapter's part is kept for the device's lifetime (adapters are rebuilt from it): without the
+        // growth slack, 160 bytes per key instead of 640 for a one-key spec (heaptrack: 9.6 MB at 15,000
+        // points).
+        spec.shrink_to_fit();
         let core = ConfigNode {
             kind: NodeKind::Map(core),
             mark: node.mark.clone(),
