@@ -94,7 +94,11 @@ impl DeviceEntry {
             .map(|p| Arc::from(render_topic(&p.topic, gateway, &spec, &p.name)))
             .collect();
         let mut by_name: Vec<u32> = (0..spec.points.len() as u32).collect();
-        by_name.sort_by(|&a, &b| spec.points[a as usize].name.cmp(&spec.points[b as usize].name));
+        by_name.sort_by(|&a, &b| {
+            spec.points[a as usize]
+                .name
+                .cmp(&spec.points[b as usize].name)
+        });
         DeviceEntry {
             spec,
             generation,

@@ -337,10 +337,7 @@ mod tests {
             pdu(Request::WriteSingleCoil(0xAC, true)),
             [0x05, 0, 0xAC, 0xFF, 0]
         );
-        assert_eq!(
-            pdu(Request::WriteSingleRegister(1, 3)),
-            [0x06, 0, 1, 0, 3]
-        );
+        assert_eq!(pdu(Request::WriteSingleRegister(1, 3)), [0x06, 0, 1, 0, 3]);
         // The spec's example: coils 20..29 = 1 0 1 1 0 0 1 1 | 1 0 -> 0xCD 0x01.
         let coils = [
             true, false, true, true, false, false, true, true, true, false,
@@ -350,7 +347,10 @@ mod tests {
             [0x0F, 0, 19, 0, 10, 2, 0xCD, 0x01]
         );
         assert_eq!(
-            pdu(Request::WriteMultipleRegisters(1, [0x000A, 0x0102][..].into())),
+            pdu(Request::WriteMultipleRegisters(
+                1,
+                [0x000A, 0x0102][..].into()
+            )),
             [0x10, 0, 1, 0, 2, 4, 0, 0x0A, 1, 2]
         );
     }
@@ -396,21 +396,22 @@ mod tests {
         );
         for bad in [
             &[][..],
-            &[0x03, 4, 0, 1][..],         // byte count larger than the data
-            &[0x03, 3, 0, 1, 2][..],      // odd byte count
-            &[0x04, 2, 0, 1][..],         // another function's answer
-            &[0x83, 2, 0][..],            // exception of the wrong length
-            &[0x03][..],                  // no byte count
+            &[0x03, 4, 0, 1][..],    // byte count larger than the data
+            &[0x03, 3, 0, 1, 2][..], // odd byte count
+            &[0x04, 2, 0, 1][..],    // another function's answer
+            &[0x83, 2, 0][..],       // exception of the wrong length
+            &[0x03][..],             // no byte count
         ] {
             assert!(decode_response(0x03, bad).is_err(), "{bad:?}");
         }
         assert!(decode_response(0x05, &[0x05, 0, 1, 0x12, 0x34]).is_err());
     }
 
+    /// How a test server answers one 12-byte read request.
+    type Answer = fn(&[u8; 12]) -> Vec<u8>;
+
     /// A loopback server that answers each 12-byte read request with `answer(request)`.
-    async fn server(
-        answers: Vec<fn(&[u8; 12]) -> Vec<u8>>,
-    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    async fn server(answers: Vec<Answer>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {

@@ -205,7 +205,8 @@ pub struct Line {
 
 /// An open connection: Modbus TCP on the crate's own small-buffer client, RTU framing through tokio-modbus.
 enum Conn {
-    Tcp(TcpClient),
+    /// Boxed: the client holds its 260-byte frame buffer inline.
+    Tcp(Box<TcpClient>),
     Rtu(client::Context),
 }
 
@@ -357,12 +358,15 @@ impl Line {
             Endpoint::Tcp(addr) => {
                 let s = TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
-                Ok(Conn::Tcp(TcpClient::new(s)))
+                Ok(Conn::Tcp(Box::new(TcpClient::new(s))))
             }
             Endpoint::RtuOverTcp(addr) => {
                 let s = TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
-                Ok(Conn::Rtu(client::rtu::attach_slave(Drain::new(s), Slave(1))))
+                Ok(Conn::Rtu(client::rtu::attach_slave(
+                    Drain::new(s),
+                    Slave(1),
+                )))
             }
             Endpoint::Serial(cfg) => {
                 use tokio_serial::SerialPortBuilderExt as _;
@@ -384,7 +388,10 @@ impl Line {
                         tokio_serial::StopBits::One
                     });
                 let port = builder.open_native_async().map_err(io::Error::from)?;
-                Ok(Conn::Rtu(client::rtu::attach_slave(Drain::new(port), Slave(1))))
+                Ok(Conn::Rtu(client::rtu::attach_slave(
+                    Drain::new(port),
+                    Slave(1),
+                )))
             }
         }
     }
