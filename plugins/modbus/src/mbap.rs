@@ -455,4 +455,31 @@ mod tests {
         // The server hung up: the next call fails on the socket.
         assert!(matches!(c.call(5, &req).await, Err(MbapError::Io(_))));
     }
+
+    #[tokio::test]
+    async fn stale_bytes_before_a_request_are_discarded() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            // The late answer to a request the client gave up on.
+            s.write_all(&[0, 9, 0, 0, 0, 5, 1, 0x03, 2, 0, 7])
+                .await
+                .unwrap();
+            let mut req = [0u8; 12];
+            s.read_exact(&mut req).await.unwrap();
+            let tid = u16::from_be_bytes([req[0], req[1]]);
+            s.write_all(&answer_with_tid(&req, tid)).await.unwrap();
+        });
+        let mut c = TcpClient::new(TcpStream::connect(addr).await.unwrap());
+        // Wait until the stale answer is there, so that it is waiting when the request goes out.
+        c.stream.readable().await.unwrap();
+        assert_eq!(
+            c.call(1, &Request::ReadHoldingRegisters(0, 1))
+                .await
+                .unwrap(),
+            Ok(Response::ReadHoldingRegisters(vec![42]))
+        );
+        task.await.unwrap();
+    }
 }

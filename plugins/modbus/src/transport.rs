@@ -14,8 +14,9 @@
 //! (TCP, RTU over TCP): after a timeout a late answer may still arrive and would be taken for the answer to
 //! the next request. A serial port is only reopened after an I/O error; a timeout there just means that one
 //! unit did not answer, and the next unit on the bus must not pay for it. Stale bytes (a late answer) are
-//! discarded before every request by [`Drain`]. A request abandoned half-way (the caller's future was
-//! dropped) leaves the line marked suspect, and the next request starts from a fresh connection.
+//! discarded before every request (by the Modbus TCP client itself, by [`Drain`] on RTU lines). A request
+//! abandoned half-way (the caller's future was dropped) leaves the line marked suspect, and the next request
+//! starts from a fresh connection.
 //!
 //! Connecting again is the only recovery a line needs: a server that starts after us, restarts, or a USB
 //! adapter that is re-plugged, all come back at the next request. Pacing (backoff while a device is down) is
