@@ -6,9 +6,11 @@
 //! value, counters) needs no locks. The device table is shared with the supervisor, which swaps entries on
 //! reload; a point's state is reset when its device's configuration changed.
 //!
-//! Memory: everything kept per point is sized by the configuration, never by traffic. Per-point state and
-//! latest values live in one slice per device, indexed by the point's position in the device map (no
-//! per-point keys, no hash-table slack); the device's rules are shared with the configuration, not copied.
+//! Memory: everything kept per point is sized by the configuration, never by traffic. Latest values (and, for
+//! devices with on-change points, the publish rules' state) live in one slice per device, indexed by the
+//! point's position in the device map; points are found by name through a sorted list of positions (4 bytes
+//! a point, no per-point keys, no hash-table slack); the device's rules are shared with the configuration,
+//! not copied.
 //! State of devices a reload removed is dropped (the latest values by the supervisor, the pipeline's own
 //! state at its next sweep).
 use std::collections::HashMap;
@@ -50,8 +52,8 @@ pub struct DeviceEntry {
     pub spec: DeviceSpec,
     /// Changes whenever the device is (re)configured; per-point state is reset when it differs.
     pub generation: u64,
-    /// Point name -> position in `spec.points` (and in `topics`).
-    index: HashMap<Arc<str>, usize>,
+    /// Positions in `spec.points` (and in `topics`), sorted by point name: found by binary search.
+    by_name: Box<[u32]>,
     /// Rendered topic of each point, in `spec.points` order.
     topics: Box<[Arc<str>]>,
     /// Write requests for the running adapter.
@@ -91,16 +93,16 @@ impl DeviceEntry {
             .iter()
             .map(|p| Arc::from(render_topic(&p.topic, gateway, &spec, &p.name)))
             .collect();
-        let index = spec
-            .points
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.clone(), i))
-            .collect();
+        let mut by_name: Vec<u32> = (0..spec.points.len() as u32).collect();
+        by_name.sort_by(|&a, &b| {
+            spec.points[a as usize]
+                .name
+                .cmp(&spec.points[b as usize].name)
+        });
         DeviceEntry {
             spec,
             generation,
-            index,
+            by_name: by_name.into_boxed_slice(),
             topics,
             commands,
         }
@@ -108,8 +110,13 @@ impl DeviceEntry {
 
     /// A point's position, rules and topic.
     pub fn point(&self, name: &str) -> Option<(usize, &PointRules, &Arc<str>)> {
-        let &i = self.index.get(name)?;
-        Some((i, self.spec.points.get(i)?, self.topics.get(i)?))
+        let points = &self.spec.points;
+        let at = self
+            .by_name
+            .binary_search_by(|&i| points[i as usize].name.as_ref().cmp(name))
+            .ok()?;
+        let i = self.by_name[at] as usize;
+        Some((i, points.get(i)?, self.topics.get(i)?))
     }
 
     /// The number of points.
@@ -480,30 +487,35 @@ impl Pipeline {
                 ts: r.ts,
             },
         );
-        let dev = match state.get_mut(&r.device) {
-            Some(d) if d.generation == entry.generation => d,
-            _ => {
-                state.insert(r.device.clone(), DeviceState::new(&entry));
-                state.get_mut(&r.device).expect("just inserted")
+        // Publish-every-poll points need no memory of what was published (the common case: no state kept,
+        // no lookup); the state of on-change points is kept per device.
+        if rules.publish != PublishMode::EveryPoll {
+            let dev = match state.get_mut(&r.device) {
+                Some(d) if d.generation == entry.generation => d,
+                _ => {
+                    state.insert(r.device.clone(), DeviceState::new(&entry));
+                    state.get_mut(&r.device).expect("just inserted")
+                }
+            };
+            let Some(st) = dev.points.get_mut(index) else {
+                return;
+            };
+            let publish = match rules.publish {
+                PublishMode::EveryPoll => true,
+                PublishMode::OnChange => changed(&st.last, &value, &r.quality, rules.deadband),
+                PublishMode::OnChangeOrEvery(n) => {
+                    changed(&st.last, &value, &r.quality, rules.deadband)
+                        || st.since_publish + 1 >= n
+                }
+            };
+            if !publish {
+                st.since_publish += 1;
+                self.stats.suppressed.fetch_add(1, Relaxed);
+                return;
             }
-        };
-        let Some(st) = dev.points.get_mut(index) else {
-            return;
-        };
-        let publish = match rules.publish {
-            PublishMode::EveryPoll => true,
-            PublishMode::OnChange => changed(&st.last, &value, &r.quality, rules.deadband),
-            PublishMode::OnChangeOrEvery(n) => {
-                changed(&st.last, &value, &r.quality, rules.deadband) || st.since_publish + 1 >= n
-            }
-        };
-        if !publish {
-            st.since_publish += 1;
-            self.stats.suppressed.fetch_add(1, Relaxed);
-            return;
+            st.since_publish = 0;
+            st.last = Some((value.clone(), r.quality.clone()));
         }
-        st.since_publish = 0;
-        st.last = Some((value.clone(), r.quality.clone()));
         let body = payload(
             rules.payload,
             &value,
@@ -768,6 +780,17 @@ mod tests {
         assert_eq!((i, &*rules.name, &**topic), (1, "b", "gw/m1/b"));
         assert!(e.point("d").is_none());
         assert_eq!(e.len(), 3);
+        // Names out of order in the device map (the lookup sorts its own index).
+        let names = ["r7", "a", "zz", "r10", "b2", "r1", "m"];
+        let e = DeviceEntry::new(device("m2", &names), "gw", 1, e.commands.clone());
+        for (want, n) in names.iter().enumerate() {
+            let (i, rules, topic) = e.point(n).unwrap();
+            assert_eq!((i, &*rules.name), (want, *n));
+            assert_eq!(&**topic, format!("gw/m2/{n}"));
+        }
+        for missing in ["", "r", "r70", "zzz", "0"] {
+            assert!(e.point(missing).is_none(), "{missing}");
+        }
     }
 
     #[test]

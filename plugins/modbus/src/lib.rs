@@ -12,6 +12,7 @@
 //! - [`plan`]: coalescing points into as few read requests as the device allows; pure.
 //! - [`config`]: the device map's Modbus keys, validated with positions.
 //! - [`transport`]: shared lines (one connection per serial port / TCP endpoint) and reconnection.
+//! - `mbap` (private): the Modbus TCP client (one 260-byte buffer per connection).
 //! - `device` (private): the SDK `PollDevice` and `Adapter` over a line.
 //! - [`probe`]: one-shot reads and writes for the `fieldbridge modbus read|write` commissioning command.
 //!
@@ -25,6 +26,7 @@ pub mod address;
 pub mod codec;
 pub mod config;
 mod device;
+mod mbap;
 mod ops;
 pub mod plan;
 pub mod probe;

@@ -14,8 +14,9 @@
 //! (TCP, RTU over TCP): after a timeout a late answer may still arrive and would be taken for the answer to
 //! the next request. A serial port is only reopened after an I/O error; a timeout there just means that one
 //! unit did not answer, and the next unit on the bus must not pay for it. Stale bytes (a late answer) are
-//! discarded before every request by [`Drain`]. A request abandoned half-way (the caller's future was
-//! dropped) leaves the line marked suspect, and the next request starts from a fresh connection.
+//! discarded before every request (by the Modbus TCP client itself, by [`Drain`] on RTU lines). A request
+//! abandoned half-way (the caller's future was dropped) leaves the line marked suspect, and the next request
+//! starts from a fresh connection.
 //!
 //! Connecting again is the only recovery a line needs: a server that starts after us, restarts, or a USB
 //! adapter that is re-plugged, all come back at the next request. Pacing (backoff while a device is down) is
@@ -34,6 +35,8 @@ use tokio_modbus::slave::{Slave, SlaveContext as _};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 pub use fieldbridge_sdk::poller::TransportError;
+
+use crate::mbap::{MbapError, TcpClient};
 use fieldbridge_sdk::{Lease, SharedPool};
 
 /// Parity of a serial line.
@@ -201,8 +204,43 @@ pub struct Line {
     state: tokio::sync::Mutex<LineState>,
 }
 
+/// An open connection: Modbus TCP on the crate's own small-buffer client, RTU framing through tokio-modbus.
+enum Conn {
+    /// Boxed: the client holds its 260-byte frame buffer inline.
+    Tcp(Box<TcpClient>),
+    Rtu(client::Context),
+}
+
+/// Why a call on a connection failed.
+enum CallFailure {
+    Io(io::Error),
+    Protocol(String),
+}
+
+impl Conn {
+    async fn call(
+        &mut self,
+        unit: u8,
+        request: Request<'_>,
+    ) -> Result<Result<Response, ExceptionCode>, CallFailure> {
+        match self {
+            Conn::Tcp(c) => c.call(unit, &request).await.map_err(|e| match e {
+                MbapError::Io(e) => CallFailure::Io(e),
+                MbapError::Protocol(m) => CallFailure::Protocol(m),
+            }),
+            Conn::Rtu(ctx) => {
+                ctx.set_slave(Slave(unit));
+                ctx.call(request).await.map_err(|e| match e {
+                    tokio_modbus::Error::Transport(e) => CallFailure::Io(e),
+                    tokio_modbus::Error::Protocol(e) => CallFailure::Protocol(e.to_string()),
+                })
+            }
+        }
+    }
+}
+
 struct LineState {
-    ctx: Option<client::Context>,
+    ctx: Option<Conn>,
     /// Set while a request is on the wire; still set at the next lock means the request was abandoned.
     in_flight: bool,
     /// When the bus went quiet (serial frame gap).
@@ -266,22 +304,21 @@ impl Line {
                 st.in_flight = false;
                 return Err(TransportError::connection("not connected"));
             };
-            ctx.set_slave(Slave(unit));
-            tokio::time::timeout(timeout, ctx.call(request)).await
+            tokio::time::timeout(timeout, ctx.call(unit, request)).await
         };
         st.in_flight = false;
         st.quiet_since = Some(Instant::now());
         let out = match result {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+            Ok(Err(CallFailure::Io(e))) => {
                 st.ctx = None;
                 Err(TransportError::Connection(io_reason(&e)))
             }
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+            Ok(Err(CallFailure::Protocol(e))) => {
                 if self.endpoint.is_stream() {
                     st.ctx = None;
                 }
-                Err(TransportError::Protocol(e.to_string()))
+                Err(TransportError::Protocol(e))
             }
             Err(_elapsed) => {
                 if self.endpoint.is_stream() {
@@ -317,17 +354,20 @@ impl Line {
         Ok(())
     }
 
-    async fn open(&self) -> io::Result<client::Context> {
+    async fn open(&self) -> io::Result<Conn> {
         match &self.endpoint {
             Endpoint::Tcp(addr) => {
                 let s = TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
-                Ok(client::tcp::attach_slave(Drain::new(s), Slave(1)))
+                Ok(Conn::Tcp(Box::new(TcpClient::new(s))))
             }
             Endpoint::RtuOverTcp(addr) => {
                 let s = TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
-                Ok(client::rtu::attach_slave(Drain::new(s), Slave(1)))
+                Ok(Conn::Rtu(client::rtu::attach_slave(
+                    Drain::new(s),
+                    Slave(1),
+                )))
             }
             Endpoint::Serial(cfg) => {
                 use tokio_serial::SerialPortBuilderExt as _;
@@ -349,7 +389,10 @@ impl Line {
                         tokio_serial::StopBits::One
                     });
                 let port = builder.open_native_async().map_err(io::Error::from)?;
-                Ok(client::rtu::attach_slave(Drain::new(port), Slave(1)))
+                Ok(Conn::Rtu(client::rtu::attach_slave(
+                    Drain::new(port),
+                    Slave(1),
+                )))
             }
         }
     }
