@@ -461,3 +461,110 @@ async fn supervise(ctx: session::Ctx) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::broker::codec::Protocol;
+    use crate::config::{
+        BridgeScheme, BridgeUrl, BrokerConfig, Durability, StorageConfig, Synchronous, WhenFull,
+    };
+
+    /// Bounded waits. Shorter than the bridge's connect timeout (its 30 s keepalive), so a bridge that did
+    /// not stop cannot pass by giving up on the silent upstream by itself.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Threads of this process with this name (`/proc/self/task/*/comm`).
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim_end() == name)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The bridge runs on a thread of its own, and a `Bridges` dropped without `shutdown` (an owner that
+    /// went away) still stops it: the connection is closed and the thread ends, rather than living on
+    /// after the owner's runtime.
+    #[tokio::test]
+    async fn a_bridge_runs_on_its_own_thread_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StorageConfig {
+            path: dir.path().join("log.db"),
+            commit_interval: Duration::from_millis(5),
+            commit_rows: 1000,
+            synchronous: Synchronous::Normal,
+            durability: Durability::Strict,
+            max_bytes: 1 << 30,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+            record: Vec::new(),
+        })
+        .unwrap();
+        let broker = Broker::new(BrokerConfig::default());
+        // An upstream that accepts the connection and never answers CONNECT: the bridge stays connecting.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = BridgeConfig {
+            name: "own".into(),
+            url: BridgeUrl {
+                scheme: BridgeScheme::Mqtt,
+                host: "127.0.0.1".into(),
+                port: upstream.local_addr().unwrap().port(),
+                path: "/mqtt".into(),
+            },
+            protocol: Protocol::V5,
+            client_id: "gw-own".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            keepalive: Duration::from_secs(30),
+            clean_start: false,
+            session_expiry: Duration::from_secs(3600),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            inflight: 100,
+            rate_limit: None,
+            forward: vec![],
+            subscribe: vec![],
+            status_topic: "gw/status".into(),
+        };
+        let bridges = Bridges::start(std::slice::from_ref(&cfg), "gw", store, broker);
+        let (mut conn, _) = tokio::time::timeout(WAIT, upstream.accept())
+            .await
+            .expect("the bridge connects")
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .expect("CONNECT arrives")
+            .unwrap();
+        assert!(n > 0 && buf[0] >> 4 == 1, "CONNECT expected, got {:?}", &buf[..n]);
+        assert_eq!(threads_named("bridge-own"), 1, "the bridge's own thread");
+
+        drop(bridges);
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the dropped bridge closes its connection");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while threads_named("bridge-own") > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(threads_named("bridge-own"), 0, "the bridge's thread ended");
+    }
+}
