@@ -467,10 +467,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::broker::codec::Protocol;
-    use crate::config::{
-        BridgeScheme, BridgeUrl, BrokerConfig, Durability, StorageConfig, Synchronous, WhenFull,
-    };
+    use crate::config::{BrokerConfig, Durability, StorageConfig, Synchronous, WhenFull};
 
     /// Bounded waits. Shorter than the bridge's connect timeout (its 30 s keepalive), so a bridge that did
     /// not stop cannot pass by giving up on the silent upstream by itself.
@@ -512,31 +509,10 @@ mod tests {
         let broker = Broker::new(BrokerConfig::default());
         // An upstream that accepts the connection and never answers CONNECT: the bridge stays connecting.
         let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let cfg = BridgeConfig {
-            name: "own".into(),
-            url: BridgeUrl {
-                scheme: BridgeScheme::Mqtt,
-                host: "127.0.0.1".into(),
-                port: upstream.local_addr().unwrap().port(),
-                path: "/mqtt".into(),
-            },
-            protocol: Protocol::V5,
-            client_id: "gw-own".into(),
-            username: None,
-            password: None,
-            ca_file: None,
-            client_cert: None,
-            keepalive: Duration::from_secs(30),
-            clean_start: false,
-            session_expiry: Duration::from_secs(3600),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(1),
-            inflight: 100,
-            rate_limit: None,
-            forward: vec![],
-            subscribe: vec![],
-            status_topic: "gw/status".into(),
-        };
+        let mut cfg = machine::tests::cfg();
+        cfg.name = "own".into();
+        cfg.url.port = upstream.local_addr().unwrap().port();
+        cfg.keepalive = Duration::from_secs(30);
         let bridges = Bridges::start(std::slice::from_ref(&cfg), "gw", store, broker);
         let (mut conn, _) = tokio::time::timeout(WAIT, upstream.accept())
             .await
@@ -547,7 +523,11 @@ mod tests {
             .await
             .expect("CONNECT arrives")
             .unwrap();
-        assert!(n > 0 && buf[0] >> 4 == 1, "CONNECT expected, got {:?}", &buf[..n]);
+        assert!(
+            n > 0 && buf[0] >> 4 == 1,
+            "CONNECT expected, got {:?}",
+            &buf[..n]
+        );
         assert_eq!(threads_named("bridge-own"), 1, "the bridge's own thread");
 
         drop(bridges);
