@@ -2,7 +2,9 @@
 //!
 //! # Shape
 //!
-//! Each configured bridge is one task (plus a read-ahead task and a local-publish task):
+//! Each configured bridge is one task (plus a read-ahead task and a local-publish task), on a thread of its
+//! own with a single-threaded runtime (see `own_thread`: a drain at the upstream's Receive Maximum is bound
+//! by PUBACK -> PUBLISH round trips, which must not hop between worker threads):
 //!
 //! ```text
 //!   store ──read_from(cursor, 1000)──▶ reader ──Batch (rules applied, topics mapped)──▶ driver ──▶ upstream
