@@ -341,6 +341,12 @@ impl Bridge {
                             if let Some(r) = write_some(&mut io, &wbuf).now_or_never() {
                                 self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await;
                             }
+                            // And the flush (immediate on TCP), rather than one more pass of the loop.
+                            if need_flush && wbuf.is_empty() && out.end.is_none() {
+                                if let Some(r) = write_some(&mut io, &wbuf).now_or_never() {
+                                    self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await;
+                                }
+                            }
                         }
                         self.clear_error_once_delivering();
                     }
