@@ -900,13 +900,14 @@ fn packet_name(p: &Packet) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The link driven packet by packet, no socket, no broker: what goes out for what comes in.
     use super::*;
     use crate::bridge::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
     use crate::mqtt::{decode, SubAck};
 
-    fn cfg() -> BridgeConfig {
+    /// A bridge to 127.0.0.1:1883 forwarding `gw/#` (also the starting point of the driver's tests).
+    pub(in crate::bridge) fn cfg() -> BridgeConfig {
         BridgeConfig {
             name: "cloud".into(),
             url: BridgeUrl {

@@ -2,7 +2,9 @@
 //!
 //! # Shape
 //!
-//! Each configured bridge is one task (plus a read-ahead task and a local-publish task):
+//! Each configured bridge is one task (plus a read-ahead task and a local-publish task), on a thread of its
+//! own with a single-threaded runtime (see `own_thread`: a drain at the upstream's Receive Maximum is bound
+//! by PUBACK -> PUBLISH round trips, which must not hop between worker threads):
 //!
 //! ```text
 //!   store ──read_from(cursor, 1000)──▶ reader ──Batch (rules applied, topics mapped)──▶ driver ──▶ upstream
@@ -204,6 +206,8 @@ struct Running {
     cancel: CancellationToken,
     grace: Arc<parking_lot::Mutex<Duration>>,
     task: JoinHandle<()>,
+    /// A bridge whose owner is gone stops: its thread would otherwise outlive the owner's runtime.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 struct Inner {
@@ -380,14 +384,58 @@ fn spawn(cfg: BridgeConfig, gateway: &str, store: &Store, broker: &Broker) -> Ru
         cancel: cancel.clone(),
         grace: grace.clone(),
     };
-    let task = tokio::spawn(supervise(ctx));
+    let task = own_thread(&cfg.name, supervise(ctx));
     Running {
         cfg,
         shared,
-        cancel,
+        cancel: cancel.clone(),
         grace,
         task,
+        _stop_on_drop: cancel.drop_guard(),
     }
+}
+
+/// Runs a bridge on a thread of its own, with a single-threaded runtime: the PUBACK that frees a slot and
+/// the PUBLISH that takes it are handled on one thread, without waking a worker of the shared runtime for
+/// each round trip (with 20 messages in flight the drain is bound by these round trips, and handing the
+/// connection between worker threads cost a third of the bridge's CPU). The read-ahead (SQLite on that
+/// runtime's blocking pool) and the local-publish task run there too. The thread ends with the bridge. If
+/// it cannot be started, the bridge runs on the caller's runtime instead.
+fn own_thread(
+    name: &str,
+    fut: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name(format!("bridge-{name}-blocking"))
+        .build();
+    let why = match rt {
+        Ok(rt) => {
+            let handle = rt.handle().clone();
+            // The runtime is driven until the bridge ends (the sender is dropped), then dropped with
+            // whatever the bridge left on it.
+            let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("bridge-{name}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = end_rx.await;
+                    })
+                });
+            match thread {
+                Ok(_) => {
+                    return handle.spawn(async move {
+                        fut.await;
+                        drop(end_tx);
+                    })
+                }
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(bridge = %name, "bridge {name}: no thread of its own ({why}); it runs on the shared runtime");
+    tokio::spawn(fut)
 }
 
 /// Runs the bridge; a panic (a bug) is logged and the bridge restarted from its cursor after a pause, so
@@ -414,5 +462,92 @@ async fn supervise(ctx: session::Ctx) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::config::{BrokerConfig, Durability, StorageConfig, Synchronous, WhenFull};
+
+    /// Bounded waits. Shorter than the bridge's connect timeout (its 30 s keepalive), so a bridge that did
+    /// not stop cannot pass by giving up on the silent upstream by itself.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Threads of this process with this name (`/proc/self/task/*/comm`).
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim_end() == name)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The bridge runs on a thread of its own, and a `Bridges` dropped without `shutdown` (an owner that
+    /// went away) still stops it: the connection is closed and the thread ends, rather than living on
+    /// after the owner's runtime.
+    #[tokio::test]
+    async fn a_bridge_runs_on_its_own_thread_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StorageConfig {
+            path: dir.path().join("log.db"),
+            commit_interval: Duration::from_millis(5),
+            commit_rows: 1000,
+            synchronous: Synchronous::Normal,
+            durability: Durability::Strict,
+            max_bytes: 1 << 30,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+            record: Vec::new(),
+        })
+        .unwrap();
+        let broker = Broker::new(BrokerConfig::default());
+        // An upstream that accepts the connection and never answers CONNECT: the bridge stays connecting.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut cfg = machine::tests::cfg();
+        cfg.name = "own".into();
+        cfg.url.port = upstream.local_addr().unwrap().port();
+        cfg.keepalive = Duration::from_secs(30);
+        let bridges = Bridges::start(std::slice::from_ref(&cfg), "gw", store, broker);
+        let (mut conn, _) = tokio::time::timeout(WAIT, upstream.accept())
+            .await
+            .expect("the bridge connects")
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .expect("CONNECT arrives")
+            .unwrap();
+        assert!(
+            n > 0 && buf[0] >> 4 == 1,
+            "CONNECT expected, got {:?}",
+            &buf[..n]
+        );
+        assert_eq!(threads_named("bridge-own"), 1, "the bridge's own thread");
+
+        drop(bridges);
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the dropped bridge closes its connection");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while threads_named("bridge-own") > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(threads_named("bridge-own"), 0, "the bridge's thread ended");
     }
 }

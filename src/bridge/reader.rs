@@ -67,13 +67,23 @@ async fn run(name: String, store: Store, rules: Arc<Rules>, mut pos: u64, tx: mp
         }
         let head = store.head();
         let s = store.clone();
-        let rows = match tokio::task::spawn_blocking(move || s.read_from(pos, BATCH_ROWS)).await {
-            Ok(Ok(rows)) => {
+        let r = rules.clone();
+        // The rules are applied on the blocking pool too: mapping a thousand rows (topics rendered, items
+        // allocated) would otherwise hold up the connection's thread, and the acks waiting on it.
+        let read = move || {
+            s.read_from(pos, BATCH_ROWS).map(|rows| {
+                // No rows although the head is ahead: they were removed (retention); pass them.
+                let upto = rows.last().map_or(head, |r| r.seq);
+                map_rows(&r, rows, upto, now_ms())
+            })
+        };
+        let batch = match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(batch)) => {
                 if failing {
                     tracing::info!(bridge = %name, "bridge {name}: reading the log works again");
                     failing = false;
                 }
-                rows
+                batch
             }
             Ok(Err(StoreError::Closed)) | Err(_) => return,
             Ok(Err(e)) => {
@@ -85,10 +95,7 @@ async fn run(name: String, store: Store, rules: Arc<Rules>, mut pos: u64, tx: mp
                 continue;
             }
         };
-        // No rows although the head is ahead: they were removed (retention); pass them.
-        let upto = rows.last().map_or(head, |r| r.seq);
-        let batch = map_rows(&rules, rows, upto, now_ms());
-        pos = upto;
+        pos = batch.upto;
         if tx.send(batch).await.is_err() {
             return;
         }

@@ -4,12 +4,14 @@
 //!
 //! The driver keeps wakeups few: one read takes every packet the socket holds, the machine answers them
 //! all at once, and the reply is written in the same wakeup (one write for many PUBLISH packets).
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -282,8 +284,9 @@ impl Bridge {
         io: Box<dyn Io>,
         mut cancel: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
     ) -> End {
-        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut io = io;
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let mut scratch = vec![0u8; READ_CHUNK];
         let mut wbuf = BytesMut::with_capacity(SEND_HIGH + 64 * 1024);
         // Whether the transport may hold written bytes back until flushed (TLS, WebSocket): QoS 0 rows
         // complete only once flushed.
@@ -298,9 +301,9 @@ impl Bridge {
             if let Some(end) = out.end.take() {
                 if matches!(end, End::Stopped) {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        wr.write_all(&wbuf).await?;
-                        wr.flush().await?;
-                        wr.shutdown().await
+                        io.write_all(&wbuf).await?;
+                        io.flush().await?;
+                        io.shutdown().await
                     })
                     .await;
                 }
@@ -313,9 +316,6 @@ impl Bridge {
             }
             let want_rows = self.machine.wants_rows() && !self.reader_done;
             let write_pending = !wbuf.is_empty() || need_flush;
-            if rbuf.capacity() - rbuf.len() < 4096 {
-                rbuf.reserve(64 * 1024);
-            }
             tokio::select! {
                 biased;
                 _ = &mut cancel, if !self.stopping => {
@@ -324,25 +324,34 @@ impl Bridge {
                     let a = self.machine.begin_stop(Instant::now(), grace);
                     self.apply(a, &mut wbuf, &mut out).await;
                 }
-                r = rd.read_buf(&mut rbuf) => {
-                    let now = Instant::now();
-                    let a = match r {
-                        Ok(0) => self.machine.on_closed(BridgeError::Closed, now),
-                        Err(e) => self.machine.on_closed(BridgeError::Io(e.to_string()), now),
-                        Ok(_) => self.machine.on_bytes(&mut rbuf, now),
-                    };
-                    self.apply(a, &mut wbuf, &mut out).await;
-                    // Answer in the same wakeup: the acks just read freed the window for new rows.
-                    if !wbuf.is_empty() && out.end.is_none() {
-                        if let Some(r) = write_some(&mut wr, &wbuf).now_or_never() {
-                            self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await;
+                ev = io_ready(&mut io, &mut scratch, &wbuf, write_pending) => match ev {
+                    Ready::Read(r) => {
+                        let now = Instant::now();
+                        let a = match r {
+                            Ok(0) => self.machine.on_closed(BridgeError::Closed, now),
+                            Err(e) => self.machine.on_closed(BridgeError::Io(e.to_string()), now),
+                            Ok(n) => {
+                                rbuf.extend_from_slice(&scratch[..n]);
+                                self.machine.on_bytes(&mut rbuf, now)
+                            }
+                        };
+                        self.apply(a, &mut wbuf, &mut out).await;
+                        // Answer in the same wakeup: the acks just read freed the window for new rows.
+                        if !wbuf.is_empty() && out.end.is_none() {
+                            if let Some(r) = write_some(&mut io, &wbuf).now_or_never() {
+                                self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await;
+                            }
+                            // And the flush (immediate on TCP), rather than one more pass of the loop.
+                            if need_flush && wbuf.is_empty() && out.end.is_none() {
+                                if let Some(r) = write_some(&mut io, &wbuf).now_or_never() {
+                                    self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await;
+                                }
+                            }
                         }
+                        self.clear_error_once_delivering();
                     }
-                    self.clear_error_once_delivering();
-                }
-                r = write_some(&mut wr, &wbuf), if write_pending => {
-                    self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await;
-                }
+                    Ready::Wrote(r) => self.wrote(r, &mut wbuf, &mut need_flush, &mut out).await,
+                },
                 b = self.reader.rx.recv(), if want_rows => match b {
                     Some(b) => {
                         let a = self.machine.on_rows(b, Instant::now());
@@ -607,20 +616,60 @@ struct Outcome {
     end: Option<End>,
 }
 
-/// One write of as much of `buf` as the socket takes, or a flush when it is empty (TLS and WebSocket buffer
-/// inside the stream). Cancel-safe: a cancelled write wrote nothing.
-async fn write_some(wr: &mut WriteHalf<Box<dyn Io>>, buf: &[u8]) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        wr.flush().await?;
-        Ok(0)
-    } else {
-        let n = wr.write(buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "the upstream connection accepts no more bytes",
-            ));
+/// Bytes read per wakeup at most: acks are 4-7 bytes each, so this is thousands of packets.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the transport was ready for.
+enum Ready {
+    /// A read into the scratch buffer: `Ok(0)` is the end of the stream.
+    Read(std::io::Result<usize>),
+    /// A write (or flush) as [`write_some`] reports it.
+    Wrote(std::io::Result<usize>),
+}
+
+/// Waits until the transport has bytes to read, or (when `write_pending`) takes some of `wbuf` (a flush when
+/// it is empty). One task owns the stream and polls both directions itself: no `split` halves, whose lock
+/// every read and write would take. Cancel-safe: nothing is read or written unless it resolves.
+fn io_ready<'a>(
+    io: &'a mut Box<dyn Io>,
+    scratch: &'a mut [u8],
+    wbuf: &'a [u8],
+    write_pending: bool,
+) -> impl std::future::Future<Output = Ready> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut rb = ReadBuf::new(&mut *scratch);
+        if let Poll::Ready(r) = Pin::new(&mut **io).poll_read(cx, &mut rb) {
+            return Poll::Ready(Ready::Read(r.map(|()| rb.filled().len())));
         }
-        Ok(n)
+        if write_pending {
+            if let Poll::Ready(r) = poll_write_some(&mut **io, cx, wbuf) {
+                return Poll::Ready(Ready::Wrote(r));
+            }
+        }
+        Poll::Pending
+    })
+}
+
+/// One write of as much of `buf` as the socket takes, or a flush when it is empty (TLS and WebSocket buffer
+/// inside the stream): `Ok(0)` is a completed flush.
+fn poll_write_some(
+    io: &mut dyn Io,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<std::io::Result<usize>> {
+    if buf.is_empty() {
+        return Pin::new(io).poll_flush(cx).map_ok(|()| 0);
     }
+    match Pin::new(io).poll_write(cx, buf) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "the upstream connection accepts no more bytes",
+        ))),
+        r => r,
+    }
+}
+
+/// [`poll_write_some`] as a future.
+async fn write_some(io: &mut Box<dyn Io>, buf: &[u8]) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_write_some(&mut **io, cx, buf)).await
 }

@@ -54,6 +54,9 @@ struct Args {
     /// MQTT version fieldbridge speaks upstream: 5 or 311.
     #[arg(long, default_value = "5")]
     protocol: String,
+    /// MQTT version of the edge mosquitto's bridge: 5 or 311 (default: the same as `--protocol`).
+    #[arg(long)]
+    edge_protocol: Option<String>,
     /// `max_inflight_messages` of the upstream mosquitto (its Receive Maximum for MQTT 5 clients; mosquitto's
     /// default is 20). Applies to both halves; 0 leaves mosquitto's default.
     #[arg(long, default_value_t = 0)]
@@ -594,7 +597,8 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         edge_port,
         &format!(
             "connection cloud\naddress 127.0.0.1:{up_port}\ntopic gw/# out 1 \"\" mq/\ncleansession false\n\
-             restart_timeout 1\nbridge_protocol_version mqttv311\nnotifications false\ntry_private false\n{}",
+             restart_timeout 1\nbridge_protocol_version {}\nnotifications false\ntry_private false\n{}",
+            edge_protocol(args),
             inflight_line(args.edge_inflight)
         ),
     )
@@ -632,9 +636,28 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         n,
         rss_mib: rss,
         note: format!(
-            "edge mosquitto: max_queued_messages 0, max_inflight_messages {}, bridge QoS 1, MQTT 3.1.1",
-            if args.edge_inflight == 0 { "20 (default)".to_string() } else { args.edge_inflight.to_string() }
+            "edge mosquitto: max_queued_messages 0, max_inflight_messages {}, bridge QoS 1, {}",
+            if args.edge_inflight == 0 {
+                "20 (default)".to_string()
+            } else {
+                args.edge_inflight.to_string()
+            },
+            edge_protocol(args)
         ),
+    }
+}
+
+/// The edge mosquitto's bridge speaks the protocol fieldbridge's does (`--protocol`), or `--edge-protocol`:
+/// the upstream's work per message differs between MQTT 5 and 3.1.1, and both halves share that upstream.
+fn edge_protocol(args: &Args) -> &'static str {
+    let p = args
+        .edge_protocol
+        .as_deref()
+        .unwrap_or(args.protocol.as_str());
+    if p == "311" {
+        "mqttv311"
+    } else {
+        "mqttv50"
     }
 }
 
