@@ -256,7 +256,9 @@ impl<T> Future for CommitTicket<T> {
 impl<T> CommitTicket<T> {
     /// Waits for the commit on the current thread (for threads outside the async runtime).
     pub fn wait(self) -> Result<T, StoreError> {
-        futures::executor::block_on(self)
+        // `unconstrained`: called from inside a tokio task, a used-up cooperative budget would make the
+        // ticket's receiver answer "pending, poll again" forever (this executor never gives the budget back).
+        futures::executor::block_on(tokio::task::unconstrained(self))
     }
 }
 
@@ -736,7 +738,8 @@ impl Store {
     /// Graceful shutdown from a plain thread: as [`Store::shutdown`], then waits for the writer thread to end
     /// (the lock file is free when this returns).
     pub fn close(self) -> Result<(), StoreError> {
-        let r = futures::executor::block_on(self.shutdown());
+        // `unconstrained`: see `CommitTicket::wait` (a test calling `close` from a tokio task spun here).
+        let r = futures::executor::block_on(tokio::task::unconstrained(self.shutdown()));
         self.inner.join();
         self.inner.readers.clear();
         r

@@ -1992,3 +1992,38 @@ async fn the_checkpointer_refuses_a_truncated_or_overwritten_file() {
     let why = writer::damaged_before_checkpoint(&c.path, &shared).expect("truncated");
     assert!(why.contains("truncated"), "{why}");
 }
+
+/// `close` (and `CommitTicket::wait`) from inside a tokio task whose cooperative budget is used up return: a
+/// plain executor inside the task never gives the budget back, so the reply's receiver said "pending, poll
+/// again" forever (seen as a hung `append_commit_read_in_order` in a full run).
+#[test]
+fn close_from_a_task_with_its_budget_used_up_returns() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&cfg(dir.path())).unwrap();
+            let ticket = store.append(rec(0)).await.unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for i in 0..128 {
+                tx.send(i).unwrap();
+            }
+            // A fresh budget (128) at the next poll, then all of it used by ready receives, without a yield.
+            tokio::task::yield_now().await;
+            for _ in 0..128 {
+                rx.recv().await.unwrap();
+            }
+            let waited = ticket.wait();
+            let closed = store.close();
+            done_tx.send((waited.is_ok(), closed.is_ok())).unwrap();
+        });
+    });
+    let (waited, closed) = done_rx
+        .recv_timeout(WAIT)
+        .expect("wait and close return from a task with no budget left");
+    assert!(waited && closed);
+}
