@@ -171,7 +171,7 @@ impl<'a> Loader<'a> {
     /// of [`Config::devices`].
     pub fn load(&self, path: &Path) -> Result<(Config, Vec<Box<dyn Adapter>>), ConfigErrors> {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        validate::Cx::new(base, &*self.env).load(path, self.registry)
+        validate::Load::new(base, &*self.env).load(path, self.registry)
     }
 }
 

@@ -12,13 +12,8 @@ use fieldbridge_sdk::ConfigNode;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-pub(super) use crate::bridge::config::{RawBridge, RawForward, RawSubscribe};
-pub(super) use crate::broker::config::{
-    AclAccessRaw, ClientIdBindingRaw, ListenerProtocol, RawAcl, RawBroker, RawListener, RawTls,
-    RawUser,
-};
+pub(super) use crate::broker::config::RawTls;
 pub(super) use crate::mqtt::yaml::QosRaw;
-pub(super) use crate::store::config::{DurabilityRaw, RawStorage, SynchronousRaw, WhenFullRaw};
 
 /// A device-map file.
 #[derive(Debug, Deserialize)]
