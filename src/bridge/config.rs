@@ -1,6 +1,6 @@
 //! A bridge's configuration (one entry of `bridges:`): the typed form the bridge runs with, and the raw form as
 //! written, and the validation that reads one into the other (`impl Cx` below: url, TLS files, secrets,
-//! timers, forward and subscribe rules, with file:line:col for every error); `config` calls [`Cx::bridge`] for
+//! timers, forward and subscribe rules, with file:line:col for every error); `config` calls `Cx::bridge` for
 //! each entry of `bridges:` and checks that names are unique.
 use std::path::PathBuf;
 use std::time::Duration;
@@ -109,7 +109,7 @@ pub struct SubscribeRule {
     pub qos: QoS,
 }
 
-// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+// The section as written; the `impl Cx` block below turns it into the typed form above.
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,7 @@
 //! The broker's configuration (`broker:`): the typed form the broker runs with, and the raw form as written.
 //! The validation that reads one into the other (`impl Cx` below: defaults, ranges, listeners, users, ACL,
 //! the mosquitto password and ACL files, with file:line:col for every error) is here too; `config` calls
-//! [`Cx::broker`] for the section.
+//! `Cx::broker` for the section.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -259,7 +259,7 @@ pub enum AclAccess {
     All,
 }
 
-// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+// The section as written; the `impl Cx` block below turns it into the typed form above.
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

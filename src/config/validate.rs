@@ -1,5 +1,8 @@
-//! Raw structs -> typed [`Config`]: defaults, cross-key rules, file checks, duplicates, topic collisions and
-//! the adapters' own validation, with every problem collected (nothing stops at the first).
+//! Raw structs -> typed [`Config`]: the whole load (the main file, device maps, the sections in order), the
+//! gateway, API, logging and device sections (defaults, cross-key rules, duplicates, topic collisions) and the
+//! adapters' own validation, with every problem collected (nothing stops at the first). The broker, store and
+//! bridge sections are validated by their components (`Cx::broker`, `Cx::storage`, `Cx::bridge` in their
+//! `config.rs`); [`Load`] adds the device sections' state to the shared [`Cx`].
 //!
 //! When a section (or a device, or a point) cannot be read at all, its errors are recorded and validation goes
 //! on with the rest; the typed value built for it from defaults is never returned, because any error makes

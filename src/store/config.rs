@@ -1,6 +1,6 @@
 //! The store's configuration (`storage:`): the typed form the store runs with, and the raw form as written.
 //! The validation that reads one into the other (`impl Cx` below: defaults, ranges, `record` filters, with
-//! file:line:col for every error) is here too; `config` calls [`Cx::storage`] for the section.
+//! file:line:col for every error) is here too; `config` calls `Cx::storage` for the section.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ pub enum WhenFull {
     Block,
 }
 
-// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+// The section as written; the `impl Cx` block below turns it into the typed form above.
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
