@@ -21,6 +21,7 @@ pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub(crate) mod confkit;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;

@@ -11,22 +11,6 @@ pub(super) fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// `base` joined with `p` (unless `p` is absolute), with `.` components dropped so that error messages show
-/// `config/devices/a.yaml` rather than `config/./devices/a.yaml`.
-pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
-    let joined = base.join(p);
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        if c != Component::CurDir {
-            out.push(c);
-        }
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    out
-}
-
 /// The files matching `pattern`, relative to `base`, sorted. A pattern matching nothing gives an empty list;
 /// an unreadable directory on the way is an error.
 pub(super) fn glob(base: &Path, pattern: &str) -> io::Result<Vec<PathBuf>> {
@@ -128,6 +112,7 @@ fn class(pat: &[char], c: char) -> Option<(bool, &[char])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::confkit::resolve;
 
     fn m(p: &str, n: &str) -> bool {
         matches(

@@ -8,10 +8,14 @@
 //! 2. Each section, device and point is deserialized on its own (`deny_unknown_fields`), so one bad device
 //!    does not hide the problems of the next. The broker's, store's and bridges' raw and typed forms live next
 //!    to those components (`broker/config.rs`, `store/config.rs`, `bridge/config.rs`); the gateway, API,
-//!    logging and device sections are in `raw.rs` and `types.rs`. Everything is re-exported here.
-//! 3. `validate.rs` applies defaults and the rules serde cannot express (ranges, templates, filters, URLs,
-//!    files that must exist, unique names, topics that would collide), then each enabled device's protocol
-//!    part goes to its adapter factory ([`AdapterRegistry`]), whose errors join the same report.
+//!    logging and device sections are in `raw.rs` and `types.rs`. The typed forms are re-exported here.
+//! 3. Defaults and the rules serde cannot express (ranges, templates, filters, URLs, files that must exist,
+//!    unique names, topics that would collide) are applied by each section's owner: the broker, store and
+//!    bridge sections by their components' `config.rs` (`impl Cx` blocks on `confkit::Cx`, the
+//!    load's error collector, which sits below the components), the gateway, API, logging and device
+//!    sections and the checks across sections by `validate.rs`, which also runs the whole load. Then each
+//!    enabled device's protocol part goes to its adapter factory ([`AdapterRegistry`]), whose errors join the
+//!    same report.
 //! 4. Any problem: [`ConfigErrors`], every problem sorted by file, line and column, printed one per line as
 //!    `file:line:col: key.path: message`. `fieldbridge check` prints it and exits [`EXIT_CONFIG`].
 //!
@@ -171,7 +175,7 @@ impl<'a> Loader<'a> {
     /// of [`Config::devices`].
     pub fn load(&self, path: &Path) -> Result<(Config, Vec<Box<dyn Adapter>>), ConfigErrors> {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        validate::Cx::new(base, &*self.env).load(path, self.registry)
+        validate::Load::new(base, &*self.env).load(path, self.registry)
     }
 }
 

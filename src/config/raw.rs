@@ -1,8 +1,9 @@
 //! The configuration as written: serde structs with `deny_unknown_fields`, every key optional unless the file
 //! cannot mean anything without it. The broker's, store's and bridges' sections are written next to those
-//! components (`broker/config.rs`, `store/config.rs`, `bridge/config.rs`, re-exported here); the gateway, API,
-//! logging and device sections are here. Defaults and cross-key rules live in `validate.rs`, in one place, so
-//! that the annotated `config/fieldbridge.yaml` and the code cannot drift apart silently.
+//! components (`broker/config.rs`, `store/config.rs`, `bridge/config.rs`, with their validation); the gateway,
+//! API, logging and device sections are here, and their defaults and cross-key rules in `validate.rs`. The
+//! annotated `config/fieldbridge.yaml` documents every key, and `tests/fixtures/config/valid/full.yaml` sets
+//! them all, so the example and the code cannot drift apart silently.
 //!
 //! Values that a later check may reject are kept [`Spanned`], so that error still points at the value.
 use std::fmt;
@@ -12,13 +13,8 @@ use fieldbridge_sdk::ConfigNode;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-pub(super) use crate::bridge::config::{RawBridge, RawForward, RawSubscribe};
-pub(super) use crate::broker::config::{
-    AclAccessRaw, ClientIdBindingRaw, ListenerProtocol, RawAcl, RawBroker, RawListener, RawTls,
-    RawUser,
-};
+pub(super) use crate::broker::config::RawTls;
 pub(super) use crate::mqtt::yaml::QosRaw;
-pub(super) use crate::store::config::{DurabilityRaw, RawStorage, SynchronousRaw, WhenFullRaw};
 
 /// A device-map file.
 #[derive(Debug, Deserialize)]

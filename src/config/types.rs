@@ -1,7 +1,8 @@
 //! The validated, typed configuration. Everything here has passed `validate()`: the rest of the daemon never
-//! re-checks it. The raw (serde) structs and the validation live beside this file; the typed forms of the
-//! broker, store and bridge sections live next to those components (`broker/config.rs`, `store/config.rs`,
-//! `bridge/config.rs`) and are re-exported here.
+//! re-checks it. The raw (serde) structs and the validation of the gateway, API, logging and device sections
+//! live beside this file; the broker, store and bridge sections (raw form, validation, typed form) live next
+//! to those components (`broker/config.rs`, `store/config.rs`, `bridge/config.rs`), their typed forms
+//! re-exported here.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,10 +1,14 @@
 //! The store's configuration (`storage:`): the typed form the store runs with, and the raw form as written.
-//! `config::validate` reads one into the other (with file:line:col for every error).
+//! The validation that reads one into the other (`impl Cx` below: defaults, ranges, `record` filters, with
+//! file:line:col for every error) is here too; `config` calls `Cx::storage` for the section.
 use std::path::PathBuf;
 use std::time::Duration;
 
 use fieldbridge_sdk::config::{HumanDuration, HumanSize, Spanned};
+use fieldbridge_sdk::ConfigNode;
 use serde::Deserialize;
+
+use crate::confkit::{positive, topics, Cx};
 
 /// `storage:`
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +63,7 @@ pub enum WhenFull {
     Block,
 }
 
-// The section as written (see `config/raw.rs`); `config/validate.rs` turns it into the typed form above.
+// The section as written; the `impl Cx` block below turns it into the typed form above.
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -95,4 +99,78 @@ pub(crate) enum WhenFullRaw {
     DropOldest,
     DropNewest,
     Block,
+}
+
+impl Cx<'_> {
+    pub(crate) fn storage(&mut self, node: Option<&ConfigNode>, gw: &str) -> StorageConfig {
+        let raw: RawStorage = self.read(node).unwrap_or_default();
+        let path = raw.path.as_ref().map_or_else(
+            || PathBuf::from("/var/lib/fieldbridge/fieldbridge.db"),
+            |p| self.resolve(&p.value),
+        );
+        let commit_interval = match &raw.commit_interval {
+            None => Duration::from_millis(20),
+            Some(s) if s.value.0.is_zero() => {
+                self.at(
+                    s,
+                    "commit_interval must be longer than 0 (it is the group-commit window)",
+                );
+                Duration::from_millis(20)
+            }
+            Some(s) => s.value.0,
+        };
+        let commit_rows = positive(self, raw.commit_rows.as_ref(), 10_000, "commit_rows");
+        let max_bytes = match &raw.max_bytes {
+            None => 1 << 30,
+            Some(s) if s.value.0 == 0 => {
+                self.at(s, "max_bytes must be larger than 0");
+                1 << 30
+            }
+            Some(s) => s.value.0,
+        };
+        let max_age = match &raw.max_age {
+            Some(s) if s.value.0.is_zero() => {
+                self.at(
+                    s,
+                    "max_age must be longer than 0 (leave it out to keep history until max_bytes)",
+                );
+                None
+            }
+            other => other.as_ref().map(|s| s.value.0),
+        };
+        let record = self.filters(raw.record.as_deref().unwrap_or_default(), gw);
+        StorageConfig {
+            path,
+            commit_interval,
+            commit_rows,
+            synchronous: match raw.synchronous.unwrap_or(SynchronousRaw::Full) {
+                SynchronousRaw::Full => Synchronous::Full,
+                SynchronousRaw::Normal => Synchronous::Normal,
+            },
+            durability: match raw.durability.unwrap_or(DurabilityRaw::Strict) {
+                DurabilityRaw::Strict => Durability::Strict,
+                DurabilityRaw::Relaxed => Durability::Relaxed,
+            },
+            max_bytes,
+            max_age,
+            when_full: match raw.when_full.unwrap_or(WhenFullRaw::DropOldest) {
+                WhenFullRaw::DropOldest => WhenFull::DropOldest,
+                WhenFullRaw::DropNewest => WhenFull::DropNewest,
+                WhenFullRaw::Block => WhenFull::Block,
+            },
+            record,
+        }
+    }
+
+    fn filters(&mut self, list: &[Spanned<String>], gw: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in list {
+            let filter = topics::expand_gateway(&f.value, gw);
+            match topics::check_filter(&filter) {
+                Ok(()) => out.push(filter),
+                Err(m) => self.at(f, m),
+            }
+        }
+        out
+    }
 }
