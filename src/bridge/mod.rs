@@ -470,7 +470,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::config::{BrokerConfig, Durability, StorageConfig, Synchronous, WhenFull};
+    use crate::config::{BrokerConfig, StorageConfig, Synchronous};
 
     /// Bounded waits. Shorter than the bridge's connect timeout (its 30 s keepalive), so a bridge that did
     /// not stop cannot pass by giving up on the silent upstream by itself.
@@ -498,15 +498,9 @@ mod tests {
     async fn a_bridge_runs_on_its_own_thread_and_stops_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StorageConfig {
-            path: dir.path().join("log.db"),
             commit_interval: Duration::from_millis(5),
-            commit_rows: 1000,
             synchronous: Synchronous::Normal,
-            durability: Durability::Strict,
-            max_bytes: 1 << 30,
-            max_age: None,
-            when_full: WhenFull::DropOldest,
-            record: Vec::new(),
+            ..StorageConfig::at(dir.path().join("log.db"))
         })
         .unwrap();
         let broker = Broker::new(BrokerConfig::default());
@@ -544,10 +538,9 @@ mod tests {
         })
         .await;
         assert!(closed.is_ok(), "the dropped bridge closes its connection");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while threads_named("bridge-own") > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(threads_named("bridge-own"), 0, "the bridge's thread ended");
+        crate::store::tests::wait_until("the bridge's thread to end", || {
+            threads_named("bridge-own") == 0
+        })
+        .await;
     }
 }

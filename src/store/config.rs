@@ -34,6 +34,24 @@ pub struct StorageConfig {
     pub record: Vec<String>,
 }
 
+impl StorageConfig {
+    /// A log at `path` with every other setting at its default (what a `storage:` section that names only
+    /// `path` gives).
+    pub fn at(path: impl Into<PathBuf>) -> StorageConfig {
+        StorageConfig {
+            path: path.into(),
+            commit_interval: Duration::from_millis(20),
+            commit_rows: 10_000,
+            synchronous: Synchronous::Full,
+            durability: Durability::Strict,
+            max_bytes: 1 << 30,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+            record: Vec::new(),
+        }
+    }
+}
+
 /// SQLite `synchronous` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -108,23 +126,24 @@ impl Cx<'_> {
             || PathBuf::from("/var/lib/fieldbridge/fieldbridge.db"),
             |p| self.resolve(&p.value),
         );
+        let d = StorageConfig::at(path);
         let commit_interval = match &raw.commit_interval {
-            None => Duration::from_millis(20),
+            None => d.commit_interval,
             Some(s) if s.value.0.is_zero() => {
                 self.at(
                     s,
                     "commit_interval must be longer than 0 (it is the group-commit window)",
                 );
-                Duration::from_millis(20)
+                d.commit_interval
             }
             Some(s) => s.value.0,
         };
-        let commit_rows = positive(self, raw.commit_rows.as_ref(), 10_000, "commit_rows");
+        let commit_rows = positive(self, raw.commit_rows.as_ref(), d.commit_rows, "commit_rows");
         let max_bytes = match &raw.max_bytes {
-            None => 1 << 30,
+            None => d.max_bytes,
             Some(s) if s.value.0 == 0 => {
                 self.at(s, "max_bytes must be larger than 0");
-                1 << 30
+                d.max_bytes
             }
             Some(s) => s.value.0,
         };
@@ -140,7 +159,6 @@ impl Cx<'_> {
         };
         let record = self.filters(raw.record.as_deref().unwrap_or_default(), gw);
         StorageConfig {
-            path,
             commit_interval,
             commit_rows,
             synchronous: match raw.synchronous.unwrap_or(SynchronousRaw::Full) {
@@ -159,6 +177,7 @@ impl Cx<'_> {
                 WhenFullRaw::Block => WhenFull::Block,
             },
             record,
+            ..d
         }
     }
 

@@ -168,7 +168,7 @@ mod streams;
 mod writer;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::future::Future;
 use std::ops::RangeInclusive;

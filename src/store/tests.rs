@@ -66,8 +66,8 @@ fn index_of(row: &LogRow) -> u64 {
     s[1..].split(':').next().unwrap().parse().unwrap()
 }
 
-/// Polls `cond` until it holds; panics with `what` after `WAIT`.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` until it holds; panics with `what` after `WAIT` (also used by other modules' tests).
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
         assert!(

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use fieldbridge::bridge::{BridgeState, BridgeStatus, Bridges};
 use fieldbridge::broker::{Broker, Message};
 use fieldbridge::config::{
-    BridgeConfig, BridgeScheme, BridgeUrl, Durability, ForwardRule, StorageConfig, SubscribeRule,
-    Synchronous, WhenFull,
+    BridgeConfig, BridgeScheme, BridgeUrl, ForwardRule, StorageConfig, SubscribeRule, Synchronous,
 };
 use fieldbridge::mqtt::{Protocol, QoS};
 use fieldbridge::store::{LogRecord, Store};
@@ -36,15 +35,10 @@ struct Gw {
 
 fn storage(dir: &std::path::Path) -> StorageConfig {
     StorageConfig {
-        path: dir.join("log.db"),
         commit_interval: Duration::from_millis(5),
         commit_rows: 1000,
         synchronous: Synchronous::Normal,
-        durability: Durability::Strict,
-        max_bytes: 1 << 30,
-        max_age: None,
-        when_full: WhenFull::DropOldest,
-        record: Vec::new(),
+        ..StorageConfig::at(dir.join("log.db"))
     }
 }
 

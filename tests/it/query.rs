@@ -7,7 +7,7 @@ use std::time::Duration;
 use fieldbridge::cli::{
     self, Console, ExportArgs, ExportFormat, Format, OrderArg, QueryArgs, Target,
 };
-use fieldbridge::config::{Durability, StorageConfig, Synchronous, WhenFull};
+use fieldbridge::config::{StorageConfig, Synchronous};
 use fieldbridge::store::{
     BucketQuery, HistoryQuery, LogReader, LogRecord, Order, Store, StoreError, StoreOptions,
 };
@@ -19,15 +19,10 @@ const N: i64 = 600;
 
 fn cfg(path: &Path) -> StorageConfig {
     StorageConfig {
-        path: path.to_path_buf(),
         commit_interval: Duration::from_millis(5),
         commit_rows: 1000,
         synchronous: Synchronous::Normal,
-        durability: Durability::Strict,
-        max_bytes: 1 << 30,
-        max_age: None,
-        when_full: WhenFull::DropOldest,
-        record: Vec::new(),
+        ..StorageConfig::at(path)
     }
 }
 
