@@ -54,6 +54,44 @@ pub struct BridgeConfig {
     pub status_topic: String,
 }
 
+impl BridgeConfig {
+    /// A bridge named `name` to `url` with every option at its documented default, as the configuration
+    /// reads a `bridges:` entry that gives only `name` and `url` (gateway `gateway`): MQTT 5, client id
+    /// `{gateway}-{name}`, keepalive 30 s, a persistent session of 1 hour, reconnect 1 s .. 60 s, 100 in
+    /// flight, no rate limit, the whole gateway tree forwarded as is, no subscribe rule, birth and will on
+    /// `{gateway}/status`. Code that builds a bridge (tests, benchmarks) starts here and changes what it needs,
+    /// so a new option only touches this file.
+    pub fn new(name: &str, url: BridgeUrl, gateway: &str) -> Self {
+        BridgeConfig {
+            name: name.to_string(),
+            url,
+            protocol: Protocol::V5,
+            client_id: format!("{gateway}-{name}"),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            keepalive: DEFAULT_KEEPALIVE,
+            clean_start: false,
+            session_expiry: DEFAULT_SESSION_EXPIRY,
+            reconnect_min: DEFAULT_RECONNECT_MIN,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
+            inflight: DEFAULT_INFLIGHT,
+            rate_limit: None,
+            forward: vec![ForwardRule::whole_tree(gateway)],
+            subscribe: Vec::new(),
+            status_topic: format!("{gateway}/status"),
+        }
+    }
+}
+
+/// Defaults of the options [`BridgeConfig::new`] and the validation both use.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
+const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
+const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(60);
+const DEFAULT_INFLIGHT: u16 = 100;
+
 /// A parsed bridge URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeUrl {
@@ -65,6 +103,18 @@ pub struct BridgeUrl {
     pub port: u16,
     /// Path for WebSocket URLs (default `/mqtt`).
     pub path: String,
+}
+
+impl BridgeUrl {
+    /// `mqtt://{host}:{port}`.
+    pub fn mqtt(host: &str, port: u16) -> Self {
+        BridgeUrl {
+            scheme: BridgeScheme::Mqtt,
+            host: host.to_string(),
+            port,
+            path: String::new(),
+        }
+    }
 }
 
 /// Transport of a bridge.
@@ -95,6 +145,18 @@ pub struct ForwardRule {
     pub qos: Option<QoS>,
     /// Pass the retain flag through. Default true.
     pub retain: bool,
+}
+
+impl ForwardRule {
+    /// The default when a bridge has no `forward:`: the whole gateway tree, topics unchanged, QoS 1.
+    pub fn whole_tree(gateway: &str) -> Self {
+        ForwardRule {
+            filter: format!("{gateway}/#"),
+            topic: "{topic}".into(),
+            qos: None,
+            retain: true,
+        }
+    }
 }
 
 /// An upstream -> local rule.
@@ -189,10 +251,10 @@ impl Cx<'_> {
             .unwrap_or_default();
         let (keepalive, session_expiry, reconnect_min, reconnect_max) = self.bridge_timers(&raw);
         let inflight = match &raw.inflight {
-            None => 100,
+            None => DEFAULT_INFLIGHT,
             Some(s) if s.value == 0 => {
                 self.at(s, "inflight must be at least 1");
-                100
+                DEFAULT_INFLIGHT
             }
             Some(s) => s.value,
         };
@@ -289,7 +351,7 @@ impl Cx<'_> {
     /// express and in order.
     fn bridge_timers(&mut self, raw: &RawBridge) -> (Duration, Duration, Duration, Duration) {
         let keepalive = match &raw.keepalive {
-            None => Duration::from_secs(30),
+            None => DEFAULT_KEEPALIVE,
             Some(s) => {
                 if s.value.0.as_secs() > 65_535 || s.value.0.subsec_nanos() != 0 {
                     self.at(
@@ -301,7 +363,7 @@ impl Cx<'_> {
             }
         };
         let session_expiry = match &raw.session_expiry {
-            None => Duration::from_secs(3600),
+            None => DEFAULT_SESSION_EXPIRY,
             Some(s) => {
                 if s.value.0.as_secs() > u32::MAX as u64 {
                     self.at(
@@ -315,11 +377,11 @@ impl Cx<'_> {
         let reconnect_min = raw
             .reconnect_min
             .as_ref()
-            .map_or(Duration::from_secs(1), |s| s.value.0);
+            .map_or(DEFAULT_RECONNECT_MIN, |s| s.value.0);
         let reconnect_max = raw
             .reconnect_max
             .as_ref()
-            .map_or(Duration::from_secs(60), |s| s.value.0);
+            .map_or(DEFAULT_RECONNECT_MAX, |s| s.value.0);
         if let Some(s) = raw.reconnect_min.as_ref().filter(|s| s.value.0.is_zero()) {
             self.at(
                 s,
@@ -348,12 +410,7 @@ impl Cx<'_> {
         gw: &str,
     ) -> (Vec<ForwardRule>, Vec<SubscribeRule>) {
         let forward = match &raw.forward {
-            None => vec![ForwardRule {
-                filter: format!("{gw}/#"),
-                topic: "{topic}".into(),
-                qos: None,
-                retain: true,
-            }],
+            None => vec![ForwardRule::whole_tree(gw)],
             Some(rules) => rules
                 .iter()
                 .filter_map(|r| self.forward_rule(r, gw))

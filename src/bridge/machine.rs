@@ -903,40 +903,22 @@ fn packet_name(p: &Packet) -> &'static str {
 pub(super) mod tests {
     //! The link driven packet by packet, no socket, no broker: what goes out for what comes in.
     use super::*;
-    use crate::bridge::config::{BridgeScheme, BridgeUrl, ForwardRule, SubscribeRule};
+    use crate::bridge::config::{BridgeUrl, ForwardRule, SubscribeRule};
     use crate::mqtt::{decode, SubAck};
 
     /// A bridge to 127.0.0.1:1883 forwarding `gw/#` (also the starting point of the driver's tests).
     pub(in crate::bridge) fn cfg() -> BridgeConfig {
         BridgeConfig {
-            name: "cloud".into(),
-            url: BridgeUrl {
-                scheme: BridgeScheme::Mqtt,
-                host: "127.0.0.1".into(),
-                port: 1883,
-                path: "/mqtt".into(),
-            },
-            protocol: Protocol::V5,
-            client_id: "gw-cloud".into(),
-            username: None,
-            password: None,
-            ca_file: None,
-            client_cert: None,
             keepalive: Duration::from_secs(10),
-            clean_start: false,
-            session_expiry: Duration::from_secs(3600),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
-            inflight: 100,
-            rate_limit: None,
             forward: vec![ForwardRule {
                 filter: "gw/#".into(),
                 topic: "up/{topic}".into(),
                 qos: None,
                 retain: true,
             }],
-            subscribe: vec![],
-            status_topic: "gw/status".into(),
+            ..BridgeConfig::new("cloud", BridgeUrl::mqtt("127.0.0.1", 1883), "gw")
         }
     }
 

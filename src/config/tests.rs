@@ -634,3 +634,23 @@ fn core_point_keys_match_the_raw_point() {
     let extra = fieldbridge_sdk::config::parse_yaml("p.yaml", "name: p\naddress: 1\n").unwrap();
     assert!(extra.deserialize::<super::raw::RawPoint>().is_err());
 }
+
+/// `BridgeConfig::new` (what tests and benchmarks build bridges from) gives exactly what the configuration
+/// gives a `bridges:` entry with only `name` and `url`.
+#[test]
+fn a_bridge_with_only_name_and_url_is_bridge_config_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("fb.yaml");
+    std::fs::write(
+        &main,
+        "gateway:\n  id: gw7\nbridges:\n  - name: cloud\n    url: mqtt://127.0.0.1:18830\n",
+    )
+    .unwrap();
+    let (c, _) = Loader::new().load(&main).unwrap();
+    let expected = crate::bridge::config::BridgeConfig::new(
+        "cloud",
+        crate::bridge::config::BridgeUrl::mqtt("127.0.0.1", 18830),
+        "gw7",
+    );
+    assert_eq!(c.bridges, vec![expected]);
+}

@@ -122,34 +122,17 @@ impl Gw {
 
 fn bridge_cfg(name: &str, port: u16) -> BridgeConfig {
     BridgeConfig {
-        name: name.into(),
-        url: BridgeUrl {
-            scheme: BridgeScheme::Mqtt,
-            host: "127.0.0.1".into(),
-            port,
-            path: "/mqtt".into(),
-        },
-        protocol: Protocol::V5,
-        client_id: format!("gw-{name}"),
-        username: None,
-        password: None,
-        ca_file: None,
-        client_cert: None,
         keepalive: Duration::from_secs(5),
-        clean_start: false,
-        session_expiry: Duration::from_secs(3600),
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(500),
         inflight: 50,
-        rate_limit: None,
         forward: vec![ForwardRule {
             filter: "gw/#".into(),
             topic: "up/{topic}".into(),
             qos: None,
             retain: true,
         }],
-        subscribe: vec![],
-        status_topic: "gw/status".into(),
+        ..BridgeConfig::new(name, BridgeUrl::mqtt("127.0.0.1", port), "gw")
     }
 }
 
@@ -726,6 +709,7 @@ async fn websocket_upstream() {
     let mut sub = up.subscribe(&["up/#"]).await;
     let mut cfg = bridge_cfg("ws", ws_port);
     cfg.url.scheme = BridgeScheme::Ws;
+    cfg.url.path = "/mqtt".into();
     let gw = Gw::start(&[cfg]);
     gw.wait_status("ws", "connected over WebSocket", LONG, |s| {
         s.state.connected()

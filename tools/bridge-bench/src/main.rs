@@ -24,8 +24,8 @@ use clap::Parser;
 use fieldbridge::bridge::{BridgeState, Bridges};
 use fieldbridge::broker::Broker;
 use fieldbridge::config::{
-    BridgeConfig, BridgeScheme, BridgeUrl, BrokerConfig, Durability, ForwardRule, StorageConfig,
-    Synchronous, WhenFull,
+    BridgeConfig, BridgeUrl, BrokerConfig, Durability, ForwardRule, StorageConfig, Synchronous,
+    WhenFull,
 };
 use fieldbridge::mqtt::{
     self, Connect, Packet, Properties, Protocol, PubResp, Publish, QoS, RetainHandling, Subscribe,
@@ -418,6 +418,9 @@ struct Report {
     rate: f64,
     /// CPU seconds the edge side (fieldbridge's threads, or the edge mosquitto) used during the drain.
     cpu_secs: f64,
+    /// CPU seconds the upstream mosquitto used during the drain (its work per message depends on how the
+    /// bridge's packets arrive: many small segments cost it more than a few large ones).
+    up_cpu_secs: f64,
     seen: Seen,
     n: u64,
     rss_mib: f64,
@@ -443,38 +446,22 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     // are ready, a reload points it at the upstream (from its cursor), so no message can arrive before the
     // subscription does.
     let mut cfg = BridgeConfig {
-        name: "cloud".into(),
-        url: BridgeUrl {
-            scheme: BridgeScheme::Mqtt,
-            host: "127.0.0.1".into(),
-            port: free_port(),
-            path: "/mqtt".into(),
-        },
         protocol: if args.protocol == "311" {
             Protocol::V311
         } else {
             Protocol::V5
         },
         client_id: "bench-fieldbridge".into(),
-        username: None,
-        password: None,
-        ca_file: None,
-        client_cert: None,
-        keepalive: Duration::from_secs(30),
-        clean_start: false,
-        session_expiry: Duration::from_secs(3600),
         reconnect_min: Duration::from_millis(200),
         reconnect_max: Duration::from_millis(400),
         inflight: args.inflight,
-        rate_limit: None,
         forward: vec![ForwardRule {
             filter: "gw/#".into(),
             topic: "fb/{topic}".into(),
             qos: None,
             retain: true,
         }],
-        subscribe: vec![],
-        status_topic: "gw/status".into(),
+        ..BridgeConfig::new("cloud", BridgeUrl::mqtt("127.0.0.1", free_port()), "gw")
     };
     // The bridge exists before the outage's data (its cursor starts at the head).
     let bridges = Bridges::start(
@@ -529,6 +516,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     };
     let rss_before = rss_mib(std::process::id());
     let cpu_before = cpu_secs(std::process::id(), "bench-sub");
+    let up_cpu_before = cpu_secs(up.pid, "");
     cfg.url.port = up_port;
     bridges.reload(std::slice::from_ref(&cfg), "gw").await;
     let t_up = Instant::now();
@@ -566,6 +554,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
             t_done.duration_since(t_conn).as_secs_f64(),
         ),
     };
+    let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
     let st = bridges.statuses()[0].clone();
     bridges.shutdown(Duration::from_secs(2)).await;
     up.stop().await;
@@ -575,6 +564,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         drain_secs: drain,
         rate: seen.distinct as f64 / drain,
         cpu_secs: cpu,
+        up_cpu_secs: up_cpu,
         seen,
         n,
         rss_mib: rss_after,
@@ -620,9 +610,11 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     )
     .await;
     let cpu_before = cpu_secs(edge.pid, "");
+    let up_cpu_before = cpu_secs(up.pid, "");
     let sub = subscriber(up_port, "mq/#", n, args.topics, args.sub_qos).await;
     let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
     let cpu = cpu_secs(edge.pid, "") - cpu_before;
+    let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
     let drain = arrival_span(&seen);
     let rss = edge.rss_mib().max(rss_full);
     edge.stop().await;
@@ -632,6 +624,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         drain_secs: drain,
         rate: seen.distinct as f64 / drain,
         cpu_secs: cpu,
+        up_cpu_secs: up_cpu,
         seen,
         n,
         rss_mib: rss,
@@ -753,6 +746,7 @@ async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
         drain_secs: drain,
         rate: seen.distinct as f64 / drain,
         cpu_secs: f64::NAN,
+        up_cpu_secs: f64::NAN,
         seen,
         n,
         rss_mib: 0.0,
@@ -782,8 +776,8 @@ fn broker_config() -> BrokerConfig {
 fn print(r: &Report) {
     let lost = r.n - r.seen.distinct;
     println!(
-        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
-        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
+        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | upstream CPU {:>5.2} µs/msg | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
+        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.up_cpu_secs * 1e6 / r.n as f64, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
     );
 }
 
