@@ -114,6 +114,14 @@ fn test_env(name: &str) -> Option<String> {
     }
 }
 
+/// A main configuration file holding `text`, in a temporary directory that lives as long as the returned guard.
+fn main_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("fb.yaml");
+    std::fs::write(&main, text).unwrap();
+    (dir, main)
+}
+
 fn load_fixture(path: &Path) -> Result<(Config, Vec<Box<dyn Adapter>>), ConfigErrors> {
     let reg = registry();
     let loaded = Loader::new().registry(&reg).env(test_env).load(path);
@@ -507,13 +515,8 @@ fn missing_main_file_is_an_entry() {
 
 #[test]
 fn env_comes_from_the_loader() {
-    let dir = tempfile::tempdir().unwrap();
-    let main = dir.path().join("fb.yaml");
-    std::fs::write(
-        &main,
-        "gateway:\n  id: ${GW_ID:-fallback}\nbroker:\n  max_connections: ${MAXC}\n",
-    )
-    .unwrap();
+    let (_dir, main) =
+        main_file("gateway:\n  id: ${GW_ID:-fallback}\nbroker:\n  max_connections: ${MAXC}\n");
     let vars: HashMap<&str, &str> = [("MAXC", "7")].into();
     let (c, _) = Loader::new()
         .env(|k| vars.get(k).map(|v| v.to_string()))
@@ -566,13 +569,7 @@ fn errors_display_one_per_line_sorted() {
 
 #[test]
 fn adapter_errors_join_the_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let main = dir.path().join("fb.yaml");
-    std::fs::write(
-        &main,
-        "devices:\n  - name: m\n    protocol: test\n    connection: {host: h, prot: 1}\n    points:\n      - {name: a, address: 70000}\n      - {name: b, adress: 1, scael: 2}\n      - {name: c, address: x, qos: 5}\n",
-    )
-    .unwrap();
+    let (_dir, main) = main_file("devices:\n  - name: m\n    protocol: test\n    connection: {host: h, prot: 1}\n    points:\n      - {name: a, address: 70000}\n      - {name: b, adress: 1, scael: 2}\n      - {name: c, address: x, qos: 5}\n");
     let reg = registry();
     let Err(e) = Loader::new().registry(&reg).load(&main) else {
         panic!("expected errors");
@@ -595,13 +592,7 @@ fn adapter_errors_join_the_report() {
 
 #[test]
 fn disabled_devices_are_type_checked_but_not_built() {
-    let dir = tempfile::tempdir().unwrap();
-    let main = dir.path().join("fb.yaml");
-    std::fs::write(
-        &main,
-        "devices:\n  - {name: a, protocol: nope, enabled: false, retries: many}\n  - {name: a, protocol: test, connection: {host: h}, enabled: false}\n",
-    )
-    .unwrap();
+    let (_dir, main) = main_file("devices:\n  - {name: a, protocol: nope, enabled: false, retries: many}\n  - {name: a, protocol: test, connection: {host: h}, enabled: false}\n");
     let reg = registry();
     let Err(e) = Loader::new().registry(&reg).load(&main) else {
         panic!("expected errors");
@@ -639,13 +630,9 @@ fn core_point_keys_match_the_raw_point() {
 /// gives a `bridges:` entry with only `name` and `url`.
 #[test]
 fn a_bridge_with_only_name_and_url_is_bridge_config_new() {
-    let dir = tempfile::tempdir().unwrap();
-    let main = dir.path().join("fb.yaml");
-    std::fs::write(
-        &main,
+    let (_dir, main) = main_file(
         "gateway:\n  id: gw7\nbridges:\n  - name: cloud\n    url: mqtt://127.0.0.1:18830\n",
-    )
-    .unwrap();
+    );
     let (c, _) = Loader::new().load(&main).unwrap();
     let expected = crate::bridge::config::BridgeConfig::new(
         "cloud",
