@@ -1,6 +1,6 @@
 //! Peers and helpers.
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -29,10 +29,16 @@ pub async fn poll_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// A UDP port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now for UDP and for TCP: libcoap's server listens on both at the number given.
 pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
-    s.local_addr().expect("local addr").port()
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
+        let port = udp.local_addr().expect("local addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 in 100 tries")
 }
 
 /// A child process killed (and reaped) when dropped.

@@ -121,7 +121,9 @@ async def main():
     root.add_resource(["json"], Static(json.dumps({"a": {"b": [1, 2.5]}}).encode(), 50))
     root.add_resource(["setpoint"], Setpoint())
 
-    await aiocoap.Context.create_server_context(root, bind=("127.0.0.1", a.port))
+    # UDP only: the default transports also listen on TCP (and WebSocket) at the same port number, which the
+    # test picked as a free UDP port only, so a TCP socket elsewhere on the machine could make the bind fail.
+    await aiocoap.Context.create_server_context(root, bind=("127.0.0.1", a.port), transports=["udp6"])
     for c in counters:
         asyncio.get_running_loop().create_task(c.run())
     print("ready", flush=True)
