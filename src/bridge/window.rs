@@ -181,6 +181,16 @@ impl Window {
         self.next == self.q.len() && self.q.len() < self.limit && self.quota_free()
     }
 
+    /// How many new rows the window could take now (0 while resends of this connection are pending).
+    pub(crate) fn free(&self) -> usize {
+        if self.next != self.q.len() {
+            return 0;
+        }
+        let controls = self.control.iter().filter(|c| c.1).count();
+        let quota = self.quota.saturating_sub(self.outstanding + controls);
+        self.limit.saturating_sub(self.q.len()).min(quota)
+    }
+
     /// Whether one more QoS 1/2 PUBLISH may go out under the upstream's Receive Maximum.
     pub(crate) fn quota_free(&self) -> bool {
         let controls = self.control.iter().filter(|c| c.1).count();
