@@ -697,6 +697,11 @@ impl Machine {
         std::mem::take(&mut self.actions)
     }
 
+    /// Rows are ready but the window has no place for them: only acks can move the link on.
+    pub(crate) fn window_bound(&self) -> bool {
+        !self.rows.is_empty() && self.window.outstanding() > 0 && self.window.free() == 0
+    }
+
     /// With a large window (>= 64) and acks outstanding, new rows wait until a quarter of the window is
     /// free, so they go out as one large write rather than one small write per ack read: each small write
     /// costs the upstream a wake-up and a PUBACK segment of its own. With 1,000 in flight
@@ -1220,11 +1225,14 @@ pub(super) mod tests {
         let mut m = machine(&cfg(), t0);
         let birth = up(&mut m, Some(20), t0);
         m.on_packet(puback(birth), t0);
+        assert!(!m.window_bound(), "no rows yet");
         let first = publishes(&m.on_rows(rows(1, 100), t0));
         assert_eq!(first.len(), 20);
+        assert!(m.window_bound(), "rows ready, the window full");
         let a = m.on_packet(puback(first[0].packet_id), t0);
         assert_eq!(publishes(&a).iter().map(seq_of).collect::<Vec<_>>(), [21]);
         assert!(!m.holding_back());
+        assert!(m.window_bound());
     }
 
     #[test]

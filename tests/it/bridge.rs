@@ -330,6 +330,46 @@ async fn uplink_cut_many_times_loses_nothing_and_duplicates_stay_within_the_wind
     );
 }
 
+/// A backlog long enough to drain for seconds (the driver then polls for acks before it sleeps, and a large
+/// window refills in quarters), cut once midway, through a window of 20 (mosquitto's Receive Maximum, MQTT 5)
+/// and of 1,000 (MQTT 3.1.1): nothing lost, in order, duplicates within what was resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_drains_through_a_cut_with_small_and_large_windows() {
+    for (protocol, inflight, window) in [(Protocol::V5, 100, 20), (Protocol::V311, 1000, 1000)] {
+        let up = Upstream::start(UpstreamOpts::default()).await;
+        let proxy = Proxy::start(up.addr()).await;
+        let mut sub = up.subscribe(&["up/#"]).await;
+        let mut cfg = bridge_cfg("cloud", proxy.port());
+        cfg.protocol = protocol;
+        cfg.inflight = inflight;
+        let gw = Gw::start(&[cfg]);
+        let st = gw
+            .wait_status("cloud", "connected", LONG, |s| s.state.connected())
+            .await;
+        assert_eq!(st.window, window, "{protocol:?}");
+        const N: u64 = 200_000;
+        const TOPICS: u64 = 3;
+        let head = gw.append(0, N, TOPICS).await;
+        sub.until("two thirds upstream", LONG, |s| {
+            s.distinct.len() >= (2 * N / 3) as usize
+        })
+        .await;
+        proxy.cut();
+        let st = gw.delivered("cloud", head).await;
+        sub.until("every message", LONG, |s| s.distinct.len() >= N as usize)
+            .await;
+        sub.drain_for(Duration::from_millis(300)).await;
+        let dups = check_stream(&sub.got, N, TOPICS);
+        assert!(st.connects >= 2, "{protocol:?}: the cut forced a reconnect");
+        assert!(
+            dups <= st.resent && st.resent <= (st.connects - 1) * window as u64,
+            "{protocol:?}: {dups} duplicates, {} resent over {} reconnects",
+            st.resent,
+            st.connects - 1
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_stall_is_detected_by_keepalive_and_nothing_unacked_counts_as_delivered() {
     let up = Upstream::start(UpstreamOpts::default()).await;
