@@ -169,21 +169,33 @@ fn cpu_secs(pid: u32, skip: &str) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// Times the threads of `pid` went to sleep waiting (voluntary context switches) so far: for the upstream,
-/// how often it ran dry of input.
-fn sleeps(pid: u32) -> u64 {
+/// Context switches of the threads of `pid` so far: `(voluntary, involuntary)`. For the upstream, the first
+/// is how often it ran dry of input and slept, the second how often the scheduler took its core away.
+fn switches(pid: u32) -> (u64, u64) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return (0, 0);
+    };
+    let field = |s: &str, name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
     };
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+        .fold((0, 0), |(v, n), s| {
+            (
+                v + field(&s, "voluntary_ctxt_switches:"),
+                n + field(&s, "nonvoluntary_ctxt_switches:"),
+            )
         })
-        .sum()
+}
+
+/// [`switches`] since `before`.
+fn switches_since(pid: u32, before: (u64, u64)) -> (u64, u64) {
+    let now = switches(pid);
+    (now.0 - before.0, now.1 - before.1)
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -438,8 +450,8 @@ struct Report {
     /// CPU seconds the upstream mosquitto used during the drain (its work per message depends on how the
     /// bridge's packets arrive: many small segments cost it more than a few large ones).
     up_cpu_secs: f64,
-    /// Times the upstream mosquitto slept for want of input during the drain.
-    up_sleeps: u64,
+    /// Context switches of the upstream mosquitto during the drain: (slept for want of input, preempted).
+    up_switches: (u64, u64),
     seen: Seen,
     n: u64,
     rss_mib: f64,
@@ -536,7 +548,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     let rss_before = rss_mib(std::process::id());
     let cpu_before = cpu_secs(std::process::id(), "bench-sub");
     let up_cpu_before = cpu_secs(up.pid, "");
-    let up_sleeps_before = sleeps(up.pid);
+    let up_switches_before = switches(up.pid);
     cfg.url.port = up_port;
     bridges.reload(std::slice::from_ref(&cfg), "gw").await;
     let t_up = Instant::now();
@@ -575,7 +587,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         ),
     };
     let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
-    let up_sleeps = sleeps(up.pid) - up_sleeps_before;
+    let up_switches = switches_since(up.pid, up_switches_before);
     let st = bridges.statuses()[0].clone();
     bridges.shutdown(Duration::from_secs(2)).await;
     up.stop().await;
@@ -586,7 +598,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         rate: seen.distinct as f64 / drain,
         cpu_secs: cpu,
         up_cpu_secs: up_cpu,
-        up_sleeps,
+        up_switches,
         seen,
         n,
         rss_mib: rss_after,
@@ -633,12 +645,12 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     .await;
     let cpu_before = cpu_secs(edge.pid, "");
     let up_cpu_before = cpu_secs(up.pid, "");
-    let up_sleeps_before = sleeps(up.pid);
+    let up_switches_before = switches(up.pid);
     let sub = subscriber(up_port, "mq/#", n, args.topics, args.sub_qos).await;
     let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
     let cpu = cpu_secs(edge.pid, "") - cpu_before;
     let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
-    let up_sleeps = sleeps(up.pid) - up_sleeps_before;
+    let up_switches = switches_since(up.pid, up_switches_before);
     let drain = arrival_span(&seen);
     let rss = edge.rss_mib().max(rss_full);
     edge.stop().await;
@@ -649,7 +661,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         rate: seen.distinct as f64 / drain,
         cpu_secs: cpu,
         up_cpu_secs: up_cpu,
-        up_sleeps,
+        up_switches,
         seen,
         n,
         rss_mib: rss,
@@ -772,7 +784,7 @@ async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
         rate: seen.distinct as f64 / drain,
         cpu_secs: f64::NAN,
         up_cpu_secs: f64::NAN,
-        up_sleeps: 0,
+        up_switches: (0, 0),
         seen,
         n,
         rss_mib: 0.0,
@@ -802,8 +814,8 @@ fn broker_config() -> BrokerConfig {
 fn print(r: &Report) {
     let lost = r.n - r.seen.distinct;
     println!(
-        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | upstream CPU {:>5.2} µs/msg, {:>5.3} sleeps/msg | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
-        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.up_cpu_secs * 1e6 / r.n as f64, r.up_sleeps as f64 / r.n as f64, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
+        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | upstream CPU {:>5.2} µs/msg, {:>5.3} sleeps and {:>5.3} preemptions/msg | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
+        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.up_cpu_secs * 1e6 / r.n as f64, r.up_switches.0 as f64 / r.n as f64, r.up_switches.1 as f64 / r.n as f64, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
     );
 }
 
