@@ -81,6 +81,11 @@ struct Args {
     /// Also measure a pipelined publisher straight into the upstream (its ceiling), once at the end.
     #[arg(long)]
     ceiling: bool,
+    /// Runs the upstream mosquitto on these CPUs (`taskset -c`), e.g. `1` while the bench itself runs under
+    /// `taskset -c 0`: the upstream then does not share its core with either bridge or the subscriber, as an
+    /// upstream on another machine would not.
+    #[arg(long)]
+    upstream_cpus: Option<String>,
     /// Seconds without progress after which the subscriber gives up (the rest counts as lost).
     #[arg(long, default_value_t = 15)]
     idle_secs: u64,
@@ -103,6 +108,9 @@ struct Mosquitto {
     pid: u32,
 }
 
+/// `--upstream-cpus`, set once at start.
+static UPSTREAM_CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
 async fn mosquitto(dir: &Path, name: &str, port: u16, extra: &str) -> Mosquitto {
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
@@ -113,7 +121,20 @@ async fn mosquitto(dir: &Path, name: &str, port: u16, extra: &str) -> Mosquitto 
         ),
     )
     .expect("write mosquitto config");
-    let child = Command::new("mosquitto")
+    let pinned = UPSTREAM_CPUS
+        .get()
+        .and_then(|c| c.as_deref())
+        .filter(|_| name.starts_with("upstream"));
+    // taskset execs mosquitto: the child's pid is mosquitto's.
+    let mut cmd = match pinned {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus, "mosquitto"]);
+            c
+        }
+        None => Command::new("mosquitto"),
+    };
+    let child = cmd
         .arg("-c")
         .arg(&conf)
         .stdin(Stdio::null())
@@ -822,6 +843,7 @@ fn print(r: &Report) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    let _ = UPSTREAM_CPUS.set(args.upstream_cpus.clone());
     let dir: PathBuf = tempfile::tempdir().expect("tempdir").keep();
     let up_port = free_port();
     println!(
