@@ -697,9 +697,12 @@ impl Machine {
         std::mem::take(&mut self.actions)
     }
 
-    /// Rows are ready but the window has no place for them: only acks can move the link on.
+    /// Rows are ready but the window has no place for them, or holds them back for a quarter: only acks can
+    /// move the link on.
     pub(crate) fn window_bound(&self) -> bool {
-        !self.rows.is_empty() && self.window.outstanding() > 0 && self.window.free() == 0
+        !self.rows.is_empty()
+            && self.window.outstanding() > 0
+            && (self.window.free() == 0 || self.holding_back())
     }
 
     /// With a large window (>= 64) and acks outstanding, new rows wait until a quarter of the window is
