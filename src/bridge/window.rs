@@ -178,7 +178,7 @@ impl Window {
 
     /// Whether a new row may be taken: the resends of this connection are done and the window has room.
     pub(crate) fn room(&self) -> bool {
-        self.next == self.q.len() && self.q.len() < self.limit && self.quota_free()
+        self.free() > 0
     }
 
     /// How many new rows the window could take now (0 while resends of this connection are pending).
@@ -186,15 +186,18 @@ impl Window {
         if self.next != self.q.len() {
             return 0;
         }
-        let controls = self.control.iter().filter(|c| c.1).count();
-        let quota = self.quota.saturating_sub(self.outstanding + controls);
-        self.limit.saturating_sub(self.q.len()).min(quota)
+        self.limit.saturating_sub(self.q.len()).min(self.quota_left())
     }
 
     /// Whether one more QoS 1/2 PUBLISH may go out under the upstream's Receive Maximum.
     pub(crate) fn quota_free(&self) -> bool {
+        self.quota_left() > 0
+    }
+
+    /// QoS 1/2 packets that may still go out under the upstream's Receive Maximum.
+    fn quota_left(&self) -> usize {
         let controls = self.control.iter().filter(|c| c.1).count();
-        self.outstanding + controls < self.quota
+        self.quota.saturating_sub(self.outstanding + controls)
     }
 
     /// Every row up to `seq` has been taken from the log (rows matching no rule, or dropped, included).
