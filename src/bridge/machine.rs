@@ -702,23 +702,17 @@ impl Machine {
     pub(crate) fn window_bound(&self) -> bool {
         !self.rows.is_empty()
             && self.window.outstanding() > 0
-            && (self.window.free() == 0 || self.holding_back())
+            && self.window.free() < refill_step(self.window.limit())
     }
 
     /// With a large window (>= 64) and acks outstanding, new rows wait until a quarter of the window is
     /// free, so they go out as one large write rather than one small write per ack read: each small write
-    /// costs the upstream a wake-up and a PUBACK segment of its own. With 1,000 in flight
-    /// (`bridge-bench --protocol 311`), refilling on every ack read cost mosquitto 8.8-9.1 µs per message
-    /// and this side 4.3-4.8 µs; in quarters 8.2-9.1 and 1.5-1.6. The wait is bounded by [`HOLD_MAX`]: a
-    /// peer with Nagle on (mosquitto) may hold its next PUBACKs until our delayed TCP ACK (up to 40 ms).
-    /// Small windows refill at once: holding back a window of 20 in quarters ran into exactly that stall
-    /// (1,400 msg/s instead of 70,000).
+    /// costs the upstream a wake-up and a PUBACK segment of its own (the README's drain section has the
+    /// measurements). The wait is bounded by [`HOLD_MAX`]: a peer with Nagle on (mosquitto) may hold its
+    /// next PUBACKs until our delayed TCP ACK (up to 40 ms). Small windows refill at once: holding back a
+    /// window of 20 in quarters ran into exactly that stall (1,400 msg/s instead of 70,000).
     pub(crate) fn holding_back(&self) -> bool {
-        let free = self.window.free();
-        !self.rows.is_empty()
-            && self.window.outstanding() > 0
-            && free > 0
-            && free < refill_step(self.window.limit())
+        self.window_bound() && self.window.free() > 0
     }
 
     /// Encodes new rows while the window, the rate limit and the send size allow.
