@@ -1080,6 +1080,16 @@ pub(super) mod tests {
         birth.packet_id
     }
 
+    /// Connected with Receive Maximum `rm`, the birth acknowledged, rows `1..=n` handed over: the machine and
+    /// the rows it sent at once.
+    fn sending(rm: u16, n: u64, t0: Instant) -> (Machine, Vec<Publish>) {
+        let mut m = machine(&cfg(), t0);
+        let birth = up(&mut m, Some(rm), t0);
+        m.on_packet(puback(birth), t0);
+        let first = publishes(&m.on_rows(rows(1, n), t0));
+        (m, first)
+    }
+
     #[test]
     fn connect_carries_the_will_and_a_refused_connack_backs_off() {
         let t0 = Instant::now();
@@ -1158,10 +1168,7 @@ pub(super) mod tests {
     #[test]
     fn many_acks_in_one_read_are_answered_with_one_send() {
         let t0 = Instant::now();
-        let mut m = machine(&cfg(), t0);
-        let birth = up(&mut m, Some(20), t0);
-        m.on_packet(puback(birth), t0);
-        let first = publishes(&m.on_rows(rows(1, 100), t0));
+        let (mut m, first) = sending(20, 100, t0);
         assert_eq!(first.len(), 20);
         let mut buf = BytesMut::new();
         for p in &first[..10] {
@@ -1178,10 +1185,7 @@ pub(super) mod tests {
     #[test]
     fn a_large_window_refills_in_quarters_and_waits_at_most_hold_max() {
         let t0 = Instant::now();
-        let mut m = machine(&cfg(), t0);
-        let birth = up(&mut m, Some(100), t0);
-        m.on_packet(puback(birth), t0);
-        let first = publishes(&m.on_rows(rows(1, 1000), t0));
+        let (mut m, first) = sending(100, 1000, t0);
         assert_eq!(first.len(), 100);
         // 24 acks free less than a quarter: nothing goes out, and the machine asks to be woken.
         let mut a = Vec::new();
@@ -1219,11 +1223,9 @@ pub(super) mod tests {
     #[test]
     fn a_small_window_refills_on_every_ack() {
         let t0 = Instant::now();
-        let mut m = machine(&cfg(), t0);
-        let birth = up(&mut m, Some(20), t0);
-        m.on_packet(puback(birth), t0);
-        assert!(!m.window_bound(), "no rows yet");
-        let first = publishes(&m.on_rows(rows(1, 100), t0));
+        let (m0, _) = sending(20, 0, t0);
+        assert!(!m0.window_bound(), "no rows yet");
+        let (mut m, first) = sending(20, 100, t0);
         assert_eq!(first.len(), 20);
         assert!(m.window_bound(), "rows ready, the window full");
         let a = m.on_packet(puback(first[0].packet_id), t0);

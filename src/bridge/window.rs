@@ -186,7 +186,9 @@ impl Window {
         if self.next != self.q.len() {
             return 0;
         }
-        self.limit.saturating_sub(self.q.len()).min(self.quota_left())
+        self.limit
+            .saturating_sub(self.q.len())
+            .min(self.quota_left())
     }
 
     /// Whether one more QoS 1/2 PUBLISH may go out under the upstream's Receive Maximum.
