@@ -290,27 +290,21 @@ impl Bridge {
         io: Box<dyn Io>,
         mut cancel: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
     ) -> End {
-        let mut io = io;
-        let mut rbuf = BytesMut::with_capacity(64 * 1024);
-        let mut scratch = vec![0u8; READ_CHUNK];
-        let mut wbuf = BytesMut::with_capacity(SEND_HIGH + 64 * 1024);
-        // Whether the transport may hold written bytes back until flushed (TLS, WebSocket): QoS 0 rows
-        // complete only once flushed.
-        let mut need_flush = false;
+        let mut c = Link::new(io);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut wake = std::pin::pin!(tokio::time::sleep_until(Instant::now() + TICK));
         let mut out = Outcome::default();
         let mut spin_skip = 0u32;
         let first = self.machine.on_transport_up(Instant::now());
-        self.apply(first, &mut wbuf, &mut out).await;
+        self.apply(first, &mut c.wbuf, &mut out).await;
         loop {
             if let Some(end) = out.end.take() {
                 if matches!(end, End::Stopped) {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        io.write_all(&wbuf).await?;
-                        io.flush().await?;
-                        io.shutdown().await
+                        c.io.write_all(&c.wbuf).await?;
+                        c.io.flush().await?;
+                        c.io.shutdown().await
                     })
                     .await;
                 }
@@ -322,17 +316,17 @@ impl Bridge {
                 }
             }
             let want_rows = self.machine.wants_rows() && !self.reader_done;
-            let write_pending = !wbuf.is_empty() || need_flush;
+            let write_pending = c.write_pending();
             tokio::select! {
                 biased;
                 _ = &mut cancel, if !self.stopping => {
                     self.stopping = true;
                     let grace = *self.ctx.grace.lock();
                     let a = self.machine.begin_stop(Instant::now(), grace);
-                    self.apply(a, &mut wbuf, &mut out).await;
+                    self.apply(a, &mut c.wbuf, &mut out).await;
                 }
-                ev = io_ready(&mut io, &mut scratch, &wbuf, write_pending) => {
-                    self.on_io(ev, &mut io, &mut rbuf, &scratch, &mut wbuf, &mut need_flush, &mut out).await;
+                ev = io_ready(&mut c.io, &mut c.scratch, &c.wbuf, write_pending) => {
+                    self.on_io(ev, &mut c, &mut out).await;
                     // Draining a backlog, with rows waiting for acks (a full window, or a large one refilling in
                     // quarters): when the upstream is near (a broker on the same host or LAN), the next acks come
                     // back within microseconds, sooner than a sleep and a wake-up of this thread cost (44 % of its
@@ -340,11 +334,11 @@ impl Bridge {
                     // pinned mosquitto 1 µs per message). Poll for them a little while before sleeping. Not while
                     // live (the window fills only for a moment), and not after a poll that found nothing: a far
                     // upstream's acks take milliseconds, so polling is tried again only every SPIN_RETRY chances.
-                    if out.end.is_none() && self.machine.window_bound() && self.draining_for(SPIN_AFTER) {
+                    if out.end.is_none() && self.draining_for(SPIN_AFTER) && self.machine.window_bound() {
                         if spin_skip > 0 {
                             spin_skip -= 1;
                         } else {
-                            let found = self.spin(&mut io, &mut rbuf, &mut scratch, &mut wbuf, &mut need_flush, &mut out).await;
+                            let found = self.spin(&mut c, &mut out).await;
                             if !found {
                                 spin_skip = SPIN_RETRY;
                             }
@@ -354,18 +348,18 @@ impl Bridge {
                 b = self.reader.rx.recv(), if want_rows => match b {
                     Some(b) => {
                         let a = self.machine.on_rows(b, Instant::now());
-                        self.apply(a, &mut wbuf, &mut out).await;
+                        self.apply(a, &mut c.wbuf, &mut out).await;
                     }
                     None => self.reader_done = true,
                 },
                 _ = &mut wake => {
                     wake.as_mut().reset(Instant::now() + TICK);
                     let a = self.machine.on_tick(Instant::now());
-                    self.apply(a, &mut wbuf, &mut out).await;
+                    self.apply(a, &mut c.wbuf, &mut out).await;
                 }
                 _ = tick.tick() => {
                     let a = self.machine.on_tick(Instant::now());
-                    self.apply(a, &mut wbuf, &mut out).await;
+                    self.apply(a, &mut c.wbuf, &mut out).await;
                     self.persist(false);
                     self.update_mode();
                     self.refresh(false);
@@ -374,27 +368,17 @@ impl Bridge {
         }
     }
 
-    /// Polls the transport for up to [`SPIN`] while the window stays full; whether anything arrived.
-    #[allow(clippy::too_many_arguments)]
-    async fn spin(
-        &mut self,
-        io: &mut Box<dyn Io>,
-        rbuf: &mut BytesMut,
-        scratch: &mut [u8],
-        wbuf: &mut BytesMut,
-        need_flush: &mut bool,
-        out: &mut Outcome,
-    ) -> bool {
+    /// Polls the transport for up to [`SPIN`] while rows wait for acks; whether anything arrived.
+    async fn spin(&mut self, c: &mut Link, out: &mut Outcome) -> bool {
         let until = std::time::Instant::now() + SPIN;
         let mut found = false;
         while std::time::Instant::now() < until {
             // Deferred until the runtime has polled its sockets (without blocking).
             tokio::task::yield_now().await;
-            let pending = !wbuf.is_empty() || *need_flush;
-            if let Some(ev) = io_ready(io, scratch, wbuf, pending).now_or_never() {
+            let pending = c.write_pending();
+            if let Some(ev) = io_ready(&mut c.io, &mut c.scratch, &c.wbuf, pending).now_or_never() {
                 found = true;
-                self.on_io(ev, io, rbuf, scratch, wbuf, need_flush, out)
-                    .await;
+                self.on_io(ev, c, out).await;
                 if out.end.is_some() || !self.machine.window_bound() {
                     break;
                 }
@@ -404,17 +388,7 @@ impl Bridge {
     }
 
     /// The transport was ready: bytes read (answered in the same wakeup) or a write done.
-    #[allow(clippy::too_many_arguments)]
-    async fn on_io(
-        &mut self,
-        ev: Ready,
-        io: &mut Box<dyn Io>,
-        rbuf: &mut BytesMut,
-        scratch: &[u8],
-        wbuf: &mut BytesMut,
-        need_flush: &mut bool,
-        out: &mut Outcome,
-    ) {
+    async fn on_io(&mut self, ev: Ready, c: &mut Link, out: &mut Outcome) {
         match ev {
             Ready::Read(r) => {
                 let now = Instant::now();
@@ -422,26 +396,26 @@ impl Bridge {
                     Ok(0) => self.machine.on_closed(BridgeError::Closed, now),
                     Err(e) => self.machine.on_closed(BridgeError::Io(e.to_string()), now),
                     Ok(n) => {
-                        rbuf.extend_from_slice(&scratch[..n]);
-                        self.machine.on_bytes(rbuf, now)
+                        c.rbuf.extend_from_slice(&c.scratch[..n]);
+                        self.machine.on_bytes(&mut c.rbuf, now)
                     }
                 };
-                self.apply(a, wbuf, out).await;
+                self.apply(a, &mut c.wbuf, out).await;
                 // Answer in the same wakeup: the acks just read freed the window for new rows.
-                if !wbuf.is_empty() && out.end.is_none() {
-                    if let Some(r) = write_some(io, wbuf).now_or_never() {
-                        self.wrote(r, wbuf, need_flush, out).await;
+                if !c.wbuf.is_empty() && out.end.is_none() {
+                    if let Some(r) = write_some(&mut c.io, &c.wbuf).now_or_never() {
+                        self.wrote(r, &mut c.wbuf, &mut c.need_flush, out).await;
                     }
                     // And the flush (immediate on TCP), rather than one more pass of the loop.
-                    if *need_flush && wbuf.is_empty() && out.end.is_none() {
-                        if let Some(r) = write_some(io, wbuf).now_or_never() {
-                            self.wrote(r, wbuf, need_flush, out).await;
+                    if c.need_flush && c.wbuf.is_empty() && out.end.is_none() {
+                        if let Some(r) = write_some(&mut c.io, &c.wbuf).now_or_never() {
+                            self.wrote(r, &mut c.wbuf, &mut c.need_flush, out).await;
                         }
                     }
                 }
                 self.clear_error_once_delivering();
             }
-            Ready::Wrote(r) => self.wrote(r, wbuf, need_flush, out).await,
+            Ready::Wrote(r) => self.wrote(r, &mut c.wbuf, &mut c.need_flush, out).await,
         }
     }
 
@@ -685,6 +659,37 @@ impl Bridge {
 
 /// A backlog drained faster than this is a burst, not an outage: not worth an info line each time.
 const BACKLOG_WORTH_LOGGING: Duration = Duration::from_secs(5);
+
+/// One connection's transport and its buffers.
+struct Link {
+    io: Box<dyn Io>,
+    /// Bytes read and not yet decoded.
+    rbuf: BytesMut,
+    /// What one read takes.
+    scratch: Vec<u8>,
+    /// Encoded packets not yet written.
+    wbuf: BytesMut,
+    /// Whether the transport may hold written bytes back until flushed (TLS, WebSocket): QoS 0 rows
+    /// complete only once flushed.
+    need_flush: bool,
+}
+
+impl Link {
+    fn new(io: Box<dyn Io>) -> Link {
+        Link {
+            io,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            scratch: vec![0u8; READ_CHUNK],
+            wbuf: BytesMut::with_capacity(SEND_HIGH + 64 * 1024),
+            need_flush: false,
+        }
+    }
+
+    /// Bytes to write, or a flush to finish.
+    fn write_pending(&self) -> bool {
+        !self.wbuf.is_empty() || self.need_flush
+    }
+}
 
 /// How the current connection is to end, once the actions applied so far are carried out.
 #[derive(Default)]
