@@ -17,6 +17,10 @@ import sys
 def segments(path):
     with open(path, "rb") as f:
         head = f.read(24)
+        # Classic pcap, little-endian, microsecond or nanosecond stamps (what tcpdump writes here).
+        if len(head) < 24 or head[:4] not in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+            sys.exit(f"{path}: not a little-endian pcap file (pcapng is not read: tcpdump -w writes pcap)")
+        nanos = head[:4] == b"\x4d\x3c\xb2\xa1"
         link = struct.unpack("<I", head[20:24])[0]
         offset = {1: 14, 113: 16}.get(link, 0)
         seen = set()
@@ -24,19 +28,26 @@ def segments(path):
             h = f.read(16)
             if len(h) < 16:
                 return
-            ts, us, incl, _ = struct.unpack("<IIII", h)
-            ip = f.read(incl)[offset:]
+            ts, frac, incl, orig = struct.unpack("<IIII", h)
+            if incl < orig:
+                sys.exit(f"{path}: packets cut at {incl} bytes; capture whole packets (tcpdump -s 0)")
+            data = f.read(incl)
+            if len(data) < incl:
+                return  # a capture cut short: the last record is incomplete
+            ip = data[offset:]
             if not ip or ip[0] >> 4 != 4:
                 continue
             ihl = (ip[0] & 15) * 4
             total = struct.unpack(">H", ip[2:4])[0]
             tcp = ip[ihl:]
+            if ip[9] != 6 or len(tcp) < 20:
+                continue  # not TCP, or cut inside the TCP header
             sport, dport, seq = struct.unpack(">HHI", tcp[:8])
             payload = tcp[(tcp[12] >> 4) * 4 : total - ihl]
             # Loopback captures show each segment twice.
             if payload and (sport, dport, seq) not in seen:
                 seen.add((sport, dport, seq))
-                yield ts + us / 1e6, sport, dport, seq, payload
+                yield ts + frac / (1e9 if nanos else 1e6), sport, dport, seq, payload
 
 
 def varint(buf, j):
@@ -72,7 +83,14 @@ CONNACK_PROPERTY = {0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1, 0x29: 
 
 
 def receive_maximum(connack):
-    """The Receive Maximum property of an MQTT 5 CONNACK, or None."""
+    """The Receive Maximum property of an MQTT 5 CONNACK, or None (also for a malformed one)."""
+    try:
+        return _receive_maximum(connack)
+    except (TypeError, struct.error, IndexError):
+        return None
+
+
+def _receive_maximum(connack):
     _, j = varint(connack, 1)
     j += 2  # flags, reason code
     if j >= len(connack):
