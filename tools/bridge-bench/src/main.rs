@@ -108,10 +108,20 @@ struct Mosquitto {
     pid: u32,
 }
 
-/// `--upstream-cpus`, set once at start.
-static UPSTREAM_CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// The upstream mosquitto `name` on `port`: `--upstream-inflight`, and pinned to `--upstream-cpus` if given.
+async fn upstream(dir: &Path, name: &str, port: u16, args: &Args) -> Mosquitto {
+    let extra = inflight_line(args.upstream_inflight);
+    mosquitto(dir, name, port, &extra, args.upstream_cpus.as_deref()).await
+}
 
-async fn mosquitto(dir: &Path, name: &str, port: u16, extra: &str) -> Mosquitto {
+/// A mosquitto with the bench's common settings and `extra`, on `cpus` (`taskset -c`) if given.
+async fn mosquitto(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    extra: &str,
+    cpus: Option<&str>,
+) -> Mosquitto {
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
         &conf,
@@ -121,12 +131,8 @@ async fn mosquitto(dir: &Path, name: &str, port: u16, extra: &str) -> Mosquitto 
         ),
     )
     .expect("write mosquitto config");
-    let pinned = UPSTREAM_CPUS
-        .get()
-        .and_then(|c| c.as_deref())
-        .filter(|_| name.starts_with("upstream"));
     // taskset execs mosquitto: the child's pid is mosquitto's.
-    let mut cmd = match pinned {
+    let mut cmd = match cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
             c.args(["-c", cpus, "mosquitto"]);
@@ -554,13 +560,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     );
     let rss_full = rss_mib(std::process::id());
 
-    let up = mosquitto(
-        dir,
-        "upstream-fb",
-        up_port,
-        &inflight_line(args.upstream_inflight),
-    )
-    .await;
+    let up = upstream(dir, "upstream-fb", up_port, args).await;
     let sub = if args.no_sub {
         None
     } else {
@@ -646,6 +646,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
             edge_protocol(args),
             inflight_line(args.edge_inflight)
         ),
+        None,
     )
     .await;
     // Publish the outage's messages into the edge broker, pipelined, QoS 1.
@@ -657,13 +658,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         edge.rss_mib()
     );
     let rss_full = edge.rss_mib();
-    let up = mosquitto(
-        dir,
-        "upstream-mq",
-        up_port,
-        &inflight_line(args.upstream_inflight),
-    )
-    .await;
+    let up = upstream(dir, "upstream-mq", up_port, args).await;
     let cpu_before = cpu_secs(edge.pid, "");
     let up_cpu_before = cpu_secs(up.pid, "");
     let up_switches_before = switches(up.pid);
@@ -782,13 +777,7 @@ async fn publish_all(port: u16, n: u64, topics: u64, size: usize, prefix: &str) 
 /// The upstream's own ceiling in this run: a pipelined publisher straight into it, same subscriber.
 async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
     let n = args.messages;
-    let up = mosquitto(
-        dir,
-        "upstream-direct",
-        up_port,
-        &inflight_line(args.upstream_inflight),
-    )
-    .await;
+    let up = upstream(dir, "upstream-direct", up_port, args).await;
     let sub = subscriber(up_port, "direct/#", n, args.topics, args.sub_qos).await;
     let t = Instant::now();
     let _acked = publish_all(up_port, n, args.topics, args.payload, "direct/").await;
@@ -843,7 +832,6 @@ fn print(r: &Report) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let _ = UPSTREAM_CPUS.set(args.upstream_cpus.clone());
     let dir: PathBuf = tempfile::tempdir().expect("tempdir").keep();
     let up_port = free_port();
     println!(
