@@ -181,11 +181,29 @@ devices:
             "the reloaded ingest path never accepted: {out}"
         );
     }
-    within(
-        sub.line_where(|l| l.starts_with("gw/meter/power ") && l.contains("\"value\":1600")),
-        "the reading sent after the reload",
-    )
+    // On failure, say what the meter published and what the daemon logged (this wait failed once in a full
+    // suite run after coap-client had its 2.04).
+    let mut meter = Vec::new();
+    let after_reload = tokio::time::timeout(WAIT * 3, async {
+        loop {
+            let l = sub.line().await;
+            if l.starts_with("gw/meter/power ") && l.contains("\"value\":1600") {
+                return;
+            }
+            if l.starts_with("gw/meter/") {
+                meter.push(l);
+            }
+        }
+    })
     .await;
+    if after_reload.is_err() {
+        panic!(
+            "the reading sent after the reload did not reach MQTT within {:?}; the meter published {meter:#?}; \
+             the daemon logged {:#?}",
+            WAIT * 3,
+            daemon.log_so_far()
+        );
+    }
     let (_, out) = coap_client(&["-m", "post", "-B", "1", "-e", "1", &power]).await;
     assert!(
         out.contains("4.04"),
