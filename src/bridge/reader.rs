@@ -1,8 +1,8 @@
 //! The read-ahead task: reads the log from the bridge's position in batches (on the blocking pool: SQLite
-//! calls block), keeps the rows a forward rule matches, maps their topics and builds the PUBLISH each will
-//! become. The session then only encodes and writes. The channel holds a few batches: enough to keep the
-//! socket busy while the next batch is read, little enough that memory stays flat whatever the backlog (it
-//! lives on disk).
+//! calls block; rows still in the writer's in-memory tail are taken from there, inline), keeps the rows a
+//! forward rule matches, maps their topics and builds the PUBLISH each will become. The session then only
+//! encodes and writes. The channel holds a few batches: enough to keep the socket busy while the next batch is
+//! read, little enough that memory stays flat whatever the backlog (it lives on disk).
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +66,17 @@ async fn run(name: String, store: Store, rules: Arc<Rules>, mut pos: u64, tx: mp
             return; // the store shut down
         }
         let head = store.head();
+        // Keeping up: the rows just committed are in the writer's memory; mapping a commit's worth here costs
+        // less than handing it to the blocking pool and back.
+        if let Some(rows) = store.read_recent(pos, BATCH_ROWS) {
+            let upto = rows.last().map_or(pos, |r| r.seq);
+            let batch = map_rows(&rules, rows, upto, now_ms());
+            pos = batch.upto;
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let s = store.clone();
         let r = rules.clone();
         // The rules are applied on the blocking pool too: mapping a thousand rows (topics rendered, items

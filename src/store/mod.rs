@@ -63,6 +63,11 @@
 //! queue makes appenders wait (`append().await` yields; it does not block a tokio worker). Cursor moves are
 //! kept in memory and written in the next commit (at most `commit_interval` later).
 //!
+//! After each commit the writer also keeps the committed rows in a small in-memory tail (at most 8,192 rows
+//! and about 2 MiB, see `tail.rs`); [`Store::read_from`] answers from it when the rows asked for are there, so a
+//! bridge that keeps up reads no SQLite at all. Rows enter the tail after their commit and leave it with their
+//! deletion from the log: the tail answers exactly what the log would.
+//!
 //! # What a crash leaves behind, and the loss window
 //!
 //! - `kill -9`, panic, power cut: the WAL holds every committed transaction; SQLite replays it at the next
@@ -165,6 +170,7 @@ mod salvage;
 mod schema;
 mod stats;
 mod streams;
+mod tail;
 mod writer;
 
 #[cfg(test)]
@@ -521,11 +527,21 @@ impl Store {
         if limit == 0 || after_seq >= self.inner.shared.head.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
+        if let Some(rows) = self.read_recent(after_seq, limit) {
+            return Ok(rows);
+        }
         let r = self
             .inner
             .readers
             .with(|c| reader::read_from(c, after_seq, limit));
         self.seen(r)
+    }
+
+    /// What `read_from` returns, if the rows after `after_seq` are among the newest committed ones the writer
+    /// keeps in memory (`None`: they must be read from the log). Never blocks on SQLite.
+    pub fn read_recent(&self, after_seq: u64, limit: usize) -> Option<Vec<LogRow>> {
+        self.check_open().ok()?;
+        self.inner.shared.tail.lock().read(after_seq, limit)
     }
 
     /// The last committed seq, updated after every commit: a bridge waits on `changed()` instead of polling.

@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     /// Set when a cursor change is waiting for the writer to notice it (one wake-up message per burst).
     pub cursor_wake: AtomicBool,
+    /// The newest committed rows (see `tail.rs`).
+    pub tail: Mutex<super::tail::Tail>,
 }
 
 impl Shared {

@@ -101,7 +101,76 @@ fn all_rows(store: &Store) -> Vec<LogRow> {
     }
 }
 
+/// Reads the log itself (never the writer's in-memory tail).
+fn log_rows(store: &Store, after: u64, limit: usize) -> Vec<LogRow> {
+    store
+        .inner
+        .readers
+        .with(|c| super::reader::read_from(c, after, limit))
+        .unwrap()
+}
+
 // ---- appends, order, tickets --------------------------------------------------------------------------------
+
+/// The tail the writer keeps in memory answers exactly as the log does (every field, props and a NaN value
+/// included), only for rows it holds, and never for rows deleted from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_answers_as_the_log_does_and_forgets_deleted_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = small_cap(dir.path(), WhenFull::DropOldest);
+    let store = Store::open(&c).unwrap();
+    store.cursor("b").unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..3000 {
+        let mut r = rec(i);
+        if i % 7 == 0 {
+            r.props = Some(Box::new(MsgProps {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("i".into(), i.to_string())],
+                ..Default::default()
+            }));
+            r.num = Some(f64::NAN);
+        }
+        tickets.push(store.append(r).await.unwrap());
+    }
+    for t in tickets {
+        t.await.unwrap();
+    }
+    let head = store.head();
+    assert_eq!(head, 3000);
+    let tail_from = (1..=head)
+        .find(|&s| store.read_recent(s - 1, 1).is_some())
+        .expect("the newest rows are in the tail");
+    assert!(
+        head - tail_from + 1 >= 1000,
+        "a few commits' worth at least: {tail_from}"
+    );
+    for after in [tail_from - 1, tail_from + 17, head - 1] {
+        let mem = store.read_recent(after, 500).unwrap();
+        assert!(!mem.is_empty());
+        assert_eq!(mem, log_rows(&store, after, 500), "after {after}");
+    }
+    assert!(store.read_recent(head, 10).is_none());
+    if tail_from > 1 {
+        assert!(store.read_recent(tail_from - 2, 10).is_none());
+    }
+    // Delivered rows deleted for space leave the tail with the log (the cap here is small).
+    store.set_cursor("b", head - 100).unwrap();
+    let mut tickets = Vec::new();
+    for i in 3000..4000 {
+        tickets.push(store.append(big(i, 1000)).await.unwrap());
+    }
+    for t in tickets {
+        t.await.unwrap();
+    }
+    let oldest = store.stats().oldest_seq.unwrap();
+    assert!(oldest > head - 100, "rows were deleted: oldest {oldest}");
+    assert!(store.read_recent(oldest - 2, 10).is_none());
+    let mem = store.read_recent(oldest - 1, 10).unwrap();
+    assert_eq!(mem[0].seq, oldest);
+    assert_eq!(mem, log_rows(&store, oldest - 1, 10));
+    store.close().unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_commit_read_in_order() {

@@ -1098,6 +1098,17 @@ impl Writer {
         self.txn_bytes = 0;
         self.txn_since = None;
         self.cursor_deadline = None;
+        if rows > 0 && damage.is_none() {
+            // In the tail before the head says they exist: a reader that sees the new head finds them there.
+            let mut committed = Vec::with_capacity(rows);
+            for p in &self.pending {
+                match p {
+                    Pending::One(rec, _, seq) => committed.push((*seq, rec)),
+                    Pending::Batch(recs, _, first) => committed.extend((*first..).zip(recs)),
+                }
+            }
+            self.shared.tail.lock().extend(committed);
+        }
         self.head = self.next_seq - 1;
         self.shared.head.store(self.head, Ordering::Release);
         if rows > 0 {
@@ -1388,6 +1399,7 @@ impl Writer {
                         }
                     }
                     self.oldest = end + 1;
+                    self.shared.tail.lock().remove_upto(end);
                     if end > self.indexed {
                         self.index_keys.retain(|k| k.2 as u64 > end);
                     }
