@@ -722,7 +722,7 @@ impl Writer {
                 Req::Batch(recs, tx) => {
                     let first = self.next_seq;
                     self.txn_awaited |= !tx.is_closed();
-                    match recs.iter().try_for_each(|r| self.insert(r).map(drop)) {
+                    match self.insert_all(&recs).map(drop) {
                         Ok(()) => self.pending.push(Pending::Batch(recs, tx, first)),
                         Err(e) => {
                             self.pending.push(Pending::Batch(recs, tx, 0));
@@ -804,43 +804,52 @@ impl Writer {
     }
 
     fn insert(&mut self, rec: &LogRecord) -> rusqlite::Result<u64> {
+        self.insert_all(std::slice::from_ref(rec))
+    }
+
+    /// Inserts `recs` in order with one prepared statement (looked up once, not once per row); returns the
+    /// first one's seq. On an error the rows before it are inserted (the caller rolls back or replays).
+    fn insert_all(&mut self, recs: &[LogRecord]) -> rusqlite::Result<u64> {
         if !self.txn_open {
             self.conn.execute_batch("BEGIN")?;
             self.txn_open = true;
             self.txn_since = Some(Instant::now());
         }
-        let seq = self.next_seq;
-        let key = (rec.topic.clone(), rec.device.clone(), rec.point.clone());
-        let stream = self.streams.id(&self.conn, key)?;
-        let props = match &rec.props {
-            Some(p) => {
-                p.encode_into(&mut self.props_buf);
-                Some(&self.props_buf[..])
-            }
-            None => None,
-        };
+        let first = self.next_seq;
         let mut st = self.conn.prepare_cached(INSERT_SQL)?;
-        st.execute(params![
-            seq as i64,
-            rec.ts_ms,
-            &*rec.topic,
-            &rec.payload[..],
-            rec.qos,
-            rec.retain,
-            props,
-            rec.device.as_deref(),
-            rec.point.as_deref(),
-            rec.num.filter(|n| !n.is_nan()),
-            stream,
-        ])?;
-        if self.keys_valid {
-            let num = rec.num.unwrap_or(f64::NAN);
-            self.index_keys.push((stream, rec.ts_ms, seq as i64, num));
+        for rec in recs {
+            let seq = self.next_seq;
+            let key = (rec.topic.clone(), rec.device.clone(), rec.point.clone());
+            let stream = self.streams.id(&self.conn, key)?;
+            let props = match &rec.props {
+                Some(p) => {
+                    p.encode_into(&mut self.props_buf);
+                    Some(&self.props_buf[..])
+                }
+                None => None,
+            };
+            st.execute(params![
+                seq as i64,
+                rec.ts_ms,
+                &*rec.topic,
+                &rec.payload[..],
+                rec.qos,
+                rec.retain,
+                props,
+                rec.device.as_deref(),
+                rec.point.as_deref(),
+                rec.num.filter(|n| !n.is_nan()),
+                stream,
+            ])?;
+            if self.keys_valid {
+                let num = rec.num.unwrap_or(f64::NAN);
+                self.index_keys.push((stream, rec.ts_ms, seq as i64, num));
+            }
+            self.next_seq += 1;
+            self.txn_rows += 1;
+            self.txn_bytes += rec.approx_bytes();
         }
-        self.next_seq += 1;
-        self.txn_rows += 1;
-        self.txn_bytes += rec.approx_bytes();
-        Ok(seq)
+        Ok(first)
     }
 
     // ---- the history index ---------------------------------------------------------------------------------
@@ -1875,7 +1884,7 @@ impl Writer {
                 }
                 Pending::Batch(recs, tx, _) => {
                     let first = self.next_seq;
-                    result = recs.iter().try_for_each(|r| self.insert(r).map(drop));
+                    result = self.insert_all(&recs).map(drop);
                     self.pending.push(Pending::Batch(recs, tx, first));
                 }
             }
