@@ -467,6 +467,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut prev_up, mut prev_readings) = (0u64, 0u64);
     let warmup = args.warmup.as_secs_f64();
     let mut warm_mark: Option<(f64, f64)> = None;
+    let mut warm_threads = None;
     println!("{}", Sample::TABLE_HEADER);
     let mut tick = tokio::time::interval(args.sample);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -511,6 +512,7 @@ async fn main() -> anyhow::Result<()> {
         };
         if warm_mark.is_none() && t >= warmup {
             warm_mark = Some((t, cpu));
+            warm_threads = Some(procfs::threads(pid));
         }
         println!("{}", s.row());
         if let Some(f) = csv.as_mut() {
@@ -523,6 +525,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu_end = procfs::cpu_secs(pid).unwrap_or(prev_cpu);
+    let by_thread = match (&warm_mark, &warm_threads) {
+        (Some((t, _)), Some(before)) if wall > *t => Some(report::thread_table(
+            before,
+            &procfs::threads(pid),
+            wall - t,
+        )),
+        _ => None,
+    };
     let summary = Summary {
         samples: &samples,
         warmup,
@@ -540,6 +550,9 @@ async fn main() -> anyhow::Result<()> {
     counter.abort();
     let stop_note = run.stop().await;
     let mut text = summary;
+    if let Some(table) = by_thread {
+        text.push_str(&table);
+    }
     if let Some(why) = ended_early {
         let _ = writeln!(text, "ended early: {why}");
     }

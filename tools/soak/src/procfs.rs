@@ -117,3 +117,33 @@ pub fn find_descendant(root: u32, exe: &Path) -> Option<u32> {
 pub fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
+
+/// CPU seconds and voluntary context switches (wake-ups after a sleep) per thread name, summed over the
+/// threads that share a name (tokio's workers, a blocking pool), from `/proc/PID/task/*`.
+pub fn threads(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(p.join("stat")),
+            std::fs::read_to_string(p.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let (Some(open), Some((_, rest))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..stat.len() - rest.len() - 1].to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let cpu = (ticks(11) + ticks(12)) as f64 * TICK;
+        let switches = field_kib(&status, "voluntary_ctxt_switches:");
+        let e = out.entry(name).or_insert((0.0, 0));
+        e.0 += cpu;
+        e.1 += switches;
+    }
+    out
+}

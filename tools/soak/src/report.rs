@@ -199,6 +199,34 @@ impl Summary<'_> {
     }
 }
 
+/// Per thread name, the CPU share of one core and the wake-ups per second between two `procfs::threads`
+/// readings `secs` apart, busiest first. A thread that ended in between loses its share after the first reading;
+/// one that started counts from zero (blocking-pool threads come and go).
+pub fn thread_table(
+    before: &std::collections::BTreeMap<String, (f64, u64)>,
+    after: &std::collections::BTreeMap<String, (f64, u64)>,
+    secs: f64,
+) -> String {
+    let mut rows: Vec<(&String, f64, f64)> = after
+        .iter()
+        .map(|(name, (cpu, sw))| {
+            let (cpu0, sw0) = before.get(name).copied().unwrap_or((0.0, 0));
+            let secs = secs.max(1e-9);
+            (
+                name,
+                (cpu - cpu0).max(0.0) / secs * 100.0,
+                sw.saturating_sub(sw0) as f64 / secs,
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut out = String::from("cpu by thread after warm-up (share of one core; wake-ups/s):\n");
+    for (name, cpu, wakeups) in rows {
+        let _ = writeln!(out, "  {name:<16} {cpu:>5.1} %  {wakeups:>7.0}/s");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +269,59 @@ mod tests {
     fn hms_format() {
         assert_eq!(hms(59.6), "1m00s");
         assert_eq!(hms(3725.0), "1h02m05s");
+    }
+    #[test]
+    fn thread_table_is_per_name_busiest_first_and_counts_new_threads_from_zero() {
+        let before = [
+            ("bridge".to_string(), (10.0, 1000)),
+            ("writer".to_string(), (5.0, 50)),
+        ]
+        .into_iter()
+        .collect();
+        let after = [
+            ("bridge".to_string(), (10.5, 1500)),
+            ("writer".to_string(), (6.0, 60)),
+            ("pool".to_string(), (0.2, 4)),
+        ]
+        .into_iter()
+        .collect();
+        let t = thread_table(&before, &after, 10.0);
+        let lines: Vec<&str> = t.lines().skip(1).collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[0].contains("writer") && lines[0].contains("10.0 %") && lines[0].contains("1/s"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("bridge") && lines[1].contains("5.0 %") && lines[1].contains("50/s"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("pool") && lines[2].contains("2.0 %"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn threads_are_read_by_name_with_their_wake_ups() {
+        let (slept, done) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (slept_tx, slept_rx) = slept;
+        let (done_tx, done_rx) = done;
+        let probe = std::thread::Builder::new()
+            .name("soak-probe".into())
+            .spawn(move || {
+                for _ in 0..10 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                slept_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        slept_rx.recv().unwrap();
+        let t = crate::procfs::threads(std::process::id());
+        done_tx.send(()).unwrap();
+        probe.join().unwrap();
+        let (_, wakeups) = t.get("soak-probe").unwrap_or_else(|| panic!("{t:?}"));
+        assert!(*wakeups >= 10, "{t:?}");
     }
 }
