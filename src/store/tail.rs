@@ -27,8 +27,27 @@ pub(crate) struct Tail {
 impl Tail {
     /// Appends committed rows, `(seq, record)` in seq order. A row that does not follow the newest one held
     /// starts the tail over from it.
-    pub(crate) fn extend<'a>(&mut self, rows: impl IntoIterator<Item = (u64, &'a LogRecord)>) {
-        let rows: Vec<(u64, &LogRecord)> = rows.into_iter().collect();
+    /// Returns the payload bytes it copied.
+    pub(crate) fn extend<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = (u64, &'a LogRecord)>,
+    ) -> usize {
+        let mut rows: Vec<(u64, &LogRecord)> = rows.into_iter().collect();
+        // Only the newest rows that fit the bounds are copied (a commit can hold 10,000 rows or 4 MiB; one
+        // row may be larger than the whole budget). If older ones are left out, the tail starts over.
+        let (mut n, mut bytes) = (0, 0);
+        for (_, r) in rows.iter().rev() {
+            let size = r.approx_bytes();
+            if n == TAIL_ROWS || bytes + size > TAIL_BYTES {
+                break;
+            }
+            n += 1;
+            bytes += size;
+        }
+        if n < rows.len() {
+            self.clear();
+            rows.drain(..rows.len() - n);
+        }
         // The payloads are copied into one buffer per commit: a publish's payload is a view of its
         // connection's read buffer, which the tail must not keep alive.
         let mut arena = BytesMut::with_capacity(rows.iter().map(|(_, r)| r.payload.len()).sum());
@@ -36,6 +55,7 @@ impl Tail {
             arena.extend_from_slice(&r.payload);
         }
         let mut arena = arena.freeze();
+        let copied = arena.len();
         for (seq, rec) in rows {
             if self.rows.back().is_some_and(|(r, _)| r.seq + 1 != seq) {
                 self.clear();
@@ -45,9 +65,10 @@ impl Tail {
             self.rows.push_back((row(seq, rec, payload), size));
             self.bytes += size;
         }
-        while self.rows.len() > TAIL_ROWS || (self.bytes > TAIL_BYTES && self.rows.len() > 1) {
+        while self.rows.len() > TAIL_ROWS || self.bytes > TAIL_BYTES {
             self.pop_front();
         }
+        copied
     }
 
     /// Forgets rows with `seq <= upto` (deleted from the log).
@@ -171,9 +192,23 @@ mod tests {
         t.extend((12 + TAIL_ROWS as u64 + 5..).zip(&recs(8, big)));
         assert!(t.bytes <= TAIL_BYTES, "{}", t.bytes);
         assert!(t.rows.len() < 8);
-        // One row larger than the whole budget is still kept (the newest).
+        // A row larger than the whole budget is not copied: the tail starts over after it.
         let next = t.rows.back().unwrap().0.seq + 1;
-        t.extend((next..).zip(&recs(1, 2 * TAIL_BYTES as usize)));
-        assert_eq!(t.rows.len(), 1);
+        assert_eq!(t.extend((next..).zip(&recs(1, 2 * TAIL_BYTES as usize))), 0);
+        assert!(t.rows.is_empty() && t.bytes == 0);
+        assert!(t.read(next - 1, 10).is_none());
+        t.extend((next + 1..).zip(&recs(2, 10)));
+        assert!(
+            t.read(next - 1, 10).is_none(),
+            "the large row is read from the log"
+        );
+        assert_eq!(seqs(&t.read(next, 10).unwrap()), [next + 1, next + 2]);
+        // A commit larger than the bounds: only its newest rows are kept, and nothing older.
+        let start = next + 3;
+        let copied = t.extend((start..).zip(&recs(TAIL_ROWS * 2, 10)));
+        assert_eq!(copied, TAIL_ROWS * 10, "only the rows kept are copied");
+        assert_eq!(t.rows.len(), TAIL_ROWS);
+        assert_eq!(t.rows.front().unwrap().0.seq, start + TAIL_ROWS as u64);
+        assert!(t.read(next, 10).is_none());
     }
 }
