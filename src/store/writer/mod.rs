@@ -77,6 +77,26 @@ enum Pending {
     Batch(Vec<LogRecord>, BatchTx, u64),
 }
 
+impl Pending {
+    /// The first row's seq (once inserted) and the rows, one or a batch alike.
+    fn records(&self) -> (u64, &[LogRecord]) {
+        match self {
+            Pending::One(rec, _, seq) => (*seq, std::slice::from_ref(rec)),
+            Pending::Batch(recs, _, first) => (*first, recs),
+        }
+    }
+}
+
+impl Writer {
+    /// Rows held in `pending`.
+    fn pending_rows(&self) -> u64 {
+        self.pending
+            .iter()
+            .map(|p| p.records().1.len() as u64)
+            .sum()
+    }
+}
+
 /// The writer's settings, from the config.
 pub(crate) struct Settings {
     pub path: PathBuf,
@@ -843,14 +863,7 @@ impl Writer {
         self.stall = None;
         self.set_state(WriterState::Degraded);
         // Counted before the tickets say so.
-        let n: u64 = self
-            .pending
-            .iter()
-            .map(|p| match p {
-                Pending::One(..) => 1,
-                Pending::Batch(v, ..) => v.len() as u64,
-            })
-            .sum();
+        let n = self.pending_rows();
         self.shared
             .dropped_write_failed
             .fetch_add(n, Ordering::Relaxed);
@@ -885,13 +898,10 @@ impl Writer {
         self.cursor_deadline = None;
         if rows > 0 && damage.is_none() {
             // In the tail before the head says they exist: a reader that sees the new head finds them there.
-            let mut committed = Vec::with_capacity(rows);
-            for p in &self.pending {
-                match p {
-                    Pending::One(rec, _, seq) => committed.push((*seq, rec)),
-                    Pending::Batch(recs, _, first) => committed.extend((*first..).zip(recs)),
-                }
-            }
+            let committed = self.pending.iter().flat_map(|p| {
+                let (first, recs) = p.records();
+                (first..).zip(recs)
+            });
             self.shared.tail.lock().extend(committed);
         }
         self.head = self.next_seq - 1;

@@ -36,10 +36,8 @@ impl Writer {
     pub(super) fn pending_bytes(&self) -> u64 {
         self.pending
             .iter()
-            .map(|p| match p {
-                Pending::One(r, ..) => r.approx_bytes(),
-                Pending::Batch(v, ..) => v.iter().map(LogRecord::approx_bytes).sum(),
-            })
+            .flat_map(|p| p.records().1)
+            .map(LogRecord::approx_bytes)
             .sum()
     }
 
@@ -124,14 +122,7 @@ impl Writer {
                 if !self.pending.is_empty() && self.s.policy != WhenFull::Block {
                     // Only `block` holds admitted messages back; the others give up on them, counted.
                     let msg = e.to_string();
-                    let n: u64 = self
-                        .pending
-                        .iter()
-                        .map(|p| match p {
-                            Pending::One(..) => 1,
-                            Pending::Batch(v, ..) => v.len() as u64,
-                        })
-                        .sum();
+                    let n = self.pending_rows();
                     let ctr = if self.s.policy == WhenFull::DropNewest {
                         &self.shared.dropped_newest
                     } else {
@@ -289,17 +280,11 @@ impl Writer {
     }
 
     pub(super) fn fail_pending(&mut self, err: impl Fn() -> StoreError) -> u64 {
-        let mut n = 0;
+        let n = self.pending_rows();
         for p in self.pending.drain(..) {
             match p {
-                Pending::One(_, tx, _) => {
-                    n += 1;
-                    let _ = tx.send(Err(err()));
-                }
-                Pending::Batch(recs, tx, _) => {
-                    n += recs.len() as u64;
-                    let _ = tx.send(Err(err()));
-                }
+                Pending::One(_, tx, _) => drop(tx.send(Err(err()))),
+                Pending::Batch(_, tx, _) => drop(tx.send(Err(err()))),
             }
         }
         for w in self.flush_waiters.drain(..) {
