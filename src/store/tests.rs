@@ -101,6 +101,38 @@ fn all_rows(store: &Store) -> Vec<LogRow> {
     }
 }
 
+/// Plays bridge `b` until `appender` is done: whenever the writer is in `state`, `check` looks at the stats and
+/// everything committed is delivered. The writer may leave `state` and enter it again between two looks (room
+/// made at a cap can fill up within a millisecond: a stalled writer was seen to recover and stall again 0.44 ms
+/// later), so every look with a newer head delivers again instead of waiting for the state to end. Returns how
+/// often the cursor moved.
+async fn deliver_whenever<T>(
+    store: &Store,
+    state: WriterState,
+    appender: &tokio::task::JoinHandle<T>,
+    mut check: impl FnMut(&StoreStats),
+) -> u32 {
+    let (mut moves, mut delivered) = (0, 0);
+    wait_until(
+        "the appender to finish, delivering whenever the writer waits",
+        || {
+            let st = store.stats();
+            if st.state == state {
+                check(&st);
+                let head = store.head();
+                if head > delivered {
+                    moves += 1;
+                    store.set_cursor("b", head).unwrap();
+                    delivered = head;
+                }
+            }
+            appender.is_finished()
+        },
+    )
+    .await;
+    moves
+}
+
 /// Reads the log itself (never the writer's in-memory tail).
 fn log_rows(store: &Store, after: u64, limit: usize) -> Vec<LogRow> {
     store
@@ -906,34 +938,16 @@ async fn cap_block_makes_appenders_wait_until_room() {
         }
         seqs
     });
-    // A bridge that delivers what is committed whenever the writer is blocked. Room made at the cap is only
-    // down to the low-water mark, so the writer may fill it and block again between two looks: each look at
-    // a block with a newer head delivers again.
-    let (mut blocked_episodes, mut delivered) = (0, 0);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !appender.is_finished() {
-        let st = store.stats();
-        if st.state == WriterState::Full {
-            // Blocked: nothing dropped, nothing refused; the appender waits on the queue.
-            assert_eq!(st.dropped, DropCounters::default());
-            // The database part holds the cap to within one group commit (the WAL is checkpointed apart).
-            assert!(
-                st.bytes_used - st.wal_bytes <= c.max_bytes + 128 * 1024,
-                "{st:?}"
-            );
-            let head = store.head();
-            if head > delivered {
-                blocked_episodes += 1;
-                store.set_cursor("b", head).unwrap();
-                delivered = head;
-            }
-        }
+    let blocked_episodes = deliver_whenever(&store, WriterState::Full, &appender, |st| {
+        // Blocked: nothing dropped, nothing refused; the appender waits on the queue.
+        assert_eq!(st.dropped, DropCounters::default());
+        // The database part holds the cap to within one group commit (the WAL is checkpointed apart).
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck: {st:?}, cursor moved {blocked_episodes} times, last to {delivered}"
+            st.bytes_used - st.wal_bytes <= c.max_bytes + 128 * 1024,
+            "{st:?}"
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    })
+    .await;
     let seqs = appender.await.unwrap();
     assert!(blocked_episodes > 0);
     assert_eq!(seqs, (1..=3000).collect::<Vec<u64>>());
@@ -1084,29 +1098,10 @@ async fn sqlite_full_block_holds_rows_until_room() {
         }
         seqs
     });
-    // A bridge that delivers everything committed whenever the writer stalls. The writer may recover and stall
-    // again between two looks (its replay can fill the file up to the cap at once), so each look at a stall
-    // moves the cursor to the head as it is then; a stall with the cursor already there recovers by itself
-    // (every row is deletable).
-    let (mut stalls, mut delivered) = (0, 0);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !appender.is_finished() {
-        let st = store.stats();
-        if st.state == WriterState::Stalled {
-            assert_eq!(st.dropped, DropCounters::default());
-            let head = store.head();
-            if head > delivered {
-                stalls += 1;
-                store.set_cursor("b", head).unwrap();
-                delivered = head;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck: {st:?}, cursor moved {stalls} times, last to {delivered}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let stalls = deliver_whenever(&store, WriterState::Stalled, &appender, |st| {
+        assert_eq!(st.dropped, DropCounters::default());
+    })
+    .await;
     assert!(stalls > 0);
     assert_eq!(appender.await.unwrap(), (1..=2000).collect::<Vec<u64>>());
     assert_eq!(store.stats().dropped, DropCounters::default());
