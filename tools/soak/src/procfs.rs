@@ -7,7 +7,11 @@ const TICK: f64 = 0.01;
 
 /// user + system CPU seconds of a process; `None` once it is gone.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// user + system CPU seconds from a `stat` text (a process's or a thread's).
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command name, state is field 3 (index 0): utime is field 14, stime field 15.
@@ -133,17 +137,57 @@ pub fn threads(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> {
         ) else {
             continue; // the thread ended meanwhile
         };
-        let (Some(open), Some((_, rest))) = (stat.find('('), stat.rsplit_once(')')) else {
+        let Some((name, cpu, switches)) = task(&stat, &status) else {
             continue;
         };
-        let name = stat[open + 1..stat.len() - rest.len() - 1].to_string();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let cpu = (ticks(11) + ticks(12)) as f64 * TICK;
-        let switches = field_kib(&status, "voluntary_ctxt_switches:");
         let e = out.entry(name).or_insert((0.0, 0));
         e.0 += cpu;
         e.1 += switches;
     }
     out
+}
+
+/// One thread's name, CPU seconds and voluntary context switches from its `stat` and `status` texts.
+fn task(stat: &str, status: &str) -> Option<(String, f64, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?.to_string();
+    let cpu = stat_cpu_secs(stat)?;
+    Some((name, cpu, field_kib(status, "voluntary_ctxt_switches:")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_read_from_its_stat_and_status() {
+        // A name with a space and a parenthesis; utime 250 and stime 50 ticks (fields 14 and 15).
+        let stat =
+            "4242 (bridge (x) 1) S 1 4242 4242 0 -1 4194368 96 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
+        let status =
+            "Name:\tbridge\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t77\n";
+        let (name, cpu, sw) = task(stat, status).unwrap();
+        assert_eq!(name, "bridge (x) 1");
+        assert!((cpu - 3.0).abs() < 1e-9, "{cpu}");
+        assert_eq!(sw, 1234);
+        assert!(task("no parentheses", status).is_none());
+    }
+
+    #[test]
+    fn the_threads_of_this_process_are_found_by_name() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let probe = std::thread::Builder::new()
+            .name("soak-probe".into())
+            .spawn(move || {
+                ready_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let t = threads(std::process::id());
+        done_tx.send(()).unwrap();
+        probe.join().unwrap();
+        assert!(t.contains_key("soak-probe"), "{t:?}");
+    }
 }
