@@ -47,6 +47,52 @@ fn response_code(trace: &str) -> Option<String> {
     })
 }
 
+/// POSTs until the answer is 2.04 (the listener answers once the adapter runs), within `WAIT`.
+async fn post_until_changed(uri: &str, payload: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = coap_post(uri, payload).await;
+        if answer.as_deref() == Ok("2.04") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never accepted: {answer:?}"
+        );
+    }
+}
+
+/// Reads `sub` until a line `want` holds for (within three times `WAIT`); on failure, says which lines `keep`
+/// held for and what the daemon logged.
+async fn expect_line(
+    sub: &mut Peer,
+    daemon: &mut Daemon,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+    keep: impl Fn(&str) -> bool,
+) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(WAIT * 3, async {
+        loop {
+            let l = sub.line().await;
+            if want(&l) {
+                return;
+            }
+            if keep(&l) {
+                seen.push(l);
+            }
+        }
+    })
+    .await;
+    if found.is_err() {
+        panic!(
+            "{what} did not reach MQTT within {:?}; MQTT saw {seen:#?}; the daemon logged {:#?}",
+            WAIT * 3,
+            daemon.log_so_far()
+        );
+    }
+}
+
 /// `line_where` waits per line, and the polled point publishes all the time: bound the whole wait.
 /// Three times the usual wait: this test runs beside the whole suite, and a device that missed its first polls
 /// backs off before it tries again.
@@ -117,39 +163,18 @@ devices:
     let p = mqtt.to_string();
     let mut sub =
         Peer::spawn(mosquitto_sub().args(["-h", "127.0.0.1", "-p", &p, "-t", "gw/#", "-v"]));
-    // Polled from libcoap's server. On failure, say what did arrive and what the daemon logged.
-    let mut seen = Vec::new();
-    let polled = tokio::time::timeout(WAIT * 3, async {
-        loop {
-            let l = sub.line().await;
-            if l.starts_with("gw/sensor/level ") && l.contains("\"value\":3") {
-                return;
-            }
-            seen.push(l);
-        }
-    })
+    // Polled from libcoap's server.
+    expect_line(
+        &mut sub,
+        &mut daemon,
+        "the polled reading",
+        |l| l.starts_with("gw/sensor/level ") && l.contains("\"value\":3"),
+        |_| true,
+    )
     .await;
-    if polled.is_err() {
-        panic!(
-            "the polled reading did not reach MQTT within {:?}; MQTT saw {seen:#?}; the daemon logged {:#?}",
-            WAIT * 3,
-            daemon.log_so_far()
-        );
-    }
-    // POSTed by a device; the listener answers 2.04 once the adapter runs (retry until then, bounded).
-    // coap-client prints nothing for 2.04, the code and diagnostic otherwise, a warning when unanswered.
+    // POSTed by a device.
     let power = format!("coap://127.0.0.1:{ingest}/power");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = coap_post(&power, "1500").await;
-        if answer.as_deref() == Ok("2.04") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never accepted: {answer:?}"
-        );
-    }
+    post_until_changed(&power, "1500", "ingest").await;
     let line = within(
         sub.line_where(|l| l.starts_with("gw/meter/power ")),
         "the ingested reading",
@@ -188,39 +213,15 @@ devices:
     std::fs::write(&path, text.replace("path: /power,", "path: /power2,")).unwrap();
     daemon.signal("-HUP").await;
     let power2 = format!("coap://127.0.0.1:{ingest}/power2");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = coap_post(&power2, "1600").await;
-        if answer.as_deref() == Ok("2.04") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the reloaded ingest path never accepted: {answer:?}"
-        );
-    }
-    // On failure, say what the meter published and what the daemon logged.
-    let mut meter = Vec::new();
-    let after_reload = tokio::time::timeout(WAIT * 3, async {
-        loop {
-            let l = sub.line().await;
-            if l.starts_with("gw/meter/power ") && l.contains("\"value\":1600") {
-                return;
-            }
-            if l.starts_with("gw/meter/") {
-                meter.push(l);
-            }
-        }
-    })
+    post_until_changed(&power2, "1600", "the reloaded ingest path").await;
+    expect_line(
+        &mut sub,
+        &mut daemon,
+        "the reading sent after the reload",
+        |l| l.starts_with("gw/meter/power ") && l.contains("\"value\":1600"),
+        |l| l.starts_with("gw/meter/"),
+    )
     .await;
-    if after_reload.is_err() {
-        panic!(
-            "the reading sent after the reload did not reach MQTT within {:?}; the meter published {meter:#?}; \
-             the daemon logged {:#?}",
-            WAIT * 3,
-            daemon.log_so_far()
-        );
-    }
     let answer = coap_post(&power, "1").await;
     assert_eq!(
         answer.as_deref(),
