@@ -94,14 +94,14 @@ impl Tail {
     pub(crate) fn read(&self, after: u64, limit: usize) -> Option<Vec<LogRow>> {
         let (front, _) = self.rows.front()?;
         let (back, _) = self.rows.back()?;
-        if limit == 0 || after + 1 < front.seq || after >= back.seq {
+        // `after < back.seq` first: `after + 1` cannot overflow then.
+        if limit == 0 || after >= back.seq || after + 1 < front.seq {
             return None;
         }
         let skip = (after + 1 - front.seq) as usize;
         Some(
             self.rows
-                .iter()
-                .skip(skip)
+                .range(skip..)
                 .take(limit)
                 .map(|(r, _)| r.clone())
                 .collect(),
@@ -152,6 +152,7 @@ mod tests {
             "nothing newer: an empty answer would skip what comes next"
         );
         assert!(t.read(16, 10).is_none());
+        assert!(t.read(u64::MAX, 10).is_none());
         assert!(t.read(12, 0).is_none());
         t.remove_upto(12);
         assert!(t.read(11, 10).is_none());
