@@ -6,17 +6,17 @@ use super::*;
 /// the periodic background integrity check (`StoreOptions::verify_interval`).
 pub(super) struct Checkpointer {
     pub(super) tx: std::sync::mpsc::SyncSender<()>,
-    pub(super) handle: std::thread::JoinHandle<()>,
+    handle: std::thread::JoinHandle<()>,
     /// Held while a checkpoint runs (the database file may be shorter than its header says meanwhile).
     pub(super) busy: Arc<parking_lot::Mutex<()>>,
     /// Set at shutdown: interrupts a running integrity check.
-    pub(super) stop: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
 }
 
 /// The background integrity check runs at most this long at a time...
-pub(super) const VERIFY_SLICE: Duration = Duration::from_millis(25);
+const VERIFY_SLICE: Duration = Duration::from_millis(25);
 /// ... then pauses this long (about a fifth of one core and of the disk's read bandwidth).
-pub(super) const VERIFY_PAUSE: Duration = Duration::from_millis(100);
+const VERIFY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Checkpointer {
     pub(super) fn start(
@@ -115,7 +115,7 @@ pub(crate) fn damaged_before_checkpoint(path: &std::path::Path, shared: &Shared)
 /// One throttled `PRAGMA quick_check` over the whole database, on a connection of its own opened for the
 /// pass (so it reads the file, not pages some connection cached before the damage), in a read transaction:
 /// commits go on meanwhile. What it finds is left in `shared.found_damage` for the writer.
-pub(super) fn verify(path: &std::path::Path, shared: &Shared, stop: &Arc<AtomicBool>) {
+fn verify(path: &std::path::Path, shared: &Shared, stop: &Arc<AtomicBool>) {
     let started = std::time::Instant::now();
     let conn = match Connection::open_with_flags(
         path,

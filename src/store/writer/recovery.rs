@@ -33,7 +33,7 @@ impl Writer {
         self.try_recover();
     }
 
-    pub(super) fn pending_bytes(&self) -> u64 {
+    fn pending_bytes(&self) -> u64 {
         self.pending
             .iter()
             .flat_map(|p| p.records().1)
@@ -147,7 +147,7 @@ impl Writer {
     }
 
     /// Opens the write connection again (same settings; no integrity check: the file is the one we had).
-    pub(super) fn reopen(&mut self) {
+    fn reopen(&mut self) {
         let opts = StoreOptions {
             check_at_open: false,
             ..self.s.opts.clone()
@@ -172,7 +172,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn release_reserve(&mut self) {
+    fn release_reserve(&mut self) {
         match &self.reserve {
             Reserve::File { path, .. } => {
                 if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
@@ -226,7 +226,7 @@ impl Writer {
 
     /// Deletes delivered rows, then (drop_oldest) undelivered ones, worth about `bytes`. False if nothing
     /// could be deleted.
-    pub(super) fn make_room(&mut self, bytes: u64) -> rusqlite::Result<bool> {
+    fn make_room(&mut self, bytes: u64) -> rusqlite::Result<bool> {
         if self.rows() == 0 {
             return Ok(false);
         }
@@ -246,7 +246,7 @@ impl Writer {
 
     /// Re-inserts everything pending in a fresh transaction and commits it (or just probes the disk with a
     /// tiny write when nothing is pending).
-    pub(super) fn replay(&mut self) -> rusqlite::Result<()> {
+    fn replay(&mut self) -> rusqlite::Result<()> {
         let pending = std::mem::take(&mut self.pending);
         let mut result = Ok(());
         for p in pending {

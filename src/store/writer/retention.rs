@@ -33,11 +33,11 @@ impl Writer {
 
     /// The size the cap applies to: pages in use plus the WAL up to its budget. A WAL beyond its budget is a
     /// checkpoint held back by a reader; deleting rows would not shrink it, so it does not make rows go.
-    pub(super) fn effective(&self, u: &Usage) -> u64 {
+    fn effective(&self, u: &Usage) -> u64 {
         u.db_used + u.wal.min(self.wal_budget)
     }
 
-    pub(super) fn low_water(&self) -> u64 {
+    fn low_water(&self) -> u64 {
         self.s.max_bytes - self.s.max_bytes / 20
     }
 
@@ -56,7 +56,7 @@ impl Writer {
 
     /// Over the cap: delete delivered rows (oldest first) down to the low-water mark; if that is not enough,
     /// apply the policy to undelivered rows.
-    pub(super) fn enforce_cap(&mut self) -> rusqlite::Result<()> {
+    fn enforce_cap(&mut self) -> rusqlite::Result<()> {
         let mut u = self.measure()?;
         if self.effective(&u) <= self.s.max_bytes && self.state != WriterState::Full {
             return Ok(());
@@ -172,7 +172,7 @@ impl Writer {
     }
 
     /// In the eviction transaction: cursors behind `end` jump to it. Returns their names.
-    pub(super) fn move_cursors_past(&self, end: u64) -> rusqlite::Result<Vec<String>> {
+    fn move_cursors_past(&self, end: u64) -> rusqlite::Result<Vec<String>> {
         let behind: Vec<String> = {
             let t = self.shared.cursors.lock();
             t.map
@@ -230,7 +230,7 @@ impl Writer {
 
     /// Deletes the longest prefix of the log whose rows are all older than `max_age` and delivered to every
     /// bridge. (The log is trimmed from its oldest end only, which keeps it one contiguous range of seqs.)
-    pub(super) fn try_age_retention(&mut self) -> rusqlite::Result<()> {
+    fn try_age_retention(&mut self) -> rusqlite::Result<()> {
         let Some(max_age) = self.s.max_age else {
             return Ok(());
         };
@@ -298,7 +298,7 @@ impl Writer {
 
     /// Gives free pages back to the file system when there are many more than the log will soon reuse, but
     /// never shortly after a disk-full episode (the space would only be fought over again).
-    pub(super) fn vacuum_if_worthwhile(&mut self) {
+    fn vacuum_if_worthwhile(&mut self) {
         let Ok(u) = self.measure() else { return };
         let slack = (self.s.max_bytes / 8).max(1 << 20);
         let recent_full = self
