@@ -361,7 +361,12 @@ impl Bridge {
                     let a = self.machine.on_tick(Instant::now());
                     self.apply(a, &mut c.wbuf, &mut out).await;
                     self.persist(false);
-                    self.update_mode();
+                    // Only once the CONNACK accepted the session: a transport that is up while the upstream
+                    // has not answered (or is about to refuse) is still connecting, not live. (The interval's
+                    // first tick is immediate, before any CONNACK.)
+                    if self.machine.connected() {
+                        self.update_mode();
+                    }
                     self.refresh(false);
                 }
             }

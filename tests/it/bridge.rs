@@ -370,6 +370,50 @@ async fn a_long_backlog_drains_through_a_cut_with_small_and_large_windows() {
     }
 }
 
+/// A link whose TCP connection is up while the upstream never answers the CONNECT is `connecting` until the
+/// CONNACK deadline, then backs off: never `live`, never counted as a connect (the status once said `live` at
+/// the driver's first tick, before any CONNACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_connect_is_never_live() {
+    let up = Upstream::start(UpstreamOpts::default()).await;
+    let proxy = Proxy::start(up.addr()).await;
+    proxy.set_mode(Mode::Stall);
+    let mut cfg = bridge_cfg("cloud", proxy.port());
+    cfg.keepalive = Duration::from_secs(1);
+    let gw = Gw::start(&[cfg]);
+    gw.append(0, 10, 1).await;
+    // Bounded by the CONNACK deadline (2 s): the loop ends when the bridge gives up on the attempt.
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut seen = Vec::new();
+    loop {
+        let st = gw.status("cloud");
+        if seen.last() != Some(&st.state) {
+            seen.push(st.state);
+        }
+        assert!(
+            !st.state.connected() && st.connects == 0,
+            "no CONNACK came, yet: {st:#?} (states seen: {seen:?})"
+        );
+        if st
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no CONNACK"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attempt never timed out: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(proxy.accepted() >= 1, "the bridge never reached the proxy");
+    assert!(
+        seen.contains(&BridgeState::Connecting),
+        "states seen: {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_stall_is_detected_by_keepalive_and_nothing_unacked_counts_as_delivered() {
     let up = Upstream::start(UpstreamOpts::default()).await;
