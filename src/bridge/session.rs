@@ -103,6 +103,9 @@ struct Bridge {
     backlog_started: Option<(Instant, u64)>,
     /// A stop began (the machine was told).
     stopping: bool,
+    /// Runs on a thread of its own, which may be put to sleep (see [`Bridge::gathering`]); on the shared
+    /// runtime a sleep would hold up other tasks.
+    own_thread: bool,
 }
 
 /// Runs a bridge until its token is cancelled.
@@ -157,6 +160,8 @@ pub(crate) async fn run(ctx: Ctx) {
         logged_error: None,
         backlog_started: None,
         stopping: false,
+        own_thread: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread,
         ctx,
     };
     b.main().await;
@@ -309,9 +314,6 @@ impl Bridge {
         let mut wake = std::pin::pin!(tokio::time::sleep_until(Instant::now() + TICK));
         let mut out = Outcome::default();
         let mut spin_skip = 0u32;
-        // Only a thread of its own may be put to sleep: on the shared runtime it would hold up other tasks.
-        c.may_gather = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread;
         let first = self.machine.on_transport_up(Instant::now());
         self.apply(first, &mut c.wbuf, &mut out).await;
         loop {
@@ -382,12 +384,7 @@ impl Bridge {
                     let a = self.machine.on_tick(Instant::now());
                     self.apply(a, &mut c.wbuf, &mut out).await;
                     self.persist(false);
-                    // Only once the CONNACK accepted the session: a transport that is up while the upstream
-                    // has not answered (or is about to refuse) is still connecting, not live. (The interval's
-                    // first tick is immediate, before any CONNACK.)
-                    if self.machine.connected() {
-                        self.update_mode();
-                    }
+                    self.update_mode();
                     self.refresh(false);
                 }
             }
@@ -423,7 +420,7 @@ impl Bridge {
                     Err(e) => self.machine.on_closed(BridgeError::Io(e.to_string()), now),
                     Ok(n) => {
                         c.rbuf.extend_from_slice(&c.scratch[..n]);
-                        let closed = if self.gathering(c) {
+                        let closed = if self.gathering() {
                             gather(c).await
                         } else {
                             None
@@ -463,8 +460,8 @@ impl Bridge {
     /// throughput (a window per ~0.5 ms: 37,000 messages a second against mosquitto's 20), so not while
     /// draining an outage's backlog (the spin in `connection` keeps the window moving there), and never on
     /// the shared runtime, where the sleep would hold up other tasks.
-    fn gathering(&self, c: &Link) -> bool {
-        c.may_gather
+    fn gathering(&self) -> bool {
+        self.own_thread
             && !self.stopping
             && self.machine.window().outstanding() > 0
             && self.keeping_up()
@@ -688,7 +685,12 @@ impl Bridge {
     }
 
     /// Live or backlog, with hysteresis so a busy live stream does not flap.
+    /// Only once the CONNACK accepted the session: a transport that is up while the upstream has not answered
+    /// (or is about to refuse) is still connecting, not live (the driver's first tick is immediate).
     fn update_mode(&mut self) {
+        if !self.machine.connected() {
+            return;
+        }
         let window = self.machine.window().limit();
         let lag = self
             .ctx
@@ -745,8 +747,6 @@ struct Link {
     /// Whether the transport may hold written bytes back until flushed (TLS, WebSocket): QoS 0 rows
     /// complete only once flushed.
     need_flush: bool,
-    /// Whether this runs on the bridge's own thread (see [`Bridge::gathering`]).
-    may_gather: bool,
 }
 
 impl Link {
@@ -757,7 +757,6 @@ impl Link {
             scratch: vec![0u8; READ_CHUNK],
             wbuf: BytesMut::with_capacity(SEND_HIGH + 64 * 1024),
             need_flush: false,
-            may_gather: false,
         }
     }
 
@@ -793,16 +792,11 @@ async fn gather(c: &mut Link) -> Option<BridgeError> {
     tokio::task::yield_now().await;
     // Bounded: an upstream sending a flood of messages gets the rest read by the next pass of the loop.
     while c.rbuf.len() < READ_CHUNK * 4 {
-        let mut rb = ReadBuf::new(&mut c.scratch);
-        let io = &mut c.io;
-        let r = std::future::poll_fn(|cx| Pin::new(&mut **io).poll_read(cx, &mut rb).map(Some))
-            .now_or_never()
-            .flatten();
-        match r {
-            None => return None,
-            Some(Err(e)) => return Some(BridgeError::Io(e.to_string())),
-            Some(Ok(())) if rb.filled().is_empty() => return Some(BridgeError::Closed),
-            Some(Ok(())) => c.rbuf.extend_from_slice(rb.filled()),
+        match io_ready(&mut c.io, &mut c.scratch, &[], false).now_or_never() {
+            Some(Ready::Read(Ok(0))) => return Some(BridgeError::Closed),
+            Some(Ready::Read(Ok(n))) => c.rbuf.extend_from_slice(&c.scratch[..n]),
+            Some(Ready::Read(Err(e))) => return Some(BridgeError::Io(e.to_string())),
+            Some(Ready::Wrote(_)) | None => return None,
         }
     }
     None

@@ -168,6 +168,16 @@ struct Episode {
     last_event: Instant,
 }
 
+/// Remembers a file's identity (device, inode) the first time; afterwards, an error if it changed.
+fn same_file(known: &mut Option<(u64, u64)>, id: (u64, u64), what: &str) -> Result<(), String> {
+    match *known {
+        None => *known = Some(id),
+        Some(k) if k != id => return Err(format!("{what} was replaced by another file")),
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// The identity of the files the writer has open, to notice them being replaced or deleted under it (their
 /// open descriptors would keep "working" while nothing reaches the path a restart reads).
 #[derive(Default)]
@@ -769,13 +779,7 @@ impl Writer {
                 return Err("the database file was deleted".into())
             }
             Err(_) => {}
-            Ok(id) => match self.files.db {
-                None => self.files.db = Some(id),
-                Some(known) if known != id => {
-                    return Err("the database file was replaced by another file".into())
-                }
-                Some(_) => {}
-            },
+            Ok(id) => same_file(&mut self.files.db, id, "the database file")?,
         }
         match ident(&self.s.wal_path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -784,13 +788,7 @@ impl Writer {
                 }
             }
             Err(_) => {}
-            Ok(id) => match self.files.wal {
-                None => self.files.wal = Some(id),
-                Some(known) if known != id => {
-                    return Err("the WAL file (-wal) was replaced by another file".into())
-                }
-                Some(_) => {}
-            },
+            Ok(id) => same_file(&mut self.files.wal, id, "the WAL file (-wal)")?,
         }
         let header = |path: &std::path::Path| -> std::io::Result<(u64, Option<[u8; 100]>)> {
             use std::io::Read;
