@@ -105,7 +105,8 @@
 //!   to 4 MiB); a WAL held larger by a long read counts only up to that budget, because deleting rows would
 //!   not shrink it. The writer measures after every commit, so the cap can be overshot by one group commit.
 //!   Not counted: the reserve file (below) and SQLite's `-shm` (32 KiB per 4000 WAL pages).
-//! - Over `max_bytes`, the writer deletes down to 95 % of it: first rows every bridge has delivered (oldest
+//! - Over `max_bytes`, the writer deletes down to 95 % of it (8 MiB below it at most, so that a large cap is
+//!   trimmed in short passes, between which appends go on): first rows every bridge has delivered (oldest
 //!   first; with no bridge at all, every row counts as delivered — the log is then a rolling history); then, for
 //!   undelivered rows, the `when_full` policy:
 //!   `drop_oldest` evicts the oldest undelivered rows and moves lagging cursors past them, counting per bridge

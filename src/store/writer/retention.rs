@@ -38,7 +38,7 @@ impl Writer {
     }
 
     fn low_water(&self) -> u64 {
-        self.s.max_bytes - self.s.max_bytes / 20
+        low_water(self.s.max_bytes)
     }
 
     pub(super) fn rows(&self) -> u64 {
@@ -356,5 +356,28 @@ impl Writer {
             self.disk_full_at = Some(Instant::now());
         }
         tracing::warn!(path = %self.s.path.display(), "store: maintenance failed: {e}");
+    }
+}
+
+/// The most one pass over the cap deletes (of rows' space): 5 % of the cap, at most [`EVICT_STEP`].
+/// A large cap is not trimmed by 5 % at once: at 1 GiB that is ~50 MiB of rows, a pass of seconds during
+/// which appends wait in the queues (and their memory stays with the allocator afterwards).
+pub(super) fn low_water(max_bytes: u64) -> u64 {
+    max_bytes - (max_bytes / 20).min(EVICT_STEP)
+}
+
+/// See [`low_water`].
+const EVICT_STEP: u64 = 8 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::low_water;
+
+    #[test]
+    fn a_pass_over_the_cap_trims_five_percent_and_at_most_eight_mib() {
+        assert_eq!(low_water(100 << 20), (100 << 20) - (5 << 20));
+        assert_eq!(low_water(160 << 20), (160 << 20) - (8 << 20));
+        assert_eq!(low_water(1 << 30), (1 << 30) - (8 << 20));
+        assert_eq!(low_water(1 << 20), (1 << 20) - (1 << 20) / 20);
     }
 }
