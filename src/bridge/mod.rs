@@ -383,8 +383,14 @@ fn spawn(cfg: BridgeConfig, gateway: &str, store: &Store, broker: &Broker) -> Ru
         shared: shared.clone(),
         cancel: cancel.clone(),
         grace: grace.clone(),
+        own_thread: false,
     };
-    let task = own_thread(&cfg.name, supervise(ctx));
+    let task = own_thread(&cfg.name, move |own| {
+        supervise(session::Ctx {
+            own_thread: own,
+            ..ctx
+        })
+    });
     Running {
         cfg,
         shared,
@@ -400,11 +406,11 @@ fn spawn(cfg: BridgeConfig, gateway: &str, store: &Store, broker: &Broker) -> Ru
 /// each round trip (with 20 messages in flight the drain is bound by these round trips, and handing the
 /// connection between worker threads cost a third of the bridge's CPU). The read-ahead (SQLite on that
 /// runtime's blocking pool) and the local-publish task run there too. The thread ends with the bridge. If
-/// it cannot be started, the bridge runs on the caller's runtime instead.
-fn own_thread(
-    name: &str,
-    fut: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()> {
+/// it cannot be started, the bridge runs on the caller's runtime instead. `make` is told which.
+fn own_thread<F>(name: &str, make: impl FnOnce(bool) -> F + Send + 'static) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     // I/O and timers only: a runtime with the process driver also reaps child processes at every park (1 % of
     // this thread in a drain profile), and bridges start none.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -428,7 +434,7 @@ fn own_thread(
             match thread {
                 Ok(_) => {
                     return handle.spawn(async move {
-                        fut.await;
+                        make(true).await;
                         drop(end_tx);
                     })
                 }
@@ -438,22 +444,14 @@ fn own_thread(
         Err(e) => e.to_string(),
     };
     tracing::warn!(bridge = %name, "bridge {name}: no thread of its own ({why}); it runs on the shared runtime");
-    tokio::spawn(fut)
+    tokio::spawn(make(false))
 }
 
 /// Runs the bridge; a panic (a bug) is logged and the bridge restarted from its cursor after a pause, so
 /// one bridge's bug does not end forwarding for good.
 async fn supervise(ctx: session::Ctx) {
     loop {
-        let again = session::Ctx {
-            cfg: ctx.cfg.clone(),
-            state_topic: ctx.state_topic.clone(),
-            store: ctx.store.clone(),
-            broker: ctx.broker.clone(),
-            shared: ctx.shared.clone(),
-            cancel: ctx.cancel.clone(),
-            grace: ctx.grace.clone(),
-        };
+        let again = ctx.clone();
         match tokio::spawn(session::run(again)).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
@@ -492,6 +490,21 @@ mod tests {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// The future is told whether it runs on the thread of its own (where the bridge may let acks gather with
+    /// a short sleep), and it does.
+    #[tokio::test]
+    async fn the_bridge_task_knows_it_has_a_thread_of_its_own() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = own_thread("told", move |own| async move {
+            let name = std::thread::current().name().map(str::to_string);
+            let _ = tx.send((own, name));
+        });
+        let (own, name) = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+        assert!(own, "the task was not told it has a thread of its own");
+        assert_eq!(name.as_deref(), Some("bridge-told"));
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     }
 
     /// The bridge runs on a thread of its own, and a `Bridges` dropped without `shutdown` (an owner that

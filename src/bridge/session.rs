@@ -58,6 +58,7 @@ const GATHER_MAX_LAG: u64 = 4096;
 const INBOUND_QUEUE: usize = 1024;
 
 /// Everything a bridge task needs.
+#[derive(Clone)]
 pub(crate) struct Ctx {
     pub cfg: BridgeConfig,
     pub state_topic: String,
@@ -67,6 +68,9 @@ pub(crate) struct Ctx {
     pub cancel: CancellationToken,
     /// How long a stop may wait for in-flight acks (set by `Bridges::shutdown`).
     pub grace: Arc<parking_lot::Mutex<Duration>>,
+    /// Runs on a thread of its own, which may be put to sleep (see [`Bridge::gathering`]); on the shared
+    /// runtime a sleep would hold up other tasks.
+    pub own_thread: bool,
 }
 
 /// How a connection ended.
@@ -103,9 +107,6 @@ struct Bridge {
     backlog_started: Option<(Instant, u64)>,
     /// A stop began (the machine was told).
     stopping: bool,
-    /// Runs on a thread of its own, which may be put to sleep (see [`Bridge::gathering`]); on the shared
-    /// runtime a sleep would hold up other tasks.
-    own_thread: bool,
 }
 
 /// Runs a bridge until its token is cancelled.
@@ -160,8 +161,6 @@ pub(crate) async fn run(ctx: Ctx) {
         logged_error: None,
         backlog_started: None,
         stopping: false,
-        own_thread: tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread,
         ctx,
     };
     b.main().await;
@@ -461,7 +460,7 @@ impl Bridge {
     /// draining an outage's backlog (the spin in `connection` keeps the window moving there), and never on
     /// the shared runtime, where the sleep would hold up other tasks.
     fn gathering(&self) -> bool {
-        self.own_thread
+        self.ctx.own_thread
             && !self.stopping
             && self.machine.window().outstanding() > 0
             && self.keeping_up()
@@ -471,14 +470,18 @@ impl Bridge {
     /// input and at most [`GATHER_MAX_LAG`] rows. An outage's backlog is not (after a reconnect the input
     /// is the live rate, the lag far larger).
     fn keeping_up(&self) -> bool {
-        let lag = self
-            .ctx
-            .store
-            .head()
-            .saturating_sub(self.machine.window().cursor());
+        let lag = self.lag();
         self.arriving > 0.0
             && lag <= GATHER_MAX_LAG
             && lag as f64 <= self.arriving * KEEPING_UP.as_secs_f64()
+    }
+
+    /// Rows in the log after the cursor.
+    fn lag(&self) -> u64 {
+        self.ctx
+            .store
+            .head()
+            .saturating_sub(self.machine.window().cursor())
     }
 
     /// A write (or flush, when `wbuf` is empty) completed.
@@ -692,11 +695,7 @@ impl Bridge {
             return;
         }
         let window = self.machine.window().limit();
-        let lag = self
-            .ctx
-            .store
-            .head()
-            .saturating_sub(self.machine.window().cursor());
+        let lag = self.lag();
         let enter = (window + reader::BATCH_ROWS) as u64 * 2;
         let leave = (window + reader::BATCH_ROWS) as u64;
         match self.status.state {
