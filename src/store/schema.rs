@@ -127,6 +127,13 @@ pub struct StoreOptions {
     pub index_interval: Duration,
     /// ... or as soon as this many rows are not yet indexed. Default 100 000.
     pub index_rows: u64,
+    /// ... but with many streams, not before this many keys per stream seen since the last pass (each pass
+    /// writes a block per stream; with 15,000 streams, 100,000 rows make blocks of 7 keys and a pass rewrites
+    /// most of the index's pages). Default 20.
+    pub index_keys_per_stream: u64,
+    /// ... and always at this many rows not yet indexed (the writer keeps 20 bytes per unindexed row; queries
+    /// scan the unindexed rows). Default 300 000.
+    pub index_rows_max: u64,
     /// A database that fails the integrity check at open is moved aside and salvaged (default true); if
     /// false, the open fails with [`StoreError::Corrupt`].
     pub salvage_at_open: bool,
@@ -165,6 +172,8 @@ impl Default for StoreOptions {
             check_at_open: true,
             index_interval: Duration::from_secs(30),
             index_rows: 100_000,
+            index_keys_per_stream: 20,
+            index_rows_max: 300_000,
             salvage_at_open: true,
             verify_interval: Some(Duration::from_secs(3600)),
             index_values: true,

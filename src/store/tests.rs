@@ -1601,11 +1601,53 @@ fn check_history_queries(store: &Store) {
         .is_empty());
 }
 
+/// With many streams an index pass waits until the unindexed rows make blocks of several keys per stream
+/// (a pass writes a block, so dirties a page, for every stream it saw), within `index_rows..=index_rows_max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_passes_wait_for_blocks_of_keys_per_stream() {
+    async fn blocks_after(per_stream: u64, batches: i64) -> (i64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let o = StoreOptions {
+            index_interval: Duration::from_secs(3600),
+            index_rows: 100,
+            index_keys_per_stream: per_stream,
+            index_rows_max: 10_000,
+            ..Default::default()
+        };
+        let store = Store::open_with(&cfg(dir.path()), o).unwrap();
+        // 300 streams, one row each per batch.
+        for b in 0..batches {
+            let recs: Vec<LogRecord> = (0..300)
+                .map(|i| LogRecord {
+                    ts_ms: 1000 + b,
+                    ..LogRecord::new(format!("t/{i}"), "1")
+                })
+                .collect();
+            store.append_batch(recs).await.unwrap().await.unwrap();
+        }
+        // Answered by the writer after the pass that follows the last commit, if one was due.
+        store.flush().await.unwrap();
+        raw(store.path())
+            .query_row(
+                "SELECT count(*), coalesce(sum(n), 0) FROM history",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+    // At 100 rows a pass: every batch of 300 is indexed at once, a block of one key per stream.
+    assert_eq!(blocks_after(0, 3).await, (900, 900));
+    // Four keys per stream: 1,200 rows make a pass; 900 wait, 1,200 go in as blocks of four.
+    assert_eq!(blocks_after(4, 3).await, (0, 0));
+    assert_eq!(blocks_after(4, 4).await, (300, 1200));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_over_many_streams_and_newest_first() {
     let dir = tempfile::tempdir().unwrap();
     let o = StoreOptions {
         index_rows: 500,
+        index_keys_per_stream: 0,
         ..Default::default()
     };
     let store = Store::open_with(&cfg(dir.path()), o).unwrap();

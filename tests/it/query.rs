@@ -41,6 +41,7 @@ fn reading(device: &str, point: &str, ts: i64, payload: String, num: Option<f64>
 fn generate(path: &Path) -> Store {
     let opts = StoreOptions {
         index_rows: 400,
+        index_keys_per_stream: 0,
         index_interval: Duration::from_millis(10),
         ..StoreOptions::default()
     };
@@ -644,6 +645,7 @@ fn a_v2_log_is_upgraded_and_its_old_blocks_still_aggregate() {
 
     let opts = StoreOptions {
         index_rows: 10,
+        index_keys_per_stream: 0,
         index_interval: Duration::from_millis(10),
         ..StoreOptions::default()
     };

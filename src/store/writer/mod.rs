@@ -10,6 +10,7 @@
 mod checkpointer;
 mod episodes;
 mod index;
+mod keys;
 mod recovery;
 mod retention;
 
@@ -219,9 +220,9 @@ pub(crate) struct Writer {
     streams: StreamCache,
     indexed: u64,
     last_index: Instant,
-    /// `(stream, ts, seq)` of every row after `indexed` (committed or in the open transaction), when
+    /// The history key of every row after `indexed` (committed or in the open transaction), when
     /// `keys_valid`: the next index pass sorts these instead of reading the rows back.
-    index_keys: Vec<IndexKey>,
+    index_keys: keys::PendingKeys,
     keys_valid: bool,
     pending: Vec<Pending>,
     inbox: VecDeque<Req>,
@@ -259,39 +260,59 @@ pub(crate) fn insert_history(
     with_values: bool,
 ) -> rusqlite::Result<()> {
     keys.sort_unstable_by_key(|k| (k.0, k.1, k.2));
+    insert_sorted_history(conn, keys.iter().copied(), with_values)
+}
+
+/// [`insert_history`] for keys already sorted by `(stream, ts, seq)`: a block per stream, of at most
+/// [`super::history::BLOCK`] keys.
+pub(super) fn insert_sorted_history(
+    conn: &Connection,
+    keys: impl IntoIterator<Item = IndexKey>,
+    with_values: bool,
+) -> rusqlite::Result<()> {
     let mut st = conn.prepare_cached(
         "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys, vals) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
+    let mut block: Vec<IndexKey> = Vec::with_capacity(super::history::BLOCK);
     let mut pairs = Vec::with_capacity(super::history::BLOCK);
     let mut blob = Vec::new();
     let mut vals = Vec::new();
     let mut nums: Vec<Option<f64>> = Vec::with_capacity(super::history::BLOCK);
-    for group in keys.chunk_by(|a, b| a.0 == b.0) {
-        for block in group.chunks(super::history::BLOCK) {
-            pairs.clear();
-            pairs.extend(block.iter().map(|k| (k.1, k.2)));
-            super::history::encode(&pairs, &mut blob);
-            let vals = with_values.then(|| {
-                nums.clear();
-                nums.extend(block.iter().map(|k| Some(k.3).filter(|v| !v.is_nan())));
-                super::history::encode_values(&nums, &mut vals);
-                &vals[..]
-            });
-            let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
-                (lo.min(p.1), hi.max(p.1))
-            });
-            st.execute(params![
-                block[0].0,
-                pairs[0].0,
-                pairs[pairs.len() - 1].0,
-                min_seq,
-                max_seq,
-                pairs.len() as i64,
-                &blob,
-                vals
-            ])?;
+    let mut write = |block: &[IndexKey]| -> rusqlite::Result<()> {
+        pairs.clear();
+        pairs.extend(block.iter().map(|k| (k.1, k.2)));
+        super::history::encode(&pairs, &mut blob);
+        let vals = with_values.then(|| {
+            nums.clear();
+            nums.extend(block.iter().map(|k| Some(k.3).filter(|v| !v.is_nan())));
+            super::history::encode_values(&nums, &mut vals);
+            &vals[..]
+        });
+        let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
+        st.execute(params![
+            block[0].0,
+            pairs[0].0,
+            pairs[pairs.len() - 1].0,
+            min_seq,
+            max_seq,
+            pairs.len() as i64,
+            &blob,
+            vals
+        ])
+        .map(drop)
+    };
+    for k in keys {
+        if block.len() == super::history::BLOCK || block.first().is_some_and(|b| b.0 != k.0) {
+            write(&block)?;
+            block.clear();
         }
+        block.push(k);
+    }
+    if !block.is_empty() {
+        write(&block)?;
     }
     Ok(())
 }
@@ -395,7 +416,7 @@ impl Writer {
             streams: StreamCache::new(s.opts.stream_cache, st.next_stream),
             indexed: st.indexed,
             last_index: now,
-            index_keys: Vec::new(),
+            index_keys: keys::PendingKeys::default(),
             // After a crash, rows past `indexed` are known only to the database: the first pass reads them.
             keys_valid: st.indexed >= st.head,
             pending: Vec::new(),
@@ -713,7 +734,10 @@ impl Writer {
             ])?;
             if self.keys_valid {
                 let num = rec.num.unwrap_or(f64::NAN);
-                self.index_keys.push((stream, rec.ts_ms, seq as i64, num));
+                if !self.index_keys.push(seq, stream, rec.ts_ms, num) {
+                    self.keys_valid = false;
+                    self.index_keys.clear();
+                }
             }
             self.next_seq += 1;
             self.txn_rows += 1;
@@ -965,13 +989,7 @@ impl Writer {
         self.txn_rows = 0;
         self.txn_bytes = 0;
         self.next_seq = self.head + 1;
-        while self
-            .index_keys
-            .last()
-            .is_some_and(|k| k.2 as u64 > self.head)
-        {
-            self.index_keys.pop();
-        }
+        self.index_keys.truncate_after(self.head);
         self.streams.rolled_back();
     }
 

@@ -154,7 +154,7 @@ impl Writer {
                     self.oldest = end + 1;
                     self.shared.tail.lock().remove_upto(end);
                     if end > self.indexed {
-                        self.index_keys.retain(|k| k.2 as u64 > end);
+                        self.index_keys.drop_upto(end);
                     }
                     self.indexed = self.indexed.max(end);
                     self.shared.oldest.store(self.oldest, Ordering::Release);
