@@ -261,6 +261,9 @@ impl App {
                 .run_commands(cmd_link, app.pipeline_cancel.clone()),
         );
 
+        app.tasks
+            .spawn(release_freed_memory(app.pipeline_cancel.clone()));
+
         for spec in &cfg.devices {
             app.start_device(spec.clone());
         }
@@ -475,6 +478,23 @@ impl App {
 }
 
 pub use crate::api::ReloadSummary;
+
+/// Gives memory the allocator keeps after a burst back to the system, every [`crate::mem::TRIM_EVERY`].
+async fn release_freed_memory(cancel: CancellationToken) {
+    let mut every = tokio::time::interval(crate::mem::TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {
+                let t = std::time::Instant::now();
+                let gave = crate::mem::release_freed();
+                tracing::debug!(gave, took_us = t.elapsed().as_micros() as u64, "malloc_trim");
+            }
+        }
+    }
+}
 
 /// Runs one device's adapter until cancelled, restarting it with backoff after errors and panics.
 async fn supervise(
