@@ -40,8 +40,8 @@ mod tests {
             .unwrap()
     }
 
-    /// Run alone, in a process of its own (see the test below): the other tests' allocations would move the
-    /// process's RSS meanwhile.
+    /// The test re-runs itself alone in a child process (marked by `FIELDBRIDGE_MEM_CHILD`), where the
+    /// measuring happens: in the test process the other tests' allocations would move the RSS meanwhile.
     #[test]
     fn freed_memory_below_a_live_allocation_goes_back() {
         if std::env::var_os("FIELDBRIDGE_MEM_CHILD").is_none() {

@@ -1642,6 +1642,38 @@ async fn index_passes_wait_for_blocks_of_keys_per_stream() {
     assert_eq!(blocks_after(4, 4).await, (300, 1200));
 }
 
+/// A stream's keys of one pass go in as blocks of at most `history::BLOCK` (128) keys: a larger block row
+/// would spill to overflow pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_splits_a_streams_keys_into_blocks_of_at_most_128() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        index_interval: Duration::from_secs(3600),
+        index_rows: 300,
+        index_keys_per_stream: 0,
+        ..Default::default()
+    };
+    let store = Store::open_with(&cfg(dir.path()), o).unwrap();
+    let recs: Vec<LogRecord> = (0..300)
+        .map(|i| LogRecord {
+            ts_ms: 1000 + i,
+            ..LogRecord::new("one/stream", "1")
+        })
+        .collect();
+    store.append_batch(recs).await.unwrap().await.unwrap();
+    store.flush().await.unwrap();
+    let c = raw(store.path());
+    let mut st = c
+        .prepare("SELECT n, min_seq, max_seq FROM history ORDER BY min_ts")
+        .unwrap();
+    let blocks: Vec<(i64, i64, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(blocks, vec![(128, 1, 128), (128, 129, 256), (44, 257, 300)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_over_many_streams_and_newest_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -274,26 +274,23 @@ pub(super) fn insert_sorted_history(
         "INSERT INTO history (stream, min_ts, max_ts, min_seq, max_seq, n, keys, vals) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    let mut block: Vec<IndexKey> = Vec::with_capacity(super::history::BLOCK);
-    let mut pairs = Vec::with_capacity(super::history::BLOCK);
+    // The block being gathered: its stream, its `(ts, seq)` keys and their values.
+    let mut stream = None;
+    let mut pairs: Vec<(i64, i64)> = Vec::with_capacity(super::history::BLOCK);
+    let mut nums: Vec<Option<f64>> = Vec::with_capacity(super::history::BLOCK);
     let mut blob = Vec::new();
     let mut vals = Vec::new();
-    let mut nums: Vec<Option<f64>> = Vec::with_capacity(super::history::BLOCK);
-    let mut write = |block: &[IndexKey]| -> rusqlite::Result<()> {
-        pairs.clear();
-        pairs.extend(block.iter().map(|k| (k.1, k.2)));
-        super::history::encode(&pairs, &mut blob);
+    let mut write = |stream: i64, pairs: &[(i64, i64)], nums: &[Option<f64>]| {
+        super::history::encode(pairs, &mut blob);
         let vals = with_values.then(|| {
-            nums.clear();
-            nums.extend(block.iter().map(|k| Some(k.3).filter(|v| !v.is_nan())));
-            super::history::encode_values(&nums, &mut vals);
+            super::history::encode_values(nums, &mut vals);
             &vals[..]
         });
         let (min_seq, max_seq) = pairs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
             (lo.min(p.1), hi.max(p.1))
         });
         st.execute(params![
-            block[0].0,
+            stream,
             pairs[0].0,
             pairs[pairs.len() - 1].0,
             min_seq,
@@ -304,15 +301,18 @@ pub(super) fn insert_sorted_history(
         ])
         .map(drop)
     };
-    for k in keys {
-        if block.len() == super::history::BLOCK || block.first().is_some_and(|b| b.0 != k.0) {
-            write(&block)?;
-            block.clear();
+    for (s, ts, seq, num) in keys {
+        if let Some(cur) = stream.filter(|&c| c != s || pairs.len() == super::history::BLOCK) {
+            write(cur, &pairs, &nums)?;
+            pairs.clear();
+            nums.clear();
         }
-        block.push(k);
+        stream = Some(s);
+        pairs.push((ts, seq));
+        nums.push(Some(num).filter(|v| !v.is_nan()));
     }
-    if !block.is_empty() {
-        write(&block)?;
+    if let Some(cur) = stream {
+        write(cur, &pairs, &nums)?;
     }
     Ok(())
 }
