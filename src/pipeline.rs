@@ -152,6 +152,9 @@ impl DeviceState {
     }
 }
 
+/// Write requests that may wait for one device (see [`Pipeline::run_commands`]).
+pub const COMMAND_QUEUE: usize = 256;
+
 /// How often the pipeline drops the state of devices no longer configured.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -561,24 +564,79 @@ impl Pipeline {
     }
 
     /// Serves write requests arriving on the link until `cancel` fires.
+    ///
+    /// Each device has a queue and a task of its own: a device's writes run one after another in the order
+    /// they arrived (so the last command is the one the device keeps), and a slow device does not hold up
+    /// writes to the others. A queue holds at most [`COMMAND_QUEUE`] writes; more are answered with an error
+    /// at once. Requests for a device that does not exist are answered without a queue, so made-up device
+    /// names cannot make the gateway start tasks.
     pub async fn run_commands(self: Arc<Self>, link: Arc<Link>, cancel: CancellationToken) {
+        let mut queues: HashMap<Arc<str>, mpsc::Sender<Arc<Message>>> = HashMap::new();
         loop {
             let received = tokio::select! {
                 r = link.recv() => r,
                 _ = cancel.cancelled() => break,
             };
             let msg = received.msg;
-            let this = self.clone();
-            let link2 = link.clone();
-            // Each write runs on its own task: a slow device must not hold up writes to others.
-            tokio::spawn(async move {
-                let result = this.execute(&msg).await;
-                this.stats
-                    .commands
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                this.reply(&link2, &msg, result).await;
+            let device = msg
+                .topic
+                .split('/')
+                .nth(1)
+                .and_then(|d| self.devices.read().get_key_value(d).map(|(k, _)| k.clone()));
+            let Some(device) = device else {
+                // Unknown device (or a malformed topic): `execute` says which, without touching an adapter.
+                let this = self.clone();
+                let link = link.clone();
+                tokio::spawn(async move { this.serve(&link, &msg).await });
+                continue;
+            };
+            if queues.len() > self.devices.read().len() {
+                // Devices removed by a reload: dropping the sender ends their task once its queue is done.
+                let devices = self.devices.read();
+                queues.retain(|name, _| devices.contains_key(name));
+            }
+            let queue = queues.entry(device).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+                tokio::spawn(self.clone().device_commands(link.clone(), rx));
+                tx
             });
+            if let Err(e) = queue.try_send(msg) {
+                let msg = e.into_inner();
+                let this = self.clone();
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let busy = CommandError::Transport(format!(
+                        "{COMMAND_QUEUE} writes are already waiting for this device; try again later"
+                    ));
+                    this.answer(&link, &msg, Err(busy)).await;
+                });
+            }
         }
+    }
+
+    /// Executes one device's write requests in the order they were queued.
+    async fn device_commands(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        mut rx: mpsc::Receiver<Arc<Message>>,
+    ) {
+        while let Some(msg) = rx.recv().await {
+            self.serve(&link, &msg).await;
+        }
+    }
+
+    /// Executes one write request and answers it.
+    async fn serve(&self, link: &Link, msg: &Message) {
+        let result = self.execute(msg).await;
+        self.answer(link, msg, result).await;
+    }
+
+    /// Counts an answered write request and publishes its answer.
+    async fn answer(&self, link: &Link, msg: &Message, result: Result<(), CommandError>) {
+        self.stats
+            .commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reply(link, msg, result).await;
     }
 
     async fn execute(&self, msg: &Message) -> Result<(), CommandError> {

@@ -482,3 +482,178 @@ impl Tracker {
         self.last.insert(dev, v);
     }
 }
+
+/// An adapter that records the values of the write requests it receives, in order, and answers each after
+/// letting other tasks run (as a device round trip would); with `hold`, it never answers.
+struct Recording {
+    seen: Arc<parking_lot::Mutex<Vec<i64>>>,
+    hold: bool,
+}
+
+impl AdapterFactory for Recording {
+    fn protocol(&self) -> &'static str {
+        "recording"
+    }
+    fn build(&self, _device: &DeviceConfig) -> Result<Box<dyn Adapter>, Vec<ConfigError>> {
+        Ok(Box::new(RecordingAdapter {
+            seen: self.seen.clone(),
+            hold: self.hold,
+        }))
+    }
+}
+
+struct RecordingAdapter {
+    seen: Arc<parking_lot::Mutex<Vec<i64>>>,
+    hold: bool,
+}
+
+impl Adapter for RecordingAdapter {
+    fn run(
+        self: Box<Self>,
+        mut ctx: AdapterContext,
+    ) -> BoxFuture<'static, Result<(), AdapterError>> {
+        Box::pin(async move {
+            ctx.status.set(fieldbridge_sdk::DeviceStatus::Online);
+            let mut held = Vec::new();
+            loop {
+                let cmd = tokio::select! {
+                    c = ctx.commands.recv() => c,
+                    _ = ctx.cancel.cancelled() => return Ok(()),
+                };
+                let Some(cmd) = cmd else { return Ok(()) };
+                let v = match cmd.value {
+                    fieldbridge_sdk::Value::Int(v) => v,
+                    fieldbridge_sdk::Value::UInt(v) => v as i64,
+                    fieldbridge_sdk::Value::Float(v) => v as i64,
+                    other => panic!("unexpected value {other:?}"),
+                };
+                self.seen.lock().push(v);
+                if self.hold {
+                    held.push(cmd.reply);
+                    continue;
+                }
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                let _ = cmd.reply.send(Ok(()));
+            }
+        })
+    }
+}
+
+/// A device's write requests reach it in the order they were published, so the last command is the value
+/// the device keeps (they used to run on a task each and overtook one another: 1 2 21 3 … 30 23 … 29).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_devices_writes_run_in_the_order_they_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{HEADER}
+devices:
+  - name: valve
+    protocol: recording
+    points: [{{name: sp, type: int, writable: true}}]
+"
+    );
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let registry = Registry::default().with(Arc::new(Recording {
+        seen: seen.clone(),
+        hold: false,
+    }));
+    let app = start_app(dir.path(), &yaml, registry).await;
+    let mut c = Client::connect(app.listener_addrs()[0], Protocol::V311, "op", true).await;
+    const N: i64 = 200;
+    for v in 1..=N {
+        // QoS 0, pipelined: nothing paces the requests but their order on the connection.
+        c.send(fieldbridge::mqtt::Packet::Publish(publish(
+            "gw/valve/sp/set",
+            &v.to_string(),
+            QoS::AtMostOnce,
+            0,
+        )))
+        .await;
+    }
+    wait_until("every write reaches the adapter", || {
+        seen.lock().len() as i64 >= N
+    })
+    .await;
+    let got = seen.lock().clone();
+    let want: Vec<i64> = (1..=N).collect();
+    assert_eq!(got, want, "writes reached the device out of order");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A device that never answers holds at most a bounded queue of writes; the rest are answered with an
+/// error at once, and other devices' writes still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_stuck_device_are_bounded_and_do_not_hold_up_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{HEADER}
+devices:
+  - name: stuck
+    protocol: recording
+    points: [{{name: sp, type: int, writable: true}}]
+  - name: boiler
+    protocol: sim
+    poll_interval: 20ms
+    points:
+      - {{name: setpoint, signal: setpoint, initial: 1, min: 0, max: 100, type: int, writable: true, publish: on_change}}
+"
+    );
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let registry = Registry::default().with(Arc::new(Recording {
+        seen: seen.clone(),
+        hold: true,
+    }));
+    let app = start_app(dir.path(), &yaml, registry).await;
+    let mut c = Client::connect(app.listener_addrs()[0], Protocol::V311, "op", true).await;
+    c.subscribe(vec![
+        sub("gw/+/sp/set/result", QoS::AtMostOnce),
+        sub("gw/boiler/setpoint/set/result", QoS::AtMostOnce),
+    ])
+    .await;
+    let queue = fieldbridge::pipeline::COMMAND_QUEUE as i64;
+    // One write is with the adapter, `queue` wait; the rest are refused.
+    let n = queue + 1 + 40;
+    for v in 1..=n {
+        c.send(fieldbridge::mqtt::Packet::Publish(publish(
+            "gw/stuck/sp/set",
+            &v.to_string(),
+            QoS::AtMostOnce,
+            0,
+        )))
+        .await;
+    }
+    // The other device is served meanwhile.
+    c.send(fieldbridge::mqtt::Packet::Publish(publish(
+        "gw/boiler/setpoint/set",
+        "7",
+        QoS::AtMostOnce,
+        0,
+    )))
+    .await;
+    let mut busy = 0;
+    loop {
+        let m = c.recv_publish().await;
+        let r = json(&m.payload);
+        if &*m.topic == "gw/boiler/setpoint/set/result" {
+            assert_eq!(r["ok"], true, "{r}");
+            break;
+        }
+        assert_eq!(&*m.topic, "gw/stuck/sp/set/result");
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(
+            r["error"].as_str().unwrap().contains("already waiting"),
+            "{r}"
+        );
+        busy += 1;
+    }
+    // 40 or 41: whether the first write had left the queue for the adapter when the last ones arrived.
+    assert!(busy >= 40, "{busy} writes refused");
+    assert_eq!(
+        seen.lock().len(),
+        1,
+        "the stuck device got one write at a time"
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+}
