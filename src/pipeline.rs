@@ -207,6 +207,17 @@ pub fn unscale_value(v: &Value, rules: &PointRules) -> Value {
     }
 }
 
+/// Why a non-finite float reading is bad.
+fn non_finite_reason(f: f64) -> &'static str {
+    if f.is_nan() {
+        "the device reported NaN (not a number)"
+    } else if f > 0.0 {
+        "the device reported +infinity"
+    } else {
+        "the device reported -infinity"
+    }
+}
+
 fn changed(
     last: &Option<(Value, Quality)>,
     value: &Value,
@@ -218,6 +229,11 @@ fn changed(
         return true;
     }
     match (lv.as_f64(), value.as_f64(), deadband) {
+        // A NaN compares unequal to everything, so no difference to a NaN is ever `>=` a deadband: a change
+        // to or from a non-finite value is a change, NaN to NaN (or the same infinity) is not.
+        (Some(a), Some(b), _) if !a.is_finite() || !b.is_finite() => {
+            !(a.is_nan() && b.is_nan()) && a != b
+        }
         (Some(a), Some(b), Some(Deadband::Absolute(d))) => (b - a).abs() >= d,
         (Some(a), Some(b), Some(Deadband::Percent(p))) => {
             (b - a).abs() >= a.abs() * p / 100.0 && a != b
@@ -468,7 +484,12 @@ impl Pipeline {
         }
     }
 
-    async fn handle(&self, link: &Link, state: &mut HashMap<Arc<str>, DeviceState>, r: Reading) {
+    async fn handle(
+        &self,
+        link: &Link,
+        state: &mut HashMap<Arc<str>, DeviceState>,
+        mut r: Reading,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.readings.fetch_add(1, Relaxed);
         let entry = self.devices.read().get(&r.device).cloned();
@@ -481,6 +502,13 @@ impl Pipeline {
             return;
         };
         let value = scale_value(&r.value, rules);
+        if let (Value::Float(f), Quality::Good) = (&value, &r.quality) {
+            if !f.is_finite() {
+                // JSON has no NaN or infinity, and many meters say "not available" with a NaN: such a
+                // reading is bad and says why, rather than a `null` marked good.
+                r.quality = Quality::Bad(non_finite_reason(*f).into());
+            }
+        }
         self.live.set(
             &entry,
             index,
@@ -947,6 +975,39 @@ mod tests {
         ));
         assert!(!changed(&last, &Value::Float(100.0), &Quality::Good, None));
         assert!(changed(&None, &Value::Float(100.0), &Quality::Good, None));
+    }
+
+    /// A meter that starts on NaN ("not available") and then reads numbers, or drops to NaN and back: every
+    /// switch between NaN and a number is a change, whatever the deadband; NaN after NaN is not.
+    #[test]
+    fn changes_to_and_from_nan_pass_any_deadband() {
+        let nan = Value::Float(f64::NAN);
+        let good = Quality::Good;
+        for db in [
+            None,
+            Some(Deadband::Absolute(0.5)),
+            Some(Deadband::Percent(2.0)),
+        ] {
+            let was_nan = Some((nan.clone(), good.clone()));
+            let was_25 = Some((Value::Float(25.0), good.clone()));
+            assert!(changed(&was_nan, &Value::Float(25.0), &good, db), "{db:?}");
+            assert!(changed(&was_25, &nan, &good, db), "{db:?}");
+            assert!(!changed(&was_nan, &nan, &good, db), "{db:?}");
+            let inf = Value::Float(f64::INFINITY);
+            assert!(changed(&was_25, &inf, &good, db), "{db:?}");
+            assert!(!changed(
+                &Some((inf.clone(), good.clone())),
+                &inf,
+                &good,
+                db
+            ));
+            assert!(changed(
+                &Some((inf, good.clone())),
+                &Value::Float(f64::NEG_INFINITY),
+                &good,
+                db
+            ));
+        }
     }
 
     #[test]

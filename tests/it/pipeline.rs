@@ -657,3 +657,87 @@ devices:
     );
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A meter's f32 reading "not available" (NaN) through a real Modbus device (pymodbus): with a deadband, the
+/// changes NaN -> 25.0 -> NaN -> 35.0 are all published (a NaN compared unequal to everything, so no
+/// difference to it passed the deadband and a point that started on NaN stayed there), and a NaN is a bad
+/// reading that says why (it was `"value":null` marked good).
+#[tokio::test]
+async fn nan_readings_are_bad_and_changes_to_and_from_them_pass_the_deadband() {
+    let py = crate::util::peers::require_python_module("pymodbus", "pymodbus==3.16.1");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/modbus/tests/peers/modbus_peer.py");
+    // Holding registers 0..1: f32 NaN (0x7FC0 0x0000).
+    let image = r#"{"1": {"hr": {"0": [32704, 0, 0, 0]}}}"#;
+    let mut peer = crate::util::peers::Peer::spawn(
+        tokio::process::Command::new(py)
+            .arg(script)
+            .args(["--image", image, "--tcp", "0"]),
+    );
+    let ready = peer.line_where(|l| l.starts_with("READY ")).await;
+    let port = ready.trim_start_matches("READY ").trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // `hi` is the float's high word, writable: the test changes the float through it.
+    let yaml = format!(
+        "{HEADER}
+devices:
+  - name: meter
+    protocol: modbus
+    poll_interval: 20ms
+    connection: {{tcp: \"127.0.0.1:{port}\"}}
+    points:
+      - {{name: flow, address: 40001, type: f32, deadband: 0.5, publish: on_change}}
+      - {{name: hi, address: 40001, type: u16, writable: true, publish: on_change}}
+"
+    );
+    let app = start_app(dir.path(), &yaml, Registry::default()).await;
+    let mut c = Client::connect(app.listener_addrs()[0], Protocol::V311, "watch", true).await;
+    c.subscribe(vec![
+        sub("gw/meter/flow", QoS::AtMostOnce),
+        sub("gw/meter/hi/set/result", QoS::AtMostOnce),
+    ])
+    .await;
+    let first = loop {
+        let m = c.recv_publish().await;
+        if &*m.topic == "gw/meter/flow" {
+            break json(&m.payload);
+        }
+    };
+    assert_eq!(first["value"], serde_json::Value::Null, "{first}");
+    assert_eq!(first["quality"], "bad", "{first}");
+    assert!(first["reason"].as_str().unwrap().contains("NaN"), "{first}");
+    // 0x41C8 0x0000 = 25.0, 0x7FC0 = NaN again, 0x420C 0x0000 = 35.0.
+    for (hi, want) in [
+        (0x41C8, serde_json::json!(25.0)),
+        (0x7FC0, serde_json::Value::Null),
+        (0x420C, serde_json::json!(35.0)),
+    ] {
+        c.send(fieldbridge::mqtt::Packet::Publish(publish(
+            "gw/meter/hi/set",
+            &hi.to_string(),
+            QoS::AtMostOnce,
+            0,
+        )))
+        .await;
+        let got = loop {
+            let m = c.recv_publish().await;
+            if &*m.topic == "gw/meter/flow" {
+                break json(&m.payload);
+            }
+            assert_eq!(
+                json(&m.payload)["ok"],
+                true,
+                "write failed: {:?}",
+                m.payload
+            );
+        };
+        assert_eq!(
+            got["value"].as_f64(),
+            want.as_f64(),
+            "after writing {hi:#x}: {got}"
+        );
+        let quality = if want.is_null() { "bad" } else { "good" };
+        assert_eq!(got["quality"], quality, "{got}");
+    }
+    app.shutdown(Duration::from_secs(5)).await;
+}
