@@ -683,7 +683,9 @@ impl Pipeline {
             return Err(CommandError::ReadOnly(point.to_string()));
         }
         let value = parse_command_value(&msg.payload)?;
+        refuse_non_finite(&value)?;
         let raw = unscale_value(&value, rules);
+        refuse_non_finite(&raw)?;
         let (tx, rx) = oneshot::channel();
         let cmd = Command {
             point: rules.name.clone(),
@@ -746,6 +748,23 @@ impl Pipeline {
             link.publish(resp).await;
         }
     }
+}
+
+/// NaN, the infinities and numbers beyond `f64` (`1e400`, as text) are never written to a device: adapters
+/// would encode them as the bit patterns of NaN/infinity (a meter's "not available") or print `NaN` to a
+/// serial line, and report success.
+fn refuse_non_finite(v: &Value) -> Result<(), CommandError> {
+    let bad = match v {
+        Value::Float(f) => !f.is_finite(),
+        Value::String(s) => s.trim().parse::<f64>().is_ok_and(|f| !f.is_finite()),
+        _ => false,
+    };
+    if bad {
+        return Err(CommandError::InvalidValue(format!(
+            "{v} is not a finite number"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a write request: JSON `{"value": x}`, a JSON scalar, or bare text (`21.5`, `true`, `on`).
@@ -1058,6 +1077,14 @@ mod tests {
             Value::String("abc".into())
         );
         assert!(parse_command_value(b"").is_err());
+        for bad in ["NaN", "nan", "inf", "-Infinity", "1e400", "-1e309"] {
+            let v = parse_command_value(bad.as_bytes()).unwrap();
+            let e = refuse_non_finite(&v).unwrap_err().to_string();
+            assert!(e.contains("not a finite number"), "{bad}: {e}");
+        }
+        for fine in ["21.5", "-3", "1e300", "abc", "on"] {
+            refuse_non_finite(&parse_command_value(fine.as_bytes()).unwrap()).unwrap();
+        }
         assert!(parse_command_value(b"{\"v\":1}").is_err());
     }
 }

@@ -229,6 +229,9 @@ devices:
         ("gw/boiler/nope/set", "3", "unknown point"),
         ("gw/boiler/setpoint/set", "5000", "invalid value"),
         ("gw/boiler/setpoint/set", "{\"v\":1}", "invalid value"),
+        ("gw/boiler/setpoint/set", "NaN", "not a finite number"),
+        ("gw/boiler/setpoint/set", "-inf", "not a finite number"),
+        ("gw/boiler/setpoint/set", "1e400", "not a finite number"),
     ] {
         c.publish(publish(topic, payload, QoS::AtLeastOnce, 0))
             .await;

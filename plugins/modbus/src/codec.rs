@@ -363,7 +363,9 @@ impl Format {
             DataType::I64 => self.regs_from_be(&to_int::<i64>(value, "i64")?.to_be_bytes()),
             DataType::F32 => {
                 let f = to_float(value)?;
-                if f.is_finite() && f.abs() > f64::from(f32::MAX) {
+                // Rounds to the nearest f32: `3.4028235e38` (f32::MAX as usually printed) is a little above
+                // f32::MAX as an f64 and still fits; only what would round to infinity is out of range.
+                if f.is_finite() && (f as f32).is_infinite() {
                     return Err(CodecError::InvalidValue(format!(
                         "{f} is out of range for f32"
                     )));
@@ -846,6 +848,13 @@ mod tests {
         assert!(Format::new(DataType::U64)
             .encode(&Value::UInt(u64::MAX))
             .is_ok());
+        // f32::MAX as it is usually printed (a little above it as an f64) rounds to f32::MAX; twice that does not.
+        let f32f = Format::new(DataType::F32);
+        assert_eq!(
+            f32f.encode(&Value::String("3.4028235e38".into())).unwrap(),
+            Encoded::Registers(vec![0x7F7F, 0xFFFF])
+        );
+        assert!(f32f.encode(&Value::Float(6.8e38)).is_err());
         assert!(Format::new(DataType::U64).encode(&Value::Int(-1)).is_err());
         // Fractions are refused, float noise from inverse scaling is not.
         assert!(u16f.encode(&Value::Float(21.5)).is_err());

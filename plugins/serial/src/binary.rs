@@ -329,6 +329,9 @@ pub fn encode(ty: BinType, order: Order, value: &Value) -> Result<Vec<u8>, Encod
                 v => v.as_f64().ok_or_else(err)?,
             };
             if ty == BinType::F32 {
+                if f.is_finite() && (f as f32).is_infinite() {
+                    return Err(err());
+                }
                 (f as f32).to_be_bytes().to_vec()
             } else {
                 f.to_be_bytes().to_vec()
@@ -450,6 +453,17 @@ mod tests {
         assert_eq!(
             encode(BinType::I16, Order::Abcd, &Value::String("-2".into())).unwrap(),
             vec![0xFF, 0xFE]
+        );
+        // Beyond f32 (it used to become infinity); f32::MAX as printed still fits.
+        assert!(encode(BinType::F32, Order::Abcd, &Value::Float(6.8e38)).is_err());
+        assert_eq!(
+            encode(
+                BinType::F32,
+                Order::Abcd,
+                &Value::String("3.4028235e38".into())
+            )
+            .unwrap(),
+            vec![0x7F, 0x7F, 0xFF, 0xFF]
         );
     }
 }
