@@ -98,11 +98,44 @@ fn command_error(e: TransportError) -> CommandError {
     }
 }
 
+/// What a device must answer to a write: FC5/FC6 echo the address and the value, FC15/FC16 the address and
+/// the quantity. Anything else means the device wrote elsewhere, or its answers are out of step.
+fn expected_echo(req: &Request<'_>) -> Option<Response> {
+    Some(match req {
+        Request::WriteSingleCoil(a, on) => Response::WriteSingleCoil(*a, *on),
+        Request::WriteSingleRegister(a, w) => Response::WriteSingleRegister(*a, *w),
+        Request::WriteMultipleCoils(a, c) => Response::WriteMultipleCoils(*a, c.len() as u16),
+        Request::WriteMultipleRegisters(a, w) => {
+            Response::WriteMultipleRegisters(*a, w.len() as u16)
+        }
+        _ => return None,
+    })
+}
+
 async fn send(t: Target<'_>, req: Request<'_>) -> Result<(), CommandError> {
+    let want = expected_echo(&req);
     match t.line.call(t.unit, req, t.timeout, t.delay).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(got)) => match want {
+            Some(want) if got != want => Err(CommandError::Device(format!(
+                "the device's answer does not echo the write: sent {}, answer {}",
+                echo_text(&want),
+                echo_text(&got)
+            ))),
+            _ => Ok(()),
+        },
         Ok(Err(exc)) => Err(CommandError::Device(exception_name(exc))),
         Err(e) => Err(command_error(e)),
+    }
+}
+
+/// A write's echo as an operator reads it (register numbers are 0-based protocol offsets).
+fn echo_text(r: &Response) -> String {
+    match r {
+        Response::WriteSingleCoil(a, on) => format!("coil offset {a} = {}", u8::from(*on)),
+        Response::WriteSingleRegister(a, w) => format!("register offset {a} = 0x{w:04X}"),
+        Response::WriteMultipleCoils(a, n) => format!("{n} coil(s) from offset {a}"),
+        Response::WriteMultipleRegisters(a, n) => format!("{n} register(s) from offset {a}"),
+        other => format!("{other:?}"),
     }
 }
 

@@ -97,3 +97,88 @@ async fn a_server_restarted_mid_run_comes_back() {
     wait_online(&mut h).await;
     h.stop(Duration::from_secs(10)).await.expect("clean stop");
 }
+
+/// A Modbus TCP device that answers reads with zeros and echoes writes at `shift` past the address written
+/// (a device that wrote somewhere else, or answers out of step); `close_after` closes the connection after
+/// each answer (devices that allow one request per connection).
+async fn scripted_device(shift: u16, close_after: bool) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut head = [0u8; 7];
+                    if s.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = u16::from_be_bytes([head[4], head[5]]) as usize;
+                    let mut pdu = vec![0u8; len.saturating_sub(1)];
+                    if s.read_exact(&mut pdu).await.is_err() {
+                        return;
+                    }
+                    let fc = pdu[0];
+                    let addr = u16::from_be_bytes([pdu[1], pdu[2]]);
+                    let arg = u16::from_be_bytes([pdu[3], pdu[4]]);
+                    let answer: Vec<u8> = match fc {
+                        3 | 4 => {
+                            let mut a = vec![fc, (arg * 2) as u8];
+                            a.extend(std::iter::repeat_n(0u8, arg as usize * 2));
+                            a
+                        }
+                        5 | 6 | 15 | 16 => {
+                            let mut a = vec![fc];
+                            a.extend((addr + shift).to_be_bytes());
+                            a.extend(arg.to_be_bytes());
+                            a
+                        }
+                        _ => vec![fc | 0x80, 1],
+                    };
+                    let mut out = head[..4].to_vec();
+                    out.extend(((answer.len() + 1) as u16).to_be_bytes());
+                    out.push(head[6]);
+                    out.extend(answer);
+                    if s.write_all(&out).await.is_err() || close_after {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_write_whose_echo_names_another_register_fails() {
+    let (addr, device) = scripted_device(0x100, false).await;
+    let yaml = format!(
+        r#"
+name: plc
+protocol: modbus
+poll_interval: 300ms
+connection:
+  tcp: "{addr}"
+points:
+  - {{name: single, address: 40001, writable: true}}
+  - {{name: wide, address: 40002, type: u32, writable: true}}
+  - {{name: coil, address: 1, writable: true}}
+"#
+    );
+    let factory = crate::util::factory();
+    let mut h = start(&factory, &yaml);
+    first_readings(&mut h, &["single"]).await;
+    for (point, value) in [
+        ("single", Value::UInt(5)),
+        ("wide", Value::UInt(70_000)),
+        ("coil", Value::Bool(true)),
+    ] {
+        let e = h
+            .write(point, value)
+            .await
+            .expect_err("a wrong echo must fail the write")
+            .to_string();
+        assert!(e.contains("does not echo the write"), "{point}: {e}");
+    }
+    device.abort();
+}
