@@ -748,6 +748,14 @@ impl Machine {
             if !up.retain_ok {
                 p.retain = false;
             }
+            if !mqtt::valid_topic_name(&p.topic) {
+                // Logged by an older version, or a rule's template made it so: an upstream refuses it as
+                // malformed and drops the connection, every time (the backlog would never move again).
+                tracing::warn!(bridge = %self.name, seq = item.seq, topic = %p.topic.escape_debug(), "bridge {}: a message's topic contains a control character or a Unicode non-character, which an upstream refuses as malformed; skipped", self.name);
+                self.skipped += 1;
+                self.window.consumed(item.seq);
+                continue;
+            }
             if up.max_packet < usize::MAX
                 && mqtt::publish_encoded_len(p, up.protocol) > up.max_packet
             {

@@ -17,8 +17,9 @@ pub(crate) fn decode(
     let qos = QoS::from_u8((flags >> 1) & 0b11)
         .ok_or_else(|| DecodeError::malformed("PUBLISH with QoS 3"))?;
     let topic = r.str_with("topic name", |s| {
-        // Wildcards make the name unusable; U+0000 was already refused as malformed.
-        if s.bytes().any(|b| b == b'+' || b == b'#') {
+        // Wildcards make the name unusable, and so do control characters: an upstream mosquitto disconnects a
+        // bridge that forwards one (U+0000 was already refused as malformed).
+        if s.bytes().any(|b| b == b'+' || b == b'#') || super::topic::has_forbidden_char(s) {
             None
         } else {
             Some(std::sync::Arc::<str>::from(s))
@@ -27,7 +28,7 @@ pub(crate) fn decode(
     let Some(topic) = topic else {
         return Err(DecodeError::new(
             reason::TOPIC_NAME_INVALID,
-            "PUBLISH topic name contains a wildcard",
+            "PUBLISH topic name contains a wildcard, a control character or a Unicode non-character",
         ));
     };
     let packet_id = if qos == QoS::AtMostOnce {

@@ -1496,7 +1496,9 @@ mod properties_based {
     fn arb_topic() -> impl Strategy<Value = String> {
         vec(
             prop_oneof![Just('/'), Just('a'), Just('$'), Just('é'), any::<char>()]
-                .prop_filter("topic char", |c| !matches!(c, '\0' | '+' | '#')),
+                .prop_filter("topic char", |c| {
+                    !matches!(c, '+' | '#') && !crate::mqtt::topic::forbidden_char(*c)
+                }),
             1..10,
         )
         .prop_map(|v| v.into_iter().collect())

@@ -7,12 +7,37 @@
 /// Longest topic a two-byte length prefix can carry.
 const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 
-/// Whether `s` may be published to: non-empty, at most 65535 bytes, no `+`, `#` or U+0000.
+/// Whether `s` may be published to: non-empty, at most 65535 bytes, no `+`, `#`, U+0000 or other
+/// [`forbidden_char`].
 ///
 /// An empty topic is legal on the wire only in an MQTT 5 PUBLISH that carries a topic alias; the decoder handles
 /// that case itself, so this function answers for the resolved topic.
 pub fn valid_topic_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_TOPIC_LEN && !s.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+    !s.is_empty()
+        && s.len() <= MAX_TOPIC_LEN
+        && !s.bytes().any(|b| matches!(b, b'+' | b'#'))
+        && !has_forbidden_char(s)
+}
+
+/// Characters the MQTT spec says a topic SHOULD NOT contain and a receiver MAY treat as malformed (1.5.4):
+/// U+0000..U+001F, U+007F..U+009F and the Unicode non-characters. mosquitto refuses a PUBLISH or SUBSCRIBE
+/// with any of them as malformed and disconnects: a message accepted here with such a topic could never be
+/// forwarded to it, so the broker refuses them too.
+pub fn forbidden_char(c: char) -> bool {
+    let u = c as u32;
+    u <= 0x1F
+        || (0x7F..=0x9F).contains(&u)
+        || (0xFDD0..=0xFDEF).contains(&u)
+        || u & 0xFFFE == 0xFFFE
+}
+
+/// Whether `s` holds a [`forbidden_char`] (ASCII is checked byte by byte: the common case).
+pub fn has_forbidden_char(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b <= 0x1F || b == 0x7F)
+    } else {
+        s.chars().any(forbidden_char)
+    }
 }
 
 /// Why a topic filter is not valid. The texts are what `fieldbridge check` prints after the filter's position.
@@ -27,6 +52,9 @@ pub enum FilterError {
     /// U+0000 somewhere.
     #[error("a topic filter cannot contain a NUL character")]
     Nul,
+    /// A control character or a Unicode non-character (see [`forbidden_char`]).
+    #[error("a topic filter cannot contain control characters (U+0001..U+001F, U+007F..U+009F) or Unicode non-characters")]
+    Control,
     /// `+` next to other characters in one level.
     #[error("invalid topic filter `{filter}`: `+` must be a whole level (like `a/+/b`), found `{level}`")]
     Plus {
@@ -76,6 +104,9 @@ pub fn check_topic_filter(s: &str) -> Result<(), FilterError> {
     }
     if s.as_bytes().contains(&0) {
         return Err(FilterError::Nul);
+    }
+    if has_forbidden_char(s) {
+        return Err(FilterError::Control);
     }
     match s.strip_prefix("$share/") {
         Some(rest) => match rest.split_once('/') {
@@ -159,11 +190,33 @@ mod tests {
             "$SYS/x",
             " ",
             "sport/tennis/player1",
-            "\u{1}",
+            "caf\u{e9}/\u{20ac}/\u{1F600}",
+            "\u{A0}",
+            "\u{FFFD}",
         ] {
             assert!(valid_topic_name(ok), "{ok:?}");
         }
-        for bad in ["", "a/+", "#", "a/#", "a+b", "a\0b"] {
+        // What mosquitto refuses as malformed (so could never be forwarded to it): control characters, C1
+        // controls and non-characters.
+        for bad in [
+            "",
+            "a/+",
+            "#",
+            "a/#",
+            "a+b",
+            "a\0b",
+            "\u{1}",
+            "a\nb",
+            "a\tb",
+            "a\u{7F}",
+            "a\u{85}",
+            "a\u{9F}",
+            "\u{FDD0}",
+            "\u{FFFE}",
+            "\u{FFFF}",
+            "\u{1FFFF}",
+            "\u{10FFFE}",
+        ] {
             assert!(!valid_topic_name(bad), "{bad:?}");
         }
         assert!(valid_topic_name(&"a".repeat(65535)));

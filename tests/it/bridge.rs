@@ -819,3 +819,35 @@ async fn websocket_upstream() {
         .await;
     check_stream(&sub.got, 1000, 2);
 }
+
+/// A row whose topic mosquitto refuses as malformed (a control character; logged before the broker refused
+/// such topics) is skipped and counted; the rows behind it go up (mosquitto disconnected the bridge each time
+/// it was sent, so the backlog never moved again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_upstream_would_refuse_as_malformed_is_skipped_not_retried_forever() {
+    let up = Upstream::start(UpstreamOpts::default()).await;
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut cfg = bridge_cfg("cloud", up.port);
+        cfg.protocol = protocol;
+        cfg.client_id = format!("gw-poison-{protocol:?}");
+        let mut sub = up.subscribe(&["up/#"]).await;
+        let gw = Gw::start(&[cfg]);
+        let head = gw
+            .append_with(0, 10, |i| match i {
+                3 => ("gw/x\ny/v".to_string(), 1),
+                7 => ("gw/\u{85}/v".to_string(), 1),
+                _ => (format!("gw/d{}/v", i % 2), 1),
+            })
+            .await;
+        let st = gw.delivered("cloud", head).await;
+        assert_eq!(st.skipped, 2, "{st:#?}");
+        assert_eq!(
+            st.connects, 1,
+            "the upstream never dropped the bridge: {st:#?}"
+        );
+        sub.until("8 messages", LONG, |s| s.got.len() >= 8).await;
+        let got: Vec<&str> = sub.got.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(got, ["0", "1", "2", "4", "5", "6", "8", "9"]);
+        gw.bridges.shutdown(Duration::from_secs(2)).await;
+    }
+}

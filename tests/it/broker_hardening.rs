@@ -146,6 +146,26 @@ async fn deep_and_long_topics_are_refused_and_the_broker_lives_on(p: Profile) {
         "3.1.1 failure code; 128 levels fit"
     );
     canary(&tb, "after-long").await;
+
+    // Control characters and non-characters in a topic, which mosquitto refuses as malformed (a bridge that
+    // forwarded such a message was disconnected by it again and again): the PUBLISH ends the connection with
+    // 0x90, the filter is refused per filter, the connection and the broker carry on.
+    for topic in ["gw/x\ny/v", "gw/\u{7f}", "gw/\u{85}", "gw/\u{FFFF}"] {
+        let mut p = Client::connect(tb.addr, V5, "ctl", true).await;
+        p.send(Packet::Publish(publish(topic, "p", QoS::AtLeastOnce, 1)))
+            .await;
+        let d = p.closed().await.expect("DISCONNECT before close");
+        assert_eq!(d.reason_code, 0x90, "{topic:?}");
+    }
+    let mut s = Client::connect(tb.addr, V5, "ctl-sub", true).await;
+    let ack = s
+        .subscribe(vec![
+            sub("gw/\t/#", QoS::AtMostOnce),
+            sub("gw/ok/#", QoS::AtMostOnce),
+        ])
+        .await;
+    assert_eq!(ack.reason_codes, vec![0x8F, 0]);
+    canary(&tb, "after-control-characters").await;
 }
 
 async fn a_subscriber_that_never_acknowledges_cannot_freeze_publishers(p: Profile) {
