@@ -3,7 +3,7 @@
 //! than one page. A progress bar goes to stderr when stderr is a terminal, and nowhere otherwise.
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::query::{csv_line, json_row, Answer, Failed, Source, CSV_HEADER};
@@ -55,6 +55,42 @@ pub struct ExportArgs {
     pub db: Option<PathBuf>,
 }
 
+/// Why writing the export to `out` would destroy a log, if it would: `out` is the `--db` file or one of its
+/// companions (`-wal`, `-shm`, `-journal`), or an existing SQLite database or WAL (the daemon's log, when the
+/// export reads through the API and does not know the file's name).
+fn clobbers_a_log(out: &Path, db: Option<&Path>) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(out).ok()?;
+    if !meta.is_file() {
+        return None; // a FIFO, /dev/stdout, a terminal: nothing is overwritten
+    }
+    if let Some(db) = db {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            if let Ok(m) = std::fs::metadata(&name) {
+                if m.dev() == meta.dev() && m.ino() == meta.ino() {
+                    return Some(if suffix.is_empty() {
+                        "it is the log being exported (--db)".into()
+                    } else {
+                        format!("it is the log's {suffix} file")
+                    });
+                }
+            }
+        }
+    }
+    let mut head = [0u8; 16];
+    let n = std::io::Read::read(&mut File::open(out).ok()?, &mut head).ok()?;
+    if head[..n].starts_with(b"SQLite format 3\0") {
+        return Some("it is an SQLite database (a log?)".into());
+    }
+    // A WAL file starts with the magic number 0x377f0682 or 0x377f0683.
+    if n >= 4 && head[..3] == [0x37, 0x7f, 0x06] && matches!(head[3], 0x82 | 0x83) {
+        return Some("it is an SQLite write-ahead log".into());
+    }
+    None
+}
+
 /// Runs `fieldbridge export`; returns the exit code.
 pub async fn export<O: Write, E: Write>(args: &ExportArgs, con: &mut Console<O, E>) -> u8 {
     let now = SystemTime::now();
@@ -86,6 +122,15 @@ pub async fn export<O: Write, E: Write>(args: &ExportArgs, con: &mut Console<O, 
         Ok(s) => s,
         Err(Failed(code)) => return code,
     };
+    if let Some(out) = &args.output {
+        if let Some(why) = clobbers_a_log(out, args.db.as_deref()) {
+            con.eprintln(&format!(
+                "fieldbridge: refusing to write the export to {}: {why}; choose another --output file",
+                out.display()
+            ));
+            return EXIT_USAGE;
+        }
+    }
     let mut sink: Box<dyn Write> = match &args.output {
         Some(p) => match File::create(p) {
             Ok(f) => Box::new(BufWriter::new(f)),

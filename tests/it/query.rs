@@ -576,6 +576,32 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
         "no progress bar off a terminal"
     );
 
+    // `-o` naming the log itself, or another SQLite file (the daemon's log while exporting through the API),
+    // is refused before anything is written: it used to truncate the log and write the export into it.
+    let other_db = dir.path().join("other.db");
+    std::fs::copy(&copy, &other_db).unwrap();
+    for (out, why) in [
+        (copy.clone(), "it is the log being exported"),
+        (other_db.clone(), "it is an SQLite database"),
+    ] {
+        let clobber = ExportArgs {
+            output: Some(out.clone()),
+            ..csv.clone()
+        };
+        let mut con = console();
+        assert_eq!(
+            cli::export(&clobber, &mut con).await,
+            2,
+            "{}",
+            text(&con.err)
+        );
+        assert!(text(&con.err).contains(why), "{}", text(&con.err));
+    }
+    assert!(
+        std::fs::read(&other_db).unwrap() == before,
+        "other.db was written to"
+    );
+
     // Read-only: the copy was not written to.
     assert!(
         std::fs::read(&copy).unwrap() == before,
