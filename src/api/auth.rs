@@ -9,7 +9,7 @@
 //!   127.0.0.1): the browser then sends that name in `Host`. Only the loopback names (`localhost`,
 //!   `127.0.0.1`, `[::1]`), the listen address and `api.hosts` are accepted; anything else is 403 before any
 //!   handler runs, for reads too (a rebinding page could otherwise read the history).
-//! - **Failed attempts.** More than [`MAX_FAILURES`] wrong or missing tokens from one address within
+//! - **Failed attempts.** More than [`MAX_FAILURES`] wrong tokens from one address within
 //!   [`FAILURE_WINDOW`] lock that address out (429, token or not) until the window ends. The table of
 //!   addresses is bounded ([`MAX_TRACKED`]); when it is full, unknown addresses share one entry.
 use std::collections::HashMap;
@@ -297,8 +297,13 @@ pub async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
         );
     }
     if !guard.token_ok(req.headers()) {
-        guard.failed(ip, now);
-        let why = if req.headers().contains_key(header::AUTHORIZATION) {
+        // Only a wrong token is a guess. A request without one (a scraper, a dashboard tab before the token
+        // is pasted) is refused but not counted: it must not lock the token's holder out.
+        let guessed = req.headers().contains_key(header::AUTHORIZATION);
+        if guessed {
+            guard.failed(ip, now);
+        }
+        let why = if guessed {
             "wrong API token"
         } else {
             "this request needs the API token: `Authorization: Bearer <token>` (the token is in the state \
