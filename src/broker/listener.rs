@@ -197,6 +197,12 @@ impl Drop for Slot {
 }
 
 /// TLS and WebSocket connections: the handshake, then the same connection loop as TCP.
+/// The largest WebSocket message a client may send: one packet of `max_packet_size`, plus room for a few
+/// small packets a client may put in the same message (a PUBACK or two, a PINGREQ).
+fn ws_max(b: &Broker) -> usize {
+    b.config().max_packet_size as usize + 4096
+}
+
 async fn serve_wrapped(
     b: Broker,
     stream: TcpStream,
@@ -215,7 +221,7 @@ async fn serve_wrapped(
             connection::serve(b, s, peer, over_limit, anonymous).await;
         }
         Accept::Ws(path) => {
-            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(stream, &path))
+            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(stream, &path, ws_max(&b)))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -226,7 +232,7 @@ async fn serve_wrapped(
                 .await
                 .map_err(|_| "TLS handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(s, &path))
+            let s = timeout(HANDSHAKE_TIMEOUT, net::ws_accept(s, &path, ws_max(&b)))
                 .await
                 .map_err(|_| "WebSocket handshake timed out".to_string())?
                 .map_err(|e| e.to_string())?;

@@ -112,10 +112,14 @@ pub fn tls_acceptor(cfg: &TlsServerConfig) -> Result<TlsAcceptor, TransportError
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Performs the WebSocket handshake: checks the path and agrees on the `mqtt` subprotocol.
+/// Performs the WebSocket handshake: checks the path and agrees on the `mqtt` subprotocol. A WebSocket
+/// message (all its frames together) or a single frame above `max_message` bytes ends the connection before it
+/// is buffered: tungstenite's default (64 MiB, reassembled from continuation frames) let one connection that
+/// never sent CONNECT hold that much whatever the broker's `max_packet_size`.
 pub async fn ws_accept<S>(
     stream: S,
     path: &str,
+    max_message: usize,
 ) -> Result<WsIo<S>, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -143,7 +147,11 @@ where
         }
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     Ok(WsIo::new(ws))
 }
 
@@ -186,7 +194,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
                 Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
                 Some(Ok(WsMessage::Binary(data))) => self.pending = data,
                 Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(())),
-                // Pings are answered by tungstenite itself; text frames are not MQTT (MQTT-6.0.0-1): ignore.
+                // MQTT travels in binary frames only: "if any other type of data frame is received the
+                // recipient MUST close the Network Connection" (MQTT-6.0.0-1).
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "a WebSocket text frame: MQTT is carried in binary frames only",
+                    )))
+                }
+                // Pings are answered by tungstenite itself.
                 Some(Ok(_)) => {}
             }
         }
