@@ -924,7 +924,11 @@ impl<S: Io> Conn<S> {
             }
         }
         self.acl.refresh(&cfg, || self.session.who());
-        if !self.acl.may_publish(&topic) {
+        // `$SYS/…` is the broker's own (MQTT 5 §4.7.2 reserves `$` topics for the server): a client could
+        // otherwise retain a fake `$SYS/broker/version` or statistics. Refused like an ACL denial (mosquitto
+        // drops such publishes too).
+        let reserved = topic.as_ref() == "$SYS" || topic.starts_with("$SYS/");
+        if reserved || !self.acl.may_publish(&topic) {
             Metrics::inc(&self.broker.inner.metrics.denied_publishes);
             let refusal = HookRefusal {
                 reason_code: reason::NOT_AUTHORIZED,

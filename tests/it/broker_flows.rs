@@ -682,14 +682,31 @@ async fn in_process_link_both_ways_and_sys_topics() {
     let got = within("link receives", link.recv()).await;
     assert_eq!(&*got.msg.topic, "cmd/set");
     assert_eq!(&got.msg.payload[..], b"on");
+    // A client cannot publish (or retain) under `$SYS`: refused like an ACL denial, never delivered.
+    let mut faker = Client::connect(tb.addr, V5, "faker", true).await;
+    let mut fake = publish("$SYS/broker/version", "spoofed 6.6.6", QoS::AtLeastOnce, 0);
+    fake.retain = true;
+    assert_eq!(faker.publish(fake).await, 0x87);
     tb.broker.publish_sys().await;
     let v = c.recv_publish().await;
-    assert!(String::from_utf8_lossy(&v.payload).starts_with("fieldbridge "));
+    assert!(
+        String::from_utf8_lossy(&v.payload).starts_with("fieldbridge "),
+        "{v:?}"
+    );
     drop(link);
     assert_eq!(
         tb.broker.stats().subscriptions,
         2,
         "link's subscription removed with it"
+    );
+    // What a later subscriber finds retained is the broker's own version, not the fake.
+    let mut late = Client::connect(tb.addr, V3, "late", true).await;
+    late.subscribe(vec![sub("$SYS/broker/version", QoS::AtMostOnce)])
+        .await;
+    let r = late.recv_publish().await;
+    assert!(
+        r.retain && String::from_utf8_lossy(&r.payload).starts_with("fieldbridge "),
+        "{r:?}"
     );
     let _ = Arc::new(());
 }
