@@ -68,7 +68,9 @@ struct Blocked {
     session: Arc<Session>,
     out: Outbound,
     space: Pin<Box<OwnedNotified>>,
-    /// When the subscriber is disconnected for making no room (`max_publish_wait`).
+    /// When the subscriber is disconnected for making no room: `max_publish_wait` after the message first had
+    /// to wait, for all its subscribers together (a wait per stuck subscriber, one after another, held the
+    /// publisher 16 s behind 16 of them).
     deadline: tokio::time::Instant,
     rest: std::vec::IntoIter<Target>,
     ack: Option<AckPlan>,
@@ -992,15 +994,17 @@ impl<S: Io> Conn<S> {
             self.retained_refusal_logged = true;
             tracing::warn!(client_id = %self.session.client_id, topic = %msg.topic, "retained message not stored: max_retained_messages or max_retained_bytes reached (logged once per client)");
         }
-        self.deliver_all(msg, targets.into_iter(), ack);
+        self.deliver_all(msg, targets.into_iter(), ack, None);
     }
 
-    /// Delivers to each target until one is full; then parks the rest in `blocked`.
+    /// Delivers to each target until one is full; then parks the rest in `blocked`, until `deadline` (set when
+    /// the message first waits; a subscriber still full after it is disconnected at once).
     fn deliver_all(
         &mut self,
         msg: Arc<Message>,
         mut rest: std::vec::IntoIter<Target>,
         ack: Option<AckPlan>,
+        deadline: Option<tokio::time::Instant>,
     ) {
         while let Some(target) = rest.next() {
             let (session, out) = outbound_for(target, &msg);
@@ -1017,7 +1021,9 @@ impl<S: Io> Conn<S> {
                     session,
                     out,
                     space,
-                    deadline: tokio::time::Instant::now() + self.cfg.limits.max_publish_wait,
+                    deadline: deadline.unwrap_or_else(|| {
+                        tokio::time::Instant::now() + self.cfg.limits.max_publish_wait
+                    }),
                     rest,
                     ack,
                 }));
@@ -1046,12 +1052,12 @@ impl<S: Io> Conn<S> {
                 // An in-process consumer (no connection to close) that is stuck: drop, counted.
                 Metrics::inc(&self.broker.inner.metrics.dropped_queue_full);
                 b.session.state.lock().dropped += 1;
-                self.deliver_all(b.msg, b.rest, b.ack);
+                self.deliver_all(b.msg, b.rest, b.ack, Some(b.deadline));
             }
             Some(out) => {
                 self.blocked = Some(Box::new(Blocked { out, space, ..*b }));
             }
-            None => self.deliver_all(b.msg, b.rest, b.ack),
+            None => self.deliver_all(b.msg, b.rest, b.ack, Some(b.deadline)),
         }
     }
 

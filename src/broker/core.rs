@@ -436,9 +436,13 @@ impl Broker {
         {
             tracing::warn!(topic = %msg.topic, "retained message not stored: max_retained_messages or max_retained_bytes reached (logged once)");
         }
+        // One deadline for the message, set when it first has to wait: a subscriber still full after it is
+        // disconnected at once, so the link waits at most `max_publish_wait` in all (it waited that long per
+        // stuck subscriber, one after another: 16 s behind 16 of them, readings held up all that time).
+        let mut deadline = None;
         for target in targets {
             let (session, out) = outbound_for(target, &msg);
-            self.deliver(session, out).await;
+            self.deliver(session, out, &mut deadline).await;
         }
     }
 
@@ -474,11 +478,18 @@ impl Broker {
         }
     }
 
-    async fn deliver(&self, session: Arc<Session>, out: Outbound) {
+    async fn deliver(
+        &self,
+        session: Arc<Session>,
+        out: Outbound,
+        deadline: &mut Option<tokio::time::Instant>,
+    ) {
         let Some(mut out) = self.try_deliver(&session, out) else {
             return;
         };
-        let deadline = tokio::time::Instant::now() + self.config().limits.max_publish_wait;
+        let deadline = *deadline.get_or_insert_with(|| {
+            tokio::time::Instant::now() + self.config().limits.max_publish_wait
+        });
         loop {
             let space = session.space_waiter().notified_owned();
             tokio::pin!(space);
@@ -878,4 +889,46 @@ pub(crate) fn outbound_for(target: Target, msg: &Arc<Message>) -> (Arc<Session>,
         sub_ids: target.sub_ids,
     };
     (target.session, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mqtt::QoS;
+
+    /// A message waits for full subscribers `max_publish_wait` in all, not once per full subscriber: the
+    /// first wait sets the deadline, and the other stuck ones are given up at it (measured on tokio's virtual
+    /// clock: exact, and nobody waits). It used to take one wait each, one after another.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_waits_for_full_subscribers_once_not_once_each() {
+        let mut cfg = BrokerConfig {
+            max_queued_messages: 2,
+            ..BrokerConfig::default()
+        };
+        cfg.limits.max_publish_wait = Duration::from_secs(1);
+        let b = Broker::new(cfg);
+        let stuck: Vec<_> = (0..4)
+            .map(|i| {
+                let l = b.link(&format!("stuck{i}"));
+                l.subscribe("t/#", QoS::AtLeastOnce).unwrap();
+                l
+            })
+            .collect();
+        let publisher = b.link("pipeline");
+        let msg = || Message::new("t/x", "v", QoS::AtLeastOnce, false);
+        for _ in 0..2 {
+            publisher.publish(msg()).await;
+        }
+        let t0 = tokio::time::Instant::now();
+        publisher.publish(msg()).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            b.stats().dropped_queue_full,
+            4,
+            "one message per stuck consumer"
+        );
+        drop(stuck);
+    }
 }
