@@ -14,9 +14,18 @@
 //!
 //! A confirmable response or notification with an unknown token is answered with RST, which is how an
 //! observation we abandoned (a re-registration, a stopped device) is cancelled at the server (RFC 7641 §3.6).
-//! Retransmitted confirmable messages (same message id) are ACKed again but delivered once. Datagrams that do
-//! not decode are counted and dropped. The socket is connected, so the kernel drops datagrams from any other
+//! Retransmitted confirmable messages (same message id) are ACKed again but delivered once. An ACK or RST must
+//! echo the message id of our request (RFC 7252 §4.2, §5.3.2), and a piggybacked response must also carry that
+//! request's token: one that does not (an unknown message id, even with one of our tokens) is ignored silently
+//! and counted, and the exchange goes on waiting (retransmitting) for a matching answer. Datagrams that do not
+//! decode are counted and dropped. The socket is connected, so the kernel drops datagrams from any other
 //! address.
+//!
+//! # Datagram size
+//!
+//! Datagrams are received up to the UDP maximum ([`wire::MAX_UDP_PAYLOAD`]): a server may ignore Block2 and
+//! answer with the whole representation in one datagram. What bounds a representation is `max_body`, checked
+//! the same way for one datagram as for a block-wise transfer ([`ClientError::TooLarge`]).
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +53,8 @@ pub struct Transmission {
     pub separate_timeout: Duration,
     /// Preferred Block2 size (16 to 1024, a power of two), asked for in the first request.
     pub block_size: u16,
-    /// Largest representation accepted (block-wise transfers stop with an error past it).
+    /// Largest representation accepted, whether it comes in one datagram or block-wise (a transfer stops with
+    /// an error past it).
     pub max_body: usize,
 }
 
@@ -91,9 +101,20 @@ pub enum ClientError {
     /// Socket trouble.
     #[error("socket: {0}")]
     Io(String),
-    /// The representation exceeds `max_body`.
-    #[error("representation larger than {0} bytes (max_body)")]
-    TooLarge(usize),
+    /// The representation exceeds `max_body`: `size` bytes (of a block-wise transfer stopped early: at least
+    /// that many, `partial`) against the bound `max`.
+    #[error(
+        "representation of {}{size} bytes is larger than {max} bytes (max_body)",
+        if *.partial { "at least " } else { "" }
+    )]
+    TooLarge {
+        /// The representation's size in bytes; with `partial`, the bytes received when the transfer stopped.
+        size: usize,
+        /// Whether the transfer stopped before the end (the representation is larger still).
+        partial: bool,
+        /// `max_body`.
+        max: usize,
+    },
     /// The server broke the block-wise transfer.
     #[error("block-wise transfer: {0}")]
     Block(String),
@@ -171,6 +192,9 @@ pub struct ClientStats {
     pub resets_sent: AtomicU64,
     /// Messages dropped because the exchange's queue was full.
     pub dropped: AtomicU64,
+    /// ACKs and RSTs ignored: their message id is none we wait an answer for, or (a piggybacked response) their
+    /// token is not that of the request with their message id (RFC 7252 §4.2, §5.3.2).
+    pub ignored: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -408,9 +432,11 @@ impl Client {
     ) -> Result<Response, ClientError> {
         let mut resp = Response::from_packet(first);
         let max = self.inner.tx.max_body;
+        let too_large = |size: usize, partial: bool| ClientError::TooLarge { size, partial, max };
         let Some(b) = wire::block2(first).filter(|b| b.more) else {
+            // The whole representation in one datagram (a server that ignored our Block2, or a small one).
             if resp.payload.len() > max {
-                return Err(ClientError::TooLarge(max));
+                return Err(too_large(resp.payload.len(), false));
             }
             return Ok(resp);
         };
@@ -435,10 +461,10 @@ impl Client {
         }
         loop {
             if body.len() > max {
-                return Err(ClientError::TooLarge(max));
+                return Err(too_large(body.len(), true));
             }
             let size = 1usize << (szx + 4);
-            let num = u32::try_from(body.len() / size).map_err(|_| ClientError::TooLarge(max))?;
+            let num = u32::try_from(body.len() / size).map_err(|_| too_large(body.len(), true))?;
             let (p, _reg, _rx) = self
                 .exchange(self.block2_request(path, query, num, szx))
                 .await?;
@@ -476,7 +502,7 @@ impl Client {
             }
         }
         if body.len() > max {
-            return Err(ClientError::TooLarge(max));
+            return Err(too_large(body.len(), false));
         }
         resp.payload = body;
         Ok(resp)
@@ -593,7 +619,9 @@ async fn dispatch(
     stats: Arc<ClientStats>,
     stop: CancellationToken,
 ) {
-    let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
+    // Room for the largest UDP datagram, so that none is truncated: a response longer than MAX_DATAGRAM is
+    // legitimate (a server that ignores Block2), and max_body decides about its representation.
+    let mut buf = vec![0u8; wire::MAX_UDP_PAYLOAD];
     loop {
         let n = tokio::select! {
             () = stop.cancelled() => return,
@@ -603,7 +631,7 @@ async fn dispatch(
                 Err(_) => continue,
             },
         };
-        let p = match wire::decode(&buf[..n]) {
+        let p = match wire::decode_up_to(&buf[..n], wire::MAX_UDP_PAYLOAD) {
             Ok(p) => p,
             Err(_) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -621,14 +649,22 @@ async fn dispatch(
                         (_, MessageClass::Empty) => Event::Ack,
                         _ => Event::Message(p.clone()),
                     };
-                    let token = if matches!(event, Event::Message(_)) {
-                        Some(p.get_token().to_vec())
-                    } else {
-                        t.by_mid.get(&mid).cloned()
-                    };
-                    if let Some(tx) = token.and_then(|tok| t.by_token.get(&tok)) {
-                        if tx.try_send(event).is_err() {
-                            stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    // RFC 7252 §4.2, §5.3.2: an ACK or RST answers the message id of our confirmable request,
+                    // and a piggybacked response carries that request's token as well. Anything else (an
+                    // unknown message id, even with one of our tokens) is rejected by ignoring it silently: the
+                    // exchange keeps waiting and retransmitting.
+                    let token = t.by_mid.get(&mid).filter(|tok| match event {
+                        Event::Message(_) => tok.as_slice() == p.get_token(),
+                        Event::Ack | Event::Reset => true,
+                    });
+                    match token.and_then(|tok| t.by_token.get(tok)) {
+                        Some(tx) => {
+                            if tx.try_send(event).is_err() {
+                                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        None => {
+                            stats.ignored.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }

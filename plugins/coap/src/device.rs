@@ -150,7 +150,7 @@ impl PollDevice for CoapPollDevice {
             for r in requests {
                 let resp = match client.get(&r.path, r.query.as_deref()).await {
                     Ok(resp) => resp,
-                    Err(e @ ClientError::TooLarge(_)) => {
+                    Err(e @ ClientError::TooLarge { .. }) => {
                         // The device answered; this resource is just too big for our bound.
                         for &i in &r.points {
                             out.push((i, Err(DeviceException::new(e.to_string()))));

@@ -3,9 +3,16 @@
 //! ingest server and of the client starts with [`decode`], which is what the fuzz target drives.
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-/// Largest datagram accepted. RFC 7252 §4.6 keeps messages within an IP packet (1152 bytes of message is the
-/// advice); we accept up to this so that 1024-byte blocks with generous options fit, and drop anything longer.
+/// Largest datagram the ingest listener accepts (and the bound of [`decode`] and [`encode`]). RFC 7252 §4.6
+/// keeps messages within an IP packet (1152 bytes of message is the advice); we accept up to this so that
+/// 1024-byte blocks with generous options fit, and drop anything longer.
 pub const MAX_DATAGRAM: usize = 1500;
+
+/// Largest UDP payload: the 16-bit UDP length less its 8-byte header (IPv4 allows at most 65,507 of it, IPv6
+/// 65,527). The client receives and decodes responses up to this ([`decode_up_to`]): a server may answer a
+/// block-wise request with the whole representation in one datagram (RFC 7959 lets it ignore Block2), and
+/// it is the client's `max_body`, not [`MAX_DATAGRAM`], that bounds what it accepts.
+pub const MAX_UDP_PAYLOAD: usize = 65_527;
 
 /// Option numbers (RFC 7252 §5.10, RFC 7641, RFC 7959).
 pub mod opt {
@@ -46,7 +53,7 @@ pub mod opt {
 /// Why a datagram is not a CoAP message we accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// Longer than [`MAX_DATAGRAM`].
+    /// Longer than the bound ([`MAX_DATAGRAM`] for [`decode`]).
     #[error("datagram of {0} bytes is too long")]
     TooLong(usize),
     /// Not version 1.
@@ -60,9 +67,15 @@ pub enum WireError {
     EmptyWithContent,
 }
 
-/// Decodes one datagram. Every failure is an error, never a panic (fuzzed).
+/// Decodes one datagram of at most [`MAX_DATAGRAM`] bytes. Every failure is an error, never a panic (fuzzed).
 pub fn decode(buf: &[u8]) -> Result<Packet, WireError> {
-    if buf.len() > MAX_DATAGRAM {
+    decode_up_to(buf, MAX_DATAGRAM)
+}
+
+/// Decodes one datagram of at most `max` bytes, with the checks of [`decode`] (which is this with
+/// [`MAX_DATAGRAM`]).
+pub fn decode_up_to(buf: &[u8], max: usize) -> Result<Packet, WireError> {
+    if buf.len() > max {
         return Err(WireError::TooLong(buf.len()));
     }
     if let Some(first) = buf.first() {
@@ -308,6 +321,28 @@ mod tests {
         assert_eq!(uri_path(&back), "/a/b");
         assert_eq!(back.payload, b"21.5");
         assert_eq!(back.get_token(), &[1, 2]);
+    }
+
+    #[test]
+    fn decode_up_to_takes_its_own_bound() {
+        let mut resp = response_to(
+            &{
+                let mut r = request(RequestType::Get, "/big", None);
+                r.header.set_type(MessageType::Confirmable);
+                r
+            },
+            ResponseType::Content,
+            &[b'x'; 3000],
+        );
+        resp.header.message_id = 9;
+        let bytes = resp.to_bytes_unlimited().unwrap();
+        assert!(matches!(decode(&bytes), Err(WireError::TooLong(_))));
+        let back = decode_up_to(&bytes, MAX_UDP_PAYLOAD).unwrap();
+        assert_eq!(back.payload.len(), 3000);
+        assert!(matches!(
+            decode_up_to(&bytes, bytes.len() - 1),
+            Err(WireError::TooLong(n)) if n == bytes.len()
+        ));
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! GET polling, block-wise transfer, content formats, write-back, offline/online, discover.
+//! GET polling, block-wise transfer, content formats, write-back, offline/online, discover; servers that
+//! answer with the whole representation in one large datagram, or with ACKs of another message id.
+use std::collections::HashSet;
+
 use fieldbridge_coap::probe;
 use fieldbridge_coap::{CoapFactory, Transmission};
 use fieldbridge_sdk::{CommandError, DeviceStatus, Quality, Value};
@@ -120,7 +123,11 @@ async fn representations_over_max_body_are_refused() {
     );
     let r = h.wait_for(|r| &*r.point == "big", WAIT).await;
     match r.quality {
-        Quality::Bad(why) => assert!(why.contains("larger than 1024"), "{why}"),
+        Quality::Bad(why) => assert!(
+            why.starts_with("representation of at least ")
+                && why.ends_with(" bytes is larger than 1024 bytes (max_body)"),
+            "the bytes received when the transfer stopped, and the limit: {why}"
+        ),
         q => panic!(
             "a 3 KB representation passed a 1 KiB bound: {q:?} {:?}",
             r.value
@@ -177,5 +184,93 @@ async fn discover_lists_libcoap_resources() {
     assert!(
         matches!(&got, Err(probe::ProbeError::Refused(s)) if s.starts_with("4.04")),
         "{got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_datagram_larger_than_1500_bytes_is_read_up_to_max_body() {
+    // A server that ignores Block2 and answers every GET with 3 KB of JSON in one datagram.
+    let (addr, _seen) = scripted_server(|req| {
+        vec![piggybacked(
+            req,
+            req.header.message_id,
+            &json_of_len(3000),
+            Some(50),
+        )]
+    })
+    .await;
+    let f = CoapFactory::new();
+    let device = |name: &str, max_body: &str| {
+        format!(
+            "name: {name}\nprotocol: coap\npoll_interval: 200ms\nconnection:\n  uri: coap://{addr}\n  {FAST}\n  \
+             max_body: {max_body}\npoints:\n  - {{name: value, path: /big, format: json, pointer: /value}}\n"
+        )
+    };
+    let mut fits = start(&f, &device("d5", "16KiB"));
+    let mut over = start(&f, &device("d6", "1KiB"));
+    let r = fits.wait_for(|r| &*r.point == "value", WAIT).await;
+    assert_eq!((r.value, r.quality), (Value::Int(42), Quality::Good));
+    assert_eq!(fits.status(), DeviceStatus::Online);
+    let r = over.wait_for(|r| &*r.point == "value", WAIT).await;
+    match r.quality {
+        Quality::Bad(why) => assert_eq!(
+            why, "representation of 3000 bytes is larger than 1024 bytes (max_body)",
+            "names the size and the limit"
+        ),
+        q => panic!("3,000 bytes passed a 1 KiB bound: {q:?} {:?}", r.value),
+    }
+    // The device answered: online, as for a block-wise transfer over max_body.
+    assert_eq!(over.status(), DeviceStatus::Online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piggybacked_ack_with_another_message_id_is_not_published() {
+    // Each request's first transmission is answered with an ACK of the right token, another message id and
+    // the value 666; its retransmission with the correct ACK and 42.
+    let mut first = HashSet::new();
+    let (late, _) = scripted_server(move |req| {
+        let mid = req.header.message_id;
+        if first.insert(mid) {
+            vec![piggybacked(req, mid.wrapping_add(7), b"666", Some(0))]
+        } else {
+            vec![piggybacked(req, mid, b"42", Some(0))]
+        }
+    })
+    .await;
+    // Only ever ACKs with another message id.
+    let (never, _) = scripted_server(|req| {
+        vec![piggybacked(
+            req,
+            req.header.message_id.wrapping_add(7),
+            b"666",
+            Some(0),
+        )]
+    })
+    .await;
+    let f = CoapFactory::new();
+    let device = |name: &str, addr: std::net::SocketAddr| {
+        format!(
+            "name: {name}\nprotocol: coap\npoll_interval: 100ms\nconnection:\n  uri: coap://{addr}\n  \
+             ack_timeout: 100ms\n  max_retransmit: 1\npoints:\n  - {{name: v, path: /v}}\n"
+        )
+    };
+    let mut good = start(&f, &device("d7", late));
+    let mut bad = start(&f, &device("d8", never));
+    for _ in 0..3 {
+        let r = good.next_reading(WAIT).await;
+        assert_eq!(
+            (r.value, r.quality),
+            (Value::Int(42), Quality::Good),
+            "only the matching ACK's value"
+        );
+    }
+    let s = bad
+        .wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
+        .await;
+    assert!(s.reason().unwrap_or("").contains("no answer"), "{s:?}");
+    let published = bad.take_readings();
+    assert!(
+        published.iter().all(|r| r.quality != Quality::Good),
+        "a value from an ACK of another message id was published: {published:?}"
     );
 }

@@ -1,12 +1,14 @@
 //! Peers and helpers.
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use fieldbridge_coap::CoapFactory;
+use coap_lite::{MessageType, Packet, ResponseType};
+use fieldbridge_coap::{wire, CoapFactory};
 use fieldbridge_sdk::testkit::device_config_from_yaml;
 use fieldbridge_sdk::{AdapterFactory, TestHarness};
 
@@ -169,3 +171,62 @@ pub fn start(factory: &CoapFactory, yaml: &str) -> TestHarness {
 
 /// Fast retransmission settings for tests (the RFC defaults take 93 s to give up).
 pub const FAST: &str = "ack_timeout: 200ms\n  max_retransmit: 2";
+
+/// A CoAP server scripted on a raw UDP socket (127.0.0.1, a port the OS picks), for answers that real servers do
+/// not give: a piggybacked ACK with the wrong message id, a whole large representation in one datagram (Block2
+/// ignored). `answer` gets each request that decodes and returns the messages to send back, in order (encoded
+/// without a size limit). Returns the server's address and the count of requests received. The task ends with
+/// the test's runtime.
+pub async fn scripted_server<F>(mut answer: F) -> (SocketAddr, Arc<AtomicU32>)
+where
+    F: FnMut(&Packet) -> Vec<Packet> + Send + 'static,
+{
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; wire::MAX_DATAGRAM];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(req) = wire::decode(&buf[..n]) else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            for p in answer(&req) {
+                let bytes = p.to_bytes_unlimited().expect("encode the scripted answer");
+                sock.send_to(&bytes, from)
+                    .await
+                    .expect("send the scripted answer");
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// A 2.05 Content response to the confirmable `req`, piggybacked on an ACK with message id `mid` (the request's
+/// own for a correct one).
+pub fn piggybacked(req: &Packet, mid: u16, payload: &[u8], content_format: Option<u16>) -> Packet {
+    assert_eq!(req.header.get_type(), MessageType::Confirmable, "{req:?}");
+    let mut p = wire::response_to(req, ResponseType::Content, payload);
+    p.header.message_id = mid;
+    if let Some(cf) = content_format {
+        p.add_option(
+            coap_lite::CoapOption::ContentFormat,
+            wire::uint_bytes(u32::from(cf)),
+        );
+    }
+    p
+}
+
+/// A JSON document `{"pad":"xxx…","value":42}` of exactly `len` bytes (at least 21).
+pub fn json_of_len(len: usize) -> Vec<u8> {
+    let frame = r#"{"pad":"","value":42}"#.len();
+    let doc = format!(r#"{{"pad":"{}","value":42}}"#, "x".repeat(len - frame));
+    assert_eq!(doc.len(), len);
+    doc.into_bytes()
+}
