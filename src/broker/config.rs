@@ -78,6 +78,9 @@ pub struct BrokerLimits {
     /// Bytes queued for all offline sessions together; beyond it deliveries to offline sessions are dropped and
     /// counted. Default 64 MiB.
     pub max_offline_queued_bytes: u64,
+    /// Bytes queued for one connected client (beside `max_queued_messages`; at least one message always fits):
+    /// a full queue makes publishers wait, as a full count does. Default 16 MiB.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for BrokerLimits {
@@ -92,6 +95,7 @@ impl Default for BrokerLimits {
             max_retained_bytes: 64 << 20,
             max_offline_sessions: 1000,
             max_offline_queued_bytes: 64 << 20,
+            max_queued_bytes: super::session::DEFAULT_MAX_QUEUE_BYTES,
         }
     }
 }
@@ -290,6 +294,7 @@ pub(crate) struct RawBroker {
     pub max_retained_bytes: Option<Spanned<HumanSize>>,
     pub max_offline_sessions: Option<Spanned<usize>>,
     pub max_offline_queued_bytes: Option<Spanned<HumanSize>>,
+    pub max_queued_bytes: Option<Spanned<HumanSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -945,6 +950,11 @@ impl Cx<'_> {
             d.max_offline_queued_bytes,
             "max_offline_queued_bytes",
         );
+        let max_queued_bytes = size(
+            raw.max_queued_bytes.as_ref(),
+            d.max_queued_bytes,
+            "max_queued_bytes",
+        );
         BrokerLimits {
             max_topic_levels,
             max_topic_length,
@@ -955,6 +965,7 @@ impl Cx<'_> {
             max_retained_bytes,
             max_offline_sessions,
             max_offline_queued_bytes,
+            max_queued_bytes,
         }
     }
 }

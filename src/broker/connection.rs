@@ -1266,7 +1266,7 @@ impl<S: Io> Conn<S> {
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
-            let out = st.queue.pop_front().expect("front exists");
+            let out = st.pop_queued().expect("front exists");
             freed = true;
             if out.msg.expired(now) {
                 Metrics::inc(&self.broker.inner.metrics.dropped_expired);

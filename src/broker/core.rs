@@ -340,6 +340,7 @@ impl Broker {
     /// A broker with no listeners yet (see [`Broker::serve`]).
     pub fn new(cfg: BrokerConfig) -> Broker {
         let offline_budget = OfflineBudget::new(cfg.limits.max_offline_queued_bytes);
+        offline_budget.set_session_max(cfg.limits.max_queued_bytes);
         Broker {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(Arc::new(cfg)),
@@ -373,6 +374,9 @@ impl Broker {
         self.inner
             .offline_budget
             .set_max(cfg.limits.max_offline_queued_bytes);
+        self.inner
+            .offline_budget
+            .set_session_max(cfg.limits.max_queued_bytes);
         *self.inner.cfg.write() = Arc::new(cfg);
         self.inner.cfg_generation.fetch_add(1, Ordering::Release);
     }
@@ -561,7 +565,7 @@ impl Broker {
         let mut st = session.state.lock();
         st.version += 1;
         for msg in msgs {
-            st.queue.push_back(Outbound {
+            st.push_queued(Outbound {
                 qos: msg.qos.min(qos),
                 // Retained messages sent because of a subscribe always carry RETAIN=1.
                 retain: true,

@@ -121,7 +121,7 @@ impl Link {
 
     /// The next message if one is queued.
     pub fn try_recv(&self) -> Option<Received> {
-        let out = self.session.state.lock().queue.pop_front()?;
+        let out = self.session.state.lock().pop_queued()?;
         self.session.notify_space();
         Metrics::inc(&self.broker.inner.metrics.messages_sent);
         Some(Received {

@@ -282,11 +282,12 @@ impl Broker {
                 .filter(|(_, _, o)| !o.msg.expired(now))
                 .map(|(pid, stage, out)| Inflight { pid, out, stage })
                 .collect();
-            st.queue = snap
-                .queue
-                .into_iter()
-                .filter(|o| !o.msg.expired(now))
-                .collect::<VecDeque<_>>();
+            st.set_queue(
+                snap.queue
+                    .into_iter()
+                    .filter(|o| !o.msg.expired(now))
+                    .collect::<VecDeque<_>>(),
+            );
             st.expiry_secs = remaining_expiry;
             st.owner = snap.owner;
             st.counted_offline = true;

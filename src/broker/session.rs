@@ -1,7 +1,8 @@
 //! Session state: what survives a connection (subscriptions, queued and in-flight messages, QoS 2 receive
 //! state). No I/O here: the connection task and publishers change it under its mutex.
 //!
-//! Queue policy: each session holds at most `max_queue` undelivered messages. When the queue of a connected
+//! Queue policy: each session holds at most `max_queue` undelivered messages, and (connected) at most
+//! `max_queue_bytes` of them (at least one message, whatever its size). When the queue of a connected
 //! session is full, the publisher waits for room, whatever the QoS (back-pressure, so a subscriber that keeps up
 //! on average receives all of a burst) — but only for a bounded time: the broker disconnects a subscriber that
 //! makes no room within `max_publish_wait` (see `Broker::evict_slow`), and its session goes on offline. For a
@@ -83,6 +84,10 @@ pub struct SessionState {
     pub expiry_secs: u32,
     /// Queue cap.
     pub max_queue: usize,
+    /// [`Outbound::cost`] of everything in `queue`: bounded while connected by the broker's `max_queued_bytes`
+    /// ([`OfflineBudget::session_max`]); a message count alone let one subscriber that never reads pin
+    /// `max_queue` large messages (10,000 x 1 MiB).
+    pub queued_bytes: u64,
     /// Messages dropped for this session.
     pub dropped: u64,
     /// Generation of the attached connection; bumps at every attach, so a stale detach is ignored.
@@ -245,6 +250,7 @@ impl Session {
                 subscriptions: Subscriptions::default(),
                 expiry_secs: 0,
                 max_queue,
+                queued_bytes: 0,
                 dropped: 0,
                 generation: 0,
                 timers: None,
@@ -312,24 +318,32 @@ impl Session {
                 return Offer::Dropped;
             }
             st.offline_bytes += cost;
-            st.queue.push_back(out);
+            st.push_queued(out);
             st.version += 1;
             return Offer::Queued;
         }
         let own = out.msg.origin == Some(self.id);
-        if own && st.queue.len() >= 2 * st.max_queue {
+        let cost = out.cost();
+        let max_bytes = offline_budget.session_max();
+        // At least one message always fits, so a message larger than the byte cap still goes through.
+        let room = st.queue.len() < st.max_queue
+            && (st.queue.is_empty() || st.queued_bytes + cost <= max_bytes);
+        if own
+            && (st.queue.len() >= 2 * st.max_queue
+                || st.queued_bytes + cost > 2 * max_bytes.max(cost))
+        {
             // Its own connection cannot wait for itself, and a client that never acknowledges could grow the
             // queue without end: past twice the cap its own messages are dropped, counted.
             st.dropped += 1;
             return Offer::Dropped;
         }
-        if st.queue.len() < st.max_queue || own {
+        if room || own {
             // A session's own publishes may exceed the cap (up to twice it): its connection cannot wait for
             // itself to drain the queue.
             if out.qos != QoS::AtMostOnce {
                 st.version += 1;
             }
-            st.queue.push_back(out);
+            st.push_queued(out);
             drop(st);
             self.wake.notify_one();
             return Offer::Queued;
@@ -352,6 +366,7 @@ impl Session {
 pub struct OfflineBudget {
     used: std::sync::atomic::AtomicU64,
     max: std::sync::atomic::AtomicU64,
+    session_max: std::sync::atomic::AtomicU64,
 }
 
 impl OfflineBudget {
@@ -360,7 +375,19 @@ impl OfflineBudget {
         OfflineBudget {
             used: std::sync::atomic::AtomicU64::new(0),
             max: std::sync::atomic::AtomicU64::new(max),
+            session_max: std::sync::atomic::AtomicU64::new(DEFAULT_MAX_QUEUE_BYTES),
         }
+    }
+
+    /// Sets the cap on one connected session's queued bytes (`max_queued_bytes`; kept here, beside the
+    /// offline budget every offer already consults, rather than in each session).
+    pub fn set_session_max(&self, max: u64) {
+        self.session_max.store(max, Ordering::Relaxed);
+    }
+
+    /// The cap on one connected session's queued bytes.
+    pub fn session_max(&self) -> u64 {
+        self.session_max.load(Ordering::Relaxed)
     }
 
     /// Changes the cap (reload); what is already charged stays.
@@ -399,7 +426,29 @@ impl Outbound {
     }
 }
 
+/// `max_queued_bytes` when no configuration says otherwise.
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 16 << 20;
+
 impl SessionState {
+    /// Appends to the queue, counting its bytes.
+    pub fn push_queued(&mut self, out: Outbound) {
+        self.queued_bytes += out.cost();
+        self.queue.push_back(out);
+    }
+
+    /// Takes the oldest queued message, counting its bytes out.
+    pub fn pop_queued(&mut self) -> Option<Outbound> {
+        let out = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(out.cost());
+        Some(out)
+    }
+
+    /// Replaces the queue (a restored session), counting its bytes.
+    pub fn set_queue(&mut self, queue: VecDeque<Outbound>) {
+        self.queued_bytes = queue.iter().map(Outbound::cost).sum();
+        self.queue = queue;
+    }
+
     /// A packet identifier not used by any in-flight message.
     pub fn alloc_pid(&mut self) -> u16 {
         loop {
@@ -453,6 +502,7 @@ impl SessionState {
     pub fn reset(&mut self) {
         self.version += 1;
         self.queue.clear();
+        self.queued_bytes = 0;
         self.inflight.clear();
         self.incoming_qos2.clear();
         self.subscriptions.clear();
@@ -562,7 +612,7 @@ mod tests {
             "budget spent across sessions"
         );
         let mut st = a.state.lock();
-        st.queue.clear();
+        st.set_queue(VecDeque::new());
         a.release_offline(&mut st, &budget);
         drop(st);
         assert_eq!(budget.used(), one);

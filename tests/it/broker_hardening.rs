@@ -608,3 +608,42 @@ async fn connack_carries_server_keep_alive_when_a_maximum_is_set(p: Profile) {
         );
     }
 }
+
+/// A connected subscriber that never reads cannot pin `max_queued_messages` large messages: its queue is also
+/// bounded in bytes (`max_queued_bytes`), so publishers wait `max_publish_wait` and it is disconnected. With the
+/// count alone, 10,000 one-MiB messages could sit in one client's queue.
+#[tokio::test]
+async fn a_stuck_subscribers_queue_is_bounded_in_bytes() {
+    let tb = TestBroker::start_with(|c| {
+        c.max_queued_messages = 10_000;
+        c.limits.max_queued_bytes = 1 << 20;
+        c.limits.max_publish_wait = Duration::from_millis(200);
+    })
+    .await;
+    let mut stuck = Client::connect(tb.addr, V3, "never-reads", true).await;
+    stuck.subscribe(vec![sub("big/#", QoS::AtMostOnce)]).await;
+    let link = tb.broker.link("publisher");
+    let payload = "x".repeat(256 << 10);
+    // 64 MiB in all: more than the sockets' buffers hold, far more than the byte cap.
+    within("publishes past a stuck subscriber", async {
+        for _ in 0..256 {
+            link.publish(Message::new(
+                "big/t",
+                payload.clone(),
+                QoS::AtMostOnce,
+                false,
+            ))
+            .await;
+            if tb.broker.stats().slow_consumers_disconnected == 1 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        tb.broker.stats().slow_consumers_disconnected,
+        1,
+        "the queue took everything"
+    );
+    drop(stuck);
+}
