@@ -27,6 +27,12 @@ pub enum MbapError {
     /// The socket failed or closed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The device had closed (or reset) the connection before any byte of the answer arrived: seen before
+    /// the request was sent, or instead of its answer. On a connection that served earlier requests this is
+    /// a device that allows one request per connection, or closed an idle one; the line reconnects and sends
+    /// the request again.
+    #[error("{0}")]
+    Closed(io::Error),
     /// The answer (or the request) breaks the protocol.
     #[error("{0}")]
     Protocol(String),
@@ -67,15 +73,20 @@ impl TcpClient {
         self.buf[6] = unit;
         let frame_len = HEADER + pdu_len;
         self.discard_stale(frame_len)?;
-        self.stream.write_all(&self.buf[..frame_len]).await?;
+        if let Err(e) = self.stream.write_all(&self.buf[..frame_len]).await {
+            return Err(closed_or_io(e, 0));
+        }
 
         // One read usually brings the whole answer (the socket is read into the full buffer, and only one
         // request is ever outstanding); bytes past the answer's end are dropped with it.
         let mut have = 0;
         let total = loop {
-            let n = self.stream.read(&mut self.buf[have..]).await?;
+            let n = match self.stream.read(&mut self.buf[have..]).await {
+                Ok(n) => n,
+                Err(e) => return Err(closed_or_io(e, have)),
+            };
             if n == 0 {
-                return Err(MbapError::Io(io::ErrorKind::UnexpectedEof.into()));
+                return Err(closed_or_io(io::ErrorKind::UnexpectedEof.into(), have));
             }
             have += n;
             if have < HEADER {
@@ -100,9 +111,14 @@ impl TcpClient {
         };
         let rtid = u16::from_be_bytes([self.buf[0], self.buf[1]]);
         let runit = self.buf[6];
-        if rtid != tid || runit != unit {
+        if rtid != tid {
             return Err(MbapError::Protocol(format!(
-                "answer to transaction {rtid} unit {runit}, expected transaction {tid} unit {unit}"
+                "answer to transaction {rtid}, expected transaction {tid}"
+            )));
+        }
+        if runit != unit {
+            return Err(MbapError::Protocol(format!(
+                "answer from unit {runit}, expected unit {unit}"
             )));
         }
         decode_response(fc, &self.buf[HEADER..total])
@@ -110,18 +126,41 @@ impl TcpClient {
 
     /// Throws away whatever is waiting to be read: bytes present before a request can only be the late answer
     /// to an abandoned request (or noise) and would be taken for the new request's answer. `keep` bytes at
-    /// the start of the buffer (the encoded request) are left alone.
-    fn discard_stale(&mut self, keep: usize) -> io::Result<()> {
+    /// the start of the buffer (the encoded request) are left alone. A connection the device has already
+    /// closed is reported as [`MbapError::Closed`], and the request is not sent.
+    fn discard_stale(&mut self, keep: usize) -> Result<(), MbapError> {
         for _ in 0..MAX_DISCARD_READS {
             match self.stream.try_read(&mut self.buf[keep..]) {
-                // EOF: the write or the read that follows reports the closed connection.
-                Ok(0) => break,
+                Ok(0) => {
+                    return Err(MbapError::Closed(io::ErrorKind::UnexpectedEof.into()));
+                }
                 Ok(n) => tracing::debug!(bytes = n, "discarded stale bytes before a request"),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => return Err(closed_or_io(e, 0)),
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `e` says that the peer closed or reset the connection.
+pub(crate) fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// `e` as [`MbapError::Closed`] if the peer closed the connection before any byte of the answer arrived
+/// (`have` bytes did), else as [`MbapError::Io`].
+fn closed_or_io(e: io::Error, have: usize) -> MbapError {
+    if have == 0 && is_closed(&e) {
+        MbapError::Closed(e)
+    } else {
+        MbapError::Io(e)
     }
 }
 
@@ -452,8 +491,52 @@ mod tests {
             "{e}"
         );
         task.await.unwrap();
-        // The server hung up: the next call fails on the socket.
-        assert!(matches!(c.call(5, &req).await, Err(MbapError::Io(_))));
+        // The server hung up between two requests: the next call says the connection was closed before any
+        // answer (the line then reconnects and sends it again).
+        assert!(matches!(c.call(5, &req).await, Err(MbapError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_another_unit_says_which() {
+        let (addr, task) = server(vec![|r| {
+            let mut a = answer_with_tid(r, u16::from_be_bytes([r[0], r[1]]));
+            a[6] = 2;
+            a
+        }])
+        .await;
+        let mut c = TcpClient::new(TcpStream::connect(addr).await.unwrap());
+        let e = c
+            .call(1, &Request::ReadHoldingRegisters(0, 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, MbapError::Protocol(m) if m == "answer from unit 2, expected unit 1"),
+            "{e}"
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_half_way_through_an_answer_is_not_a_clean_close() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            s.read_exact(&mut req).await.unwrap();
+            // Half an answer, then the device hangs up.
+            s.write_all(&answer_with_tid(&req, 0)[..5]).await.unwrap();
+        });
+        let mut c = TcpClient::new(TcpStream::connect(addr).await.unwrap());
+        let e = c
+            .call(1, &Request::ReadHoldingRegisters(0, 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, MbapError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof),
+            "{e:?}"
+        );
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -75,11 +75,37 @@ pub(crate) async fn read(
     let answer = t.line.call(t.unit, req, t.timeout, t.delay).await?;
     Ok(match answer {
         Ok(Response::ReadCoils(mut b)) | Ok(Response::ReadDiscreteInputs(mut b)) => {
-            // Bits come padded to whole bytes.
+            // Bits come padded to whole bytes: the answer must have exactly the bytes the count needs.
+            let want = usize::from(count).div_ceil(8);
+            let got = b.len() / 8;
+            if got != want {
+                let n = usize::from(count);
+                return Err(malformed(
+                    table,
+                    format!(
+                        "{got} data byte{} for {n} bit{} ({want} byte{}) requested",
+                        plural(got),
+                        plural(n),
+                        plural(want)
+                    ),
+                ));
+            }
             b.truncate(usize::from(count));
             Ok(Data::Bits(b))
         }
         Ok(Response::ReadHoldingRegisters(w)) | Ok(Response::ReadInputRegisters(w)) => {
+            // Framing only checks that the byte count agrees with the frame; an answer with more (or fewer)
+            // registers than asked for is out of step with the request, and its values cannot be placed.
+            if w.len() != usize::from(count) {
+                return Err(malformed(
+                    table,
+                    format!(
+                        "{} register{} for {count} requested",
+                        w.len(),
+                        plural(w.len())
+                    ),
+                ));
+            }
             Ok(Data::Words(w))
         }
         Ok(other) => {
@@ -89,6 +115,26 @@ pub(crate) async fn read(
         }
         Err(exc) => Err(exc),
     })
+}
+
+/// A read answer of the wrong size, refused in the same words as a byte count that disagrees with the data
+/// ("bad response: malformed answer to function 0x03: ...").
+fn malformed(table: Table, what: String) -> TransportError {
+    let fc = match table {
+        Table::Coil => 0x01,
+        Table::DiscreteInput => 0x02,
+        Table::HoldingRegister => 0x03,
+        Table::InputRegister => 0x04,
+    };
+    TransportError::Protocol(format!("malformed answer to function {fc:#04x}: {what}"))
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 fn command_error(e: TransportError) -> CommandError {

@@ -20,7 +20,10 @@
 //!
 //! Connecting again is the only recovery a line needs: a server that starts after us, restarts, or a USB
 //! adapter that is re-plugged, all come back at the next request. Pacing (backoff while a device is down) is
-//! the poller's job.
+//! the poller's job. One case is handled within a request: a stream connection that served earlier requests
+//! and that the device has closed since (some devices and gateways allow one request per connection, others
+//! close idle ones) fails the request before any byte of an answer arrives; the request is then sent once
+//! more on a new connection, so that a poll of several requests does not fail at its second one.
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -208,35 +211,154 @@ pub struct Line {
 enum Conn {
     /// Boxed: the client holds its 260-byte frame buffer inline.
     Tcp(Box<TcpClient>),
-    Rtu(client::Context),
+    /// `received` sees the bytes tokio-modbus reads (through [`Drain`]), to say why an answer was refused.
+    Rtu {
+        ctx: client::Context,
+        received: Received,
+    },
 }
 
 /// Why a call on a connection failed.
 enum CallFailure {
     Io(io::Error),
+    /// The device had closed the connection before any byte of the answer arrived (see
+    /// [`MbapError::Closed`]).
+    Closed(io::Error),
     Protocol(String),
+    Timeout,
 }
 
 impl Conn {
+    fn rtu<T>(transport: T) -> Conn
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let drain = Drain::new(transport);
+        let received = drain.received.clone();
+        Conn::Rtu {
+            ctx: client::rtu::attach_slave(drain, Slave(1)),
+            received,
+        }
+    }
+
     async fn call(
         &mut self,
         unit: u8,
-        request: Request<'_>,
+        request: &Request<'_>,
     ) -> Result<Result<Response, ExceptionCode>, CallFailure> {
         match self {
-            Conn::Tcp(c) => c.call(unit, &request).await.map_err(|e| match e {
+            Conn::Tcp(c) => c.call(unit, request).await.map_err(|e| match e {
                 MbapError::Io(e) => CallFailure::Io(e),
+                MbapError::Closed(e) => CallFailure::Closed(e),
                 MbapError::Protocol(m) => CallFailure::Protocol(m),
             }),
-            Conn::Rtu(ctx) => {
+            Conn::Rtu { ctx, received } => {
+                received.clear();
                 ctx.set_slave(Slave(unit));
-                ctx.call(request).await.map_err(|e| match e {
+                let fc = request.function_code().value();
+                ctx.call(request.clone()).await.map_err(|e| match e {
+                    tokio_modbus::Error::Transport(e)
+                        if crate::mbap::is_closed(&e) && received.is_empty() =>
+                    {
+                        CallFailure::Closed(e)
+                    }
                     tokio_modbus::Error::Transport(e) => CallFailure::Io(e),
-                    tokio_modbus::Error::Protocol(e) => CallFailure::Protocol(e.to_string()),
+                    tokio_modbus::Error::Protocol(e) => {
+                        CallFailure::Protocol(rtu_protocol_reason(unit, fc, &e))
+                    }
                 })
             }
         }
     }
+
+    /// Why an RTU answer that tokio-modbus could not take was refused, when the bytes that arrived say it:
+    /// a frame whose CRC is wrong is skipped by tokio-modbus byte by byte, which ends in a timeout (or in
+    /// "too many retries") instead of an error naming the CRC.
+    fn refused_answer(&self, fc: u8) -> Option<String> {
+        let Conn::Rtu { received, .. } = self else {
+            return None;
+        };
+        let rx = received.bytes();
+        let (len, got, want) = bad_crc(&rx, fc)?;
+        tracing::debug!(
+            frame = ?&rx[..len],
+            received_crc = format_args!("{got:#06x}"),
+            computed_crc = format_args!("{want:#06x}"),
+            "RTU answer with a bad CRC"
+        );
+        // Stable text (no CRC values, which change with the data): the status reason is republished, and
+        // logged, whenever it changes.
+        Some(format!(
+            "answer with a bad CRC ({len}-byte answer to function {fc:#04x})"
+        ))
+    }
+}
+
+/// An RTU protocol error in plain words. tokio-modbus's own text is its Rust debug output
+/// (`mismatching headers: expected/request = Header { slave_id: 1 }, ...`).
+fn rtu_protocol_reason(unit: u8, fc: u8, e: &tokio_modbus::ProtocolError) -> String {
+    match e {
+        tokio_modbus::ProtocolError::HeaderMismatch { message, .. } => {
+            // The only header field of an RTU frame is the slave id; the answer's is the last one named.
+            let from = message
+                .rsplit("slave_id: ")
+                .next()
+                .and_then(|rest| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse::<u8>().ok()
+                })
+                .filter(|from| *from != unit);
+            match from {
+                Some(from) => format!("answer from unit {from}, expected unit {unit}"),
+                None => format!("answer from another unit, expected unit {unit}"),
+            }
+        }
+        tokio_modbus::ProtocolError::FunctionCodeMismatch { result, .. } => {
+            let rfc = match result {
+                Ok(r) => r.function_code().value(),
+                Err(exc) => exc.function.value(),
+            };
+            format!("function code {rfc:#04x} in the answer to function {fc:#04x}")
+        }
+    }
+}
+
+/// If `rx` starts with an RTU answer to function `fc` (or its exception) whose CRC is wrong: the frame's
+/// length, the CRC it carries and the CRC of its contents.
+fn bad_crc(rx: &[u8], fc: u8) -> Option<(usize, u16, u16)> {
+    let rfc = *rx.get(1)?;
+    let len = if rfc == fc | 0x80 {
+        5
+    } else if rfc != fc {
+        return None;
+    } else {
+        match fc {
+            0x01..=0x04 => 5 + usize::from(*rx.get(2)?),
+            0x05 | 0x06 | 0x0F | 0x10 => 8,
+            _ => return None,
+        }
+    };
+    let frame = rx.get(..len)?;
+    let (body, crc) = frame.split_at(len - 2);
+    let got = u16::from_le_bytes([crc[0], crc[1]]);
+    let want = crc16_modbus(body);
+    (got != want).then_some((len, got, want))
+}
+
+/// CRC-16/MODBUS (polynomial 0xA001 reflected, initial value 0xFFFF), sent low byte first.
+fn crc16_modbus(data: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
 }
 
 struct LineState {
@@ -280,12 +402,17 @@ impl Line {
     /// for the line.
     pub async fn ensure_connected(&self, timeout: Duration) -> Result<(), TransportError> {
         let mut st = self.state.lock().await;
-        self.prepare(&mut st, timeout).await
+        self.prepare(&mut st, timeout).await.map(drop)
     }
 
     /// Sends one request to `unit` and waits up to `timeout` for its answer, then keeps the line quiet for
     /// `delay_after` (slow devices). Waiting for the line itself is not bounded here: every holder bounds its
     /// own request.
+    ///
+    /// A stream connection that served earlier requests and that the device has closed since (devices that
+    /// allow one request per connection, or close idle ones) fails the request before any byte of an answer
+    /// arrives: then the request is sent once more, on a new connection, instead of failing. A fresh
+    /// connection closed that way is an error at once.
     pub async fn call(
         &self,
         unit: u8,
@@ -294,37 +421,23 @@ impl Line {
         delay_after: Duration,
     ) -> CallResult {
         let mut st = self.state.lock().await;
-        self.prepare(&mut st, timeout).await?;
-        if let (Endpoint::Serial(s), Some(q)) = (&self.endpoint, st.quiet_since) {
-            tokio::time::sleep_until(q + s.frame_gap).await;
-        }
-        st.in_flight = true;
-        let result = {
-            let Some(ctx) = st.ctx.as_mut() else {
-                st.in_flight = false;
-                return Err(TransportError::connection("not connected"));
-            };
-            tokio::time::timeout(timeout, ctx.call(unit, request)).await
-        };
-        st.in_flight = false;
-        st.quiet_since = Some(Instant::now());
-        let out = match result {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(CallFailure::Io(e))) => {
-                st.ctx = None;
-                Err(TransportError::Connection(io_reason(&e)))
-            }
-            Ok(Err(CallFailure::Protocol(e))) => {
-                if self.endpoint.is_stream() {
+        let mut fresh = self.prepare(&mut st, timeout).await?;
+        let out = loop {
+            match self.exchange(&mut st, unit, &request, timeout).await {
+                Ok(answer) => break Ok(answer),
+                Err(CallFailure::Closed(e)) if !fresh && self.endpoint.is_stream() => {
+                    tracing::debug!(
+                        endpoint = %self.endpoint,
+                        error = %e,
+                        "the device closed the connection since the last request; reconnecting to send it"
+                    );
                     st.ctx = None;
+                    match self.prepare(&mut st, timeout).await {
+                        Ok(_) => fresh = true,
+                        Err(e) => break Err(e),
+                    }
                 }
-                Err(TransportError::Protocol(e))
-            }
-            Err(_elapsed) => {
-                if self.endpoint.is_stream() {
-                    st.ctx = None;
-                }
-                Err(TransportError::Timeout(timeout))
+                Err(failure) => break Err(self.failed(&mut st, failure, timeout)),
             }
         };
         if !delay_after.is_zero() {
@@ -333,7 +446,70 @@ impl Line {
         out
     }
 
-    async fn prepare(&self, st: &mut LineState, timeout: Duration) -> Result<(), TransportError> {
+    /// One request on the open connection, under `timeout`.
+    async fn exchange(
+        &self,
+        st: &mut LineState,
+        unit: u8,
+        request: &Request<'_>,
+        timeout: Duration,
+    ) -> Result<Result<Response, ExceptionCode>, CallFailure> {
+        if let (Endpoint::Serial(s), Some(q)) = (&self.endpoint, st.quiet_since) {
+            tokio::time::sleep_until(q + s.frame_gap).await;
+        }
+        let Some(ctx) = st.ctx.as_mut() else {
+            return Err(CallFailure::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "not connected",
+            )));
+        };
+        st.in_flight = true;
+        let result = tokio::time::timeout(timeout, ctx.call(unit, request))
+            .await
+            .unwrap_or(Err(CallFailure::Timeout));
+        st.in_flight = false;
+        st.quiet_since = Some(Instant::now());
+        match result {
+            Err(CallFailure::Timeout) | Err(CallFailure::Io(_)) => {
+                let fc = request.function_code().value();
+                match st.ctx.as_ref().and_then(|c| c.refused_answer(fc)) {
+                    Some(why) => Err(CallFailure::Protocol(why)),
+                    None => result,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The transport error for a failed request; drops the connection where it can no longer be trusted.
+    fn failed(
+        &self,
+        st: &mut LineState,
+        failure: CallFailure,
+        timeout: Duration,
+    ) -> TransportError {
+        match failure {
+            CallFailure::Io(e) | CallFailure::Closed(e) => {
+                st.ctx = None;
+                TransportError::Connection(io_reason(&e))
+            }
+            CallFailure::Protocol(e) => {
+                if self.endpoint.is_stream() {
+                    st.ctx = None;
+                }
+                TransportError::Protocol(e)
+            }
+            CallFailure::Timeout => {
+                if self.endpoint.is_stream() {
+                    st.ctx = None;
+                }
+                TransportError::Timeout(timeout)
+            }
+        }
+    }
+
+    /// Opens the connection if there is none (or it is suspect); returns whether it opened one.
+    async fn prepare(&self, st: &mut LineState, timeout: Duration) -> Result<bool, TransportError> {
         if st.in_flight {
             st.in_flight = false;
             if self.endpoint.is_stream() {
@@ -350,8 +526,9 @@ impl Line {
             st.ctx = Some(ctx);
             st.quiet_since = None;
             tracing::debug!(endpoint = %self.endpoint, "modbus line connected");
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn open(&self) -> io::Result<Conn> {
@@ -364,10 +541,7 @@ impl Line {
             Endpoint::RtuOverTcp(addr) => {
                 let s = TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
-                Ok(Conn::Rtu(client::rtu::attach_slave(
-                    Drain::new(s),
-                    Slave(1),
-                )))
+                Ok(Conn::rtu(s))
             }
             Endpoint::Serial(cfg) => {
                 use tokio_serial::SerialPortBuilderExt as _;
@@ -389,10 +563,7 @@ impl Line {
                         tokio_serial::StopBits::One
                     });
                 let port = builder.open_native_async().map_err(io::Error::from)?;
-                Ok(Conn::Rtu(client::rtu::attach_slave(
-                    Drain::new(port),
-                    Slave(1),
-                )))
+                Ok(Conn::rtu(port))
             }
         }
     }
@@ -410,14 +581,53 @@ fn io_reason(e: &io::Error) -> String {
 /// Modbus is strictly request/response, so bytes present before a request is sent can only be the late
 /// answer to an abandoned request (or line noise); left there, they would be parsed as the answer to the new
 /// request. tokio-modbus clears its own buffer but not the socket's.
+///
+/// It also keeps a copy of the first bytes read since the line last cleared it (the answer to the current
+/// request, up to one RTU frame), so that the line can say why tokio-modbus refused an answer.
 pub struct Drain<T> {
     inner: T,
+    received: Received,
 }
 
 impl<T> Drain<T> {
     /// Wraps a transport.
     pub fn new(inner: T) -> Self {
-        Drain { inner }
+        Drain {
+            inner,
+            received: Received::default(),
+        }
+    }
+}
+
+/// The bytes read on an RTU connection since the current request (at most one RTU frame's worth), shared
+/// between the [`Drain`] inside tokio-modbus and the line.
+#[derive(Debug, Clone, Default)]
+struct Received(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Received {
+    /// The longest RTU frame.
+    const MAX: usize = 256;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut v = self.lock();
+        let room = Self::MAX.saturating_sub(v.len());
+        v.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.lock().clone()
     }
 }
 
@@ -433,7 +643,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Drain<T> {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.received.push(&buf.filled()[before..]);
+        }
+        r
     }
 }
 
@@ -541,6 +756,57 @@ mod tests {
         assert_eq!(
             SerialSettings::default_frame_gap(115200),
             Duration::from_micros(1750)
+        );
+    }
+
+    #[test]
+    fn crc16_is_the_modbus_one() {
+        // "01 03 00 00 00 01 84 0A": read one holding register of unit 1, CRC sent low byte first.
+        assert_eq!(crc16_modbus(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x01]), 0x0A84);
+    }
+
+    #[test]
+    fn a_bad_crc_is_found_in_the_received_bytes() {
+        let mut frame = vec![0x01, 0x03, 0x02, 0x03, 0xE8];
+        let crc = crc16_modbus(&frame);
+        frame.extend(crc.to_le_bytes());
+        assert_eq!(bad_crc(&frame, 0x03), None, "a good frame");
+        let mut bad = frame.clone();
+        bad[3] ^= 0x10;
+        assert_eq!(bad_crc(&bad, 0x03).map(|(len, ..)| len), Some(7));
+        assert_eq!(bad_crc(&bad[..6], 0x03), None, "incomplete: nothing to say");
+        assert_eq!(bad_crc(&bad, 0x04), None, "not an answer to this request");
+        let exception = [0x01, 0x83, 0x02, 0x00, 0x00];
+        assert_eq!(bad_crc(&exception, 0x03).map(|(len, ..)| len), Some(5));
+    }
+
+    #[test]
+    fn rtu_protocol_errors_read_as_plain_text() {
+        // tokio-modbus 0.17's own text for an answer from another slave.
+        let e = tokio_modbus::ProtocolError::HeaderMismatch {
+            message: "expected/request = Header { slave_id: 1 }, actual/response = Header { slave_id: 2 }"
+                .into(),
+            result: Ok(Response::ReadHoldingRegisters(vec![1000])),
+        };
+        assert_eq!(
+            rtu_protocol_reason(1, 0x03, &e),
+            "answer from unit 2, expected unit 1"
+        );
+        let e = tokio_modbus::ProtocolError::HeaderMismatch {
+            message: "something else".into(),
+            result: Ok(Response::ReadHoldingRegisters(vec![1000])),
+        };
+        assert_eq!(
+            rtu_protocol_reason(1, 0x03, &e),
+            "answer from another unit, expected unit 1"
+        );
+        let e = tokio_modbus::ProtocolError::FunctionCodeMismatch {
+            request: tokio_modbus::FunctionCode::ReadHoldingRegisters,
+            result: Ok(Response::ReadInputRegisters(vec![1])),
+        };
+        assert_eq!(
+            rtu_protocol_reason(1, 0x03, &e),
+            "function code 0x04 in the answer to function 0x03"
         );
     }
 

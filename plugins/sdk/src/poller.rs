@@ -648,14 +648,25 @@ impl<D: PollDevice> Run<D> {
     }
 
     fn set_offline(&mut self, reason: String) {
-        // The status keeps the reason it went offline with; later failures while offline only update the
-        // counters, so the retained status message is not re-published on every probe.
+        // The status follows the current failure (a device that was refusing connections and now answers
+        // garbage must not go on saying "connection refused"), but only a change is published and logged: a
+        // probe failing for the same reason as the last one does neither, so the retained status message is
+        // not re-published (nor the log filled) on every probe.
         if self.online != Some(false) {
             self.online = Some(false);
             tracing::warn!(device = %self.ctx.device, reason = %reason, "device offline");
-            self.ctx.status.set(DeviceStatus::Offline(reason.clone()));
-            self.offline_reason = reason;
+        } else if reason != self.offline_reason {
+            tracing::warn!(
+                device = %self.ctx.device,
+                reason = %reason,
+                previous = %self.offline_reason,
+                "device still offline, for another reason"
+            );
+        } else {
+            return;
         }
+        self.ctx.status.set(DeviceStatus::Offline(reason.clone()));
+        self.offline_reason = reason;
     }
 }
 
@@ -1022,6 +1033,155 @@ mod tests {
         assert_eq!((r.value, r.quality), (Value::Int(1), Quality::Good));
         assert_eq!(h.status(), DeviceStatus::Online);
         h.stop(T).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_offline_reason_follows_the_current_failure() {
+        const WRONG_UNIT: &str = "answer from unit 2, expected unit 1";
+        let plan = one_group(1, vec![0]);
+        let fake = Fake::new(&plan);
+        fake.with(|s| s.fail_connect = Some("connection refused"));
+        let (mut h, _, _) = start(Poller::new(points(&["a"], &["a"]), plan, settings()), &fake);
+        h.wait_status(
+            |s| *s == DeviceStatus::Offline("connection refused".into()),
+            T,
+        )
+        .await;
+        // Something answers on the port now, but every answer is wrong: the reason must say so.
+        fake.with(|s| {
+            s.fail_connect = None;
+            s.fail = Some(WRONG_UNIT);
+        });
+        h.wait_status(|s| *s == DeviceStatus::Offline(WRONG_UNIT.into()), T)
+            .await;
+        // A write is refused with the current reason too.
+        assert_eq!(
+            h.write("a", Value::Int(1)).await,
+            Err(CommandError::Transport(format!(
+                "device offline: {WRONG_UNIT}"
+            )))
+        );
+        // And back: the port refuses again (every failed read reconnects first).
+        fake.with(|s| s.fail_connect = Some("connection refused"));
+        h.wait_status(
+            |s| *s == DeviceStatus::Offline("connection refused".into()),
+            T,
+        )
+        .await;
+        fake.with(|s| {
+            s.fail_connect = None;
+            s.fail = None;
+        });
+        h.wait_status(|s| *s == DeviceStatus::Online, T).await;
+        h.stop(T).await.unwrap();
+    }
+
+    const LOG_CHILD_ENV: &str = "FIELDBRIDGE_SDK_OFFLINE_LOG_CHILD";
+
+    /// Prints every event of level INFO and above as `LOG <level> field=value ...` on stdout.
+    struct PrintEvents;
+
+    impl tracing::Subscriber for PrintEvents {
+        fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+            *metadata.level() <= tracing::Level::INFO
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn fmt::Debug) {
+                    self.0.push_str(&format!(" {}={v:?}", f.name()));
+                }
+            }
+            let mut line = Fields(format!("LOG {}", event.metadata().level()));
+            event.record(&mut line);
+            println!("{}", line.0);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Not a test on its own: the child process of `a_new_offline_reason_is_logged_once` (a process of its
+    /// own, because `tracing` caches per-callsite interest process-wide, so a subscriber scoped to one test
+    /// thread can miss events while other tests run). Prints the log, then `PROBES <n>`.
+    #[test]
+    fn offline_log_child() {
+        if std::env::var_os(LOG_CHILD_ENV).is_none() {
+            return;
+        }
+        tracing::subscriber::set_global_default(PrintEvents).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let plan = one_group(1, vec![0]);
+            let fake = Fake::new(&plan);
+            fake.with(|s| s.fail_connect = Some("connection refused"));
+            let (mut h, _, _) = start(Poller::new(points(&["a"], &[]), plan, settings()), &fake);
+            h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), T)
+                .await;
+            fake.with(|s| {
+                s.fail_connect = None;
+                s.fail = Some("answer from unit 2, expected unit 1");
+            });
+            // Seven probes started: at least six failed for the new reason.
+            while fake.with(|s| s.reads.len()) < 7 {
+                fake.read_started.notified().await;
+            }
+            h.stop(T).await.unwrap();
+            println!("PROBES {}", fake.with(|s| s.reads.len()));
+        });
+    }
+
+    #[test]
+    fn a_new_offline_reason_is_logged_once() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "poller::tests::offline_log_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(LOG_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let probes: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("PROBES "))
+            .expect("child output")
+            .parse()
+            .unwrap();
+        assert!(probes >= 7, "{text}");
+        // The test harness may print its `test ... ` header on the line of the first event.
+        let offline: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.find("LOG ").map(|i| &l[i..]))
+            .filter(|l| l.starts_with("LOG WARN") && l.contains("offline"))
+            .collect();
+        assert_eq!(offline.len(), 2, "{text}");
+        assert!(
+            offline[0].contains("message=device offline")
+                && offline[0].contains("reason=connection refused"),
+            "{text}"
+        );
+        assert!(
+            offline[1].contains("message=device still offline, for another reason")
+                && offline[1].contains("reason=answer from unit 2, expected unit 1")
+                && offline[1].contains("previous=connection refused"),
+            "{text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,7 +31,8 @@ points:
   - {{name: raw, address: 40019, type: bytes, length: 1, writable: true}}
   - {{name: flag3, address: 40020, type: bit, bit: 3, writable: true, verify: true}}
   - {{name: flag0, address: 40020, type: bit, bit: 0, writable: true}}
-  - {{name: ignored, address: 40021, writable: true, verify: true}}
+  - {{name: ignored, address: 40021, writable: true, verify: true, write_multiple: true}}
+  - {{name: ignored_fc6, address: 40021, writable: true}}
   - {{name: readonly, address: 40022}}
   - {{name: missing, address: 40101, writable: true}}
 "#
@@ -143,12 +144,18 @@ async fn refused_writes_say_why() {
     };
     assert_eq!(writes(&peer.requests_synced().await[before..]), 0);
 
-    // The device acknowledges but keeps the old value: read-back catches it.
+    // The device acknowledges but keeps the old value: read-back catches it (FC16, whose answer echoes only
+    // the address and the quantity) ...
     match h.write("ignored", Value::UInt(42)).await {
         Err(CommandError::Verify { wrote, read }) => {
             assert_eq!((wrote.as_str(), read.as_str()), ("42", "0"))
         }
         other => panic!("expected a verify error, got {other:?}"),
+    }
+    // ... and an FC6 answer that echoes the value it kept rather than the one written fails the write at once.
+    match h.write("ignored_fc6", Value::UInt(42)).await {
+        Err(CommandError::Device(e)) => assert!(e.contains("does not echo the write"), "{e}"),
+        other => panic!("expected an echo error, got {other:?}"),
     }
     // The device refuses: its exception is the reason.
     assert_eq!(
