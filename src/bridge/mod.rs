@@ -88,8 +88,10 @@
 //!
 //! [`Bridges::reload`] compares each bridge's whole configuration: unchanged bridges keep running untouched
 //! (same connection, same window); changed ones stop cleanly and start again from their cursor; removed ones
-//! stop, their retained state is cleared and their cursor removed (so retention is no longer held back);
-//! new ones start at the log head (the store's rule for a new cursor).
+//! stop, their retained state is cleared and their cursor removed (so retention is no longer held back; a
+//! warning says how many logged rows they had not delivered); new ones start at the log head (the store's rule
+//! for a new cursor). One bridge removed and one added with the same upstream URL is a rename: the new name
+//! takes over the old cursor, and the backlog goes up.
 //!
 //! # Why not rumqttc
 //!
@@ -258,6 +260,7 @@ impl Bridges {
         let mut inner = self.inner.lock().await;
         let gateway_changed = inner.gateway != gateway;
         let old = std::mem::take(&mut inner.running);
+        let old_names: Vec<String> = old.iter().map(|r| r.cfg.name.to_string()).collect();
         let mut keep: Vec<Option<Running>> = Vec::new();
         let mut stopping = Vec::new();
         for r in old {
@@ -269,6 +272,22 @@ impl Bridges {
                 stopping.push((r, removed));
             }
         }
+        // One bridge removed and one added with the same upstream: a rename. The new name takes over the old
+        // cursor, so the backlog still goes up (it started at the head of the log, the backlog silently
+        // abandoned).
+        let added: Vec<&BridgeConfig> = cfgs
+            .iter()
+            .filter(|c| !old_names.iter().any(|n| **n == *c.name))
+            .collect();
+        let removed: Vec<&Running> = stopping
+            .iter()
+            .filter(|(_, rm)| *rm)
+            .map(|(r, _)| r)
+            .collect();
+        let renamed = match (removed.as_slice(), added.as_slice()) {
+            ([r], [c]) if r.cfg.url == c.url => Some((r.cfg.name.clone(), c.name.clone())),
+            _ => None,
+        };
         // Stop first: a changed bridge must have stored its cursor before its successor reads it.
         for (r, _) in &stopping {
             *r.grace.lock() = RELOAD_GRACE;
@@ -279,10 +298,36 @@ impl Bridges {
             let old_state_topic = state_topic(&inner.gateway, &name);
             let _ = tokio::time::timeout(RELOAD_GRACE + Duration::from_secs(3), r.task).await;
             if removed {
-                if let Err(e) = self.store.remove_cursor(&name) {
-                    tracing::warn!(bridge = %name, "bridge {name}: cursor not removed: {e}");
+                let seq = self
+                    .store
+                    .cursors()
+                    .into_iter()
+                    .find_map(|(n, s)| (n == name).then_some(s));
+                match renamed.as_ref().filter(|(from, _)| *from == name) {
+                    Some((_, to)) => match self.store.rename_cursor(&name, to) {
+                        Ok(Some(seq)) => {
+                            tracing::info!(bridge = %name, "bridge {name}: renamed to {to}, which goes on from its cursor (seq {seq})")
+                        }
+                        Ok(None) => {
+                            tracing::warn!(bridge = %name, "bridge {name}: renamed to {to}, which already had a cursor of its own")
+                        }
+                        Err(e) => {
+                            tracing::warn!(bridge = %name, "bridge {name}: cursor not renamed: {e}")
+                        }
+                    },
+                    None => {
+                        if let Err(e) = self.store.remove_cursor(&name) {
+                            tracing::warn!(bridge = %name, "bridge {name}: cursor not removed: {e}");
+                        }
+                        let head = self.store.head();
+                        match seq {
+                            Some(seq) if seq < head => {
+                                tracing::warn!(bridge = %name, undelivered = head - seq, "bridge {name}: removed with up to {} logged rows it had not delivered (seq {}..={head}): they stay in the log for history, but no bridge will send them. (A bridge renamed alone, with the same upstream, keeps its backlog.)", head - seq, seq + 1)
+                            }
+                            _ => tracing::info!(bridge = %name, "bridge {name}: removed"),
+                        }
+                    }
                 }
-                tracing::info!(bridge = %name, "bridge {name}: removed");
             } else {
                 tracing::info!(bridge = %name, "bridge {name}: configuration changed, restarting from its cursor");
             }

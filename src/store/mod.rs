@@ -634,6 +634,35 @@ impl Store {
         Ok(true)
     }
 
+    /// Gives bridge `from`'s cursor to bridge `to` (a bridge renamed in a reload keeps its backlog): `to`
+    /// continues where `from` stopped, and `from` is removed. Nothing happens (`None`) when `from` has no cursor
+    /// or `to` already has one.
+    pub fn rename_cursor(&self, from: &str, to: &str) -> Result<Option<u64>, StoreError> {
+        self.check_open()?;
+        let mut t = self.inner.shared.cursors.lock();
+        if t.map.contains_key(to) {
+            return Ok(None);
+        }
+        let Some(c) = t.map.remove(from) else {
+            return Ok(None);
+        };
+        let seq = c.seq;
+        t.map.insert(
+            to.to_string(),
+            Cursor {
+                seq,
+                durable: None,
+                lost: c.lost,
+            },
+        );
+        t.removed.insert(from.to_string());
+        t.removed.remove(to);
+        drop(t);
+        tracing::info!(from, to, seq, "store: bridge cursor renamed");
+        self.wake_writer();
+        Ok(Some(seq))
+    }
+
     /// Every cursor, by name: to reconcile with the configured bridges at start.
     pub fn cursors(&self) -> Vec<(String, u64)> {
         let t = self.inner.shared.cursors.lock();

@@ -851,3 +851,43 @@ async fn a_row_the_upstream_would_refuse_as_malformed_is_skipped_not_retried_for
         gw.bridges.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+/// A bridge renamed in a reload (alone, same upstream) keeps its backlog: the new name goes on from the old
+/// cursor. It used to start at the head of the log, and the rows logged during the outage never went up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_renamed_in_a_reload_keeps_its_backlog() {
+    let up = Upstream::start(UpstreamOpts::default()).await;
+    let p = Proxy::start(up.addr()).await;
+    let mut sub = up.subscribe(&["up/#"]).await;
+    let old = bridge_cfg("up", p.port());
+    let gw = Gw::start(std::slice::from_ref(&old));
+    gw.wait_status("up", "connected", LONG, |s| s.state.connected())
+        .await;
+    let first = gw.append(0, 10, 2).await;
+    gw.delivered("up", first).await;
+    // The uplink goes down; 100 rows gather; the bridge is renamed while they wait.
+    p.set_mode(Mode::Down);
+    p.cut();
+    gw.wait_status("up", "disconnected", LONG, |s| !s.state.connected())
+        .await;
+    let head = gw.append(10, 110, 2).await;
+    let renamed = BridgeConfig {
+        name: "up2".into(),
+        ..old.clone()
+    };
+    gw.bridges.reload(&[renamed], "gw").await;
+    assert_eq!(
+        gw.store
+            .cursors()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["up2"],
+        "the cursor moved to the new name"
+    );
+    p.set_mode(Mode::Pass);
+    gw.delivered("up2", head).await;
+    sub.until("110 rows", LONG, |s| s.got.len() >= 110).await;
+    check_stream(&sub.got, 110, 2);
+    gw.bridges.shutdown(Duration::from_secs(2)).await;
+}
