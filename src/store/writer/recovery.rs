@@ -55,7 +55,10 @@ impl Writer {
             // the condition (SQLite opens a file it cannot write read-only). A fresh one sees it gone.
             self.reopen();
         }
-        let mut want = (self.pending_bytes() * 2).max(16 * self.page_size) + self.wal_budget / 4;
+        // Room for what is pending, doubled at each failed attempt below: no more is evicted than the write
+        // needs (adding a share of the WAL budget here made a small log on a full disk lose nearly all of its
+        // undelivered rows in one episode).
+        let mut want = (self.pending_bytes() * 2).max(16 * self.page_size);
 
         let mut result = self.replay();
         for _ in 0..8 {
