@@ -667,7 +667,16 @@ impl<S: Io> Conn<S> {
             .metrics
             .clients_connected
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let will = self.session.state.lock().will.take().map(|w| *w);
+        // Only while this connection is the session's: after a takeover the will there is the new
+        // connection's (the broker sent this one's at the takeover).
+        let will = {
+            let mut st = self.session.state.lock();
+            if st.generation == self.generation {
+                st.will.take().map(|w| *w)
+            } else {
+                None
+            }
+        };
         self.broker
             .detach(&self.session, self.generation, clean, will);
     }

@@ -618,6 +618,13 @@ impl Broker {
             let owner = s.state.lock().owner.clone();
             super::auth::check_binding(&cfg, owner.as_deref(), user)?;
         }
+        // A connection being taken over leaves with its will (5.0 §3.1.4 -> §3.1.2.5): taken here, before a clean
+        // start discards the session or the new connection's will replaces it (the old connection used to find
+        // the new connection's will in the session and publish that one instead).
+        let taken_over_will = existing
+            .as_ref()
+            .filter(|s| s.live.load(Ordering::Acquire) != 0)
+            .and_then(|s| s.state.lock().will.take());
         let (session, present) = match existing {
             Some(s) if !clean_start => (s, true),
             other => {
@@ -656,6 +663,14 @@ impl Broker {
         }
         session.set_online(true);
         session.wake.notify_waiters();
+        drop(sessions);
+        if let Some(w) = taken_over_will {
+            // The old session ends (clean start): the will goes now, whatever its delay. It is resumed: a will
+            // without a delay goes now, one with a delay is not sent (resumed within the delay, §3.1.3.2.2).
+            if clean_start || w.properties.will_delay_interval.unwrap_or(0) == 0 {
+                self.spawn_will(*w, Duration::ZERO, None);
+            }
+        }
         Ok((session, present, generation))
     }
 

@@ -748,3 +748,41 @@ async fn qos1_flood_from_many_publishers_loses_nothing() {
     }
     assert_eq!(tb.broker.stats().dropped_queue_full, 0);
 }
+
+/// A connection taken over by a new one with the same client id leaves with its own will (5.0 §3.1.4), as
+/// mosquitto does, for 3.1.1 and 5.0, with a clean start or a resumed session; the new connection keeps its
+/// own will. (The taken-over connection used to find the new connection's will in the session and publish
+/// that one, so no will told of the first connection's end.)
+#[tokio::test]
+async fn a_taken_over_connection_sends_its_own_will_and_the_new_one_keeps_its_own() {
+    let tb = TestBroker::start().await;
+    let mut w = Client::connect(tb.addr, V5, "watch", true).await;
+    w.subscribe(vec![sub("tw/#", QoS::AtLeastOnce)]).await;
+    for (protocol, clean) in [(V3, true), (V3, false), (V5, true), (V5, false)] {
+        let id = format!("taken-{protocol:?}-{clean}");
+        let mk = |payload: &str| {
+            let mut c = connect_packet(protocol, &id, clean);
+            if protocol == V5 {
+                c.properties.session_expiry_interval = Some(600);
+            }
+            c.will = Some(will(&format!("tw/{id}"), payload, QoS::AtLeastOnce));
+            c
+        };
+        let (_first, _) = Client::connect_with(tb.addr, mk("first-gone")).await;
+        let (second, _) = Client::connect_with(tb.addr, mk("second-gone")).await;
+        let got = w.recv_publish().await;
+        assert_eq!(
+            (&*got.topic, &got.payload[..]),
+            (format!("tw/{id}").as_str(), &b"first-gone"[..]),
+            "{protocol:?} clean={clean}"
+        );
+        // The new connection's will is still there: an unclean end sends it.
+        drop(second);
+        let got = w.recv_publish().await;
+        assert_eq!(
+            &got.payload[..],
+            b"second-gone",
+            "{protocol:?} clean={clean}"
+        );
+    }
+}
