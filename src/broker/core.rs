@@ -525,7 +525,7 @@ impl Broker {
     /// quota exceeded). Its session goes offline at once, so waiting publishers move on (their messages are
     /// queued within the offline limits or dropped and counted), and continues as any offline session.
     pub(crate) fn evict_slow(&self, session: &Session) {
-        {
+        let kept = {
             let mut st = session.state.lock();
             if session.live.swap(0, Ordering::AcqRel) == 0 {
                 return;
@@ -533,13 +533,19 @@ impl Broker {
             st.kicked = Some((st.generation, crate::mqtt::reason::QUOTA_EXCEEDED));
             // Only while the connection is attached: a takeover in between attached a new one.
             session.set_online(false);
-        }
+            st.expiry_secs != 0
+        };
         session.wake.notify_waiters();
         Metrics::inc(&self.inner.metrics.slow_consumers_disconnected);
         tracing::warn!(
             client_id = %session.client_id,
             wait = ?self.config().limits.max_publish_wait,
-            "subscriber made no room in its full queue in time: disconnected (quota exceeded); its session continues offline"
+            "subscriber made no room in its full queue in time: disconnected (quota exceeded); {}",
+            if kept {
+                "its session continues offline"
+            } else {
+                "its session ends (a clean session)"
+            }
         );
         session.notify_space();
     }
