@@ -23,6 +23,13 @@ pub(crate) fn decode(r: &mut Reader) -> Result<Connect, DecodeError> {
     let protocol = match (name.as_str(), level) {
         ("MQTT", 4) | ("MQIsdp", 3) => Protocol::V311,
         ("MQTT", 5) => Protocol::V5,
+        // Another protocol name is not this protocol: no CONNACK, the connection is closed (§3.1.2.1; the
+        // level is only answered with a CONNACK when the name is right), as mosquitto does.
+        (n, _) if n != "MQTT" && n != "MQIsdp" => {
+            return Err(DecodeError::malformed(format!(
+                "protocol name {name:?} is not MQTT"
+            )))
+        }
         _ => {
             return Err(DecodeError::new(
                 reason::UNSUPPORTED_PROTOCOL_VERSION,
@@ -58,6 +65,13 @@ pub(crate) fn decode(r: &mut Reader) -> Result<Connect, DecodeError> {
         Protocol::V5 => properties::decode(r, Ctx::Connect)?,
         Protocol::V311 => Default::default(),
     };
+    if props.authentication_data.is_some() && props.authentication_method.is_none() {
+        // §3.1.2.11.10: "It is a Protocol Error to include Authentication Data if there is no Authentication
+        // Method".
+        return Err(DecodeError::protocol_error(
+            "CONNECT carries authentication data without an authentication method",
+        ));
+    }
     let client_id = r.string("client identifier")?;
     if protocol == Protocol::V311 && client_id.is_empty() && (!clean_start || level == 3) {
         return Err(DecodeError::new(

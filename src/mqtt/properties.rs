@@ -189,6 +189,13 @@ fn one(r: &mut Reader, ctx: Ctx, id: u8, p: &mut Properties) -> Result<(), Decod
         }
         RESPONSE_TOPIC => {
             let v = r.string("response topic")?;
+            // A topic name, published to by the responder: no wildcards (MQTT-3.3.2-14), no control
+            // characters.
+            if !super::topic::valid_topic_name(&v) {
+                return Err(DecodeError::protocol_error(format!(
+                    "response topic {v:?} is not a valid topic name"
+                )));
+            }
             set_once(&mut p.response_topic, v, ctx, id)?
         }
         CORRELATION_DATA => {

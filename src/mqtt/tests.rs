@@ -369,9 +369,10 @@ mod connect {
             err(&hex(r#"10 0f 0006 "MQIsdp" 04 02 003c 0001 "c""#), None),
             0x84
         );
+        // Another protocol's name: not a CONNACK matter, the connection is closed as malformed (as mosquitto).
         assert_eq!(
             err(&hex(r#"10 0d 0004 "MQTX" 04 02 003c 0001 "c""#), None),
-            0x84
+            0x81
         );
     }
 
@@ -535,6 +536,65 @@ mod connect {
             ..Properties::default()
         };
         roundtrip(&Packet::Connect(Box::new(c)), V5);
+    }
+}
+
+mod v5_property_rules {
+    use super::*;
+
+    /// §3.1.2.11.10: authentication data without an authentication method is a protocol error; MQTT-3.3.2-14:
+    /// a response topic is a topic name (no wildcards), in a PUBLISH and in a will.
+    #[test]
+    fn auth_data_without_method_and_wildcard_response_topics_are_protocol_errors() {
+        let c = Connect {
+            protocol: V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties {
+                authentication_data: Some(Bytes::from_static(b"x")),
+                ..Properties::default()
+            },
+        };
+        assert_eq!(
+            err(&enc(&Packet::Connect(Box::new(c.clone())), V5), None),
+            0x82
+        );
+        for rt in ["reply/#", "reply/+/x", "a\nb"] {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "t".into(),
+                packet_id: 0,
+                payload: Bytes::new(),
+                properties: Properties {
+                    response_topic: Some(rt.into()),
+                    ..Properties::default()
+                },
+            };
+            assert_eq!(err(&enc(&Packet::Publish(p), V5), Some(V5)), 0x82, "{rt:?}");
+            let mut w = c.clone();
+            w.properties = Properties::default();
+            w.will = Some(LastWill {
+                topic: "will".into(),
+                payload: Bytes::new(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Properties {
+                    response_topic: Some(rt.into()),
+                    ..Properties::default()
+                },
+            });
+            assert_eq!(
+                err(&enc(&Packet::Connect(Box::new(w)), V5), None),
+                0x82,
+                "{rt:?}"
+            );
+        }
     }
 }
 
@@ -1513,6 +1573,7 @@ mod properties_based {
             present in any::<u32>(),
             n in vec(any::<u32>(), 25),
             s in vec(arb_string(), 7),
+            rt in arb_topic(),
             b in vec(arb_bytes(), 2),
             user in vec((arb_string(), arb_string()), 0..3),
             sub_ids in vec(1u32..=268_435_455, 0..3),
@@ -1523,14 +1584,15 @@ mod properties_based {
                 payload_format_indicator: flag(0),
                 message_expiry_interval: on(1).then_some(n[1]),
                 content_type: on(2).then(|| s[0].clone()),
-                response_topic: on(3).then(|| s[1].clone()),
+                response_topic: on(3).then(|| rt.clone()),
                 correlation_data: on(4).then(|| b[0].clone()),
                 subscription_identifiers: sub_ids,
                 session_expiry_interval: on(5).then_some(n[5]),
                 assigned_client_identifier: on(6).then(|| s[2].clone()),
                 server_keep_alive: on(7).then_some(n[7] as u16),
                 authentication_method: on(8).then(|| s[3].clone()),
-                authentication_data: on(9).then(|| b[1].clone()),
+                // Authentication data only with a method (§3.1.2.11.10).
+                authentication_data: (on(8) && on(9)).then(|| b[1].clone()),
                 request_problem_information: flag(10),
                 will_delay_interval: on(11).then_some(n[11]),
                 request_response_information: flag(12),
