@@ -645,17 +645,25 @@ impl Bridge {
         } else {
             self.rate_samples.clear();
         }
-        let (rate, shrinking, arriving) = match self.rate_samples.front() {
-            Some(&(t0, d0, l0, h0)) if now.saturating_duration_since(t0) >= RATE_MIN_SPAN => {
+        let (rate, arriving) = match self.rate_samples.front() {
+            Some(&(t0, d0, _, h0)) if now.saturating_duration_since(t0) >= RATE_MIN_SPAN => {
                 let span = now.saturating_duration_since(t0).as_secs_f64();
                 (
                     (self.machine.window().delivered - d0) as f64 / span,
-                    st.lag_rows < l0,
                     head.saturating_sub(h0) as f64 / span,
                 )
             }
-            _ => (0.0, false, 0.0),
+            _ => (0.0, 0.0),
         };
+        // Shrinking now, not over the whole window: against the newest sample at least RATE_MIN_SPAN old, the
+        // lag is smaller and something was delivered. (Against the window's oldest sample, a link gone silent
+        // after a drain still looked shrinking, and an ETA was shown while the backlog grew.)
+        let shrinking = self
+            .rate_samples
+            .iter()
+            .rev()
+            .find(|s| now.saturating_duration_since(s.0) >= RATE_MIN_SPAN)
+            .is_some_and(|&(_, d, l, _)| st.lag_rows < l && self.machine.window().delivered > d);
         self.arriving = arriving;
         st.drain_rate = rate;
         // An ETA only while draining: connected, delivering, and the backlog getting smaller.

@@ -333,6 +333,29 @@ async fn status_during_an_outage_matches_the_log() {
     })
     .await;
     assert!(b["drain_rate"].as_f64().unwrap() >= 0.0);
+    // The link goes silent right after the drain (connected still, until keepalive): the backlog grows, and
+    // no ETA may be shown, though the rate window still holds the drain and its larger lag (it was).
+    // (Shrinking is judged over the last second: one second after the last delivery the ETA must be gone.)
+    proxy.set_mode(Mode::Stall);
+    let stalled = tokio::time::Instant::now();
+    let mut growing = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while growing < 3 {
+        local.more(10).await;
+        let s = status(&api).await;
+        let b = &s["bridges"][0];
+        if matches!(b["state"].as_str(), Some("live" | "backlog"))
+            && b["lag_rows"].as_u64().unwrap() >= 30
+            && stalled.elapsed() >= Duration::from_millis(2500)
+        {
+            assert!(
+                b["eta_seconds"].is_null(),
+                "an ETA while the backlog grows: {b}"
+            );
+            growing += 1;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+    }
 }
 
 // ---- damage and full disk, with the daemon ------------------------------------------------------------------
