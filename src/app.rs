@@ -7,7 +7,11 @@
 //!
 //! Reload: the new configuration is loaded and validated completely first; if anything is wrong, every error is
 //! logged and nothing changes. Otherwise devices whose configuration is identical keep running untouched,
-//! changed ones are restarted, removed ones stopped, new ones started; broker clients stay connected.
+//! changed ones are restarted, removed ones stopped, new ones started; broker clients stay connected. Bridges,
+//! broker users, ACLs, limits and listeners, `storage.record` and `storage.durability` are applied too. What
+//! only a restart applies (see [`restart_notes`]: `api.*`, `storage.path` and the store's sizing and
+//! commit settings, `logging.level`, `broker.sys_interval`) is kept as it runs, and the reload's answer
+//! and log carry one note per such changed key.
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,6 +135,8 @@ pub struct App {
     api_stop: CancellationToken,
     /// Serializes reloads (SIGHUP and the API may ask at the same moment).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The configuration the daemon started with: what runs of the settings only a restart applies.
+    started: Arc<Config>,
     /// The upstream bridges.
     pub bridges: Arc<Bridges>,
 }
@@ -223,6 +229,7 @@ impl App {
             api: Mutex::new(None),
             api_stop: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            started: Arc::new(cfg.clone()),
             bridges,
         });
         if let Some(bind) = cfg.api.bind {
@@ -367,8 +374,29 @@ impl App {
             }
         }
         // The gateway id can change topics of every device: treat it as a change of all of them.
-        let gateway_changed = self.config.read().gateway != new.gateway;
+        let old_gateway = self.config.read().gateway.clone();
+        let gateway_changed = old_gateway != new.gateway;
         *self.config.write() = Arc::new(new.clone());
+        if old_gateway.status_topic != new.gateway.status_topic {
+            // The gateway's retained status moves: cleared where it was, `online` where it is now (and
+            // `offline` goes there at shutdown).
+            self.link
+                .publish(Message::new(
+                    old_gateway.status_topic.as_str(),
+                    bytes::Bytes::new(),
+                    QoS::AtLeastOnce,
+                    true,
+                ))
+                .await;
+            self.link
+                .publish(Message::new(
+                    new.gateway.status_topic.as_str(),
+                    "online",
+                    QoS::AtLeastOnce,
+                    true,
+                ))
+                .await;
+        }
         for spec in &new.devices {
             match old_specs.get(&spec.adapter.name) {
                 Some(old) if *old == *spec && !gateway_changed => {
@@ -387,24 +415,37 @@ impl App {
         }
         self.store_link.configure(&new);
         self.bridges.reload(&new.bridges, &new.gateway.id).await;
-        let listeners_changed = self.broker.config().listeners != new.broker.listeners;
+        // Also when a listener is down since the last reload could not bind it: tried again.
+        let listeners_changed = self.broker.config().listeners != new.broker.listeners
+            || self.listener_addrs.read().len() != new.broker.listeners.len();
         self.broker.update_config(new.broker.clone());
         if listeners_changed {
             let stop = std::mem::take(&mut *self.listener_stop.lock());
             stop.cancel();
             let fresh = CancellationToken::new();
             let mut addrs = Vec::new();
-            for l in &new.broker.listeners {
-                match self.broker.bind(l).await {
+            for (i, l) in new.broker.listeners.iter().enumerate() {
+                match bind_again(&self.broker, l).await {
                     Ok(b) => {
                         addrs.push(b.local_addr());
                         self.broker.serve(b, fresh.clone());
                     }
-                    Err(e) => tracing::error!(error = %e, "listener not restarted after reload"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "listener not restarted after reload");
+                        summary.notes.push(format!(
+                            "broker.listeners[{i}] is not listening: {e}; fix it and reload (or restart)"
+                        ));
+                    }
                 }
             }
             *self.listener_addrs.write() = addrs;
             *self.listener_stop.lock() = fresh;
+        }
+        summary
+            .notes
+            .splice(0..0, restart_notes(&self.started, &new));
+        for note in &summary.notes {
+            tracing::warn!("reload: {note}");
         }
         tracing::info!(
             added = summary.added.len(),
@@ -478,6 +519,103 @@ impl App {
 }
 
 pub use crate::api::ReloadSummary;
+
+/// Binds a listener again after a reload. The listener it replaces may be on the same address, and its task
+/// closes the socket a moment after being told to stop: "address in use" is retried for up to a second.
+async fn bind_again(
+    broker: &Broker,
+    l: &config::ListenerConfig,
+) -> Result<crate::broker::listener::Bound, crate::broker::listener::ListenError> {
+    let mut tries = 0;
+    loop {
+        match broker.bind(l).await {
+            Err(crate::broker::listener::ListenError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 40 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The settings a reload does not apply, each with how to show its values (`None`: not shown, a secret).
+/// The API server, the store, the log filter and the `$SYS` publisher are set up once at start.
+type RestartKey = (&'static str, fn(&Config) -> Option<String>);
+
+const RESTART_ONLY: &[RestartKey] = &[
+    ("api.bind", |c| {
+        Some(c.api.bind.map_or("disabled".to_string(), |a| a.to_string()))
+    }),
+    ("api.token", |_| None),
+    ("api.token_file", |c| {
+        Some(c.api.token_file.display().to_string())
+    }),
+    ("api.auth_reads", |c| Some(c.api.auth_reads.to_string())),
+    ("api.hosts", |c| Some(format!("{:?}", c.api.hosts))),
+    ("api.tls", |c| {
+        Some(
+            c.api
+                .tls
+                .as_ref()
+                .map_or("none".to_string(), |t| t.cert.display().to_string()),
+        )
+    }),
+    ("storage.path", |c| {
+        Some(c.storage.path.display().to_string())
+    }),
+    ("storage.max_bytes", |c| {
+        Some(c.storage.max_bytes.to_string())
+    }),
+    ("storage.synchronous", |c| {
+        Some(format!("{:?}", c.storage.synchronous).to_lowercase())
+    }),
+    ("storage.commit_interval", |c| {
+        Some(humantime::format_duration(c.storage.commit_interval).to_string())
+    }),
+    ("storage.commit_rows", |c| {
+        Some(c.storage.commit_rows.to_string())
+    }),
+    ("storage.max_age", |c| {
+        Some(c.storage.max_age.map_or("none".to_string(), |d| {
+            humantime::format_duration(d).to_string()
+        }))
+    }),
+    ("storage.when_full", |c| {
+        Some(format!("{:?}", c.storage.when_full))
+    }),
+    ("logging.level", |c| Some(c.logging.level.clone())),
+    ("broker.sys_interval", |c| {
+        Some(humantime::format_duration(c.broker.sys_interval).to_string())
+    }),
+];
+
+/// One note per setting that differs between `running` (what the daemon started with) and `new` but is
+/// applied only at the next restart: `api.bind changed (127.0.0.1:8080 → 127.0.0.1:9090): takes effect at
+/// the next restart`.
+pub fn restart_notes(running: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (key, show) in RESTART_ONLY {
+        let differs = match *key {
+            // Secrets and values whose text could hide a difference: compared as values.
+            "api.token" => running.api.token != new.api.token,
+            "api.tls" => running.api.tls != new.api.tls,
+            "api.hosts" => running.api.hosts != new.api.hosts,
+            _ => show(running) != show(new),
+        };
+        if !differs {
+            continue;
+        }
+        notes.push(match (show(running), show(new)) {
+            (Some(a), Some(b)) if a != b => {
+                format!("{key} changed ({a} → {b}): takes effect at the next restart")
+            }
+            _ => format!("{key} changed: takes effect at the next restart"),
+        });
+    }
+    notes
+}
 
 /// Gives memory the allocator keeps after a burst back to the system, every [`crate::mem::TRIM_EVERY`].
 async fn release_freed_memory(cancel: CancellationToken) {

@@ -28,6 +28,10 @@ pub struct ReloadSummary {
     pub restarted: Vec<String>,
     /// Devices left running.
     pub unchanged: Vec<String>,
+    /// What the reload could not apply, one line each: a changed setting that takes effect at the next
+    /// restart (`api.bind changed (…): takes effect at the next restart`), a listener that could not be bound
+    /// again. Also logged.
+    pub notes: Vec<String>,
 }
 
 /// The daemon state the HTTP API serves.
@@ -43,6 +47,10 @@ pub trait ApiState: Send + Sync + 'static {
     fn broker_stats(&self) -> BrokerStats;
     /// A snapshot of the durable log (blocking).
     fn store_stats(&self) -> StoreStats;
+    /// The log file being served (named in errors).
+    fn store_path(&self) -> std::path::PathBuf {
+        self.config().storage.path.clone()
+    }
     /// The store writer's state and, when stalled or degraded, why (cheap: no SQLite query).
     fn store_health(&self) -> (WriterState, Option<String>) {
         let s = self.store_stats();

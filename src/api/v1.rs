@@ -4,16 +4,19 @@
 //! A write (`POST /api/v1/devices/{device}/points/{point}`) is published on the embedded broker as
 //! `{gateway}/{device}/{point}/set`, exactly as an MQTT client's write request, with an MQTT 5 response topic
 //! of its own: the pipeline's command task executes it and answers as it answers every write (the answer also
-//! goes to `…/set/result`). The HTTP answer is that answer.
-use std::time::SystemTime;
+//! goes to `…/set/result`). The HTTP answer is that answer, with the status of who refused it (see
+//! [`write_refusal_status`]): `422` a value the gateway refuses, `502`/`504` the device. Its body must arrive
+//! within the server's body timeout ([`super::BODY_TIMEOUT`]), else `408` and the connection is closed.
+use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::model::{
     BucketsDoc, HistoryDoc, HistoryRow, LatestDoc, SeriesView, ValueRow, ValuesDoc, WriteDoc,
@@ -82,6 +85,33 @@ pub fn parse_every(text: &str) -> Result<i64, ParamError> {
         })
 }
 
+/// The parameters of `GET /api/v1/history` that apply to rows, not to buckets (`every`), and why.
+const ROWS_ONLY: [(&str, &str); 3] = [
+    (
+        "cursor",
+        "`cursor` pages rows; bucket answers are not paged (narrow `from`/`to`)",
+    ),
+    (
+        "fields",
+        "`fields` picks the fields of rows (`values`: time and value); buckets are aggregates (count, min, \
+         max, avg, first, last) — drop `fields` for buckets, or `every` for readings",
+    ),
+    (
+        "limit",
+        "`limit` counts rows; the number of buckets is set by `from`, `to` and `every` — narrow the range \
+         or widen the buckets (`order=desc` puts the newest bucket first)",
+    ),
+];
+
+/// Puts each series' buckets in the query's order: the store returns them oldest first.
+pub fn order_buckets(series: &mut [crate::store::Series], order: crate::store::Order) {
+    if order == crate::store::Order::Desc {
+        for s in series {
+            s.buckets.reverse();
+        }
+    }
+}
+
 /// What `GET /api/v1/history` asks: rows (with a page cursor) or buckets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum V1Query {
@@ -103,11 +133,13 @@ pub fn v1_query(pairs: &[(String, String)], now: SystemTime) -> Result<V1Query, 
         .collect();
     let mut q = params::history_query(&base, now)?;
     if let Some(every) = p.get("every") {
-        if p.contains_key("cursor") || p.contains_key("fields") {
-            return Err(ParamError(
-                "parameter `cursor` pages rows; bucket answers are not paged (narrow `from`/`to`)"
-                    .into(),
-            ));
+        // What applies to rows only is refused by name; `order` applies to buckets too (newest first).
+        for (name, why) in ROWS_ONLY {
+            if p.contains_key(name) {
+                return Err(ParamError(format!(
+                    "parameter `{name}` does not go with `every`: {why}"
+                )));
+            }
         }
         let every_ms = parse_every(every)?;
         let to_ms = match q.to_ms {
@@ -149,10 +181,12 @@ async fn history(
         V1Query::Buckets(b) => {
             let (from_ms, to_ms, every_ms) = (b.from_ms, b.to_ms, b.every_ms);
             let (device, point) = (b.filter.device.clone(), b.filter.point.clone());
+            let order = b.filter.order;
             let cfg = ctx.state.config();
             let series = blocking(move || state.buckets(&b)).await?;
-            let series = unless_configured(series, &cfg, device.as_deref(), point.as_deref())
-                .map_err(store_error)?;
+            let mut series = unless_configured(series, &cfg, device.as_deref(), point.as_deref())
+                .map_err(|e| store_error(e, &ctx.state.store_path()))?;
+            order_buckets(&mut series, order);
             let series = series
                 .into_iter()
                 .map(|s| SeriesView {
@@ -215,7 +249,7 @@ async fn logged<R: Send + 'static>(
         device.as_deref(),
         point.as_deref(),
     )
-    .map_err(store_error)
+    .map_err(|e| store_error(e, &ctx.state.store_path()))
 }
 
 /// One page of rows: at most `limit`, with the cursor of the next page when there is more.
@@ -286,17 +320,68 @@ fn level_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= 256 && !name.contains(['/', '+', '#', '\0'])
 }
 
+/// Reads a request body of at most `max` bytes, which must arrive within `timeout`: a client that announces
+/// more, or sends it too slowly (or never), is answered and its connection closed.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, Reject> {
+    let too_large = || {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is a value: at most {max} bytes"),
+        )
+        .closing()
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(bad_request(format!("cannot read the request body: {e}")).closing()),
+        Err(_) => Err(reject(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (send the value with its request)",
+                timeout.as_secs_f64()
+            ),
+        )
+        .closing()),
+    }
+}
+
+/// The HTTP status of a write the command task refused. Its answer carries the text of the
+/// [`fieldbridge_sdk::CommandError`], whose beginning says who refused: the gateway (the value, the point:
+/// 4xx, the client must change the request) or the device (5xx, the request was fine).
+pub fn write_refusal_status(error: &str) -> StatusCode {
+    if error.starts_with("invalid value") {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if error.starts_with("unknown point") {
+        StatusCode::NOT_FOUND
+    } else if error.starts_with("point `") && error.ends_with("is read-only") {
+        StatusCode::CONFLICT
+    } else if error == "timed out" {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        // The device refused it, cannot be reached, read back another value, or its adapter is down.
+        StatusCode::BAD_GATEWAY
+    }
+}
+
 async fn write(
     State(ctx): State<Ctx>,
     Path((device, point)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, Reject> {
-    if body.len() > MAX_WRITE_BODY {
-        return Err(reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is a value: at most {MAX_WRITE_BODY} bytes"),
-        ));
-    }
+    let body = read_body(&headers, body, MAX_WRITE_BODY, ctx.limits.body_timeout).await?;
     if !level_ok(&device) || !level_ok(&point) {
         return Err(bad_request(
             "device and point names cannot be empty nor contain `/`, `+`, `#`",
@@ -340,10 +425,10 @@ async fn write(
         error: Some("unreadable answer from the command task".into()),
         ts: String::new(),
     });
-    let status = if doc.ok {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_GATEWAY
+    let status = match (&doc.ok, &doc.error) {
+        (true, _) => StatusCode::OK,
+        (false, Some(e)) => write_refusal_status(e),
+        (false, None) => StatusCode::BAD_GATEWAY,
     };
     Ok((status, Json(doc)).into_response())
 }
@@ -382,5 +467,62 @@ mod tests {
         assert_eq!(r.after, Some((5, 7)));
         assert!(v1_query(&p(&[("cursor", "x")]), now).is_err());
         assert!(v1_query(&p(&[("cursor", "1.-1")]), now).is_err());
+    }
+
+    /// What applies to rows only is refused with buckets, naming the parameter really given; `order` is
+    /// kept for the buckets.
+    #[test]
+    fn buckets_refuse_row_parameters_by_name() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let bucket = |extra: (&str, &str)| {
+            v1_query(
+                &p(&[("device", "m"), ("point", "n"), ("every", "1m"), extra]),
+                now,
+            )
+        };
+        let e = bucket(("fields", "values")).unwrap_err().0;
+        assert!(
+            e.starts_with("parameter `fields` does not go with `every`: "),
+            "{e}"
+        );
+        assert!(!e.contains("cursor"), "{e}");
+        let e = bucket(("limit", "5")).unwrap_err().0;
+        assert!(
+            e.starts_with("parameter `limit` does not go with `every`: "),
+            "{e}"
+        );
+        let e = bucket(("cursor", "1.2")).unwrap_err().0;
+        assert!(e.contains("not paged"), "{e}");
+        let Ok(V1Query::Buckets(b)) = bucket(("order", "desc")) else {
+            panic!("order goes with buckets")
+        };
+        assert_eq!(b.filter.order, crate::store::Order::Desc);
+    }
+
+    /// Every refusal of the command task maps to the status that says whose fault it is: the value or the
+    /// point (4xx) or the device (5xx).
+    #[test]
+    fn write_refusals_map_to_statuses() {
+        use fieldbridge_sdk::CommandError as E;
+        let cases = [
+            (E::InvalidValue("999 is outside 30..80".into()), 422),
+            (E::UnknownPoint("x".into()), 404),
+            (E::ReadOnly("x".into()), 409),
+            (E::Device("exception 2".into()), 502),
+            (E::Transport("connection refused".into()), 502),
+            (
+                E::Verify {
+                    wrote: "1".into(),
+                    read: "2".into(),
+                },
+                502,
+            ),
+            (E::Timeout, 504),
+        ];
+        for (e, want) in cases {
+            let text = e.to_string();
+            assert_eq!(write_refusal_status(&text).as_u16(), want, "{text}");
+        }
+        assert_eq!(write_refusal_status("something new").as_u16(), 502);
     }
 }

@@ -38,6 +38,10 @@ impl ApiState for App {
         self.store.stats()
     }
 
+    fn store_path(&self) -> std::path::PathBuf {
+        self.store.path().to_path_buf()
+    }
+
     fn store_health(&self) -> (WriterState, Option<String>) {
         self.store.health()
     }

@@ -125,6 +125,50 @@ fn token_leniently(path: &Path) -> Option<String> {
     crate::api::auth::read_token_file(&file).ok()
 }
 
+/// Why `path` cannot be a log file (`--db`): it does not exist, or it is a directory. `None` when it is a file
+/// (or something else the store will judge).
+pub(crate) fn not_a_log_file(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Some(format!(
+            "{} is a directory, not a log file: pass the database file itself (`storage.path` of the \
+             configuration, e.g. {})",
+            path.display(),
+            path.join("fieldbridge.db").display()
+        )),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Some(if dir.is_dir() {
+                format!(
+                    "no log file {} (no such file in {}; the log is `storage.path` of the configuration)",
+                    path.display(),
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "no log file {}: its directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                )
+            })
+        }
+        Err(e) => Some(format!("cannot read the log file {}: {e}", path.display())),
+    }
+}
+
+/// The problems of a main configuration file that is not even YAML (a syntax error: the daemon would refuse
+/// it, and its `api.bind` cannot be read), or `None` when it parses (or cannot be read: said elsewhere).
+fn unparsable(path: &Path) -> Option<crate::config::ConfigErrors> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let opts = ParseOptions { env: Some(&env) };
+    parse_yaml_with(&path.display().to_string(), &text, &opts).err()?;
+    crate::config::load(path).err()
+}
+
 /// Make a running daemon re-read its configuration; exit 64 with every problem if it is invalid.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReloadArgs {
@@ -340,6 +384,20 @@ pub(crate) fn report<O: Write, E: Write>(e: &ClientError, con: &mut Console<O, E
 /// problem (`file:line:col: path: message`, on stdout like `check`) and exits 64 when the file is invalid —
 /// the daemon then keeps its running configuration.
 pub async fn reload<O: Write, E: Write>(args: &ReloadArgs, con: &mut Console<O, E>) -> u8 {
+    // A file that is not YAML: the daemon (which re-reads this file) would refuse it, and where it listens
+    // cannot be read from it. Said like `check` says it, without asking the daemon.
+    if args.target.api.is_none() {
+        if let Some(errors) = unparsable(&args.target.config) {
+            con.print(&format!("{errors}\n"));
+            con.eprintln(&format!(
+                "fieldbridge: reload refused: {} has {} problem(s); the daemon was not asked and keeps its \
+                 running configuration",
+                args.target.config.display(),
+                errors.len()
+            ));
+            return EXIT_CONFIG;
+        }
+    }
     // Stopping changed devices waits for their adapters; a minute covers slow device timeouts.
     let client = match client_for(&args.target, Duration::from_secs(60), con) {
         Ok(c) => c,

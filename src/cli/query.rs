@@ -93,8 +93,13 @@ impl QueryArgs {
     /// The query parameters, as the API takes them.
     pub fn params(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
-        if !self.latest {
+        // `--limit` counts rows: with `--every` it is sent only when given another value than the default, for
+        // the daemon (or the same check on the file) to refuse it by name.
+        let limit_given = self.every.is_none() || self.limit != params::DEFAULT_HISTORY_LIMIT;
+        if !self.latest && limit_given {
             p.push(("limit".to_string(), self.limit.to_string()));
+        }
+        if !self.latest {
             p.push((
                 "order".to_string(),
                 match self.order {
@@ -179,6 +184,10 @@ fn open_file<O: Write, E: Write>(
     path: &std::path::Path,
     con: &mut Console<O, E>,
 ) -> Result<LogReader, Failed> {
+    if let Some(why) = super::not_a_log_file(path) {
+        con.eprintln(&format!("fieldbridge: cannot read the log: {why}"));
+        return Err(Failed(EXIT_FAILURE));
+    }
     LogReader::open(path).map_err(|e| {
         con.eprintln(&format!("fieldbridge: cannot read the log: {e}"));
         Failed(EXIT_FAILURE)
@@ -306,7 +315,8 @@ impl Source {
                 Ok(Answer::Rows(v1::page(rows, limit)))
             }
             V1Query::Buckets(b) => {
-                let series = reader.buckets(&b).map_err(|e| store_failed(e, con))?;
+                let mut series = reader.buckets(&b).map_err(|e| store_failed(e, con))?;
+                v1::order_buckets(&mut series, b.filter.order);
                 let mut views = Vec::with_capacity(series.len());
                 for s in series {
                     views.push(SeriesView {
@@ -776,6 +786,15 @@ mod tests {
         assert_eq!(
             a.path(),
             "/api/v1/history?limit=5&order=desc&device=meter%203&topic=gw%2F%23&from=-1h&every=1m"
+        );
+        // With --every, the default --limit is not sent (it counts rows; the daemon refuses it with buckets).
+        let b = QueryArgs {
+            limit: 1000,
+            ..a.clone()
+        };
+        assert_eq!(
+            b.path(),
+            "/api/v1/history?order=desc&device=meter%203&topic=gw%2F%23&from=-1h&every=1m"
         );
         let l = QueryArgs {
             latest: true,

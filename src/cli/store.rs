@@ -50,6 +50,13 @@ pub fn store_main(cmd: &StoreCmd, out: &mut impl Write, err: &mut impl Write) ->
         let _ = writeln!(err, "fieldbridge store: {e}");
         1
     };
+    let db = match cmd {
+        StoreCmd::Check { db } | StoreCmd::Salvage { db, .. } => db,
+    };
+    if let Some(why) = super::not_a_log_file(db) {
+        let _ = writeln!(err, "fieldbridge store: {why}");
+        return 1;
+    }
     match cmd {
         StoreCmd::Check { db } => match check_file(db) {
             Ok(r) => {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{eventually, WAIT};
+use crate::util::{eventually, within, WAIT};
 
 /// The daemon's configuration. The API section is disabled so that the test starts the server itself (on
 /// port 0) whatever `App::start` does with `api.bind`.
@@ -54,6 +54,8 @@ devices:
         type: int
       - name: sp
         signal: setpoint
+        min: 30
+        max: 80
         initial: 42
         type: float
         writable: true
@@ -72,15 +74,20 @@ struct Daemon {
 
 impl Daemon {
     async fn start() -> Daemon {
+        Daemon::start_with(CONFIG, api::Limits::default()).await
+    }
+
+    /// A daemon on `config`, its API bounded by `limits`.
+    async fn start_with(config_text: &str, limits: api::Limits) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("fb.yaml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let registry = Registry::default();
         let cfg = load_config(&config, &registry).unwrap_or_else(|e| panic!("test config: {e}"));
         let app = App::start(cfg, registry).await.expect("daemon starts");
         let stop = CancellationToken::new();
         let state: Arc<dyn ApiState> = app.clone();
-        let server = api::serve(state, "127.0.0.1:0".parse().unwrap(), stop.clone())
+        let server = api::serve_with(state, "127.0.0.1:0".parse().unwrap(), stop.clone(), limits)
             .await
             .expect("API binds");
         let token = std::fs::read_to_string(dir.path().join("api-token"))
@@ -1350,4 +1357,500 @@ async fn v1_history_buckets_latest_and_write_back() {
         assert!(doc["paths"].get(p).is_some(), "{p}");
     }
     d.stop().await;
+}
+
+/// Reads from `s` until `end` has been received; returns everything read.
+async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(end.len()).any(|w| w == end) {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("data in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", text(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    text(&got)
+}
+
+/// Reads one answer on a kept-alive connection (its body sized by `Content-Length`): status and body.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String) {
+    let mut got = read_until(s, b"\r\n\r\n").await.into_bytes();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = text(&got[..head_end]);
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    let mut buf = [0u8; 4096];
+    while got.len() < head_end + len {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("the body in time")
+            .expect("read");
+        assert!(n > 0, "closed in the body: {}", text(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = head[9..12].parse().unwrap();
+    (status, text(&got[head_end..]))
+}
+
+/// Waits until the server closes `s` (end of file, or a reset), failing after [`WAIT`].
+async fn assert_closed(s: &mut tokio::net::TcpStream, what: &str) {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("{what} was not closed within {WAIT:?}"),
+        }
+    }
+}
+
+/// Sends `request` on a new connection; returns the status and body once the server has answered and
+/// closed the connection.
+async fn answer_and_close(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("an answer, and the connection closed, in time")
+        .expect("read");
+    let answer = text(&answer);
+    let status = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Connections that send nothing, or stay idle after an answer, cannot lock other clients out: at the
+/// connection limit a new client is served at once and the connection idle longest is closed for it
+/// (oldest first); a connection in the middle of a request is never the one closed. (It used to be 64
+/// connections, then every other client waited for the 10 s header timeout, indefinitely if they reconnected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_lock_a_new_client_out() {
+    // A limit of 4, and timeouts far beyond the test's WAIT: only closing an idle connection can serve the
+    // new client in time.
+    let limits = api::Limits {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(600),
+        body_timeout: Duration::from_secs(600),
+    };
+    let d = Daemon::start_with(CONFIG, limits).await;
+    let host = format!("Host: {}", d.api);
+
+    // 1. Busy: a write whose body is still to come (the `100 Continue` says its handler is reading it).
+    let mut busy = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    busy.write_all(
+        format!(
+            "POST /api/v1/devices/boiler/points/sp HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {}\r\n\
+             Expect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            d.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let go_on = read_until(&mut busy, b"\r\n\r\n").await;
+    assert!(go_on.starts_with("HTTP/1.1 100"), "{go_on}");
+    // 2. Kept alive after one answer.
+    let mut kept = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    kept.write_all(format!("GET /health HTTP/1.1\r\n{host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut kept).await.0, 200);
+    // 3 and 4: connected, sending nothing.
+    let mut silent1 = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    let silent2 = tokio::net::TcpStream::connect(d.api).await.unwrap();
+
+    // Four open: a new client is answered; the kept-alive connection, idle longest, made room.
+    let (s, b) = raw(d.api, &format!("GET /health HTTP/1.1\r\n{host}"), "").await;
+    assert_eq!(s, 200, "{b}");
+    assert_closed(&mut kept, "the connection idle longest").await;
+    // Full again: the next one makes room, the first silent connection (idle longer than the others).
+    let silent3 = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    let (s, b) = raw(d.api, &format!("GET /health HTTP/1.1\r\n{host}"), "").await;
+    assert_eq!(s, 200, "{b}");
+    assert_closed(&mut silent1, "the next connection idle longest").await;
+    // The busy connection, the oldest of all, was left alone: its write completes.
+    busy.write_all(b"50").await.unwrap();
+    let (s, b) = read_response(&mut busy).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("\"ok\":true"), "{b}");
+    drop((silent2, silent3));
+    d.stop().await;
+}
+
+/// A write's body must arrive in time: announced too large, it is refused at once; shorter than announced,
+/// or chunked without end, the request is answered 408 and the connection closed (it used to be held forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_must_arrive_in_time() {
+    let limits = api::Limits {
+        body_timeout: Duration::from_millis(300),
+        ..api::Limits::default()
+    };
+    let d = Daemon::start_with(CONFIG, limits).await;
+    let head = format!(
+        "POST /api/v1/devices/boiler/points/sp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}",
+        d.api, d.token
+    );
+
+    let (s, b) = answer_and_close(
+        d.api,
+        &format!("{head}\r\nContent-Length: 1000000000\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(s, 413, "{b}");
+    assert!(b.contains("at most 4096 bytes"), "{b}");
+
+    let (s, b) = answer_and_close(d.api, &format!("{head}\r\nContent-Length: 10\r\n\r\n5")).await;
+    assert_eq!(s, 408, "{b}");
+    assert!(
+        b.contains("the request body did not arrive within 0.3 s"),
+        "{b}"
+    );
+
+    let (s, b) = answer_and_close(
+        d.api,
+        &format!("{head}\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n5\r\n"),
+    )
+    .await;
+    assert_eq!(s, 408, "{b}");
+
+    // Chunks that keep coming and never end: the connection ends in time (408, or a reset when more of the
+    // body arrived after the answer: the server closes with unread data).
+    let s = tokio::net::TcpStream::connect(d.api).await.unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    tx.write_all(format!("{head}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        // Traffic, not synchronisation: a client trickling its body until the server hangs up.
+        while tx.write_all(b"1\r\n5\r\n").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(WAIT, rx.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "a body without end held the connection");
+    let answer = text(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    writer.abort();
+
+    // Still serving, and a write whose body comes in time works.
+    let (s, b) = raw(d.api, &head, "61").await;
+    assert_eq!(s, 200, "{b}");
+    d.stop().await;
+}
+
+/// A device that cannot be reached, for write answers from the device side.
+const FLAKY: &str = "  - name: flaky
+    protocol: sim
+    poll_interval: 100ms
+    connection: {failure_rate: 1.0}
+    points:
+      - name: sp
+        signal: setpoint
+        initial: 42
+        type: float
+        writable: true
+";
+
+/// A value the gateway refuses is the client's to fix (422); only what the device does is a gateway error
+/// (502/504). `-d 999` for a point of range 30..80 used to be 502 Bad Gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_refusals_say_whose_fault_it_is() {
+    let d = Daemon::start_with(&format!("{CONFIG}{FLAKY}"), api::Limits::default()).await;
+    eventually("the boiler online", || async {
+        let v = d.get_json("/api/devices").await;
+        (v["devices"][0]["status"] == "online").then_some(())
+    })
+    .await;
+    let write = |path: &'static str, body: &'static str| {
+        let c = d.client();
+        async move {
+            let (s, b) = c
+                .request_with_body(Method::POST, path, bytes::Bytes::from(body))
+                .await
+                .unwrap();
+            (s.as_u16(), text(&b))
+        }
+    };
+    for value in [
+        "999",
+        "29",
+        "abc",
+        "NaN",
+        "inf",
+        "-inf",
+        "{\"value\": \"hot\"}",
+    ] {
+        let (s, b) = write("/api/v1/devices/boiler/points/sp", value).await;
+        assert_eq!(s, 422, "{value}: {b}");
+        let doc: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(doc["ok"], false, "{b}");
+        assert!(
+            doc["error"].as_str().unwrap().starts_with("invalid value"),
+            "{value}: {b}"
+        );
+    }
+    let (s, b) = write("/api/v1/devices/boiler/points/sp", "61").await;
+    assert_eq!(s, 200, "{b}");
+    // The device side: unreachable.
+    let (s, b) = write("/api/v1/devices/flaky/points/sp", "50").await;
+    assert_eq!(s, 502, "{b}");
+    assert!(b.contains("device unreachable"), "{b}");
+    d.stop().await;
+}
+
+/// A reload applies what it can and says, per key, what only a restart applies — in its answer (API, CLI)
+/// and in the log, every time while it differs from what runs (a second reload used to answer `notes: []`).
+/// A listener that cannot be bound again is said as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_notes_every_setting_that_needs_a_restart() {
+    let d = Daemon::start().await;
+    let (s, b) = d.call(Method::POST, "/api/reload").await;
+    assert_eq!(s, 200, "{b}");
+    let doc: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(doc["notes"], serde_json::json!([]), "nothing changed");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let api_port = crate::util::free_low_port();
+    let changed = CONFIG
+        .replace(
+            "api:\n  enabled: false\n",
+            &format!("api:\n  bind: 127.0.0.1:{api_port}\n  auth_reads: true\n"),
+        )
+        .replace(
+            "  path: ./fb.db\n",
+            "  path: ./elsewhere.db\n  synchronous: normal\n",
+        )
+        .replace("max_bytes: 64MiB", "max_bytes: 128MiB")
+        .replace(
+            "    - bind: 127.0.0.1:0\n",
+            &format!("    - bind: 127.0.0.1:0\n    - name: second\n      bind: {taken_addr}\n"),
+        )
+        .replace(
+            "gateway:\n  id: t1\n",
+            "gateway:\n  id: t1\n  status_topic: t1/gateway-state\n",
+        )
+        .replace("devices:\n  - name: boiler", "devices:\n  - name: boiler2");
+    assert_ne!(changed, CONFIG);
+    std::fs::write(&d.config, &changed).unwrap();
+    let want = [
+        format!(
+            "api.bind changed (disabled → 127.0.0.1:{api_port}): takes effect at the next restart"
+        ),
+        "api.auth_reads changed (false → true): takes effect at the next restart".to_string(),
+        format!(
+            "storage.path changed ({} → {}): takes effect at the next restart",
+            d._dir.path().join("fb.db").display(),
+            d._dir.path().join("elsewhere.db").display()
+        ),
+        "storage.max_bytes changed (67108864 → 134217728): takes effect at the next restart"
+            .to_string(),
+        "storage.synchronous changed (full → normal): takes effect at the next restart".to_string(),
+    ];
+
+    // SIGHUP's path: the daemon's own reload.
+    let summary = within("reload", d.app.reload())
+        .await
+        .expect("a valid config");
+    assert_eq!(summary.added, ["boiler2"], "applied: {summary:?}");
+    assert_eq!(summary.removed, ["boiler"]);
+    assert_eq!(summary.notes.len(), want.len() + 1, "{:#?}", summary.notes);
+    assert_eq!(summary.notes[..want.len()], want, "{:#?}", summary.notes);
+    // A new `gateway.status_topic` is applied: the gateway's retained `online` is there now.
+    let status = d.app.broker.link("test-status");
+    status
+        .subscribe("t1/gateway-state", fieldbridge::mqtt::QoS::AtLeastOnce)
+        .unwrap();
+    let online = within("the retained gateway status", status.recv()).await;
+    assert_eq!(&online.msg.payload[..], b"online");
+    let listener = &summary.notes[want.len()];
+    assert!(
+        listener.starts_with(&format!(
+            "broker.listeners[1] is not listening: listener `second`: cannot bind {taken_addr}: "
+        )),
+        "{listener}"
+    );
+
+    // The API's, again: still the same notes (what runs still differs), the listener tried again.
+    let (s, b) = d.call(Method::POST, "/api/reload").await;
+    assert_eq!(s, 200, "{b}");
+    let doc: Value = serde_json::from_str(&b).unwrap();
+    let notes: Vec<&str> = doc["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(notes.len(), want.len() + 1, "{notes:#?}");
+    assert_eq!(notes[..want.len()], want, "{notes:#?}");
+    assert!(notes[want.len()].starts_with("broker.listeners[1] is not listening"));
+
+    // The CLI prints them; once the port is free the listener comes up and its note goes.
+    drop(taken);
+    let mut con = console();
+    let code = cli::reload(&ReloadArgs { target: d.target() }, &mut con).await;
+    assert_eq!(code, 0, "{}", text(&con.err));
+    let out = text(&con.out);
+    for w in &want {
+        assert!(out.contains(&format!("note: {w}\n")), "{out}");
+    }
+    assert!(!out.contains("broker.listeners"), "{out}");
+    assert_eq!(d.app.listener_addrs().len(), 2);
+    assert_eq!(d.app.listener_addrs()[1], taken_addr);
+
+    // What runs is what was started with: the log file, and reads without the token.
+    let st: StatusDoc = serde_json::from_value(d.get_json("/api/status").await).unwrap();
+    assert!(st.store.path.ends_with("fb.db"), "{}", st.store.path);
+    let (s, b) = raw(
+        d.api,
+        &format!("GET /api/v1/devices HTTP/1.1\r\nHost: {}", d.api),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    d.stop().await;
+}
+
+/// Buckets (`every`) refuse what applies to rows by its own name (`fields` used to be reported as
+/// `cursor`, `limit` was ignored), and honour `order`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_refuse_row_parameters_by_name_and_honour_order() {
+    let d = Daemon::start().await;
+    rows_of(&d, "count", 3).await;
+    let e = d
+        .refused(
+            Method::GET,
+            "/api/v1/history?every=1m&device=boiler&point=count&fields=values",
+            400,
+        )
+        .await;
+    assert!(
+        e.starts_with("parameter `fields` does not go with `every`"),
+        "{e}"
+    );
+    assert!(!e.contains("cursor"), "{e}");
+    let e = d
+        .refused(
+            Method::GET,
+            "/api/v1/history?every=1m&device=boiler&point=count&limit=5",
+            400,
+        )
+        .await;
+    assert!(
+        e.starts_with("parameter `limit` does not go with `every`"),
+        "{e}"
+    );
+
+    // Two buckets at least (100 ms readings in 200 ms buckets), then the same range newest first.
+    let base = eventually("readings in two buckets", || async {
+        let v = d
+            .get_json("/api/v1/history?every=200ms&device=boiler&point=count&from=-5m")
+            .await;
+        let n = v["series"][0]["buckets"].as_array().map_or(0, |b| b.len());
+        (n >= 2).then(|| v["to_ms"].as_i64().unwrap())
+    })
+    .await;
+    let range = format!(
+        "every=200ms&device=boiler&point=count&from={}&to={base}",
+        base - 300_000
+    );
+    let asc = d
+        .get_json(&format!("/api/v1/history?{range}&order=asc"))
+        .await;
+    let desc = d
+        .get_json(&format!("/api/v1/history?{range}&order=desc"))
+        .await;
+    let starts = |v: &Value| -> Vec<i64> {
+        v["series"][0]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["start_ms"].as_i64().unwrap())
+            .collect()
+    };
+    let (a, mut z) = (starts(&asc), starts(&desc));
+    assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
+    z.reverse();
+    assert_eq!(a, z, "desc is asc reversed");
+
+    // The CLI: its default --limit is not sent with --every; one given is refused by name (exit 2).
+    let mut args = query_args(d.target());
+    args.device = Some("boiler".into());
+    args.point = Some("count".into());
+    args.every = Some("1m".into());
+    args.from = Some("-5m".into());
+    let mut con = console();
+    assert_eq!(cli::query(&args, &mut con).await, 0, "{}", text(&con.err));
+    args.limit = 5;
+    let mut con = console();
+    assert_eq!(cli::query(&args, &mut con).await, 2);
+    assert!(
+        text(&con.err).starts_with("fieldbridge: parameter `limit` does not go with `every`"),
+        "{}",
+        text(&con.err)
+    );
+    d.stop().await;
+}
+
+/// The CLI says what it cannot read and where: a directory given as the log, a log file that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_names_the_log_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = query_args(Target {
+        api: None,
+        config: dir.path().join("none.yaml"),
+        token: None,
+    });
+    args.db = Some(dir.path().to_path_buf());
+    let mut con = console();
+    assert_eq!(cli::query(&args, &mut con).await, 1);
+    assert_eq!(
+        text(&con.err),
+        format!(
+            "fieldbridge: cannot read the log: {} is a directory, not a log file: pass the database file \
+             itself (`storage.path` of the configuration, e.g. {})\n",
+            dir.path().display(),
+            dir.path().join("fieldbridge.db").display()
+        )
+    );
+
+    let missing = dir.path().join("missing.db");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli::store_main(
+        &cli::StoreCmd::Check {
+            db: missing.clone(),
+        },
+        &mut out,
+        &mut err,
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        text(&err),
+        format!(
+            "fieldbridge store: no log file {} (no such file in {}; the log is `storage.path` of the \
+             configuration)\n",
+            missing.display(),
+            dir.path().display()
+        )
+    );
+    assert!(!missing.exists(), "a check creates nothing");
 }

@@ -291,3 +291,86 @@ async fn modbus_probe_reads_and_writes_a_pymodbus_device() {
         run(Command::new(binary()).args(["modbus", "read", "--tcp", "127.0.0.1:1", "40001"])).await;
     assert_eq!(code, 69, "{err}");
 }
+
+/// SIGHUP applies what it can and logs, per key, what only a restart applies (it used to say nothing).
+#[tokio::test]
+async fn sighup_logs_each_setting_that_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let db = dir.path().join("fb.db");
+    let cfg = |api: &str, max: &str| {
+        format!(
+            "gateway: {{id: gw}}
+broker:
+  listeners: [{{bind: \"127.0.0.1:{port}\"}}]
+api: {api}
+storage: {{path: {}, max_bytes: {max}}}
+devices:
+  - name: first
+    protocol: sim
+    poll_interval: 20ms
+    points: [{{name: n, signal: counter, initial: 0, type: int}}]
+",
+            db.display()
+        )
+    };
+    let path = dir.path().join("fb.yaml");
+    std::fs::write(&path, cfg("{enabled: false}", "64MiB")).unwrap();
+    let mut daemon = Daemon::start(&path, port).await;
+    let api_port = free_port();
+    std::fs::write(
+        &path,
+        cfg(&format!("{{bind: \"127.0.0.1:{api_port}\"}}"), "128MiB"),
+    )
+    .unwrap();
+    daemon.signal("-HUP").await;
+    let bind = daemon.log_line("api.bind changed").await;
+    assert!(
+        bind.contains(&format!(
+            "reload: api.bind changed (disabled → 127.0.0.1:{api_port}): takes effect at the next restart"
+        )),
+        "{bind}"
+    );
+    let max = daemon.log_line("storage.max_bytes changed").await;
+    assert!(
+        max.contains(
+            "reload: storage.max_bytes changed (67108864 → 134217728): takes effect at the next restart"
+        ),
+        "{max}"
+    );
+}
+
+/// `fieldbridge reload --config FILE` with a YAML syntax error says what `check` says (file:line:col) and
+/// exits 64 like it; it used to exit 1 with "cannot find the API address".
+#[tokio::test]
+async fn reload_with_a_yaml_syntax_error_exits_64_like_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(
+        &path,
+        "gateway:\n  id: gw\ndevices:\n  - name: boiler\n    protocol: sim\n   points: []\n",
+    )
+    .unwrap();
+    let (check_code, check_out, _) = run(Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(&path))
+    .await;
+    assert_eq!(check_code, 64, "{check_out}");
+    let (code, out, err) = run(Command::new(binary())
+        .arg("reload")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("FIELDBRIDGE_TOKEN"))
+    .await;
+    assert_eq!(code, 64, "{out}{err}");
+    assert_eq!(out, check_out, "the problems as `check` prints them");
+    assert!(
+        out.starts_with(&format!("{}:6:4: ", path.display())) && out.contains("YAML syntax error"),
+        "{out}"
+    );
+    assert!(
+        err.contains("reload refused") && err.contains("keeps its running configuration"),
+        "{err}"
+    );
+}
