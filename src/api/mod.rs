@@ -677,7 +677,8 @@ async fn health(State(ctx): State<Ctx>) -> Response {
             "store cannot write: {}; retrying (free space or fix permissions; it recovers by itself)",
             reason.unwrap_or_default()
         )),
-        WriterState::Normal | WriterState::Full => None,
+        // A full disk within the last minute, recovered from by evicting: the store says why.
+        WriterState::Normal | WriterState::Full => reason,
     };
     let code = if reason.is_some() {
         StatusCode::SERVICE_UNAVAILABLE

@@ -214,6 +214,27 @@ use writer::{Ctl, Req, Settings, Writer};
 /// Smallest usable cap: the empty schema plus a WAL budget need about 100 KiB.
 pub const MIN_MAX_BYTES: u64 = 256 * 1024;
 
+/// Whether the volume holding `path` has less than 1/20 of its size (at least 2 MiB) free: space has not
+/// come back since the disk was found full.
+fn volume_nearly_full(path: &Path) -> bool {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match rustix::fs::statvfs(dir) {
+        Ok(v) => {
+            let free = v.f_bavail.saturating_mul(v.f_frsize);
+            let size = v.f_blocks.saturating_mul(v.f_frsize);
+            free < (size / 20).max(2 << 20)
+        }
+        Err(_) => false,
+    }
+}
+
+/// How long after the disk was last found full `/health` says so, while space has not come back (see
+/// [`Store::health`]).
+pub const DISK_FULL_RECENT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What kind of broker state a row holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -712,13 +733,24 @@ impl Store {
     }
 
     /// The writer's state and, when it is stalled or degraded, why. Cheap (no SQLite query): for `/health`.
+    /// (A `Normal` or `Full` state with a reason: a recent full disk, see [`DISK_FULL_RECENT`].)
     pub fn health(&self) -> (WriterState, Option<String>) {
         let sh = &self.inner.shared;
         let st = sh.state();
         let why = match st {
             WriterState::Degraded => sh.damage.lock().clone(),
             WriterState::Stalled => sh.last_error.lock().clone(),
-            WriterState::Normal | WriterState::Full => None,
+            // Writing again, but the volume filled up before the log reached `max_bytes` within the last
+            // minute: `drop_oldest` made room by evicting undelivered rows. Not healthy, though not stalled.
+            WriterState::Normal | WriterState::Full => (*sh.disk_full_at.lock())
+                .filter(|t| t.elapsed() < DISK_FULL_RECENT && volume_nearly_full(self.path()))
+                .map(|t| {
+                    format!(
+                        "the disk was full {} s ago, before the log reached max_bytes: the oldest rows are \
+                         evicted to make room (free space on the volume, or lower storage.max_bytes)",
+                        t.elapsed().as_secs()
+                    )
+                }),
         };
         (st, why)
     }

@@ -149,6 +149,8 @@ pub(crate) struct Shared {
     pub bytes_used: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When a write or maintenance step last found the disk full (see `Store::health`).
+    pub disk_full_at: Mutex<Option<std::time::Instant>>,
     /// What damage was found (set once; the state is then `Degraded`).
     pub damage: Mutex<Option<String>>,
     /// Damage the background integrity check found, for the writer to act on at its next tick.

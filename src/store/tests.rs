@@ -1234,6 +1234,13 @@ async fn real_disk_full_drop_oldest_evicts() {
     );
     assert_eq!(st.dropped.write_failed, 0);
     assert_eq!(st.dropped.oldest, st.oldest_seq.unwrap() - 1);
+    // Writing again, but not healthy: `/health` says the disk was full (it said ok).
+    let (state, why) = store.health();
+    assert_ne!(state, WriterState::Degraded);
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("disk was full")),
+        "{state:?} {why:?}"
+    );
     // Each episode evicts about what the write needs, not a share of the WAL budget doubled per attempt
     // (a small log on a full disk lost nearly all of its undelivered rows in one episode).
     // Here 1,286..2,063 rows of 1,000 bytes are kept on the 4 MiB volume (more pending at once under load

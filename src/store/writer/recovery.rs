@@ -15,6 +15,7 @@ impl Writer {
         *self.shared.last_error.lock() = Some(e.to_string());
         if disk_full {
             self.disk_full_at = Some(Instant::now());
+            *self.shared.disk_full_at.lock() = self.disk_full_at.map(|t| t.into_std());
             self.full_cause = "disk full";
         }
         let now = Instant::now();

@@ -354,6 +354,7 @@ impl Writer {
         }
         if is_disk_full(&e) {
             self.disk_full_at = Some(Instant::now());
+            *self.shared.disk_full_at.lock() = self.disk_full_at.map(|t| t.into_std());
         }
         tracing::warn!(path = %self.s.path.display(), "store: maintenance failed: {e}");
     }
