@@ -972,16 +972,21 @@ async fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
+    read_to_close(&mut s, "an answer in time").await
+}
+
+/// Reads until the server closes `s` (within [`WAIT`]); returns the answer's status and body.
+async fn read_to_close(s: &mut tokio::net::TcpStream, what: &str) -> (u16, String) {
     let mut answer = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
         .await
-        .expect("an answer in time")
-        .unwrap();
+        .expect(what)
+        .expect("read");
     let answer = text(&answer);
     let status = answer
         .get(9..12)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+        .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
     let body = answer
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
@@ -1417,21 +1422,7 @@ async fn assert_closed(s: &mut tokio::net::TcpStream, what: &str) {
 async fn answer_and_close(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
-        .await
-        .expect("an answer, and the connection closed, in time")
-        .expect("read");
-    let answer = text(&answer);
-    let status = answer
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    read_to_close(&mut s, "an answer, and the connection closed, in time").await
 }
 
 /// Connections that send nothing, or stay idle after an answer, cannot lock other clients out: at the
