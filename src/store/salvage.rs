@@ -143,6 +143,23 @@ pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
             return Ok(report);
         }
     };
+    // Another program's database, or an empty file, is not a log that checked out fine (`run` and `query`
+    // refuse both; `check` said "ok").
+    match schema::schema_version(&conn, path) {
+        Ok(0) => {
+            report.problem = Some(format!("{} (an empty file: no tables)", schema::NOT_OURS));
+            return Ok(report);
+        }
+        Ok(_) => {}
+        Err(StoreError::Corrupt { detail, .. }) => {
+            report.problem = Some(detail);
+            return Ok(report);
+        }
+        Err(e) => {
+            report.problem = Some(e.to_string());
+            return Ok(report);
+        }
+    }
     report.problem = match schema::quick_check(&conn, path) {
         Ok(()) => None,
         Err(StoreError::Corrupt { detail, .. }) => Some(detail),

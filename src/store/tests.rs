@@ -2207,3 +2207,31 @@ fn close_from_a_task_with_its_budget_used_up_returns() {
         .expect("wait and close return from a task with no budget left");
     assert!(waited && closed);
 }
+
+/// `fieldbridge store check` on files that are not logs: another program's SQLite database (with a table of
+/// the same name) and an empty file are reported, not "ok" (`run` and `query` refuse both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_files_that_are_not_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    make_log(&c, 10, 10).await;
+    let ok = check_file(&c.path).unwrap();
+    assert_eq!(ok.problem, None, "{ok:?}");
+    assert_eq!(ok.rows, Some(10));
+    let foreign = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&foreign).unwrap();
+    conn.execute_batch("CREATE TABLE messages(x); INSERT INTO messages VALUES (1);")
+        .unwrap();
+    drop(conn);
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    for f in [&foreign, &empty] {
+        let r = check_file(f).unwrap();
+        assert!(
+            r.problem
+                .as_deref()
+                .is_some_and(|p| p.contains("not a fieldbridge store")),
+            "{f:?}: {r:?}"
+        );
+    }
+}
