@@ -517,23 +517,81 @@ struct PolledPort {
 }
 
 impl PolledPort {
-    /// Throws away whatever arrived since the last exchange (a late answer, unsolicited output). Bounded.
+    /// Throws away whatever is already buffered before a request or write is sent: a late answer to an earlier
+    /// exchange, unsolicited output. Reads the port without waiting (`try_read` goes straight to the file
+    /// descriptor, so bytes the runtime has not yet reported as readable are caught too). Bounded.
     async fn drain(&mut self) -> Result<(), TransportError> {
-        let Some(port) = self.port.as_mut() else {
-            return Err(TransportError::connection("the port is not open"));
-        };
-        let mut buf = [0u8; READ_CHUNK];
-        for _ in 0..64 {
-            match tokio::time::timeout(Duration::ZERO, port.read(&mut buf)).await {
-                Ok(Ok(0)) => return self.broken("the port closed (end of file)".into()),
-                Ok(Ok(n)) => SerialStats::add(&self.stats.discarded_bytes, n as u64),
-                Ok(Err(e)) => return self.broken(format!("read error: {e}")),
-                Err(_) => break,
-            }
-        }
         let dropped = self.framer.reset();
         SerialStats::add(&self.stats.discarded_bytes, dropped as u64);
+        let mut buf = [0u8; READ_CHUNK];
+        for _ in 0..64 {
+            let Some(port) = self.port.as_mut() else {
+                return Err(TransportError::connection("the port is not open"));
+            };
+            match port.try_read(&mut buf) {
+                Ok(0) => return self.broken("the port closed (end of file)".into()),
+                Ok(n) => self.discard(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return self.broken(format!("read error: {e}")),
+            }
+        }
+        // A partial frame left over: its bytes are already counted as discarded.
+        self.framer.reset();
         Ok(())
+    }
+
+    /// After a request or write got no answer in time (the poller reconnects after every transport error): the
+    /// device may still be answering the abandoned exchange. Reads and discards until the line has been quiet
+    /// for the device's `timeout` (at most twice that in all, for a device that never stops talking), so that
+    /// a late answer arriving up to one more `timeout` after the deadline is not taken for the next request's.
+    async fn settle(&mut self) -> Result<(), TransportError> {
+        let quiet = self.device.timeout;
+        let start = Instant::now();
+        let cap = start + quiet * 2;
+        let mut quiet_until = start + quiet;
+        let dropped = self.framer.reset();
+        SerialStats::add(&self.stats.discarded_bytes, dropped as u64);
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            let Some(port) = self.port.as_mut() else {
+                return Err(TransportError::connection("the port is not open"));
+            };
+            match tokio::time::timeout_at(quiet_until.min(cap), port.read(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) => return self.broken("the port closed (end of file)".into()),
+                Ok(Err(e)) => return self.broken(format!("read error: {e}")),
+                Ok(Ok(n)) => {
+                    self.discard(&buf[..n]);
+                    quiet_until = Instant::now() + quiet;
+                }
+            }
+        }
+        self.framer.reset();
+        self.drain().await
+    }
+
+    /// Bytes nobody waits for: counted as discarded; the complete frames among them are counted as stale and
+    /// logged at debug level (never published).
+    fn discard(&mut self, bytes: &[u8]) {
+        SerialStats::add(&self.stats.discarded_bytes, bytes.len() as u64);
+        let mut events = Vec::new();
+        self.framer.push(bytes, &mut events);
+        for e in events {
+            if let Event::Frame(f) = e {
+                self.stale(&f);
+            }
+        }
+    }
+
+    /// Counts and logs one frame that no request was waiting for.
+    fn stale(&self, frame: &[u8]) {
+        SerialStats::bump(&self.stats.stale_frames);
+        tracing::debug!(
+            device = %self.device.name,
+            frame = %escape(&frame[..frame.len().min(80)]),
+            "discarded a frame no request was waiting for (a late answer or unsolicited output)"
+        );
     }
 
     fn broken<T>(&mut self, reason: String) -> Result<T, TransportError> {
@@ -615,6 +673,10 @@ impl PolledPort {
             ) {
                 Ok(values) => {
                     self.log.ok(&device.name);
+                    // Frames that came in the same read after the answer belong to no request.
+                    for f in queue.drain(..) {
+                        self.stale(&f);
+                    }
                     let mut out = GroupReading::new();
                     for (i, v) in values {
                         match v {
@@ -694,6 +756,9 @@ impl PolledPort {
                 .map_err(|e| CommandError::Transport(e.to_string()))?
             {
                 if let Some(r) = reply_result(w, &frame) {
+                    for f in queue.drain(..) {
+                        self.stale(&f);
+                    }
                     return r;
                 }
             }
@@ -713,8 +778,9 @@ impl PollDevice for PolledPort {
     fn connect(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             if self.port.is_some() {
-                // After a timeout the port itself is fine; stale bytes are drained before the next request.
-                return Ok(());
+                // Called again after a transport error (a timeout): the port itself is fine, but a late answer
+                // to the abandoned exchange may still be on its way. Let it arrive and discard it.
+                return self.settle().await;
             }
             match open(&self.device.port) {
                 Ok(p) => {

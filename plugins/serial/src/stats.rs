@@ -28,6 +28,10 @@ pub struct SerialStats {
     pub requests: AtomicU64,
     /// Requests without any answer in time.
     pub timeouts: AtomicU64,
+    /// Frames of a polled device thrown away because no request was waiting for them: a late answer to a
+    /// request that timed out, or output between exchanges. Never published. Their bytes are also in
+    /// `discarded_bytes`.
+    pub stale_frames: AtomicU64,
     /// Writes that succeeded.
     pub writes_ok: AtomicU64,
     /// Writes that failed (device refused, timeout, port error, bad value).
@@ -50,6 +54,7 @@ pub struct StatsSnapshot {
     pub port_errors: u64,
     pub requests: u64,
     pub timeouts: u64,
+    pub stale_frames: u64,
     pub writes_ok: u64,
     pub writes_failed: u64,
 }
@@ -81,6 +86,7 @@ impl SerialStats {
             port_errors: g(&self.port_errors),
             requests: g(&self.requests),
             timeouts: g(&self.timeouts),
+            stale_frames: g(&self.stale_frames),
             writes_ok: g(&self.writes_ok),
             writes_failed: g(&self.writes_failed),
         }

@@ -107,3 +107,103 @@ async fn a_device_that_stops_answering_goes_offline_and_back() {
     .await;
     let _ = tokio::time::timeout(WAIT, device).await;
 }
+
+/// A counter device that answers every 3rd request 700 ms late, beyond the device's 500 ms timeout: the
+/// request times out and is retried, and the late answer then arrives while the adapter is about to retry.
+/// The late answer must be discarded (counted as stale), never published as the retry's answer, and every
+/// published value must be the answer to the request it was read for, in order.
+#[tokio::test]
+async fn a_late_answer_to_a_timed_out_request_is_not_taken_for_the_retry() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    /// One answer of the responder: its counter value, whether it came after the timeout, when it was sent.
+    #[derive(Debug, Clone, Copy)]
+    struct Answer {
+        n: i64,
+        late: bool,
+        sent: SystemTime,
+    }
+
+    const WANTED: usize = 6;
+    let pty = Pty::new().await;
+    let mut dev = DeviceEnd::open(&pty.a);
+    let mut r = start(&format!(
+        r#"
+name: counter
+protocol: serial
+poll_interval: 200ms
+timeout: 500ms
+retries: 1
+connection:
+  port: {port}
+  reopen_min: 50ms
+  reopen_max: 200ms
+  framing: {{type: line, terminator: crlf}}
+  requests:
+    - name: count
+      send: 'C\r\n'
+      parser: {{type: regex, pattern: '^N=(?P<n>[0-9]+)$'}}
+points:
+  - {{name: n, request: count, field: n, type: int}}
+"#,
+        port = pty.port()
+    ));
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let log = answers.clone();
+    let device = tokio::spawn(async move {
+        // Enough requests for WANTED on-time answers with a late one in every three (and spare polls).
+        for n in 1..=3 * WANTED as i64 {
+            let req = dev.read_until(b"\r\n").await;
+            assert_eq!(req, b"C\r\n", "unexpected request");
+            let late = n % 3 == 0;
+            if late {
+                // The scenario itself: this answer comes 200 ms after the adapter gave up waiting.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            let sent = SystemTime::now();
+            dev.send(format!("N={n}\r\n")).await;
+            log.lock().expect("answers").push(Answer { n, late, sent });
+        }
+    });
+
+    // The published values, in order (every wait bounded by one overall deadline).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut published = Vec::new();
+    while published.len() < WANTED {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reading = r.h.next_reading(left).await;
+        assert_eq!(reading.quality, Quality::Good, "{reading:?}");
+        let Value::Int(n) = reading.value else {
+            panic!("not an integer: {reading:?}");
+        };
+        published.push((n, reading.ts));
+    }
+    let answers = answers.lock().expect("answers").clone();
+    let on_time: Vec<i64> = answers.iter().filter(|a| !a.late).map(|a| a.n).collect();
+    let values: Vec<i64> = published.iter().map(|&(n, _)| n).collect();
+    assert_eq!(
+        values,
+        on_time[..WANTED.min(on_time.len())],
+        "published values are not the answers to their own requests (late answers: {:?})",
+        answers
+            .iter()
+            .filter(|a| a.late)
+            .map(|a| a.n)
+            .collect::<Vec<_>>()
+    );
+    // Each reading carries the time of its own answer, not of an earlier one.
+    for (n, ts) in &published {
+        let a = answers.iter().find(|a| a.n == *n).expect("answer sent");
+        assert!(
+            *ts >= a.sent,
+            "value {n} published with a time before it was sent"
+        );
+    }
+    // The late answers were read and thrown away, not silently lost in a buffer.
+    r.wait_stats("two late answers discarded as stale", |s| {
+        s.stale_frames >= 2 && s.timeouts >= 2
+    })
+    .await;
+    device.abort();
+}
