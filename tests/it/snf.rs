@@ -20,6 +20,18 @@ const LONG: Duration = Duration::from_secs(120);
 
 /// A daemon config: a sim counter read every 20 ms (QoS 0 at the source), one bridge through `proxy`.
 fn config(dir: &Path, mqtt: u16, api: u16, proxy: u16, extra_bridge: &str) -> PathBuf {
+    config_ka(dir, mqtt, api, proxy, "2s", extra_bridge)
+}
+
+/// [`config`] with the bridge's `keepalive`.
+fn config_ka(
+    dir: &Path,
+    mqtt: u16,
+    api: u16,
+    proxy: u16,
+    keepalive: &str,
+    extra_bridge: &str,
+) -> PathBuf {
     let cfg = format!(
         "gateway: {{id: gw}}
 broker:
@@ -53,7 +65,7 @@ bridges:
   - name: cloud
     url: mqtt://127.0.0.1:{proxy}
     protocol: v5
-    keepalive: 2s
+    keepalive: {keepalive}
     reconnect_min: 50ms
     reconnect_max: 200ms
     inflight: 20
@@ -252,7 +264,8 @@ async fn status_during_an_outage_matches_the_log() {
     let proxy = Proxy::start(up.addr()).await;
     let dir = tempfile::tempdir().unwrap();
     let (mqtt, api_port) = (free_port(), free_port());
-    let path = config(dir.path(), mqtt, api_port, proxy.port(), "");
+    // A keepalive long enough that the silent link below stays "connected" while the test looks at it.
+    let path = config_ka(dir.path(), mqtt, api_port, proxy.port(), "20s", "");
     let _daemon = Daemon::start(&path, mqtt).await;
     let api = ApiClient::new(
         format!("127.0.0.1:{api_port}").parse().unwrap(),
