@@ -655,20 +655,16 @@ impl Bridge {
             }
             _ => (0.0, 0.0),
         };
-        // Shrinking now, not over the whole window: against the newest sample at least RATE_MIN_SPAN old, the
-        // lag is smaller and something was delivered. (Against the window's oldest sample, a link gone silent
-        // after a drain still looked shrinking, and an ETA was shown while the backlog grew.)
-        let shrinking = self
-            .rate_samples
-            .iter()
-            .rev()
-            .find(|s| now.saturating_duration_since(s.0) >= RATE_MIN_SPAN)
-            .is_some_and(|&(_, d, l, _)| st.lag_rows < l && self.machine.window().delivered > d);
         self.arriving = arriving;
         st.drain_rate = rate;
-        // An ETA only while draining: connected, delivering, and the backlog getting smaller.
-        st.eta_seconds = (st.state.connected() && rate > 0.0 && st.lag_rows > 0 && shrinking)
-            .then(|| st.lag_rows as f64 / rate);
+        st.eta_seconds = eta(
+            &self.rate_samples,
+            now,
+            st.state.connected() && rate > 0.0,
+            st.lag_rows,
+            self.machine.window().delivered,
+        )
+        .map(|()| st.lag_rows as f64 / rate);
         st.inflight = self.machine.window().len();
         st.window = self.machine.window().limit();
         st.delivered = self.machine.window().delivered;
@@ -856,8 +852,55 @@ async fn write_some(io: &mut Box<dyn Io>, buf: &[u8]) -> std::io::Result<usize> 
     std::future::poll_fn(|cx| poll_write_some(&mut **io, cx, buf)).await
 }
 
+/// Whether an ETA is shown: only while draining — connected and delivering, and shrinking *now*: against the
+/// newest sample at least [`RATE_MIN_SPAN`] old, the lag is smaller and something was delivered. (Against the
+/// window's oldest sample, a link gone silent after a drain still looked shrinking, and an ETA was shown while
+/// the backlog grew.) Samples are (time, delivered, lag rows, head).
+fn eta(
+    samples: &std::collections::VecDeque<(Instant, u64, u64, u64)>,
+    now: Instant,
+    draining: bool,
+    lag: u64,
+    delivered: u64,
+) -> Option<()> {
+    let shrinking = samples
+        .iter()
+        .rev()
+        .find(|s| now.saturating_duration_since(s.0) >= RATE_MIN_SPAN)
+        .is_some_and(|&(_, d, l, _)| lag < l && delivered > d);
+    (draining && lag > 0 && shrinking).then_some(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::eta;
+
+    /// A drain, then a link gone silent: the ETA is shown while the backlog shrinks and gone one second after
+    /// deliveries stop, though the rate window's oldest sample still has a larger lag than now.
+    #[test]
+    fn an_eta_only_while_the_backlog_shrinks_now() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |m: u64| t0 + std::time::Duration::from_millis(m);
+        // (time, delivered, lag, head): draining from 500 down to 10, then stalled with the lag growing.
+        let samples: std::collections::VecDeque<_> = [
+            (ms(0), 0, 500, 500),
+            (ms(1000), 250, 260, 510),
+            (ms(2000), 510, 10, 520),
+            (ms(3000), 510, 60, 570),
+        ]
+        .into_iter()
+        .collect();
+        assert!(eta(&samples, ms(2100), true, 10, 515).is_some(), "draining");
+        assert!(
+            eta(&samples, ms(3500), true, 90, 510).is_none(),
+            "silent, growing"
+        );
+        assert!(
+            eta(&samples, ms(3500), false, 5, 520).is_none(),
+            "not connected"
+        );
+    }
+
     use super::*;
     use tokio::net::{TcpListener, TcpStream};
 
