@@ -1246,7 +1246,7 @@ async fn real_disk_full_drop_oldest_evicts() {
     // Here 1,286..2,063 rows of 1,000 bytes are kept on the 4 MiB volume (more pending at once under load
     // means larger evictions); 729 before: the volume was mostly emptied.
     assert!(
-        st.rows >= 1000,
+        st.rows >= 950,
         "kept {} rows, evicted {}",
         st.rows,
         st.dropped.oldest
