@@ -421,7 +421,9 @@ impl Store {
         };
         tracing::info!(
             path = %path.display(),
-            rows = (state.head + 1).saturating_sub(state.oldest),
+            rows = (state.head + 1)
+                .saturating_sub(state.oldest)
+                .saturating_sub(schema::gap_rows(&state.gaps, state.oldest, state.head)),
             head = state.head,
             cursors = state.cursors.len(),
             "store: opened"
@@ -760,7 +762,9 @@ impl Store {
         let sh = &self.inner.shared;
         let head = sh.head.load(Ordering::Acquire);
         let oldest = sh.oldest.load(Ordering::Acquire);
-        let rows = (head + 1).saturating_sub(oldest);
+        let rows = (head + 1)
+            .saturating_sub(oldest)
+            .saturating_sub(sh.gap_rows.load(Ordering::Acquire));
         let (oldest_ts_ms, newest_ts_ms) = if rows > 0 {
             self.inner
                 .readers

@@ -224,6 +224,27 @@ pub fn move_aside_and_salvage(path: &Path) -> Result<SalvageReport, StoreError> 
     Ok(report)
 }
 
+/// `a-b,c-d`: the seqs missing between the lowest and the highest in `messages` (one pass over the keys).
+fn seq_gaps(conn: &Connection) -> rusqlite::Result<String> {
+    let mut st = conn.prepare("SELECT seq FROM messages ORDER BY seq")?;
+    let mut rows = st.query([])?;
+    let mut prev: Option<i64> = None;
+    let mut out = String::new();
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        if let Some(p) = prev {
+            if seq > p + 1 {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(&format!("{}-{}", p + 1, seq - 1));
+            }
+        }
+        prev = Some(seq);
+    }
+    Ok(out)
+}
+
 /// Puts a damaged log's WAL back under its name when salvage is done with it (see [`salvage_into`]).
 struct RestoreWal {
     wal_kept: bool,
@@ -367,6 +388,16 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
         [max_seen as i64],
     )
     .map_err(oe)?;
+    // The seqs missing between the oldest and the newest row kept, so the new log counts its rows exactly
+    // (it counts the seq range otherwise) until eviction has passed them.
+    let gaps = seq_gaps(&out).map_err(oe)?;
+    if !gaps.is_empty() {
+        out.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('gaps', ?1)",
+            [gaps],
+        )
+        .map_err(oe)?;
+    }
     drop(out);
     // Durable before it replaces anything.
     std::fs::File::open(&tmp)

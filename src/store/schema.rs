@@ -200,6 +200,37 @@ pub(crate) struct OpenState {
     pub next_stream: i64,
     /// `PRAGMA page_size`.
     pub page_size: u64,
+    /// Seqs missing between `oldest` and `head` (`meta.gaps`, written by a salvage that lost rows), as
+    /// sorted, disjoint inclusive ranges.
+    pub gaps: Vec<(u64, u64)>,
+}
+
+/// Parses `meta.gaps`: `a-b,c-d` (inclusive ranges of seqs missing from the log).
+pub(crate) fn parse_gaps(s: &str) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = s
+        .split(',')
+        .filter_map(|r| {
+            let (a, b) = r.trim().split_once('-')?;
+            let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some((a, b))
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Seqs of `gaps` within `oldest..=head`.
+pub(crate) fn gap_rows(gaps: &[(u64, u64)], oldest: u64, head: u64) -> u64 {
+    gaps.iter()
+        .map(|&(a, b)| {
+            let (a, b) = (a.max(oldest), b.min(head));
+            if a > b {
+                0
+            } else {
+                b - a + 1
+            }
+        })
+        .sum()
 }
 
 /// SQLite's error code, if `e` carries one.
@@ -470,6 +501,18 @@ fn read_state(conn: &Connection, page_size: u64) -> rusqlite::Result<OpenState> 
     )?;
     let max_stream: Option<i64> =
         conn.query_row("SELECT max(id) FROM streams", [], |r| r.get(0))?;
+    let gaps: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'gaps'", [], |r| {
+            r.get(0)
+        })
+        .ok();
+    let gaps: Vec<(u64, u64)> = gaps
+        .as_deref()
+        .map(parse_gaps)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&(_, b)| b >= oldest)
+        .collect();
     Ok(OpenState {
         head,
         oldest,
@@ -478,6 +521,7 @@ fn read_state(conn: &Connection, page_size: u64) -> rusqlite::Result<OpenState> 
         indexed: indexed.max(0) as u64,
         next_stream: max_stream.unwrap_or(0).max(0) + 1,
         page_size,
+        gaps,
     })
 }
 
@@ -511,4 +555,20 @@ pub(crate) fn open_reader(path: &Path, page_cache: u64) -> rusqlite::Result<Conn
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "cache_size", cache_size_pragma(page_cache))?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gap_rows, parse_gaps};
+
+    #[test]
+    fn gaps_parse_and_count_within_the_kept_range() {
+        let g = parse_gaps("40-49, 7-9,x-3,12-11,100-100");
+        assert_eq!(g, vec![(7, 9), (40, 49), (100, 100)]);
+        assert_eq!(gap_rows(&g, 1, 200), 3 + 10 + 1);
+        // Eviction past part of a gap: only what is still between oldest and head counts.
+        assert_eq!(gap_rows(&g, 45, 200), 5 + 1);
+        assert_eq!(gap_rows(&g, 101, 200), 0);
+        assert_eq!(gap_rows(&g, 1, 8), 2);
+    }
 }

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub state: AtomicU8,
     pub head: AtomicU64,
     pub oldest: AtomicU64,
+    /// Seqs missing between `oldest` and `head` (after a salvage that lost rows): `rows` subtracts them.
+    pub gap_rows: AtomicU64,
     pub commits: AtomicU64,
     pub rows_committed: AtomicU64,
     pub dropped_oldest: AtomicU64,

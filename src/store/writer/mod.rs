@@ -204,6 +204,8 @@ pub(crate) struct Writer {
     wal_budget: u64,
     head: u64,
     oldest: u64,
+    /// Seqs missing between `oldest` and `head` (after a salvage that lost rows; see `schema::OpenState`).
+    gaps: Vec<(u64, u64)>,
     next_seq: u64,
     meta_last_seq: u64,
     txn_open: bool,
@@ -386,6 +388,10 @@ impl Writer {
         };
         shared.head.store(st.head, Ordering::Release);
         shared.oldest.store(st.oldest, Ordering::Release);
+        shared.gap_rows.store(
+            super::schema::gap_rows(&st.gaps, st.oldest, st.head),
+            Ordering::Release,
+        );
         let kinds = [
             EpisodeKind::Oldest,
             EpisodeKind::Newest,
@@ -403,6 +409,7 @@ impl Writer {
             wal_budget,
             head: st.head,
             oldest: st.oldest,
+            gaps: st.gaps.clone(),
             next_seq: st.head + 1,
             meta_last_seq: st.meta_last_seq,
             txn_open: false,

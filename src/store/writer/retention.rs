@@ -42,7 +42,13 @@ impl Writer {
     }
 
     pub(super) fn rows(&self) -> u64 {
-        (self.head + 1).saturating_sub(self.oldest)
+        (self.head + 1)
+            .saturating_sub(self.oldest)
+            .saturating_sub(super::super::schema::gap_rows(
+                &self.gaps,
+                self.oldest,
+                self.head,
+            ))
     }
 
     pub(super) fn check_cap(&mut self) {
@@ -126,19 +132,21 @@ impl Writer {
                     // Rows deleted before they were indexed: nothing to index there any more.
                     self.set_indexed_in_txn(end)?;
                 }
-                self.conn
+                // Rows actually deleted: after a salvage that lost rows there are gaps in the range.
+                let deleted = self
+                    .conn
                     .prepare_cached("DELETE FROM messages WHERE seq <= ?1")?
-                    .execute([end as i64])?;
+                    .execute([end as i64])? as u64;
                 let moved = if evicting {
                     self.move_cursors_past(end)?
                 } else {
                     Vec::new()
                 };
                 self.conn.execute_batch("COMMIT")?;
-                Ok::<_, rusqlite::Error>(moved)
+                Ok::<_, rusqlite::Error>((moved, deleted))
             })();
             match r {
-                Ok(moved) => {
+                Ok((moved, deleted)) => {
                     if evicting {
                         let from = self.oldest;
                         let mut t = self.shared.cursors.lock();
@@ -152,13 +160,20 @@ impl Writer {
                         }
                     }
                     self.oldest = end + 1;
+                    if !self.gaps.is_empty() {
+                        self.gaps.retain(|&(_, b)| b > end);
+                        self.shared.gap_rows.store(
+                            super::super::schema::gap_rows(&self.gaps, self.oldest, self.head),
+                            Ordering::Release,
+                        );
+                    }
                     self.shared.tail.lock().remove_upto(end);
                     if end > self.indexed {
                         self.index_keys.drop_upto(end);
                     }
                     self.indexed = self.indexed.max(end);
                     self.shared.oldest.store(self.oldest, Ordering::Release);
-                    total += n;
+                    total += deleted.min(n);
                 }
                 Err(e) => {
                     if !self.conn.is_autocommit() {
