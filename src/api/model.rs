@@ -108,6 +108,8 @@ pub struct DropsView {
     pub newest: u64,
     /// Messages that could not be written (disk full with nothing to evict, I/O errors).
     pub write_failed: u64,
+    /// Rows lost to damage: unreadable when the damaged log was salvaged at start.
+    pub damaged: u64,
     /// Sum of the above.
     pub total: u64,
 }
@@ -521,6 +523,10 @@ pub const STORE_METRICS: &[Metric<StoreView>] = &[
         |s| Some(s.dropped.write_failed as f64),
     )
     .label("reason", "write_failed"),
+    SM::counter(STORE_DROPPED, STORE_DROPPED_HELP, "dropped.damaged", |s| {
+        Some(s.dropped.damaged as f64)
+    })
+    .label("reason", "damaged"),
     SM::counter(STORE_REMOVED, STORE_REMOVED_HELP, "removed_by_age", |s| {
         Some(s.removed_by_age as f64)
     })
@@ -538,7 +544,8 @@ type SM = Metric<StoreView>;
 const STORE_DROPPED: &str = "fieldbridge_store_dropped_total";
 const STORE_DROPPED_HELP: &str =
     "Messages lost by the log, by reason (oldest: evicted undelivered; newest: \
-                                  refused when full; write_failed: could not be written).";
+                                  refused when full; write_failed: could not be written; damaged: unreadable when a damaged \
+                                  log was salvaged).";
 const STORE_REMOVED: &str = "fieldbridge_store_removed_total";
 const STORE_REMOVED_HELP: &str = "Delivered rows removed by retention, by reason.";
 
@@ -666,7 +673,8 @@ mod tests {
                 oldest: 6,
                 newest: 7,
                 write_failed: 8,
-                total: 21,
+                damaged: 1,
+                total: 22,
             },
             removed_by_age: 9,
             removed_for_space: 10,

@@ -85,6 +85,7 @@ fn store_view(s: &StoreStats) -> StoreView {
             oldest: s.dropped.oldest,
             newest: s.dropped.newest,
             write_failed: s.dropped.write_failed,
+            damaged: s.dropped.damaged,
             total: s.dropped.total(),
         },
         removed_by_age: s.removed_by_age,

@@ -342,11 +342,12 @@ fn render(doc: &StatusDoc, client: &ApiClient, w: &mut Watch, style: Style) -> S
         style.paint(
             Paint::Bad,
             &format!(
-                "{} (oldest {}, newest {}, write failed {})",
+                "{} (oldest {}, newest {}, write failed {}, damaged {})",
                 count(s.dropped.total),
                 count(s.dropped.oldest),
                 count(s.dropped.newest),
-                count(s.dropped.write_failed)
+                count(s.dropped.write_failed),
+                count(s.dropped.damaged)
             ),
         )
     };

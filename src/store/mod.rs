@@ -354,6 +354,7 @@ impl Store {
             _ => schema::open_writer(&path, sync_full, max_bytes, &opts),
         };
         let _ = std::fs::remove_file(&marker);
+        let mut salvage_lost = 0;
         let (conn, state) = match opened {
             // (Not a file of another application: that one is refused, never moved.)
             Err(StoreError::Corrupt { detail, .. })
@@ -364,6 +365,7 @@ impl Store {
                 tracing::error!(path = %path.display(), "store: the log is damaged ({detail})");
                 let report = salvage::move_aside_and_salvage(&path)?;
                 tracing::error!(path = %path.display(), "store: salvage done: {report}");
+                salvage_lost = report.seqs_lost;
                 schema::open_writer(&path, sync_full, max_bytes, &salvage::after_salvage(&opts))?
             }
             Err(
@@ -388,6 +390,9 @@ impl Store {
             e => e,
         })?;
         let shared = Arc::new(Shared::default());
+        shared
+            .dropped_damaged
+            .store(salvage_lost, Ordering::Relaxed);
         {
             let mut t = shared.cursors.lock();
             for (name, seq) in &state.cursors {

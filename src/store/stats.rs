@@ -44,12 +44,14 @@ pub struct DropCounters {
     /// Messages that could not be written at all: refused or abandoned while the disk was full with nothing
     /// left to evict, on an I/O error, or still uncommitted when the store closed on a failing disk.
     pub write_failed: u64,
+    /// Rows lost to damage: unreadable when the damaged log was salvaged at start (the salvage's count).
+    pub damaged: u64,
 }
 
 impl DropCounters {
     /// Sum of all reasons.
     pub fn total(&self) -> u64 {
-        self.oldest + self.newest + self.write_failed
+        self.oldest + self.newest + self.write_failed + self.damaged
     }
 }
 
@@ -144,6 +146,8 @@ pub(crate) struct Shared {
     pub dropped_oldest: AtomicU64,
     pub dropped_newest: AtomicU64,
     pub dropped_write_failed: AtomicU64,
+    /// Rows a salvage at start could not read (see `DropCounters::damaged`).
+    pub dropped_damaged: AtomicU64,
     pub removed_age: AtomicU64,
     pub removed_space: AtomicU64,
     pub queued_rows: AtomicU64,
@@ -183,6 +187,7 @@ impl Shared {
             oldest: self.dropped_oldest.load(Ordering::Relaxed),
             newest: self.dropped_newest.load(Ordering::Relaxed),
             write_failed: self.dropped_write_failed.load(Ordering::Relaxed),
+            damaged: self.dropped_damaged.load(Ordering::Relaxed),
         }
     }
 }
