@@ -136,6 +136,9 @@ pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
         seqs: None,
         cursors: Vec::new(),
     };
+    // Declared before the connection, so dropped after it: the WAL keeps its name whatever SQLite does at
+    // close.
+    let _restore = RestoreWal::protect(path);
     let conn = match open_source(path) {
         Ok(c) => c,
         Err(e) => {
@@ -207,6 +210,17 @@ fn aside_name(path: &Path) -> PathBuf {
 /// The caller holds the store's lock.
 pub fn move_aside_and_salvage(path: &Path) -> Result<SalvageReport, StoreError> {
     let aside = aside_name(path);
+    // The WAL the writer gave a second name when it found the damage: back under its name if SQLite deleted
+    // it at the stop, else the extra name goes.
+    let kept = schema::kept_wal_path(path);
+    if kept.exists() {
+        let wal = with_suffix(path, "-wal");
+        if wal.exists() {
+            let _ = std::fs::remove_file(&kept);
+        } else {
+            let _ = std::fs::rename(&kept, &wal);
+        }
+    }
     for suffix in ["-wal", "-shm"] {
         let from = with_suffix(path, suffix);
         if from.exists() {
@@ -252,6 +266,21 @@ struct RestoreWal {
     kept: PathBuf,
 }
 
+impl RestoreWal {
+    /// Gives `db`'s WAL a second name until dropped (SQLite deletes a WAL when its last connection closes).
+    fn protect(db: &Path) -> RestoreWal {
+        let wal = with_suffix(db, "-wal");
+        let kept = with_suffix(db, "-wal.kept");
+        let _ = std::fs::remove_file(&kept);
+        let wal_kept = wal.exists() && std::fs::hard_link(&wal, &kept).is_ok();
+        RestoreWal {
+            wal_kept,
+            wal,
+            kept,
+        }
+    }
+}
+
 impl Drop for RestoreWal {
     fn drop(&mut self) {
         if !self.wal_kept {
@@ -293,15 +322,7 @@ pub fn salvage_into(src: &Path, dst: &Path) -> Result<SalvageReport, StoreError>
     let mut max_seen = 0u64;
     // SQLite deletes a WAL when its last connection closes, and one beside a database it cannot read as ours
     // (emptied, header overwritten) is dropped without being replayed: a second name keeps its frames.
-    let wal = with_suffix(src, "-wal");
-    let kept = with_suffix(src, "-wal.kept");
-    let _ = std::fs::remove_file(&kept);
-    let wal_kept = wal.exists() && std::fs::hard_link(&wal, &kept).is_ok();
-    let _restore = RestoreWal {
-        wal_kept,
-        wal,
-        kept,
-    };
+    let _restore = RestoreWal::protect(src);
     match open_source(src) {
         Ok(conn) => {
             let bounds: Option<(Option<i64>, Option<i64>)> = conn

@@ -262,6 +262,14 @@ pub(crate) fn lock_path(path: &Path) -> PathBuf {
 }
 
 /// The WAL file SQLite keeps next to the database.
+/// `<db>.damaged-wal`: a second name the writer gives the WAL when it finds the log damaged (see
+/// `salvage::move_aside_and_salvage`).
+pub(crate) fn kept_wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".damaged-wal");
+    PathBuf::from(s)
+}
+
 pub(crate) fn wal_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push("-wal");
@@ -327,6 +335,16 @@ pub(crate) fn open_writer(
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // An emptied database beside a WAL that holds frames is a damaged log (truncated under us), not a new
+    // one: opening it as new would reset that WAL and lose what it holds.
+    let db_len = std::fs::metadata(path).map_or(None, |m| Some(m.len()));
+    let wal_len = std::fs::metadata(wal_path(path)).map_or(0, |m| m.len());
+    if db_len == Some(0) && wal_len > 32 {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("the database file is empty but its WAL holds {wal_len} bytes"),
+        });
+    }
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| map_open_err(path, e))?;
     let oe = |e| map_open_err(path, e);
     conn.busy_timeout(Duration::from_secs(5)).map_err(oe)?;

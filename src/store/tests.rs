@@ -1956,7 +1956,11 @@ async fn damage_while_running(kind: Damage) {
     assert_eq!(store.stats().state, WriterState::Normal);
     // The damaged files are moved aside, never deleted: the WAL (which held the last 100 rows) too, also
     // when the database beside it was emptied (it was lost when salvage opened a 0-byte database with it).
-    if matches!(kind, Damage::TruncateHalf | Damage::TruncateZero) {
+    // (The writer gives the WAL a second name when it finds the damage: SQLite deleted it at the stop.)
+    if matches!(
+        kind,
+        Damage::TruncateHalf | Damage::TruncateZero | Damage::OverwriteHeader
+    ) {
         let aside = aside_files(dir.path());
         assert!(
             aside.iter().any(|p| p.to_string_lossy().ends_with("-wal")
@@ -2244,4 +2248,32 @@ async fn check_reports_files_that_are_not_logs() {
             "{f:?}: {r:?}"
         );
     }
+}
+
+/// An emptied database beside a WAL that holds frames: a start moves both aside (it opened the empty file
+/// as a new log and reset the WAL), and `store check` leaves the WAL where it is (SQLite deleted it when
+/// the check's connection closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_database_beside_its_wal_is_moved_aside_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let wal = schema::wal_path(&c.path);
+    std::fs::write(&c.path, b"").unwrap();
+    std::fs::write(&wal, vec![0x37u8; 4096]).unwrap();
+    let r = check_file(&c.path).unwrap();
+    assert!(r.problem.is_some(), "{r:?}");
+    assert_eq!(
+        std::fs::metadata(&wal).map(|m| m.len()).ok(),
+        Some(4096),
+        "check kept the WAL"
+    );
+    let store = Store::open(&c).unwrap();
+    let aside = aside_files(dir.path());
+    assert!(
+        aside.iter().any(|p| p.to_string_lossy().ends_with("-wal")
+            && std::fs::metadata(p).is_ok_and(|m| m.len() == 4096)),
+        "{aside:?}"
+    );
+    assert_eq!(store.stats().state, WriterState::Normal);
+    store.close().unwrap();
 }

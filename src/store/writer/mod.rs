@@ -904,6 +904,11 @@ impl Writer {
         // Remembered for the next start, which then moves the file aside and salvages it even if it
         // passes the integrity check (a file truncated to nothing is a valid empty database).
         let _ = std::fs::write(super::schema::damaged_marker(&self.s.path), why.as_bytes());
+        // And a second name for the WAL: SQLite deletes it when the last connection closes (at the stop),
+        // and it is evidence (and maybe rows) the salvage at the next start should find beside the file.
+        let kept = super::schema::kept_wal_path(&self.s.path);
+        let _ = std::fs::remove_file(&kept);
+        let _ = std::fs::hard_link(super::schema::wal_path(&self.s.path), &kept);
         let path = self.s.path.display().to_string();
         tracing::error!(
             path,
