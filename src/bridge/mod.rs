@@ -238,6 +238,14 @@ impl Bridges {
     /// Starts one task per bridge (call from inside the tokio runtime). `gateway` is the gateway id (the
     /// `{gateway}` of `{gateway}/bridge/{name}/state`).
     pub fn start(cfgs: &[BridgeConfig], gateway: &str, store: Store, broker: Broker) -> Bridges {
+        // Cursors of bridges no longer configured (removed, or renamed while the daemon was stopped): said at
+        // start, with what they had not delivered. Kept, so the old name given back resumes from them.
+        let head = store.head();
+        for (name, seq) in store.cursors() {
+            if !cfgs.iter().any(|c| *c.name == *name) && seq < head {
+                tracing::warn!(bridge = %name, undelivered = head - seq, "bridge {name} is in the log but not in the configuration: up to {} logged rows it had not delivered (seq {}..={head}) will not be sent. A bridge renamed while fieldbridge was stopped starts at the head of the log: give it its old name back to send them (a rename in a reload keeps the backlog).", head - seq, seq + 1);
+            }
+        }
         let running: Vec<Running> = cfgs
             .iter()
             .map(|c| spawn(c.clone(), gateway, &store, &broker))

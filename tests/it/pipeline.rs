@@ -444,6 +444,23 @@ async fn reload_adds_changes_removes_devices_while_unchanged_ones_never_miss_a_r
         "the unchanged device never missed a reading across the reload"
     );
 
+    // Lines added above the devices (a comment, a new key) move them in the file, nothing more: no restart
+    // (a device's position in the file counted as a change).
+    let yaml3 = format!(
+        "# comment\n{HEADER}  # another\ndevices:\n{}{}{}",
+        device("steady", 0),
+        device("changed", 1000),
+        device("added", 5000)
+    );
+    std::fs::write(
+        dir.path().join("fieldbridge.yaml"),
+        yaml3.replace("DB", &dir.path().join("fb.db").display().to_string()),
+    )
+    .unwrap();
+    let summary = within("reload", app.reload()).await.expect("valid config");
+    assert_eq!(summary.unchanged, vec!["steady", "changed", "added"]);
+    assert!(summary.restarted.is_empty(), "{:?}", summary.restarted);
+
     // A reload that fails validation changes nothing.
     std::fs::write(
         dir.path().join("fieldbridge.yaml"),

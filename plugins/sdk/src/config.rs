@@ -105,8 +105,9 @@ pub enum NodeKind {
     Map(Vec<(ConfigNode, ConfigNode)>),
 }
 
-/// One node of a parsed configuration file.
-#[derive(Debug, Clone, PartialEq)]
+/// One node of a parsed configuration file. Two nodes are equal when their values and key paths are: where
+/// they are in the file does not count (a line added above a device must not make a reload restart it).
+#[derive(Debug, Clone)]
 pub struct ConfigNode {
     /// The value.
     pub kind: NodeKind,
@@ -114,6 +115,12 @@ pub struct ConfigNode {
     pub mark: Mark,
     /// Its key path from the file's root, e.g. `points[3].address`; empty for the root.
     pub path: String,
+}
+
+impl PartialEq for ConfigNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.path == other.path
+    }
 }
 
 /// One configuration problem: where, and what.
