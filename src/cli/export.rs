@@ -79,6 +79,19 @@ fn clobbers_a_log(out: &Path, db: Option<&Path>) -> Option<String> {
             }
         }
     }
+    // The store's own files beside a log: its lock, its disk-full reserve, a damaged log's kept WAL.
+    let name = out.file_name()?.to_string_lossy().to_string();
+    for suffix in [".lock", ".reserve", ".damaged-wal", ".damaged"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            let log = out.with_file_name(base);
+            if is_sqlite(&log) {
+                return Some(format!(
+                    "it is the store's `{suffix}` file beside the log {}",
+                    log.display()
+                ));
+            }
+        }
+    }
     let mut head = [0u8; 16];
     let n = std::io::Read::read(&mut File::open(out).ok()?, &mut head).ok()?;
     if head[..n].starts_with(b"SQLite format 3\0") {
@@ -89,6 +102,15 @@ fn clobbers_a_log(out: &Path, db: Option<&Path>) -> Option<String> {
         return Some("it is an SQLite write-ahead log".into());
     }
     None
+}
+
+/// Whether `p` starts with SQLite's header.
+fn is_sqlite(p: &Path) -> bool {
+    let mut head = [0u8; 16];
+    File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && head.starts_with(b"SQLite format 3\0")
 }
 
 /// Runs `fieldbridge export`; returns the exit code.

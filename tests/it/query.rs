@@ -580,9 +580,15 @@ async fn cli_reads_a_copied_log_without_a_daemon() {
     // is refused before anything is written: it used to truncate the log and write the export into it.
     let other_db = dir.path().join("other.db");
     std::fs::copy(&copy, &other_db).unwrap();
+    let reserve = dir.path().join(format!(
+        "{}.reserve",
+        copy.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&reserve, vec![0u8; 4096]).unwrap();
     for (out, why) in [
         (copy.clone(), "it is the log being exported"),
         (other_db.clone(), "it is an SQLite database"),
+        (reserve.clone(), "the store's `.reserve` file"),
     ] {
         let clobber = ExportArgs {
             output: Some(out.clone()),
