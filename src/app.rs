@@ -737,8 +737,12 @@ async fn report_status(
         return;
     }
     match status {
-        DeviceStatus::Online => tracing::info!(device, "device online"),
-        DeviceStatus::Offline(reason) => tracing::warn!(device, reason = %reason, "device offline"),
+        // The adapters log these themselves, with more to say (the port, the previous reason): a second line
+        // here only at debug level.
+        DeviceStatus::Online => tracing::debug!(device, "device online"),
+        DeviceStatus::Offline(reason) => {
+            tracing::debug!(device, reason = %reason, "device offline")
+        }
         DeviceStatus::Error(reason) => tracing::warn!(device, reason = %reason, "device error"),
         DeviceStatus::Starting => {}
     }
