@@ -125,6 +125,8 @@ pub struct App {
     pipeline_cancel: CancellationToken,
     tasks: TaskTracker,
     listener_stop: Mutex<CancellationToken>,
+    /// The listeners' tasks: each ends once its socket is closed.
+    listener_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The durable log.
     pub store: Store,
     store_link: Arc<StoreLink>,
@@ -190,9 +192,10 @@ impl App {
         }
         let listener_addrs: Vec<std::net::SocketAddr> =
             bound.iter().map(|b| b.local_addr()).collect();
-        for b in bound {
-            broker.serve(b, listener_stop.clone());
-        }
+        let listener_tasks: Vec<_> = bound
+            .into_iter()
+            .map(|b| broker.serve(b, listener_stop.clone()))
+            .collect();
         broker.start_sys();
 
         let bridges = Arc::new(Bridges::start(
@@ -223,6 +226,7 @@ impl App {
             pipeline_cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             listener_stop: Mutex::new(listener_stop),
+            listener_tasks: Mutex::new(listener_tasks),
             store,
             store_link,
             listener_addrs: RwLock::new(listener_addrs),
@@ -422,13 +426,19 @@ impl App {
         if listeners_changed {
             let stop = std::mem::take(&mut *self.listener_stop.lock());
             stop.cancel();
+            // The new listeners may take the old ones' addresses: wait until those sockets are closed.
+            let old = std::mem::take(&mut *self.listener_tasks.lock());
+            for t in old {
+                let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            }
             let fresh = CancellationToken::new();
             let mut addrs = Vec::new();
+            let mut tasks = Vec::new();
             for (i, l) in new.broker.listeners.iter().enumerate() {
-                match bind_again(&self.broker, l).await {
+                match self.broker.bind(l).await {
                     Ok(b) => {
                         addrs.push(b.local_addr());
-                        self.broker.serve(b, fresh.clone());
+                        tasks.push(self.broker.serve(b, fresh.clone()));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "listener not restarted after reload");
@@ -439,6 +449,7 @@ impl App {
                 }
             }
             *self.listener_addrs.write() = addrs;
+            *self.listener_tasks.lock() = tasks;
             *self.listener_stop.lock() = fresh;
         }
         summary
@@ -519,26 +530,6 @@ impl App {
 }
 
 pub use crate::api::ReloadSummary;
-
-/// Binds a listener again after a reload. The listener it replaces may be on the same address, and its task
-/// closes the socket a moment after being told to stop: "address in use" is retried for up to a second.
-async fn bind_again(
-    broker: &Broker,
-    l: &config::ListenerConfig,
-) -> Result<crate::broker::listener::Bound, crate::broker::listener::ListenError> {
-    let mut tries = 0;
-    loop {
-        match broker.bind(l).await {
-            Err(crate::broker::listener::ListenError::Bind { source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 40 =>
-            {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            r => return r,
-        }
-    }
-}
 
 /// The settings a reload does not apply, each with how to show its values (`None`: not shown, a secret).
 /// The API server, the store, the log filter and the `$SYS` publisher are set up once at start.

@@ -110,8 +110,13 @@ impl Broker {
         })
     }
 
-    /// Serves a bound listener until the broker shuts down or `stop` is cancelled.
-    pub fn serve(&self, bound: Bound, stop: tokio_util::sync::CancellationToken) {
+    /// Serves a bound listener until the broker shuts down or `stop` is cancelled. The handle completes when
+    /// the listening socket is closed (so its address can be bound again).
+    pub fn serve(
+        &self,
+        bound: Bound,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let broker = self.clone();
         let shutdown = self.inner.shutdown.clone();
         tracing::info!(listener = %bound.name, addr = %bound.local_addr(), kind = ?bound.accept, "MQTT listener started");
@@ -134,7 +139,7 @@ impl Broker {
                 }
             }
             tracing::info!(listener = %bound.name, "MQTT listener stopped");
-        });
+        })
     }
 
     fn spawn_connection(

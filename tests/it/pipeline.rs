@@ -762,3 +762,38 @@ devices:
     }
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A reload that adds a listener keeps the existing one on its address: the old socket is closed before the
+/// same address is bound again (awaited, not retried on "address in use").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rebinds_a_listener_on_the_same_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, q) = (
+        crate::util::daemon::free_port(),
+        crate::util::daemon::free_port(),
+    );
+    let yaml = |listeners: &str| {
+        format!(
+            "gateway: {{id: gw}}\nbroker:\n  listeners: [{listeners}]\napi: {{enabled: false}}\n\
+             storage: {{path: DB}}\n"
+        )
+    };
+    let one = yaml(&format!("{{bind: \"127.0.0.1:{p}\"}}"));
+    let app = start_app(dir.path(), &one, Registry::default()).await;
+    let two = yaml(&format!(
+        "{{bind: \"127.0.0.1:{p}\"}}, {{name: second, bind: \"127.0.0.1:{q}\"}}"
+    ));
+    std::fs::write(
+        dir.path().join("fieldbridge.yaml"),
+        two.replace("DB", &dir.path().join("fb.db").display().to_string()),
+    )
+    .unwrap();
+    let summary = within("reload", app.reload()).await.expect("valid config");
+    assert!(summary.notes.is_empty(), "{:?}", summary.notes);
+    for port in [p, q] {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let c = Client::connect(addr, Protocol::V311, &format!("c{port}"), true).await;
+        c.disconnect().await;
+    }
+    app.shutdown(Duration::from_secs(5)).await;
+}
