@@ -2,7 +2,7 @@
 //! parser; no answer means offline, answers again mean online.
 use fieldbridge_sdk::{DeviceStatus, Quality, Value};
 
-use crate::util::{start, DeviceEnd, Pty, WAIT};
+use crate::util::{start, wait_until, DeviceEnd, Pty, WAIT};
 
 fn scale(port: &str) -> String {
     format!(
@@ -108,14 +108,14 @@ async fn a_device_that_stops_answering_goes_offline_and_back() {
     let _ = tokio::time::timeout(WAIT, device).await;
 }
 
-/// A counter device that answers every 3rd request 700 ms late, beyond the device's 500 ms timeout: the
+/// A counter device that answers every 3rd request late, once the device's 500 ms timeout has passed: the
 /// request times out and is retried, and the late answer then arrives while the adapter is about to retry.
 /// The late answer must be discarded (counted as stale), never published as the retry's answer, and every
 /// published value must be the answer to the request it was read for, in order.
 #[tokio::test]
 async fn a_late_answer_to_a_timed_out_request_is_not_taken_for_the_retry() {
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime};
+    use std::time::SystemTime;
 
     /// One answer of the responder: its counter value, whether it came after the timeout, when it was sent.
     #[derive(Debug, Clone, Copy)]
@@ -151,6 +151,7 @@ points:
     ));
     let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let log = answers.clone();
+    let stats = r.factory.stats(&r.name).expect("stats registered at build");
     let device = tokio::spawn(async move {
         // Enough requests for WANTED on-time answers with a late one in every three (and spare polls).
         for n in 1..=3 * WANTED as i64 {
@@ -158,8 +159,13 @@ points:
             assert_eq!(req, b"C\r\n", "unexpected request");
             let late = n % 3 == 0;
             if late {
-                // The scenario itself: this answer comes 200 ms after the adapter gave up waiting.
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                // The scenario itself: this answer comes once the adapter has given up waiting for it
+                // (its timeout counted), as the adapter is about to retry.
+                let before = stats.snapshot().timeouts;
+                wait_until("the request to time out", || {
+                    stats.snapshot().timeouts > before
+                })
+                .await;
             }
             let sent = SystemTime::now();
             dev.send(format!("N={n}\r\n")).await;
