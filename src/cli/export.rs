@@ -92,25 +92,31 @@ fn clobbers_a_log(out: &Path, db: Option<&Path>) -> Option<String> {
             }
         }
     }
-    let mut head = [0u8; 16];
-    let n = std::io::Read::read(&mut File::open(out).ok()?, &mut head).ok()?;
-    if head[..n].starts_with(b"SQLite format 3\0") {
+    let head = file_head(out);
+    if head.starts_with(SQLITE_HEADER) {
         return Some("it is an SQLite database (a log?)".into());
     }
     // A WAL file starts with the magic number 0x377f0682 or 0x377f0683.
-    if n >= 4 && head[..3] == [0x37, 0x7f, 0x06] && matches!(head[3], 0x82 | 0x83) {
+    if head.len() >= 4 && head[..3] == [0x37, 0x7f, 0x06] && matches!(head[3], 0x82 | 0x83) {
         return Some("it is an SQLite write-ahead log".into());
     }
     None
 }
 
+const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
+
+/// The first (up to) 16 bytes of `p`; empty when it cannot be read.
+fn file_head(p: &Path) -> Vec<u8> {
+    let mut head = Vec::with_capacity(16);
+    if let Ok(f) = File::open(p) {
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(f, 16), &mut head);
+    }
+    head
+}
+
 /// Whether `p` starts with SQLite's header.
 fn is_sqlite(p: &Path) -> bool {
-    let mut head = [0u8; 16];
-    File::open(p)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .is_ok()
-        && head.starts_with(b"SQLite format 3\0")
+    file_head(p).starts_with(SQLITE_HEADER)
 }
 
 /// Runs `fieldbridge export`; returns the exit code.
