@@ -217,18 +217,24 @@ pub const MIN_MAX_BYTES: u64 = 256 * 1024;
 /// Whether the volume holding `path` has less than 1/20 of its size (at least 2 MiB) free: space has not
 /// come back since the disk was found full.
 fn volume_nearly_full(path: &Path) -> bool {
+    match volume_space(path) {
+        Some((free, size)) => free < (size / 20).max(2 << 20),
+        None => false,
+    }
+}
+
+/// Bytes free (for an unprivileged writer) and total on the volume holding the file `path`; `None` when
+/// the volume cannot be asked.
+pub(crate) fn volume_space(path: &Path) -> Option<(u64, u64)> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    match rustix::fs::statvfs(dir) {
-        Ok(v) => {
-            let free = v.f_bavail.saturating_mul(v.f_frsize);
-            let size = v.f_blocks.saturating_mul(v.f_frsize);
-            free < (size / 20).max(2 << 20)
-        }
-        Err(_) => false,
-    }
+    let v = rustix::fs::statvfs(dir).ok()?;
+    Some((
+        v.f_bavail.saturating_mul(v.f_frsize),
+        v.f_blocks.saturating_mul(v.f_frsize),
+    ))
 }
 
 /// How long after the disk was last found full `/health` says so, while space has not come back (see

@@ -335,16 +335,9 @@ fn ident(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
 /// The share of its volume's free space the reserve may take: 1/4 of what is free (counting the reserve
 /// itself), at most `want`. On a disk that is already full this is (nearly) nothing.
 pub(crate) fn reserve_share(path: &std::path::Path, have: u64, want: u64) -> u64 {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    match rustix::fs::statvfs(dir) {
-        Ok(v) => {
-            let free = v.f_bavail.saturating_mul(v.f_frsize) + have;
-            want.min(free / 4)
-        }
-        Err(_) => want,
+    match super::volume_space(path) {
+        Some((free, _)) => want.min(free.saturating_add(have) / 4),
+        None => want,
     }
 }
 
