@@ -90,7 +90,10 @@ const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
 const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(60);
-const DEFAULT_INFLIGHT: u16 = 100;
+/// Large enough for a far upstream: the drain of a backlog is at most `inflight` per round trip (100 in
+/// flight over a 20 ms round trip drained at 4,100 msg/s against mosquitto's bridge's 105,000); 10,000 carry
+/// 100,000 msg/s over 100 ms. An MQTT 5 upstream's Receive Maximum still caps it.
+const DEFAULT_INFLIGHT: u16 = 10_000;
 
 /// A parsed bridge URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

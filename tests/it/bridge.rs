@@ -332,16 +332,22 @@ async fn uplink_cut_many_times_loses_nothing_and_duplicates_stay_within_the_wind
 
 /// An outage's backlog long enough to drain for seconds (the driver then polls for acks before it sleeps, and a
 /// large window refills in quarters), cut once midway, through a window of 20 (mosquitto's Receive Maximum,
-/// MQTT 5) and of 1,000 (MQTT 3.1.1): nothing lost, in order, duplicates within what was resent.
+/// MQTT 5) and the default of 10,000 (MQTT 3.1.1): nothing lost, in order, duplicates within what was resent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backlog_drains_through_a_cut_with_small_and_large_windows() {
-    for (protocol, inflight, window) in [(Protocol::V5, 100, 20), (Protocol::V311, 1000, 1000)] {
+    for (protocol, inflight, window) in [
+        (Protocol::V5, Some(100), 20),
+        (Protocol::V311, None, 10_000),
+    ] {
         let up = Upstream::start(UpstreamOpts::default()).await;
         let proxy = Proxy::start(up.addr()).await;
         let mut sub = up.subscribe(&["up/#"]).await;
         let mut cfg = bridge_cfg("cloud", proxy.port());
         cfg.protocol = protocol;
-        cfg.inflight = inflight;
+        // None: the default of a bridge without `inflight`.
+        cfg.inflight = inflight.unwrap_or_else(|| {
+            BridgeConfig::new("d", BridgeUrl::mqtt("127.0.0.1", 1), "gw").inflight
+        });
         let gw = Gw::start(&[cfg]);
         let st = gw
             .wait_status("cloud", "connected", LONG, |s| s.state.connected())
