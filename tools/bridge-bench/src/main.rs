@@ -45,8 +45,8 @@ struct Args {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
     payload: usize,
-    /// fieldbridge's in-flight window (`inflight`).
-    #[arg(long, default_value_t = 1000)]
+    /// fieldbridge's in-flight window (`inflight`; the daemon's default is 10,000).
+    #[arg(long, default_value_t = 10_000)]
     inflight: u16,
     /// Topics the messages are spread over.
     #[arg(long, default_value_t = 10)]
@@ -86,6 +86,15 @@ struct Args {
     /// upstream on another machine would not.
     #[arg(long)]
     upstream_cpus: Option<String>,
+    /// The upstream broker: `mosquitto` (single-threaded; on one core it is what limits both drains) or
+    /// `rumqttd` (`cargo install rumqttd`; MQTT 3.1.1 only here).
+    #[arg(long, default_value = "mosquitto")]
+    upstream_broker: String,
+    /// One-way delay in ms of the link between each bridge and the upstream (a proxy in the bench releases
+    /// each direction's bytes this long after it read them, in order, with no bandwidth limit); 0: direct.
+    /// The subscriber stays directly on the upstream.
+    #[arg(long, default_value_t = 0)]
+    link_delay_ms: u64,
     /// Seconds without progress after which the subscriber gives up (the rest counts as lost).
     #[arg(long, default_value_t = 15)]
     idle_secs: u64,
@@ -110,6 +119,9 @@ struct Mosquitto {
 
 /// The upstream mosquitto `name` on `port`: `--upstream-inflight`, and pinned to `--upstream-cpus` if given.
 async fn upstream(dir: &Path, name: &str, port: u16, args: &Args) -> Mosquitto {
+    if args.upstream_broker == "rumqttd" {
+        return rumqttd(dir, name, port, args).await;
+    }
     let extra = inflight_line(args.upstream_inflight);
     mosquitto(dir, name, port, &extra, args.upstream_cpus.as_deref()).await
 }
@@ -131,24 +143,44 @@ async fn mosquitto(
         ),
     )
     .expect("write mosquitto config");
-    // taskset execs mosquitto: the child's pid is mosquitto's.
+    spawn_listening(
+        "mosquitto",
+        &["-c"],
+        &conf,
+        cpus,
+        port,
+        "apt-get install mosquitto",
+    )
+    .await
+}
+
+/// Starts `program args conf` on `cpus` (`taskset -c`, which execs it: the child's pid is the broker's) and
+/// waits until it listens on `port`.
+async fn spawn_listening(
+    program: &str,
+    args: &[&str],
+    conf: &Path,
+    cpus: Option<&str>,
+    port: u16,
+    install: &str,
+) -> Mosquitto {
     let mut cmd = match cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", cpus, "mosquitto"]);
+            c.args(["-c", cpus, program]);
             c
         }
-        None => Command::new("mosquitto"),
+        None => Command::new(program),
     };
     let child = cmd
-        .arg("-c")
-        .arg(&conf)
+        .args(args)
+        .arg(conf)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .expect("mosquitto is needed: apt-get install mosquitto");
+        .unwrap_or_else(|e| panic!("{program} is needed ({install}): {e}"));
     let pid = child.id().unwrap_or(0);
     for _ in 0..1000 {
         if TcpStream::connect(addr(port)).await.is_ok() {
@@ -156,7 +188,42 @@ async fn mosquitto(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("mosquitto {name} did not listen on {port}");
+    panic!("{program} ({}) did not listen on {port}", conf.display());
+}
+
+/// A rumqttd upstream (MQTT 3.1.1 listener on `port`), pinned to `--upstream-cpus` if given.
+async fn rumqttd(dir: &Path, name: &str, port: u16, args: &Args) -> Mosquitto {
+    assert_eq!(
+        args.protocol, "311",
+        "--upstream-broker rumqttd needs --protocol 311"
+    );
+    let inflight = if args.upstream_inflight > 0 {
+        args.upstream_inflight
+    } else {
+        100
+    };
+    let conf = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "id = 0\n[router]\nid = 0\nmax_connections = 100\nmax_outgoing_packet_count = 200\n\
+             max_segment_size = 104857600\nmax_segment_count = 10\n\
+             [v4.1]\nname = \"v4-1\"\nlisten = \"127.0.0.1:{port}\"\nnext_connection_delay_ms = 1\n\
+             [v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 20480\n\
+             max_inflight_count = {inflight}\ndynamic_filters = true\n"
+        ),
+    )
+    .expect("write rumqttd config");
+    let cpus = args.upstream_cpus.as_deref();
+    spawn_listening(
+        "rumqttd",
+        &["-q", "-c"],
+        &conf,
+        cpus,
+        port,
+        "cargo install rumqttd",
+    )
+    .await
 }
 
 impl Mosquitto {
@@ -170,7 +237,8 @@ impl Mosquitto {
     }
 }
 
-/// CPU seconds (user + system) used so far by the threads of `pid`, except those named `skip`. Clock ticks
+/// CPU seconds (user + system) used so far by the threads of `pid`, except those whose name starts with
+/// `skip` (the bench's own threads). Clock ticks
 /// are taken as 100 per second (Linux's USER_HZ).
 fn cpu_secs(pid: u32, skip: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -185,7 +253,11 @@ fn cpu_secs(pid: u32, skip: &str) -> f64 {
         let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
-        if head.split_once('(').is_some_and(|(_, comm)| comm == skip) {
+        if !skip.is_empty()
+            && head
+                .split_once('(')
+                .is_some_and(|(_, comm)| comm.starts_with(skip))
+        {
             continue;
         }
         let f: Vec<&str> = rest.split_whitespace().collect();
@@ -253,7 +325,7 @@ impl Raw {
         let connect = Connect {
             protocol: Protocol::V311,
             clean_start: true,
-            keep_alive: 0,
+            keep_alive: 300,
             client_id: client_id.into(),
             will: None,
             username: None,
@@ -324,6 +396,70 @@ async fn subscriber(
     });
     ready_rx.await.expect("the subscriber connected");
     (task, shared)
+}
+
+/// A link with `delay` each way to the upstream on `up_port`, listening on the returned port: for each
+/// connection accepted, one to the upstream, and bytes released `delay` after they were read. Runs on a
+/// runtime thread of its own (`bench-link`, not counted as edge CPU).
+fn delay_link(up_port: u16, delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the link");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("link address").port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("link runtime");
+    std::thread::Builder::new()
+        .name("bench-link".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("link listener");
+                while let Ok((a, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let Ok(b) = TcpStream::connect(addr(up_port)).await else {
+                            return; // the upstream is down: the bridge sees the link close
+                        };
+                        a.set_nodelay(true).ok();
+                        b.set_nodelay(true).ok();
+                        let (ar, aw) = a.into_split();
+                        let (br, bw) = b.into_split();
+                        tokio::join!(delayed(ar, bw, delay), delayed(br, aw, delay));
+                    });
+                }
+            })
+        })
+        .expect("link thread");
+    port
+}
+
+/// Copies `r` to `w`, each chunk written `delay` after it was read.
+async fn delayed(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n @ 1..) = r.read(&mut buf).await {
+            if tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 /// The runtime the upstream subscribers run on (one thread of its own).
@@ -485,7 +621,7 @@ struct Report {
     note: String,
 }
 
-async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
+async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16, link_port: u16) -> Report {
     let n = args.messages;
     let storage = StorageConfig {
         path: dir.join("bench.db"),
@@ -567,10 +703,10 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         Some(subscriber(up_port, "fb/#", n, args.topics, args.sub_qos).await)
     };
     let rss_before = rss_mib(std::process::id());
-    let cpu_before = cpu_secs(std::process::id(), "bench-sub");
+    let cpu_before = cpu_secs(std::process::id(), "bench-");
     let up_cpu_before = cpu_secs(up.pid, "");
     let up_switches_before = switches(up.pid);
-    cfg.url.port = up_port;
+    cfg.url.port = link_port;
     bridges.reload(std::slice::from_ref(&cfg), "gw").await;
     let t_up = Instant::now();
     // Connected?
@@ -591,7 +727,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     let t_conn = t_conn.unwrap_or(t_up);
     let t_done = t_done.expect("fieldbridge did not drain within 15 minutes");
     let rss_after = rss_mib(std::process::id());
-    let cpu = cpu_secs(std::process::id(), "bench-sub") - cpu_before;
+    let cpu = cpu_secs(std::process::id(), "bench-") - cpu_before;
     let (seen, drain) = match sub {
         // Timed like mosquitto's bridge below: first to last arrival at the upstream subscriber.
         Some(sub) => {
@@ -633,7 +769,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16) -> Report {
     }
 }
 
-async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
+async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16, link_port: u16) -> Report {
     let n = args.messages;
     let edge_port = free_port();
     let edge = mosquitto(
@@ -641,7 +777,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16) -> Report {
         "edge",
         edge_port,
         &format!(
-            "connection cloud\naddress 127.0.0.1:{up_port}\ntopic gw/# out 1 \"\" mq/\ncleansession false\n\
+            "connection cloud\naddress 127.0.0.1:{link_port}\ntopic gw/# out 1 \"\" mq/\ncleansession false\n\
              restart_timeout 1\nbridge_protocol_version {}\nnotifications false\ntry_private false\n{}",
             edge_protocol(args),
             inflight_line(args.edge_inflight)
@@ -834,25 +970,32 @@ async fn main() {
     let args = Args::parse();
     let dir: PathBuf = tempfile::tempdir().expect("tempdir").keep();
     let up_port = free_port();
+    let link_port = match args.link_delay_ms {
+        0 => up_port,
+        ms => delay_link(up_port, Duration::from_millis(ms)),
+    };
     println!(
-        "backlog drain: {} messages of {} bytes, QoS 1, {} topics, {} round(s); upstream mosquitto on 127.0.0.1:{up_port}",
-        args.messages, args.payload, args.topics, args.rounds
+        "backlog drain: {} messages of {} bytes, QoS 1, {} topics, {} round(s); upstream {} on 127.0.0.1:{up_port}, link delay {} ms each way",
+        args.messages, args.payload, args.topics, args.rounds, args.upstream_broker, args.link_delay_ms
     );
     let mut ratios = Vec::new();
     for round in 1..=args.rounds {
         if args.skip_mosquitto {
-            print(&run_fieldbridge(&args, &dir, up_port).await);
+            print(&run_fieldbridge(&args, &dir, up_port, link_port).await);
             let _ = std::fs::remove_file(dir.join("bench.db"));
             continue;
         }
         // Alternate which half goes first, so a change in the machine's load during a round does not always
         // favour the same side.
         let (fb, mq) = if round % 2 == 1 {
-            let fb = run_fieldbridge(&args, &dir, up_port).await;
-            (fb, run_mosquitto_bridge(&args, &dir, up_port).await)
+            let fb = run_fieldbridge(&args, &dir, up_port, link_port).await;
+            (
+                fb,
+                run_mosquitto_bridge(&args, &dir, up_port, link_port).await,
+            )
         } else {
-            let mq = run_mosquitto_bridge(&args, &dir, up_port).await;
-            (run_fieldbridge(&args, &dir, up_port).await, mq)
+            let mq = run_mosquitto_bridge(&args, &dir, up_port, link_port).await;
+            (run_fieldbridge(&args, &dir, up_port, link_port).await, mq)
         };
         for f in ["bench.db", "bench.db-wal", "bench.db-shm"] {
             let _ = std::fs::remove_file(dir.join(f));
