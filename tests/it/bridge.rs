@@ -774,6 +774,127 @@ async fn subscribe_rules_bring_commands_down_without_loops() {
     assert_eq!(gw.store.head(), head_before);
 }
 
+/// The upstream side of [`acks_held_back_while_pings_are_answered_keep_the_link`]: one accepted connection
+/// read packet by packet with the project's codec (MQTT 3.1.1).
+struct Scripted {
+    s: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+    /// Known once the CONNECT was read.
+    protocol: Option<Protocol>,
+}
+
+impl Scripted {
+    /// The next packet; `None` when the bridge closed the connection.
+    async fn next(&mut self) -> Option<fieldbridge::mqtt::Packet> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(p) = fieldbridge::mqtt::decode(&mut self.buf, self.protocol, u32::MAX)
+                .expect("the bridge sends valid MQTT")
+            {
+                self.protocol = Some(Protocol::V311);
+                return Some(p);
+            }
+            match self.s.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, p: &fieldbridge::mqtt::Packet) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        fieldbridge::mqtt::encode(p, Protocol::V311, &mut out);
+        self.s.write_all(&out).await.expect("write to the bridge");
+    }
+}
+
+fn puback(packet_id: u16) -> fieldbridge::mqtt::Packet {
+    fieldbridge::mqtt::Packet::PubAck(fieldbridge::mqtt::PubResp {
+        packet_id,
+        reason_code: 0,
+        properties: Default::default(),
+    })
+}
+
+/// An upstream that holds its acks back (a cloud broker busy persisting) but answers PINGREQ. With the window
+/// full during a backlog, the bridge waits in the kernel until the acks of a whole refill are there
+/// (`SO_RCVLOWAT`); the 2-byte PINGRESP must still reach it, or it would declare the link dead after
+/// 1.5 x keepalive. Then the acks come, and the backlog drains to the last row (the low-water mark never
+/// asks for more bytes than the acks outstanding bring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_held_back_while_pings_are_answered_keep_the_link() {
+    use fieldbridge::mqtt::{ConnAck, Packet};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = bridge_cfg("cloud", listener.local_addr().unwrap().port());
+    cfg.protocol = Protocol::V311;
+    cfg.keepalive = Duration::from_secs(1);
+    cfg.inflight = 1000;
+    let gw = Gw::start(&[cfg]);
+    // The backlog is in the log before the CONNACK, so that the bridge drains it as a backlog from the start.
+    let head = gw.append(0, 20_000, 4).await;
+    let (s, _) = within("the bridge connects", listener.accept())
+        .await
+        .unwrap();
+    let mut up = Scripted {
+        s,
+        buf: Default::default(),
+        protocol: None,
+    };
+    assert!(matches!(up.next().await, Some(Packet::Connect(_))));
+    up.send(&Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: 0,
+        properties: Default::default(),
+    }))
+    .await;
+    // Hold every ack; answer three PINGREQs (about one a second) on this one connection.
+    let mut held = Vec::new();
+    let mut pings = 0;
+    while pings < 3 {
+        match tokio::time::timeout(LONG, up.next())
+            .await
+            .expect("the bridge went silent")
+        {
+            Some(Packet::Publish(p)) => held.push(p.packet_id),
+            Some(Packet::PingReq) => {
+                pings += 1;
+                up.send(&Packet::PingResp).await;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!(
+                "the bridge gave up a link whose pings were answered, after {pings} ping(s); status: {:#?}",
+                gw.status("cloud")
+            ),
+        }
+    }
+    let st = gw.status("cloud");
+    assert!(
+        held.len() >= 1000,
+        "the window (1000) was full: {} held; {st:#?}",
+        held.len()
+    );
+    assert_eq!(st.state, BridgeState::Backlog, "{st:#?}");
+    assert_eq!(st.connects, 1, "{st:#?}");
+    assert_eq!(st.cursor, 0, "nothing acked, nothing delivered");
+    // Now the acks come, for the held ones and for everything after them.
+    let peer = tokio::spawn(async move {
+        for id in held {
+            up.send(&puback(id)).await;
+        }
+        while let Some(p) = up.next().await {
+            match p {
+                Packet::Publish(p) => up.send(&puback(p.packet_id)).await,
+                Packet::PingReq => up.send(&Packet::PingResp).await,
+                _ => {}
+            }
+        }
+    });
+    let st = gw.delivered("cloud", head).await;
+    assert_eq!(st.connects, 1, "{st:#?}");
+    peer.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_honours_the_upstreams_receive_maximum() {
     let mut opts = UpstreamOpts::default();
