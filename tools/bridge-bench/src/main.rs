@@ -10,6 +10,11 @@
 //! Both halves are timed the same way: first to last arrival at the upstream subscriber, which runs on a
 //! runtime thread of its own (it stands for the cloud). Rounds alternate which half goes first.
 //!
+//! Placement matters on a small VM: `taskset -c 0 bridge-bench --upstream-cpus 1 --sub-cpus 1` puts both
+//! bridges on core 0 and the cloud (upstream and subscriber) on core 1, as two machines would be. Without
+//! `--sub-cpus`, the subscriber shares the edge's core, and the upstream pays (in IPIs, counted per CPU in the
+//! report) for waking it there whenever the edge leaves that core idle.
+//!
 //! `cargo run --release -p fieldbridge-bridge-bench -- --messages 300000 --rounds 5`
 #![forbid(unsafe_code)]
 
@@ -75,6 +80,9 @@ struct Args {
     /// Skip the mosquitto-bridge half.
     #[arg(long)]
     skip_mosquitto: bool,
+    /// Skip fieldbridge's half (e.g. to trace mosquitto's bridge alone).
+    #[arg(long, conflicts_with = "skip_mosquitto")]
+    skip_fieldbridge: bool,
     /// Rounds of (fieldbridge, mosquitto bridge), alternating which goes first; each round prints its ratio.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -86,6 +94,11 @@ struct Args {
     /// upstream on another machine would not.
     #[arg(long)]
     upstream_cpus: Option<String>,
+    /// Runs the upstream subscriber's thread on these CPUs (`taskset -p -c`), e.g. `1` to put it beside the
+    /// upstream (the cloud's consumer on the cloud's core) rather than on the edge's; default: where the bench
+    /// runs.
+    #[arg(long)]
+    sub_cpus: Option<String>,
     /// The upstream broker: `mosquitto` (single-threaded; on one core it is what limits both drains) or
     /// `rumqttd` (`cargo install rumqttd`; MQTT 3.1.1 only here).
     #[arg(long, default_value = "mosquitto")]
@@ -291,6 +304,39 @@ fn switches(pid: u32) -> (u64, u64) {
         })
 }
 
+/// Interrupts per CPU so far from `/proc/interrupts`: rescheduling (`RES`) and function-call (`CAL`) IPIs,
+/// `[RES cpu0, RES cpu1, .., CAL cpu0, ..]`. On a VM each IPI is paid by the CPU that sends it.
+fn ipis() -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let mut out = Vec::new();
+    for name in ["RES:", "CAL:"] {
+        if let Some(l) = text.lines().find(|l| l.trim_start().starts_with(name)) {
+            out.extend(
+                l.trim_start()[name.len()..]
+                    .split_whitespace()
+                    .map_while(|v| v.parse::<u64>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// [`ipis`] since `before`, per message, as text.
+fn ipis_since(before: &[u64], n: u64) -> String {
+    let now = ipis();
+    let per: Vec<String> = now
+        .iter()
+        .zip(before)
+        .map(|(a, b)| format!("{:.3}", (a - b) as f64 / n as f64))
+        .collect();
+    let half = per.len() / 2;
+    format!(
+        "RES {} CAL {}",
+        per[..half].join("/"),
+        per[half..].join("/")
+    )
+}
+
 /// [`switches`] since `before`.
 fn switches_since(pid: u32, before: (u64, u64)) -> (u64, u64) {
     let now = switches(pid);
@@ -382,6 +428,7 @@ async fn subscriber(
     n: u64,
     topics: u64,
     qos: u8,
+    cpus: Option<&str>,
 ) -> (tokio::task::JoinHandle<()>, Shared) {
     let shared: Shared = Arc::default();
     let out = shared.clone();
@@ -389,7 +436,7 @@ async fn subscriber(
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     // On its own runtime thread: the subscriber stands for the cloud, and must not share (or slow down) the
     // runtime fieldbridge's bridge runs on, as it does not share mosquitto's event loop in the other half.
-    let task = sub_runtime().spawn(async move {
+    let task = sub_runtime(cpus).spawn(async move {
         let c = subscribe_raw(port, &filter, qos).await;
         let _ = ready_tx.send(());
         count(c, n, topics, out).await;
@@ -462,8 +509,9 @@ async fn delayed(
     tokio::join!(reader, writer);
 }
 
-/// The runtime the upstream subscribers run on (one thread of its own).
-fn sub_runtime() -> &'static tokio::runtime::Handle {
+/// The runtime the upstream subscribers run on (one thread of its own, on `cpus` if given: the first call's
+/// choice holds for the run).
+fn sub_runtime(cpus: Option<&str>) -> &'static tokio::runtime::Handle {
     static RT: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -471,12 +519,37 @@ fn sub_runtime() -> &'static tokio::runtime::Handle {
             .build()
             .expect("subscriber runtime");
         let handle = rt.handle().clone();
+        let cpus = cpus.map(str::to_string);
+        let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("bench-sub".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .spawn(move || {
+                if let Some(cpus) = cpus {
+                    pin_this_thread(&cpus);
+                }
+                let _ = pinned_tx.send(());
+                rt.block_on(std::future::pending::<()>())
+            })
             .expect("subscriber thread");
+        let _ = pinned_rx.recv();
         handle
     })
+}
+
+/// Moves the calling thread to `cpus` (`taskset -p -c cpus TID`; the thread's id from `/proc/thread-self`).
+fn pin_this_thread(cpus: &str) {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = link
+        .file_name()
+        .and_then(|t| t.to_str())
+        .expect("a thread id")
+        .to_string();
+    let ok = std::process::Command::new("taskset")
+        .args(["-p", "-c", cpus, &tid])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -p -c {cpus} {tid} failed");
 }
 
 async fn subscribe_raw(port: u16, filter: &str, qos: u8) -> Raw {
@@ -615,6 +688,8 @@ struct Report {
     up_cpu_secs: f64,
     /// Context switches of the upstream mosquitto during the drain: (slept for want of input, preempted).
     up_switches: (u64, u64),
+    /// IPIs per message during the drain, per CPU ([`ipis_since`]).
+    ipis: String,
     seen: Seen,
     n: u64,
     rss_mib: f64,
@@ -700,12 +775,23 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16, link_port: u16) 
     let sub = if args.no_sub {
         None
     } else {
-        Some(subscriber(up_port, "fb/#", n, args.topics, args.sub_qos).await)
+        Some(
+            subscriber(
+                up_port,
+                "fb/#",
+                n,
+                args.topics,
+                args.sub_qos,
+                args.sub_cpus.as_deref(),
+            )
+            .await,
+        )
     };
     let rss_before = rss_mib(std::process::id());
     let cpu_before = cpu_secs(std::process::id(), "bench-");
     let up_cpu_before = cpu_secs(up.pid, "");
     let up_switches_before = switches(up.pid);
+    let ipis_before = ipis();
     cfg.url.port = link_port;
     bridges.reload(std::slice::from_ref(&cfg), "gw").await;
     let t_up = Instant::now();
@@ -745,6 +831,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16, link_port: u16) 
     };
     let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
     let up_switches = switches_since(up.pid, up_switches_before);
+    let ipis = ipis_since(&ipis_before, n);
     let st = bridges.statuses()[0].clone();
     bridges.shutdown(Duration::from_secs(2)).await;
     up.stop().await;
@@ -756,6 +843,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16, link_port: u16) 
         cpu_secs: cpu,
         up_cpu_secs: up_cpu,
         up_switches,
+        ipis,
         seen,
         n,
         rss_mib: rss_after,
@@ -798,11 +886,21 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16, link_port: 
     let cpu_before = cpu_secs(edge.pid, "");
     let up_cpu_before = cpu_secs(up.pid, "");
     let up_switches_before = switches(up.pid);
-    let sub = subscriber(up_port, "mq/#", n, args.topics, args.sub_qos).await;
+    let ipis_before = ipis();
+    let sub = subscriber(
+        up_port,
+        "mq/#",
+        n,
+        args.topics,
+        args.sub_qos,
+        args.sub_cpus.as_deref(),
+    )
+    .await;
     let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
     let cpu = cpu_secs(edge.pid, "") - cpu_before;
     let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
     let up_switches = switches_since(up.pid, up_switches_before);
+    let ipis = ipis_since(&ipis_before, n);
     let drain = arrival_span(&seen);
     let rss = edge.rss_mib().max(rss_full);
     edge.stop().await;
@@ -814,6 +912,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16, link_port: 
         cpu_secs: cpu,
         up_cpu_secs: up_cpu,
         up_switches,
+        ipis,
         seen,
         n,
         rss_mib: rss,
@@ -914,7 +1013,15 @@ async fn publish_all(port: u16, n: u64, topics: u64, size: usize, prefix: &str) 
 async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
     let n = args.messages;
     let up = upstream(dir, "upstream-direct", up_port, args).await;
-    let sub = subscriber(up_port, "direct/#", n, args.topics, args.sub_qos).await;
+    let sub = subscriber(
+        up_port,
+        "direct/#",
+        n,
+        args.topics,
+        args.sub_qos,
+        args.sub_cpus.as_deref(),
+    )
+    .await;
     let t = Instant::now();
     let _acked = publish_all(up_port, n, args.topics, args.payload, "direct/").await;
     let t_acked = t.elapsed().as_secs_f64();
@@ -931,6 +1038,7 @@ async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
         cpu_secs: f64::NAN,
         up_cpu_secs: f64::NAN,
         up_switches: (0, 0),
+        ipis: String::new(),
         seen,
         n,
         rss_mib: 0.0,
@@ -960,8 +1068,8 @@ fn broker_config() -> BrokerConfig {
 fn print(r: &Report) {
     let lost = r.n - r.seen.distinct;
     println!(
-        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | upstream CPU {:>5.2} µs/msg, {:>5.3} sleeps and {:>5.3} preemptions/msg | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
-        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.up_cpu_secs * 1e6 / r.n as f64, r.up_switches.0 as f64 / r.n as f64, r.up_switches.1 as f64 / r.n as f64, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
+        "{:<18} drained {:>8} msgs in {:>7.2}s = {:>9.0} msg/s | edge CPU {:>5.2}s = {:>5.2} µs/msg | upstream CPU {:>5.2} µs/msg, {:>5.3} sleeps and {:>5.3} preemptions/msg | IPIs/msg {} | received {:>8}, lost {:>7}, duplicates {:>6}, out of order {:>5} | peak RSS {:>6.0} MiB | {}",
+        r.name, r.n, r.drain_secs, r.rate, r.cpu_secs, r.cpu_secs * 1e6 / r.n as f64, r.up_cpu_secs * 1e6 / r.n as f64, r.up_switches.0 as f64 / r.n as f64, r.up_switches.1 as f64 / r.n as f64, r.ipis, r.seen.distinct, lost, r.seen.duplicates, r.seen.out_of_order, r.rss_mib, r.note
     );
 }
 
@@ -983,6 +1091,10 @@ async fn main() {
         if args.skip_mosquitto {
             print(&run_fieldbridge(&args, &dir, up_port, link_port).await);
             let _ = std::fs::remove_file(dir.join("bench.db"));
+            continue;
+        }
+        if args.skip_fieldbridge {
+            print(&run_mosquitto_bridge(&args, &dir, up_port, link_port).await);
             continue;
         }
         // Alternate which half goes first, so a change in the machine's load during a round does not always
