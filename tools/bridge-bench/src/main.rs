@@ -421,22 +421,17 @@ struct Seen {
 /// Counts what arrives on the upstream, shared with the waiter.
 type Shared = Arc<std::sync::Mutex<Seen>>;
 
-/// Subscribes to `filter` (QoS 1) and counts payloads `0..n` (see [`wait_sub`]).
-async fn subscriber(
-    port: u16,
-    filter: &str,
-    n: u64,
-    topics: u64,
-    qos: u8,
-    cpus: Option<&str>,
-) -> (tokio::task::JoinHandle<()>, Shared) {
+/// Subscribes to `filter` (at `--sub-qos`) and counts payloads `0..messages` (see [`wait_sub`]), on the
+/// subscriber's thread (`--sub-cpus`).
+async fn subscriber(port: u16, filter: &str, args: &Args) -> (tokio::task::JoinHandle<()>, Shared) {
+    let (n, topics, qos) = (args.messages, args.topics, args.sub_qos);
     let shared: Shared = Arc::default();
     let out = shared.clone();
     let filter = filter.to_string();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     // On its own runtime thread: the subscriber stands for the cloud, and must not share (or slow down) the
     // runtime fieldbridge's bridge runs on, as it does not share mosquitto's event loop in the other half.
-    let task = sub_runtime(cpus).spawn(async move {
+    let task = sub_runtime(args.sub_cpus.as_deref()).spawn(async move {
         let c = subscribe_raw(port, &filter, qos).await;
         let _ = ready_tx.send(());
         count(c, n, topics, out).await;
@@ -775,17 +770,7 @@ async fn run_fieldbridge(args: &Args, dir: &Path, up_port: u16, link_port: u16) 
     let sub = if args.no_sub {
         None
     } else {
-        Some(
-            subscriber(
-                up_port,
-                "fb/#",
-                n,
-                args.topics,
-                args.sub_qos,
-                args.sub_cpus.as_deref(),
-            )
-            .await,
-        )
+        Some(subscriber(up_port, "fb/#", args).await)
     };
     let rss_before = rss_mib(std::process::id());
     let cpu_before = cpu_secs(std::process::id(), "bench-");
@@ -887,15 +872,7 @@ async fn run_mosquitto_bridge(args: &Args, dir: &Path, up_port: u16, link_port: 
     let up_cpu_before = cpu_secs(up.pid, "");
     let up_switches_before = switches(up.pid);
     let ipis_before = ipis();
-    let sub = subscriber(
-        up_port,
-        "mq/#",
-        n,
-        args.topics,
-        args.sub_qos,
-        args.sub_cpus.as_deref(),
-    )
-    .await;
+    let sub = subscriber(up_port, "mq/#", args).await;
     let seen = wait_sub(sub, Duration::from_secs(args.idle_secs), n).await;
     let cpu = cpu_secs(edge.pid, "") - cpu_before;
     let up_cpu = cpu_secs(up.pid, "") - up_cpu_before;
@@ -1013,15 +990,7 @@ async fn publish_all(port: u16, n: u64, topics: u64, size: usize, prefix: &str) 
 async fn run_ceiling(args: &Args, dir: &Path, up_port: u16) -> Report {
     let n = args.messages;
     let up = upstream(dir, "upstream-direct", up_port, args).await;
-    let sub = subscriber(
-        up_port,
-        "direct/#",
-        n,
-        args.topics,
-        args.sub_qos,
-        args.sub_cpus.as_deref(),
-    )
-    .await;
+    let sub = subscriber(up_port, "direct/#", args).await;
     let t = Instant::now();
     let _acked = publish_all(up_port, n, args.topics, args.payload, "direct/").await;
     let t_acked = t.elapsed().as_secs_f64();
