@@ -26,6 +26,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub mod checksum;
 pub mod config;
 pub mod poller;
 pub mod shared;

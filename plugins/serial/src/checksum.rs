@@ -71,7 +71,7 @@ impl Algorithm {
                     .wrapping_neg(),
             ),
             Algorithm::Xor8 => u16::from(data.iter().fold(0u8, |a, b| a ^ b)),
-            Algorithm::Crc16Modbus => crc16_reflected(data, 0xA001, 0xFFFF),
+            Algorithm::Crc16Modbus => fieldbridge_sdk::checksum::crc16_modbus(data),
             Algorithm::Crc16CcittFalse => crc16_normal(data, 0x1021, 0xFFFF),
             Algorithm::Crc16Xmodem => crc16_normal(data, 0x1021, 0x0000),
             Algorithm::Crc8 => u16::from(crc8_normal(data, 0x07, 0x00)),
@@ -116,21 +116,6 @@ impl FromStr for Algorithm {
                 )
             })
     }
-}
-
-fn crc16_reflected(data: &[u8], poly: u16, init: u16) -> u16 {
-    let mut crc = init;
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ poly
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
 }
 
 fn crc16_normal(data: &[u8], poly: u16, init: u16) -> u16 {
