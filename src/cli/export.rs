@@ -93,7 +93,7 @@ fn clobbers_a_log(out: &Path, db: Option<&Path>) -> Option<String> {
         }
     }
     let head = file_head(out);
-    if head.starts_with(SQLITE_HEADER) {
+    if head.starts_with(crate::store::SQLITE_HEADER) {
         return Some("it is an SQLite database (a log?)".into());
     }
     // A WAL file starts with the magic number 0x377f0682 or 0x377f0683.
@@ -102,8 +102,6 @@ fn clobbers_a_log(out: &Path, db: Option<&Path>) -> Option<String> {
     }
     None
 }
-
-const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
 
 /// The first (up to) 16 bytes of `p`; empty when it cannot be read.
 fn file_head(p: &Path) -> Vec<u8> {
@@ -116,7 +114,7 @@ fn file_head(p: &Path) -> Vec<u8> {
 
 /// Whether `p` starts with SQLite's header.
 fn is_sqlite(p: &Path) -> bool {
-    file_head(p).starts_with(SQLITE_HEADER)
+    file_head(p).starts_with(crate::store::SQLITE_HEADER)
 }
 
 /// Runs `fieldbridge export`; returns the exit code.

@@ -211,6 +211,9 @@ pub use stats::{CursorStats, DropCounters, StoreStats, WriterState};
 use stats::{Cursor, Shared};
 use writer::{Ctl, Req, Settings, Writer};
 
+/// The first 16 bytes of every SQLite database file (the log, a damaged one, any other).
+pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
 /// Smallest usable cap: the empty schema plus a WAL budget need about 100 KiB.
 pub const MIN_MAX_BYTES: u64 = 256 * 1024;
 

@@ -103,7 +103,7 @@ pub(crate) fn damaged_before_checkpoint(path: &std::path::Path, shared: &Shared)
             "the database file was truncated to {len} bytes (seen before a checkpoint)"
         ));
     }
-    if f.read_exact(&mut magic).is_err() || &magic != b"SQLite format 3\0" {
+    if f.read_exact(&mut magic).is_err() || &magic != crate::store::SQLITE_HEADER {
         return Some(
             "the database file was overwritten (its header is not SQLite's; seen before a checkpoint)"
                 .into(),

@@ -839,7 +839,7 @@ impl Writer {
             }
             return Ok(());
         };
-        if &h[..16] != b"SQLite format 3\0" {
+        if h[..16] != crate::store::SQLITE_HEADER[..] {
             return Err("the database file was overwritten (its header is not SQLite's)".into());
         }
         let ps = match u16::from_be_bytes([h[16], h[17]]) {
