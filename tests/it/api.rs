@@ -1527,9 +1527,14 @@ async fn a_request_body_must_arrive_in_time() {
         .await
         .unwrap();
     let writer = tokio::spawn(async move {
-        // Traffic, not synchronisation: a client trickling its body until the server hangs up.
-        while tx.write_all(b"1\r\n5\r\n").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Traffic, not synchronisation: a client trickling its body, a chunk every 50 ms, until the server
+        // hangs up.
+        let mut pace = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            pace.tick().await;
+            if tx.write_all(b"1\r\n5\r\n").await.is_err() {
+                break;
+            }
         }
     });
     let mut answer = Vec::new();
