@@ -6,7 +6,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::util::{
-    first_readings, free_port, start, wait_offline, wait_online, wait_value, Peer, WAIT,
+    first_readings, free_port, good_readings, start, wait_offline, wait_online, wait_value, Peer,
+    WAIT,
 };
 
 fn device(addr: &str, timeout: &str) -> String {
@@ -344,11 +345,7 @@ points:
         let mut h = start(&factory, &single(&addr));
         let status = wait_offline(&mut h).await;
         assert_eq!(status, DeviceStatus::Offline(why.into()), "{script:?}");
-        let good: Vec<_> = h
-            .take_readings()
-            .into_iter()
-            .filter(|r| r.quality == Quality::Good)
-            .collect();
+        let good = good_readings(&mut h);
         assert!(good.is_empty(), "{script:?}: {good:?}");
         device.abort();
     }

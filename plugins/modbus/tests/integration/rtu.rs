@@ -2,7 +2,7 @@
 use fieldbridge_sdk::{DeviceStatus, Quality, Value};
 use serde_json::json;
 
-use crate::util::{first_readings, start, wait_offline, wait_value, Peer, PtyPair};
+use crate::util::{first_readings, good_readings, start, wait_offline, wait_value, Peer, PtyPair};
 
 fn serial_device(name: &str, path: &str, unit: u8) -> String {
     format!(
@@ -219,11 +219,7 @@ points:
         requests.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "the device was asked"
     );
-    let good: Vec<_> = h
-        .take_readings()
-        .into_iter()
-        .filter(|r| r.quality == Quality::Good)
-        .collect();
+    let good = good_readings(&mut h);
     assert!(good.is_empty(), "{good:?}");
     device.abort();
     status

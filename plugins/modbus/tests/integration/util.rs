@@ -351,6 +351,14 @@ pub async fn wait_value(
     .await
 }
 
+/// The readings published so far that are marked good (taken from the harness).
+pub fn good_readings(h: &mut TestHarness) -> Vec<Reading> {
+    h.take_readings()
+        .into_iter()
+        .filter(|r| r.quality == Quality::Good)
+        .collect()
+}
+
 /// Waits for the device to be offline.
 pub async fn wait_offline(h: &mut TestHarness) -> DeviceStatus {
     h.wait_status(|s| matches!(s, DeviceStatus::Offline(_)), WAIT)
